@@ -1,0 +1,5 @@
+"""Reusable modules."""
+
+from .sla import SparseLinearAttention
+
+__all__ = ["SparseLinearAttention"]

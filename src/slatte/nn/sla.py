@@ -1,0 +1,54 @@
+"""The SLA attention module: owns the learnable projection of the linear branch."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..ops.attention import attention
+from ..ops.sla.config import SLAConfig
+
+
+class SparseLinearAttention(nn.Module):
+    """SLA over (B, H, N, D) q, k, v with a zero-initialised fp32 `Linear(D, D)` projection.
+
+    The projection is named `proj_l`, as in the official SLA code, so that its fine-tuned
+    `proj_l.weight` / `proj_l.bias` load directly. A zero projection makes a fresh module
+    compute sparse-only attention, so a dense model switched to SLA starts close to where it was.
+    `backend`: "sla" (fused kernel on CUDA, reference elsewhere) or "sla_reference".
+    """
+
+    def __init__(self, head_dim: int, config: SLAConfig | None = None, *, backend: str = "sla"):
+        super().__init__()
+        if backend not in ("sla", "sla_reference"):
+            raise ValueError(f"backend must be 'sla' or 'sla_reference', got {backend!r}")
+        self.head_dim = head_dim
+        self.config = config if config is not None else SLAConfig()
+        self.backend = backend
+        self.proj_l = nn.Linear(head_dim, head_dim, dtype=torch.float32)
+        nn.init.zeros_(self.proj_l.weight)
+        nn.init.zeros_(self.proj_l.bias)
+
+    def _apply(self, fn, recurse=True):
+        # The projection stays fp32 when the model is cast to bf16/fp16 (the spec keeps it fp32).
+        super()._apply(fn, recurse)
+        if self.proj_l.weight.dtype != torch.float32:
+            self.proj_l.float()
+        return self
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None
+    ) -> torch.Tensor:
+        return attention(
+            q,
+            k,
+            v,
+            backend=self.backend,
+            sla=self.config,
+            proj_weight=self.proj_l.weight,
+            proj_bias=self.proj_l.bias,
+            scale=scale,
+        )
+
+    def extra_repr(self) -> str:
+        return f"head_dim={self.head_dim}, backend={self.backend!r}, {self.config}"

@@ -1,0 +1,63 @@
+"""The attention seam: every attention layer calls `attention(...)` with a backend name."""
+
+from __future__ import annotations
+
+import torch
+
+from .dense import dense_attention
+from .sla.config import SLAConfig
+
+BACKENDS = ("sdpa", "sla", "sla_reference")
+
+
+def check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    backend: str = "sdpa",
+    sla: SLAConfig | None = None,
+    proj_weight: torch.Tensor | None = None,
+    proj_bias: torch.Tensor | None = None,
+    attn_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Attention over (B, H, N, D) tensors through the named backend.
+
+    "sdpa": dense softmax attention (any Nq, Nk; `attn_mask` allowed).
+    "sla": SLA through the fused Triton kernel on CUDA, the reference elsewhere.
+    "sla_reference": SLA through the plain PyTorch reference.
+    The SLA backends are self-attention only (Nq == Nk), take no mask, and use `sla`
+    (defaults if None) with the layer's projection `proj_weight` (D, D) / `proj_bias` (D,).
+    """
+    check_backend(backend)
+    if backend == "sdpa":
+        return dense_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+    if attn_mask is not None:
+        raise ValueError(
+            f"attention backend {backend!r} takes no attn_mask; use backend='sdpa' for masked "
+            "(e.g. text cross-) attention"
+        )
+    from .sla import sparse_linear_attention
+
+    cfg = sla if sla is not None else SLAConfig()
+    return sparse_linear_attention(
+        q,
+        k,
+        v,
+        proj_weight,
+        proj_bias,
+        critical=cfg.critical,
+        negligible=cfg.negligible,
+        block_q=cfg.block_q,
+        block_k=cfg.block_k,
+        feature_map=cfg.feature_map,
+        linear_scope=cfg.linear_scope,
+        scale=scale,
+        backend="auto" if backend == "sla" else "reference",
+    )

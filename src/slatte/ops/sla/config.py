@@ -1,0 +1,69 @@
+"""The options of SLA attention, as one frozen, validated value that model configs carry."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+FEATURE_MAPS = ("softmax", "elu", "relu")
+LINEAR_SCOPES = ("marginal", "noncritical", "all")
+BLOCK_SIZES = (16, 32, 64, 128)
+
+
+@dataclass(frozen=True)
+class SLAConfig:
+    """How SLA splits attention (see `shared/specs/SLA.md`).
+
+    `critical` / `negligible`: a float is a fraction of the key blocks of each query-block row,
+    an int a count of blocks (capped at the number of key blocks).
+    """
+
+    critical: float | int = 0.05
+    negligible: float | int = 0.10
+    block_q: int = 64
+    block_k: int = 64
+    feature_map: str = "softmax"
+    linear_scope: str = "marginal"
+
+    def __post_init__(self) -> None:
+        validate_fractions(self.critical, self.negligible)
+        for name in ("block_q", "block_k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or value not in BLOCK_SIZES:
+                raise ValueError(f"{name} must be one of {BLOCK_SIZES}, got {value!r}")
+        if self.feature_map not in FEATURE_MAPS:
+            raise ValueError(f"feature_map must be one of {FEATURE_MAPS}, got {self.feature_map!r}")
+        if self.linear_scope not in LINEAR_SCOPES:
+            raise ValueError(
+                f"linear_scope must be one of {LINEAR_SCOPES}, got {self.linear_scope!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SLAConfig:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(
+                f"unknown SLA option(s) {sorted(unknown)}; allowed: {sorted(cls.__dataclass_fields__)}"
+            )
+        return cls(**data)
+
+
+def validate_fractions(critical: float | int, negligible: float | int) -> None:
+    """Raise a ValueError naming the argument when `critical` or `negligible` is out of range."""
+    if isinstance(critical, bool) or not isinstance(critical, (int, float)):
+        raise ValueError(f"critical must be a float in (0, 1] or an int >= 1, got {critical!r}")
+    if isinstance(critical, int):
+        if critical < 1:
+            raise ValueError(f"critical as a block count must be >= 1, got {critical}")
+    elif not 0.0 < critical <= 1.0:
+        raise ValueError(f"critical as a fraction must lie in (0, 1], got {critical}")
+    if isinstance(negligible, bool) or not isinstance(negligible, (int, float)):
+        raise ValueError(f"negligible must be a float in [0, 1) or an int >= 0, got {negligible!r}")
+    if isinstance(negligible, int):
+        if negligible < 0:
+            raise ValueError(f"negligible as a block count must be >= 0, got {negligible}")
+    elif not 0.0 <= negligible < 1.0:
+        raise ValueError(f"negligible as a fraction must lie in [0, 1), got {negligible}")
