@@ -1,0 +1,332 @@
+"""`slatte train | sample | bench`: the command line, mapping flags onto the typed configs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from .ops.attention import BACKENDS
+from .ops.sla.config import FEATURE_MAPS, LINEAR_SCOPES, SLAConfig
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# --------------------------------------------------------------------------- shared flags
+def _add_attention_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("attention")
+    group.add_argument(
+        "--attention",
+        choices=BACKENDS,
+        default=None,
+        help="self-attention backend (default: the model's own)",
+    )
+    group.add_argument(
+        "--sla-critical",
+        type=float,
+        default=0.05,
+        help="fraction of key blocks computed exactly (default 0.05)",
+    )
+    group.add_argument(
+        "--sla-negligible",
+        type=float,
+        default=0.10,
+        help="fraction of key blocks skipped (default 0.10)",
+    )
+    group.add_argument("--sla-block-q", type=int, default=64, help="query block size (64)")
+    group.add_argument("--sla-block-k", type=int, default=64, help="key block size (64)")
+    group.add_argument("--sla-feature-map", choices=FEATURE_MAPS, default="softmax")
+    group.add_argument("--sla-linear-scope", choices=LINEAR_SCOPES, default="marginal")
+
+
+def _sla_from_args(args: argparse.Namespace) -> SLAConfig:
+    return SLAConfig(
+        critical=args.sla_critical,
+        negligible=args.sla_negligible,
+        block_q=args.sla_block_q,
+        block_k=args.sla_block_k,
+        feature_map=args.sla_feature_map,
+        linear_scope=args.sla_linear_scope,
+    )
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A model directory (config.json inside) or a run folder (its latest checkpoint's model)."""
+    from .training.checkpoint import latest_checkpoint
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if (path / "config.json").is_file():
+        return path
+    ckpt = latest_checkpoint(path)
+    if ckpt is not None:
+        return ckpt / "model"
+    raise FileNotFoundError(
+        f"{path} is neither a model directory (config.json + model.safetensors) nor a run "
+        "folder with a 'latest' checkpoint"
+    )
+
+
+# --------------------------------------------------------------------------- train
+def _add_train(sub) -> None:
+    from .training.config import PRECISIONS, TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="train a video DiT (default: Latte-digits on moving digits)")
+    p.add_argument("--out", default=d.out_dir, help=f"run folder (default {d.out_dir})")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the run folder's latest checkpoint"
+    )
+    p.add_argument("--model", default=d.model, help="named model config (see README)")
+    p.add_argument("--init-from", default=None, help="start from this slatte model directory")
+    p.add_argument("--block-pattern", choices=("alternating", "full"), default=None)
+    p.add_argument("--data", default=d.data, help="'digits' or a folder of videos")
+    p.add_argument("--frames", type=int, default=d.num_frames, help="frames per clip")
+    p.add_argument("--size", type=int, default=d.size, help="frame size in pixels (square)")
+    p.add_argument("--frame-interval", type=int, default=d.frame_interval)
+    p.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        default=d.channels,
+        help="1 (grey) or 3 (RGB) for a video folder",
+    )
+    p.add_argument("--num-digits", type=int, choices=(1, 2), default=d.num_digits)
+    p.add_argument(
+        "--vae", default=None, help="local diffusers AutoencoderKL folder (latent training)"
+    )
+    p.add_argument("--workers", type=int, default=d.num_workers, help="data loader processes")
+    p.add_argument("--steps", type=int, default=d.steps, help="total optimisation steps")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="0 = off")
+    p.add_argument("--ema-decay", type=float, default=d.ema_decay)
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision)
+    p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
+    p.add_argument("--sample-every", type=int, default=d.sample_every, help="0 = only at the end")
+    p.add_argument("--sample-steps", type=int, default=d.sample_steps)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    _add_attention_arguments(p)
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .training import TrainConfig, train
+    from .training.checkpoint import latest_checkpoint, load_training_state
+
+    overrides: dict = {}
+    if args.block_pattern:
+        overrides["block_pattern"] = args.block_pattern
+    if args.attention:
+        overrides["attention_backend"] = args.attention
+        if args.attention != "sdpa":
+            overrides["sla"] = _sla_from_args(args)
+    cfg = TrainConfig(
+        out_dir=args.out,
+        model=args.model,
+        model_overrides=overrides,
+        init_from=args.init_from,
+        data=args.data,
+        num_frames=args.frames,
+        size=args.size,
+        frame_interval=args.frame_interval,
+        channels=args.channels,
+        num_digits=args.num_digits,
+        vae=args.vae,
+        num_workers=args.workers,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
+        grad_clip=args.grad_clip,
+        ema_decay=args.ema_decay,
+        precision=args.precision,
+        grad_checkpointing=args.grad_checkpointing,
+        seed=args.seed,
+        log_every=args.log_every,
+        ckpt_every=args.ckpt_every,
+        sample_every=args.sample_every,
+        sample_steps=args.sample_steps,
+        device=args.device,
+    )
+    if args.resume:
+        ckpt = latest_checkpoint(args.out)
+        if ckpt is None:
+            raise FileNotFoundError(f"--resume: {args.out} has no checkpoint to resume from")
+        saved = TrainConfig.from_dict(json.loads(load_training_state(ckpt)["train_config"]))
+        # A resumed run keeps everything that shapes the data and the model; only the length,
+        # logging and device may change.
+        cfg = TrainConfig.from_dict(
+            {
+                **saved.to_dict(),
+                **{
+                    k: getattr(cfg, k)
+                    for k in (
+                        "steps",
+                        "log_every",
+                        "ckpt_every",
+                        "sample_every",
+                        "sample_steps",
+                        "device",
+                        "num_workers",
+                    )
+                },
+            }
+        )
+    result = train(cfg, resume=args.resume)
+    if result["checkpoint"] is not None:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------- sample
+def _add_sample(sub) -> None:
+    from .guidance.cli_args import add_guidance_arguments
+    from .sampling import FORMATS, SAMPLERS
+
+    p = sub.add_parser("sample", help="generate videos from a trained model")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a model directory (config.json + model.safetensors) or a run folder",
+    )
+    p.add_argument(
+        "--class",
+        dest="classes",
+        type=int,
+        action="append",
+        default=None,
+        help="class label; repeat for one per sample (default: 0, 1, 2, ...)",
+    )
+    p.add_argument("--num-samples", type=int, default=4)
+    p.add_argument("--steps", type=int, default=50, help="sampling steps (respaced)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--fps", type=int, default=8)
+    p.add_argument("--formats", default=",".join(FORMATS), help="comma list of mp4,gif,png")
+    p.add_argument("--out", default="outputs/samples", help="output folder")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    add_guidance_arguments(p)
+    _add_attention_arguments(p)
+    p.set_defaults(func=_run_sample)
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from .guidance.cli_args import guidance_from_args
+    from .models import load_model
+    from .sampling import SampleOptions, generate_and_save
+
+    cfg_scale, stg_terms, rescale = guidance_from_args(args)  # flag mistakes before loading
+    model_dir = resolve_model_dir(args.checkpoint)
+    sla = _sla_from_args(args) if args.attention and args.attention != "sdpa" else None
+    model = load_model(
+        model_dir,
+        device=args.device,
+        dtype=DTYPES[args.dtype],
+        attention_backend=args.attention,
+        sla=sla,
+    )
+    opts = SampleOptions(
+        num_samples=args.num_samples,
+        labels=tuple(args.classes) if args.classes else None,
+        steps=args.steps,
+        sampler=args.sampler,
+        eta=args.eta,
+        cfg_scale=cfg_scale,
+        stg=tuple(stg_terms),
+        rescale=rescale,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        fps=args.fps,
+        formats=tuple(f for f in args.formats.split(",") if f),
+    )
+    for path in generate_and_save(model, opts, args.out):
+        print(path)
+    return 0
+
+
+# --------------------------------------------------------------------------- bench
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="time attention backends on this machine (JSON)")
+    p.add_argument("--seq-len", type=int, default=4096)
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--backends", default="sdpa,sla", help=f"comma list of {BACKENDS}")
+    p.add_argument("--backward", action="store_true", help="time forward+backward")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--dtype", choices=tuple(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU"
+    )
+    p.add_argument("--repeats", type=int, default=10)
+    _add_attention_arguments(p)
+    p.set_defaults(func=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from .bench import time_attention
+
+    backends = [b for b in args.backends.split(",") if b]
+    dtype = (
+        DTYPES[args.dtype]
+        if args.dtype
+        else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+    )
+    result = time_attention(
+        backends,
+        batch=args.batch,
+        heads=args.heads,
+        seq_len=args.seq_len,
+        head_dim=args.head_dim,
+        sla=_sla_from_args(args),
+        device=args.device,
+        dtype=dtype,
+        backward=args.backward,
+        repeats=args.repeats,
+    )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------- entry
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slatte", description="Fast video diffusion transformers: train, sample, benchmark."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_sample(sub)
+    _add_bench(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .training.trainer import TrainingError
+
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, TrainingError) as err:
+        if os.environ.get("SLATTE_DEBUG"):
+            raise
+        print(f"slatte {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

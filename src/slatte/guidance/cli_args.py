@@ -1,0 +1,175 @@
+"""Command-line options for guidance, shared by every command that samples.
+
+    --cfg-scale 4.0
+    --stg-blocks 9 --stg-scale 1.0 --stg-strategy transformer_block --stg-window 0,1
+    --guidance-rescale 0.7
+
+Each `--stg-blocks` starts one STG term (one extra, perturbed branch); give it several times for
+several terms. Every other `--stg-*` option is given either once (it then applies to every term)
+or exactly as many times as `--stg-blocks` (the i-th value belongs to the i-th term).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from slatte.models import PERTURBATION_STRATEGIES
+
+from .config import DEFAULT_STRATEGY, STG, check_blocks, check_rescale, check_scale, check_window
+
+_PER_TERM = ("stg_scale", "stg_strategy", "stg_window")
+
+
+def add_guidance_arguments(
+    parser: argparse.ArgumentParser, *, default_cfg_scale: float = 1.0
+) -> None:
+    """Add the CFG / STG options to `parser` (as an argument group "guidance")."""
+    group = parser.add_argument_group(
+        "guidance",
+        "Classifier-free guidance (CFG) and spatio-temporal skip guidance (STG). The guided "
+        "prediction is e_u + cfg_scale (e_c - e_u) + sum over STG terms of "
+        "stg_scale (e_c - e_p), where e_p is the conditional prediction of the model with the "
+        "term's blocks perturbed. Windows are fractions of the sampling schedule from the noisy "
+        "end: '0,1' is every step, '0,0.5' the noisier half.",
+    )
+    group.add_argument(
+        "--cfg-scale",
+        type=_scale("--cfg-scale"),
+        default=default_cfg_scale,
+        metavar="W",
+        help="CFG scale; 1 turns CFG off (no unconditional branch is computed), 0 samples "
+        f"unconditionally (default: {default_cfg_scale:g}).",
+    )
+    group.add_argument(
+        "--stg-blocks",
+        type=_argument_type(
+            "--stg-blocks", "block indices separated by commas (e.g. 9 or 4,5)", _ints, check_blocks
+        ),
+        action="append",
+        metavar="I[,J...]",
+        help="add an STG term perturbing these transformer blocks (indices from 0; several "
+        "blocks are perturbed together in one branch). Repeat for several terms, each its own "
+        "extra branch. In Latte's alternating pattern even indices are spatial and odd ones "
+        "temporal blocks; a full-attention model has only full blocks. A block in the middle "
+        "of the network is a common start; the branch forks at its first block, so a later "
+        "block costs less (block L of N adds (N - L)/N of one conditional pass).",
+    )
+    group.add_argument(
+        "--stg-scale",
+        type=_scale("--stg-scale"),
+        action="append",
+        metavar="W",
+        help="STG scale of each term (default: 1.0); once for all terms or once per --stg-blocks.",
+    )
+    group.add_argument(
+        "--stg-strategy",
+        choices=PERTURBATION_STRATEGIES,
+        action="append",
+        help="what a perturbed block does (default: transformer_block): transformer_block "
+        "returns its input unchanged (the whole block is skipped); attention_block drops its "
+        "self-attention residual; attention_skip replaces self-attention's output by its "
+        "normalised input; attention_values uses the identity as attention map (outputs "
+        "out_proj(V)). Once for all terms or once per --stg-blocks.",
+    )
+    group.add_argument(
+        "--stg-window",
+        type=_window("--stg-window"),
+        action="append",
+        metavar="START,STOP",
+        help="apply an STG term only on this part of the schedule (default: 0,1); outside it "
+        "the term's branch is not computed. Once for all terms or once per --stg-blocks.",
+    )
+    group.add_argument(
+        "--guidance-rescale",
+        "--stg-rescale",
+        dest="guidance_rescale",
+        type=_argument_type("--guidance-rescale", "a number in [0, 1]", float, check_rescale),
+        default=0.0,
+        metavar="R",
+        help="rescale the guided prediction towards the conditional prediction's standard "
+        "deviation, per sample: factor r * std(e_c) / std(e) + 1 - r; 0 = off (default), 0.7 is "
+        "the usual value against over-saturation at large scales.",
+    )
+
+
+def guidance_from_args(
+    args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
+) -> tuple[float, tuple[STG, ...], float]:
+    """`(cfg_scale, stg_terms, rescale)` from options added by `add_guidance_arguments`, as
+    `guided_model_fn(model, cfg_scale=..., stg=..., rescale=...)` takes them.
+
+    Inconsistent options raise a ValueError naming the flag, or, if `parser` is given, end
+    through `parser.error` as argparse does for its own errors.
+    """
+    try:
+        return _guidance(args)
+    except ValueError as error:
+        if parser is None:
+            raise
+        parser.error(str(error))
+
+
+def _guidance(args: argparse.Namespace) -> tuple[float, tuple[STG, ...], float]:
+    blocks = args.stg_blocks or []
+    per_term = {name: _spread(args, name, len(blocks)) for name in _PER_TERM}
+    terms = []
+    for i, term_blocks in enumerate(blocks):
+        scale = per_term["stg_scale"][i] if per_term["stg_scale"] else 1.0
+        strategy = per_term["stg_strategy"][i] if per_term["stg_strategy"] else DEFAULT_STRATEGY
+        start, stop = per_term["stg_window"][i] if per_term["stg_window"] else (0.0, 1.0)
+        terms.append(STG(scale, term_blocks, strategy, start, stop))
+    return args.cfg_scale, tuple(terms), args.guidance_rescale
+
+
+def _spread(args: argparse.Namespace, name: str, num_terms: int) -> list:
+    """The values of a per-term option, one per term ([] when the option was not given)."""
+    values = getattr(args, name) or []
+    flag = "--" + name.replace("_", "-")
+    if values and num_terms == 0:
+        raise ValueError(f"{flag} was given without --stg-blocks; each STG term needs its blocks")
+    if len(values) in (0, num_terms):
+        return values
+    if len(values) == 1:
+        return values * num_terms
+    raise ValueError(
+        f"{flag} was given {len(values)} times for {num_terms} STG terms (--stg-blocks); "
+        "give it once for all terms or once per term"
+    )
+
+
+def _argument_type(flag: str, what: str, convert: Callable[[str], Any], check: Callable[..., Any]):
+    """An argparse `type=`: `convert` the text, then `check(flag, value)`; errors name the flag."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be {what}, got {text!r}") from None
+        try:
+            check(flag, value)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return value
+
+    return parse
+
+
+def _pair(text: str) -> tuple[float, float]:
+    start, stop = (float(part) for part in text.split(","))
+    return start, stop
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(","))
+
+
+_scale = partial(_argument_type, what="a number >= 0", convert=float, check=check_scale)
+_window = partial(
+    _argument_type,
+    what="START,STOP (fractions of the schedule)",
+    convert=_pair,
+    check=lambda flag, pair: check_window(flag, *pair),
+)

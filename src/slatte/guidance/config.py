@@ -1,0 +1,165 @@
+"""Typed, validated guidance terms: classifier-free guidance (CFG) and skip guidance (STG).
+
+What they compute is in `shared/specs/STG.md`; `guided_model_fn` turns them into a sampler's
+`model_fn`.
+
+Step window convention. Samplers call `model_fn(x_t, t)` with timesteps on the training scale
+(`0 .. T-1`, `T = num_train_timesteps`, `t = T-1` the noisiest). A term's window is given as
+fractions of that schedule, measured from the noisy end:
+
+    progress(t) = 1 - t / (T - 1)          # 0 at the noisiest timestep, 1 at t = 0
+
+and the term is active for a row when `start <= progress < stop`, with `stop = 1` including
+`progress = 1`. So `(0, 1)` is every step, `(0, 0.5)` the noisier half of the schedule and
+`(0.5, 1)` the cleaner half; two windows that meet at a point never both hold there. Continuous
+timesteps (flow matching on the same 0..T scale) use the same formula, clamped to [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from slatte.models import PERTURBATION_STRATEGIES
+
+DEFAULT_STRATEGY = "transformer_block"
+
+
+@dataclass(frozen=True)
+class CFG:
+    """Classifier-free guidance `e_u + scale * (e_c - e_u)`.
+
+    `scale = 1` (the default) means no CFG: the unconditional branch is not computed. `scale = 0`
+    samples unconditionally. `start` / `stop`: the step window (module docstring); outside it the
+    unconditional branch is not computed and the row gets the conditional prediction.
+    """
+
+    scale: float = 1.0
+    start: float = 0.0
+    stop: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_scale("cfg scale", self.scale)
+        check_window("cfg window", self.start, self.stop)
+
+    @property
+    def enabled(self) -> bool:
+        return self.scale != 1.0
+
+
+@dataclass(frozen=True)
+class STG:
+    """One skip-guidance term `scale * (e_c - e_p)`: one extra, perturbed branch.
+
+    `blocks`: indices of the transformer blocks (counted from 0) perturbed together in this
+    branch; `strategy`: what a perturbed block does (one of `PERTURBATION_STRATEGIES`, see the
+    spec); `start` / `stop`: the step window (module docstring). Several terms give several
+    branches, each with its own scale (for Latte, e.g. one spatial and one temporal block).
+    A term with `scale = 0` is not computed.
+    """
+
+    scale: float = 1.0
+    blocks: tuple[int, ...] = ()
+    strategy: str = DEFAULT_STRATEGY
+    start: float = 0.0
+    stop: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_scale("stg scale", self.scale)
+        # Sorted so that the first perturbed block (where the branch forks) is blocks[0].
+        object.__setattr__(self, "blocks", tuple(sorted(check_blocks("stg blocks", self.blocks))))
+        if self.strategy not in PERTURBATION_STRATEGIES:
+            raise ValueError(
+                f"stg strategy must be one of {PERTURBATION_STRATEGIES}, got {self.strategy!r}"
+            )
+        check_window("stg window", self.start, self.stop)
+
+    @property
+    def first_block(self) -> int:
+        return self.blocks[0]
+
+    @property
+    def perturbations(self) -> dict[int, str]:
+        """The `perturbations` argument of the model's `run_blocks` / `forward` for this branch."""
+        return dict.fromkeys(self.blocks, self.strategy)
+
+    def validate_for(self, model: nn.Module) -> None:
+        """Raise a ValueError if this term does not fit `model` (block index, strategy).
+
+        A block may list the strategies it supports in a `perturbation_strategies` attribute
+        (e.g. a wrapped third-party block); without one it supports all of them.
+        """
+        num_blocks = len(model.blocks)
+        if self.blocks[-1] >= num_blocks:
+            raise ValueError(
+                f"stg blocks {self.blocks} out of range: the model has {num_blocks} blocks, "
+                f"allowed indices are 0..{num_blocks - 1}"
+            )
+        for index in self.blocks:
+            supported = getattr(model.blocks[index], "perturbation_strategies", None)
+            if supported is not None and self.strategy not in supported:
+                raise ValueError(
+                    f"stg strategy {self.strategy!r} is not supported by block {index} "
+                    f"({type(model.blocks[index]).__name__}); allowed: {tuple(supported)}"
+                )
+
+
+def check_rescale(name: str, rescale: float) -> None:
+    """Raise a ValueError naming `name` unless `rescale` is a number in [0, 1] (0 = off)."""
+    if isinstance(rescale, bool) or not isinstance(rescale, (int, float)):
+        raise ValueError(f"{name} must be a number in [0, 1] (0 = off), got {rescale!r}")
+    if not 0.0 <= rescale <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1] (0 = off), got {rescale}")
+
+
+def window_progress(t: torch.Tensor, num_train_timesteps: int) -> torch.Tensor:
+    """`1 - t / (T - 1)` clamped to [0, 1]: where each row's timestep lies in the schedule."""
+    progress = 1.0 - t.to(torch.float64) / (num_train_timesteps - 1)
+    return progress.clamp(0.0, 1.0)
+
+
+def in_window(t: torch.Tensor, start: float, stop: float, num_train_timesteps: int) -> torch.Tensor:
+    """Bool (B,): which rows of timesteps `t` (B,) lie in the window [start, stop)."""
+    progress = window_progress(t, num_train_timesteps)
+    inside = progress >= start
+    if stop >= 1.0:
+        return inside
+    return inside & (progress < stop)
+
+
+def check_scale(name: str, scale: float) -> None:
+    """Raise a ValueError naming `name` unless `scale` is a finite number >= 0."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"{name} must be a finite number >= 0, got {scale!r}")
+    if scale < 0:
+        raise ValueError(f"{name} must be >= 0, got {scale}")
+
+
+def check_blocks(name: str, blocks: int | Sequence[int]) -> tuple[int, ...]:
+    """`blocks` as a tuple; a ValueError naming `name` unless they are distinct indices >= 0."""
+    as_tuple = (blocks,) if isinstance(blocks, int) else blocks
+    if (
+        not isinstance(as_tuple, Sequence)
+        or not as_tuple
+        or any(isinstance(b, bool) or not isinstance(b, int) or b < 0 for b in as_tuple)
+    ):
+        raise ValueError(f"{name} must be one or more block indices >= 0, got {blocks!r}")
+    if len(set(as_tuple)) != len(as_tuple):
+        raise ValueError(f"{name} must not repeat a block index, got {blocks!r}")
+    return tuple(as_tuple)
+
+
+def check_window(name: str, start: float, stop: float) -> None:
+    """Raise a ValueError naming `name` unless 0 <= start < stop <= 1."""
+    for arg, value in (("start", start), ("stop", stop)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} {arg} must be a number in [0, 1], got {value!r}")
+    if not 0.0 <= start < stop <= 1.0:
+        raise ValueError(
+            f"{name} must satisfy 0 <= start < stop <= 1 (fractions of the schedule from the "
+            f"noisy end), got start={start}, stop={stop}"
+        )

@@ -1,0 +1,154 @@
+"""From a trained model to video files: guidance, sampler, decoding, writing mp4 / gif / png."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import PixelSpace, write_frame_grid, write_video
+from .diffusion import create_diffusion, ddim_sample, ddpm_sample
+from .guidance import STG, guided_model_fn
+from .models import VideoDiT
+
+SAMPLERS = ("ddpm", "ddim")
+FORMATS = ("mp4", "gif", "png")
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """What to generate and how. `labels=None` cycles through the classes (0, 1, 2, …)."""
+
+    num_samples: int = 4
+    labels: tuple[int, ...] | None = None
+    steps: int = 50
+    sampler: str = "ddpm"
+    eta: float = 0.0
+    cfg_scale: float = 1.0
+    stg: tuple[STG, ...] = ()
+    rescale: float = 0.0
+    seed: int = 0
+    batch_size: int = 8
+    fps: int = 8
+    formats: tuple[str, ...] = FORMATS
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+        if self.steps < 1 or self.steps > 1000:
+            raise ValueError(f"steps must lie in [1, 1000], got {self.steps}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        bad = [f for f in self.formats if f not in FORMATS]
+        if bad or not self.formats:
+            raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {self.formats}")
+
+
+def resolve_labels(model: VideoDiT, opts: SampleOptions) -> torch.Tensor | None:
+    """The class label of each sample, validated against the model's classes."""
+    num_classes = model.config.num_classes
+    if num_classes == 0:
+        if opts.labels:
+            raise ValueError("this model is unconditional (num_classes=0): give no --class")
+        return None
+    labels = (
+        list(opts.labels) if opts.labels else [i % num_classes for i in range(opts.num_samples)]
+    )
+    if len(labels) == 1:
+        labels = labels * opts.num_samples
+    if len(labels) != opts.num_samples:
+        raise ValueError(
+            f"{len(labels)} class labels given for {opts.num_samples} samples: give one label "
+            "or one per sample"
+        )
+    for label in labels:
+        if not 0 <= label < num_classes:
+            raise ValueError(
+                f"class {label} is out of range: this model has classes 0..{num_classes - 1}"
+            )
+    return torch.tensor(labels, dtype=torch.long)
+
+
+@torch.no_grad()
+def generate(
+    model: VideoDiT, opts: SampleOptions, *, codec=None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Sample videos (N, F, C, H, W) in [-1, 1] (decoded by `codec`) and their labels.
+
+    The initial noise and every sampler step draw from one CPU generator seeded with
+    `opts.seed`, so a seed gives the same videos on any device.
+    """
+    codec = codec if codec is not None else PixelSpace()
+    labels = resolve_labels(model, opts)
+    for term in opts.stg:
+        term.validate_for(model)
+    cfg = model.config
+    device = next(model.parameters()).device
+    diffusion = create_diffusion(
+        f"ddim{opts.steps}" if opts.sampler == "ddim" else str(opts.steps),
+        learn_sigma=cfg.learn_sigma,
+    )
+    gen = torch.Generator().manual_seed(opts.seed)
+    model.eval()
+    videos = []
+    batches = range(0, opts.num_samples, opts.batch_size)
+    for start in tqdm(batches, desc="sample", disable=not opts.progress or len(batches) == 1):
+        n = min(opts.batch_size, opts.num_samples - start)
+        y = labels[start : start + n].to(device) if labels is not None else None
+        model_fn = guided_model_fn(
+            model, y=y, cfg_scale=opts.cfg_scale, stg=opts.stg, rescale=opts.rescale
+        )
+        shape = (n, cfg.num_frames, cfg.in_channels, cfg.input_size, cfg.input_size)
+        noise = torch.randn(shape, generator=gen).to(device)
+        if opts.sampler == "ddim":
+            x0 = ddim_sample(
+                diffusion,
+                model_fn,
+                shape,
+                noise=noise,
+                generator=gen,
+                eta=opts.eta,
+                progress=opts.progress,
+            )
+        else:
+            x0 = ddpm_sample(
+                diffusion, model_fn, shape, noise=noise, generator=gen, progress=opts.progress
+            )
+        videos.append(codec.decode(x0).clamp(-1, 1).float().cpu())
+    return torch.cat(videos), labels
+
+
+def generate_and_save(
+    model: VideoDiT, opts: SampleOptions, out_dir: str | Path, *, codec=None
+) -> list[Path]:
+    """Generate and write each sample as `sample_XX_classY.{mp4,gif}` plus one PNG grid."""
+    videos, labels = generate(model, opts, codec=codec)
+    return save_videos(videos, labels, out_dir, fps=opts.fps, formats=opts.formats)
+
+
+def save_videos(
+    videos: torch.Tensor,
+    labels: torch.Tensor | None,
+    out_dir: str | Path,
+    *,
+    fps: int = 8,
+    formats: Sequence[str] = FORMATS,
+) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    for i, video in enumerate(videos):
+        stem = f"sample_{i:02d}" + (f"_class{int(labels[i])}" if labels is not None else "")
+        for fmt in ("mp4", "gif"):
+            if fmt in formats:
+                paths.append(write_video(out_dir / f"{stem}.{fmt}", video, fps=fps))
+    if "png" in formats:
+        paths.append(write_frame_grid(out_dir / "frames.png", videos))
+    return paths

@@ -1,0 +1,82 @@
+"""The typed configuration of a training run (the CLI maps its flags onto this)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out_dir: str = "runs/digits"
+    # model
+    model: str = "Latte-digits"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None  # a slatte model directory to start from (fine-tuning)
+    # data: "digits" (the embedded moving digits) or a folder of videos
+    data: str = "digits"
+    num_frames: int = 16
+    size: int = 32
+    frame_interval: int = 1
+    channels: int = 1
+    num_digits: int = 1
+    vae: str | None = None  # local diffusers AutoencoderKL directory: train in its latent space
+    num_workers: int = 0
+    # optimisation
+    steps: int = 1000
+    batch_size: int = 8  # global, split over processes
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    precision: str = "fp32"
+    grad_checkpointing: bool = False
+    seed: int = 0
+    # bookkeeping
+    log_every: int = 10
+    ckpt_every: int = 500
+    keep_checkpoints: int = 3
+    sample_every: int = 0  # 0: only at the end
+    sample_steps: int = 50
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        positive = (
+            "num_frames",
+            "size",
+            "frame_interval",
+            "steps",
+            "batch_size",
+            "log_every",
+            "ckpt_every",
+            "sample_steps",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.sample_every < 0 or self.num_workers < 0 or self.warmup_steps < 0:
+            raise ValueError("sample_every, num_workers and warmup_steps must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown training option(s): {sorted(unknown)}")
+        return cls(**data)

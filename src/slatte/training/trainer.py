@@ -1,0 +1,326 @@
+"""The training loop: diffusion loss, AdamW, EMA, mixed precision, checkpoints, exact resume.
+
+Exact resume holds by construction: the batch of step s (which dataset indices, which
+timesteps, which noise, which labels are dropped) is a pure function of (seed, step, rank), and
+everything that carries over between steps (weights, EMA, optimizer, grad scaler) is checkpointed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from ..data import MovingDigits, VideoFolder
+from ..diffusion import create_diffusion
+from ..models import VideoDiT, load_model, model_config
+from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from .config import TrainConfig
+from .distributed import DistInfo, close_distributed, init_distributed
+from .ema import make_ema, update_ema
+from .plots import plot_loss_curve
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became non-finite); the message says what to do."""
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """A distinct, reproducible seed for each (run seed, step, rank)."""
+    return (seed * 1_000_003 + step * 8_191 + rank * 131_071) % (2**63 - 1)
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Yields this rank's share of the global batch of steps start, start+1, … (forever).
+
+    Global positions s·B … (s+1)·B − 1 index an endless sequence of epoch permutations, each
+    drawn from (seed, epoch), so the data of any step is known without replaying earlier steps.
+    """
+
+    def __init__(self, length: int, global_batch: int, dist_info: DistInfo, seed: int, start: int):
+        if global_batch % dist_info.world_size:
+            raise ValueError(
+                f"batch_size {global_batch} must be divisible by the number of processes "
+                f"({dist_info.world_size})"
+            )
+        self.length, self.global_batch, self.info = length, global_batch, dist_info
+        self.seed, self.start = seed, start
+        self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+
+    def _index(self, position: int) -> int:
+        epoch, offset = divmod(position, self.length)
+        if epoch != self._perm_epoch:
+            gen = torch.Generator().manual_seed(self.seed * 7_919 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(self.length, generator=gen), epoch
+        return int(self._perm[offset])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        per_rank = self.global_batch // self.info.world_size
+        step = self.start
+        while True:
+            first = step * self.global_batch + self.info.rank * per_rank
+            yield [self._index(p) for p in range(first, first + per_rank)]
+            step += 1
+
+
+def build_dataset(cfg: TrainConfig) -> tuple[Dataset, int]:
+    """The training dataset and its number of classes (0 when unlabelled)."""
+    if cfg.data == "digits":
+        data = MovingDigits(
+            "train",
+            num_frames=cfg.num_frames,
+            size=cfg.size,
+            digit_size=cfg.size // 2,
+            num_digits=cfg.num_digits,
+            seed=cfg.seed,
+        )
+        return data, (MovingDigits.num_classes if cfg.num_digits == 1 else 0)
+    data = VideoFolder(
+        cfg.data,
+        num_frames=cfg.num_frames,
+        size=cfg.size,
+        frame_interval=cfg.frame_interval,
+        channels=cfg.channels,
+    )
+    return data, data.num_classes
+
+
+def build_codec(cfg: TrainConfig, device: torch.device):
+    from ..data import PixelSpace, VAELatents
+
+    if cfg.vae is None:
+        return PixelSpace()
+    return VAELatents(cfg.vae, device=device)
+
+
+def build_model(
+    cfg: TrainConfig, *, in_channels: int, input_size: int, num_classes: int
+) -> VideoDiT:
+    if cfg.init_from is not None:
+        overrides = dict(cfg.model_overrides)
+        return load_model(
+            cfg.init_from,
+            attention_backend=overrides.pop("attention_backend", None),
+            sla=overrides.pop("sla", None),
+        )
+    return VideoDiT(
+        model_config(
+            cfg.model,
+            input_size=input_size,
+            num_frames=cfg.num_frames,
+            in_channels=in_channels,
+            num_classes=num_classes,
+            **cfg.model_overrides,
+        )
+    )
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """EMA decay with a warm-up, so short runs are not dominated by the random initialisation."""
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.out_dir)
+        self.info, self.device = init_distributed(cfg.device)
+        if cfg.precision != "fp32" and self.device.type != "cuda":
+            raise ValueError(
+                f"precision {cfg.precision!r} needs a CUDA device (mixed precision runs under "
+                f"autocast on CUDA only); on {self.device.type!r} use --precision fp32"
+            )
+        self.dataset, num_classes = build_dataset(cfg)
+        self.codec = build_codec(cfg, self.device)
+        torch.manual_seed(cfg.seed)  # the same initial weights in every process and every run
+        self.model = build_model(
+            cfg,
+            in_channels=self.codec.channels(cfg.channels),
+            input_size=cfg.size // self.codec.downsample,
+            num_classes=num_classes,
+        ).to(self.device)
+        self.model.enable_gradient_checkpointing(cfg.grad_checkpointing)
+        self.ema = make_ema(self.model)
+        self.diffusion = create_diffusion(learn_sigma=self.model.config.learn_sigma)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
+        self.step = 0
+        if resume:
+            self._resume()
+        self.ddp_model: nn.Module = (
+            DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+            if self.info.enabled
+            else self.model
+        )
+
+    # ------------------------------------------------------------------ state
+    def _resume(self) -> None:
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir} (no 'latest' file)")
+        state = load_training_state(ckpt)
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(load_model(ckpt / "model").state_dict())
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+
+    def _save(self) -> Path:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "train_config": json.dumps(self.cfg.to_dict()),
+        }
+        return save_checkpoint(
+            self.run_dir, self.step, ema=self.ema, state=state, keep_last=self.cfg.keep_checkpoints
+        )
+
+    # ------------------------------------------------------------------ one step
+    def _autocast(self):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.precision)
+        return torch.autocast("cuda", dtype=dtype, enabled=dtype is not None)
+
+    def _lr_at(self, step: int) -> float:
+        if self.cfg.warmup_steps == 0:
+            return self.cfg.lr
+        return self.cfg.lr * min(1.0, (step + 1) / self.cfg.warmup_steps)
+
+    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        cfg, step = self.cfg, self.step
+        torch.manual_seed(step_seed(cfg.seed, step, self.info.rank))  # label dropout, etc.
+        gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, self.info.rank) + 1)
+        with torch.no_grad():
+            x0 = self.codec.encode(batch["video"].to(self.device))
+        labels = batch["label"].to(self.device)
+        has_labels = self.model.config.num_classes > 0
+        t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen).to(self.device, x0.dtype)
+
+        def model_fn(x_t: torch.Tensor, t_: torch.Tensor) -> torch.Tensor:
+            return self.ddp_model(x_t, t_, labels if has_labels else None)
+
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr_at(step)
+        with self._autocast():
+            losses = self.diffusion.training_losses(model_fn, x0, t.to(self.device), noise=noise)
+        loss = losses["loss"].float().mean()
+        if not torch.isfinite(loss):
+            last = latest_checkpoint(self.run_dir)
+            raise TrainingError(
+                f"the training loss became non-finite ({loss.item()}) at step {step}; nothing was "
+                f"saved after it. Last good checkpoint: {last or 'none'}. Try a lower --lr, "
+                "--precision bf16 instead of fp16, or a smaller --grad-clip."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
+        )
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        update_ema(self.ema, self.model, ema_decay_at(step, cfg.ema_decay))
+        self.step += 1
+        return {
+            "loss": loss.item(),
+            "mse": losses["mse"].float().mean().item(),
+            "vb": losses["vb"].float().mean().item() if "vb" in losses else 0.0,
+            "grad_norm": float(grad_norm),
+            "lr": self._lr_at(step),
+        }
+
+    # ------------------------------------------------------------------ loop
+    def _loader(self) -> DataLoader:
+        sampler = StepBatchSampler(
+            len(self.dataset), self.cfg.batch_size, self.info, self.cfg.seed, self.step
+        )
+        return DataLoader(
+            self.dataset,
+            batch_sampler=sampler,
+            num_workers=self.cfg.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _sample(self) -> list[Path]:
+        from ..sampling import SampleOptions, generate_and_save
+
+        opts = SampleOptions(
+            num_samples=min(4, max(1, self.model.config.num_classes or 4)),
+            steps=self.cfg.sample_steps,
+            seed=self.cfg.seed,
+        )
+        return generate_and_save(
+            self.ema, opts, self.run_dir / "samples" / f"step_{self.step:07d}", codec=self.codec
+        )
+
+    def fit(self) -> dict[str, Any]:
+        cfg, main = self.cfg, self.info.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        metrics_path = self.run_dir / "metrics.jsonl"
+        writer = _tensorboard_writer(self.run_dir) if main else None
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not main, desc="train", unit="step")
+        self.model.train()
+        window_start, window_clips = time.perf_counter(), 0
+        last: dict[str, float] = {}
+        samples: list[Path] = []
+        loader = iter(self._loader())
+        while self.step < cfg.steps:
+            last = self.train_step(next(loader))
+            window_clips += cfg.batch_size
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                elapsed = time.perf_counter() - window_start
+                last["clips_per_s"] = window_clips / max(elapsed, 1e-9)
+                window_start, window_clips = time.perf_counter(), 0
+                bar.set_postfix(loss=f"{last['loss']:.4f}", clips_s=f"{last['clips_per_s']:.1f}")
+                if main:
+                    with metrics_path.open("a") as f:
+                        f.write(json.dumps({"step": self.step, **last}) + "\n")
+                    if writer is not None:
+                        for key, value in last.items():
+                            writer.add_scalar(f"train/{key}", value, self.step)
+            at_end = self.step == cfg.steps
+            if main and (self.step % cfg.ckpt_every == 0 or at_end):
+                self._save()
+                plot_loss_curve(metrics_path, self.run_dir / "loss_curve.png")
+            if main and (at_end or (cfg.sample_every and self.step % cfg.sample_every == 0)):
+                samples = self._sample()
+        bar.close()
+        if writer is not None:
+            writer.close()
+        close_distributed()
+        return {
+            "step": self.step,
+            "last": last,
+            "samples": [str(p) for p in samples],
+            "checkpoint": str(latest_checkpoint(self.run_dir)) if main else None,
+        }
+
+
+def _tensorboard_writer(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # TensorBoard is optional: slatte[tensorboard]
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) training as `cfg` says; returns the final step, last metrics, file paths."""
+    return Trainer(cfg, resume=resume).fit()

@@ -1,0 +1,110 @@
+import pytest
+import torch
+
+from slatte.training import TrainConfig, Trainer, TrainingError, train
+from slatte.training.checkpoint import latest_checkpoint, load_training_state
+
+
+def tiny(tmp_path, **kw):
+    base = dict(
+        out_dir=str(tmp_path / "run"),
+        model="Latte-T/2",
+        num_frames=2,
+        size=8,
+        batch_size=2,
+        steps=4,
+        log_every=1,
+        ckpt_every=2,
+        sample_steps=1,
+        seed=5,
+        ema_decay=0.9,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = Trainer(tiny(tmp_path / "a"))
+    straight.fit()
+    first = Trainer(tiny(tmp_path / "b", steps=2))
+    first.fit()
+    resumed = Trainer(tiny(tmp_path / "b", steps=4), resume=True)
+    assert resumed.step == 2
+    resumed.fit()
+    for name, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], value, msg=name)
+    for name, value in straight.ema.state_dict().items():
+        torch.testing.assert_close(resumed.ema.state_dict()[name], value, msg=name)
+    loss_a = [line for line in (tmp_path / "a/run/metrics.jsonl").read_text().splitlines()]
+    loss_b = [line for line in (tmp_path / "b/run/metrics.jsonl").read_text().splitlines()]
+    assert [eval_loss(x) for x in loss_a] == pytest.approx([eval_loss(x) for x in loss_b], rel=1e-5)
+
+
+def eval_loss(line):
+    import json
+
+    return json.loads(line)["loss"]
+
+
+def test_training_writes_checkpoint_metrics_plot_and_samples(tmp_path):
+    result = train(tiny(tmp_path))
+    run = tmp_path / "run"
+    assert result["step"] == 4
+    ckpt = latest_checkpoint(run)
+    assert ckpt.name == "step_0000004"
+    assert (ckpt / "model" / "config.json").is_file()
+    assert load_training_state(ckpt)["step"] == 4
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 4
+    assert (run / "loss_curve.png").stat().st_size > 0
+    assert any(p.endswith(".mp4") for p in result["samples"])
+
+
+def test_nonfinite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
+    tmp_path, monkeypatch
+):
+    trainer = Trainer(tiny(tmp_path, steps=6, ckpt_every=2))
+    real = trainer.diffusion.training_losses
+
+    def poisoned(model_fn, x0, t, noise=None):
+        out = real(model_fn, x0, t, noise=noise)
+        if trainer.step == 3:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer.diffusion, "training_losses", poisoned)
+    with pytest.raises(TrainingError, match="non-finite.*step 3"):
+        trainer.fit()
+    ckpt = latest_checkpoint(tmp_path / "run")
+    assert ckpt.name == "step_0000002"
+    assert load_training_state(ckpt)["step"] == 2
+
+
+def test_a_crash_while_saving_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    trainer = Trainer(tiny(tmp_path, steps=4, ckpt_every=2))
+    calls = {"n": 0}
+    real_save = torch.save
+
+    def failing_save(obj, path, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second checkpoint dies half-way
+            raise OSError("disk full")
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.fit()
+    ckpt = latest_checkpoint(tmp_path / "run")
+    assert ckpt.name == "step_0000002"
+    assert not (tmp_path / "run/checkpoints/step_0000004").exists()
+
+
+def test_mixed_precision_on_cpu_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        Trainer(tiny(tmp_path, precision="bf16"))
+
+
+def test_bad_training_options_are_named():
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp8")
+    with pytest.raises(ValueError, match="steps"):
+        TrainConfig(steps=0)
