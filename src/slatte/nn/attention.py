@@ -1,0 +1,124 @@
+"""Attention layers: multi-head self-attention through the backend seam, and masked
+cross-attention to a conditioning sequence (always dense)."""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from ..ops.attention import attention, check_backend
+from ..ops.dense import dense_attention
+from ..ops.sla.config import SLAConfig
+from .norm import FP32LayerNorm
+from .sla import SparseLinearAttention
+
+
+class Attention(nn.Module):
+    """Self-attention over (B, N, D) tokens: fused qkv, optional per-head qk LayerNorm, an output
+    projection `proj`, and the attention op chosen by `backend` (one of `ops.attention.BACKENDS`).
+
+    With an SLA backend the layer holds a `SparseLinearAttention` submodule named `sla` (which
+    owns the zero-initialised `proj_l`); with "sdpa" it holds none.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        qkv_bias: bool = True,
+        qk_norm: bool = False,
+        backend: str = "sdpa",
+        sla: SLAConfig | None = None,
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.q_norm = FP32LayerNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = FP32LayerNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+        self.backend = "sdpa"
+        self.sla: SparseLinearAttention | None = None
+        self.set_backend(backend, sla)
+
+    def set_backend(self, backend: str, sla: SLAConfig | None = None) -> None:
+        """Switch the attention op. Entering an SLA backend adds a zero `sla.proj_l` (or keeps
+        the trained one when already on SLA); "sdpa" drops it. Nothing else changes."""
+        check_backend(backend)
+        if backend == "sdpa":
+            self.sla = None
+        else:
+            previous = self.sla
+            device = self.qkv.weight.device
+            self.sla = SparseLinearAttention(self.head_dim, sla, backend=backend).to(device)
+            if previous is not None:
+                self.sla.proj_l.load_state_dict(previous.proj_l.state_dict())
+        self.backend = backend
+
+    def forward(self, x: torch.Tensor, *, identity_map: bool = False) -> torch.Tensor:
+        """x: (B, N, D) → (B, N, D).
+
+        `identity_map=True` uses the identity as attention map, so the layer returns
+        `proj(V)` (STG's `attention_values`); q and k are then not computed at all.
+        """
+        if identity_map:
+            dim = x.shape[-1]
+            v = nn.functional.linear(
+                x,
+                self.qkv.weight[2 * dim :],
+                None if self.qkv.bias is None else self.qkv.bias[2 * dim :],
+            )  # (B, N, D): the value rows of the fused projection
+            return self.proj(v)
+        qkv = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
+        q, k, v = qkv.unbind(0)  # each (B, H, N, Dh)
+        q, k = self.q_norm(q), self.k_norm(k)
+        out = self.sla(q, k, v) if self.sla is not None else attention(q, k, v, backend="sdpa")
+        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, head_dim={self.head_dim}, backend={self.backend!r}"
+
+
+class CrossAttention(nn.Module):
+    """Queries (B, N, D) attend to a context (B, L, Dc) with a padding mask (B, L), True = real
+    token. Dense softmax attention; a row whose mask is all False gets exactly zero output
+    (rather than the NaN softmax would give), so "no text" is a valid input."""
+
+    def __init__(self, dim: int, context_dim: int, num_heads: int, *, qk_norm: bool = False):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(context_dim, 2 * dim)
+        self.q_norm = FP32LayerNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = FP32LayerNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        q = rearrange(self.q(x), "b n (h d) -> b h n d", h=self.num_heads)
+        kv = rearrange(self.kv(context), "b l (two h d) -> two b h l d", two=2, h=self.num_heads)
+        k, v = kv.unbind(0)  # each (B, H, L, Dh)
+        q, k = self.q_norm(q), self.k_norm(k)
+        attn_mask = None
+        has_tokens = None
+        if mask is not None:
+            has_tokens = mask.any(dim=1)  # (B,)
+            # Let empty rows attend everywhere (finite softmax), then zero their output below.
+            mask = mask | ~has_tokens[:, None]
+            attn_mask = mask[:, None, None, :]  # (B, 1, 1, L), broadcast over heads and queries
+        out = dense_attention(q, k, v, attn_mask=attn_mask)
+        out = self.proj(rearrange(out, "b h n d -> b n (h d)"))
+        if has_tokens is not None:
+            out = out * has_tokens[:, None, None].to(out.dtype)
+        return out
+
+
+__all__ = ["Attention", "CrossAttention"]
