@@ -74,7 +74,7 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 # --------------------------------------------------------------------------- train
 def _add_train(sub) -> None:
-    from .training.config import PRECISIONS, TrainConfig
+    from .training.config import PARALLEL_MODES, PRECISIONS, TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("train", help="train a video DiT (default: Latte-digits on moving digits)")
@@ -110,6 +110,19 @@ def _add_train(sub) -> None:
     p.add_argument("--ema-decay", type=float, default=d.ema_decay)
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision)
     p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument(
+        "--parallel",
+        choices=PARALLEL_MODES,
+        default=d.parallel,
+        help="under torchrun: 'ddp' replicates the model, 'fsdp' shards it (FSDP2, sharded "
+        "checkpoints that resume on any number of processes)",
+    )
+    p.add_argument(
+        "--sequence-parallel",
+        type=int,
+        default=d.sequence_parallel,
+        help="processes that split each clip's frames (Ulysses; divides the process count)",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
@@ -153,6 +166,8 @@ def _run_train(args: argparse.Namespace) -> int:
         ema_decay=args.ema_decay,
         precision=args.precision,
         grad_checkpointing=args.grad_checkpointing,
+        parallel=args.parallel,
+        sequence_parallel=args.sequence_parallel,
         seed=args.seed,
         log_every=args.log_every,
         ckpt_every=args.ckpt_every,
@@ -166,7 +181,7 @@ def _run_train(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--resume: {args.out} has no checkpoint to resume from")
         saved = TrainConfig.from_dict(json.loads(load_training_state(ckpt)["train_config"]))
         # A resumed run keeps everything that shapes the data and the model; only the length,
-        # logging and device may change.
+        # logging, device and the split over processes may change.
         cfg = TrainConfig.from_dict(
             {
                 **saved.to_dict(),
@@ -180,6 +195,8 @@ def _run_train(args: argparse.Namespace) -> int:
                         "sample_steps",
                         "device",
                         "num_workers",
+                        "parallel",
+                        "sequence_parallel",
                     )
                 },
             }
@@ -220,22 +237,49 @@ def _add_sample(sub) -> None:
     p.add_argument("--out", default="outputs/samples", help="output folder")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    p.add_argument(
+        "--num-frames",
+        type=int,
+        default=None,
+        help="frames per video (default: the model's); more than the model's window samples "
+        "window by window, each conditioned on the previous one's last --overlap frames",
+    )
+    p.add_argument(
+        "--overlap", type=int, default=None, help="long videos: frames shared by windows (W/4)"
+    )
+    p.add_argument(
+        "--noise-reuse",
+        action="store_true",
+        help="long videos: re-noise the shared frames with the noise they were made from",
+    )
+    p.add_argument(
+        "--sequence-parallel",
+        action="store_true",
+        help="under torchrun: split each video's frames over all processes (Ulysses)",
+    )
     add_guidance_arguments(p)
     _add_attention_arguments(p)
     p.set_defaults(func=_run_sample)
 
 
 def _run_sample(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
     from .guidance.cli_args import guidance_from_args
     from .models import load_model
-    from .sampling import SampleOptions, generate_and_save
+    from .ops.sequence_parallel import check_heads, sequence_parallel
+    from .sampling import SampleOptions, generate, generate_and_save
+    from .training.distributed import DistInfo, close_distributed, init_distributed
 
     cfg_scale, stg_terms, rescale = guidance_from_args(args)  # flag mistakes before loading
     model_dir = resolve_model_dir(args.checkpoint)
     sla = _sla_from_args(args) if args.attention and args.attention != "sdpa" else None
+    info, device = (
+        init_distributed(args.device) if args.sequence_parallel else (DistInfo(), args.device)
+    )
     model = load_model(
         model_dir,
-        device=args.device,
+        device=device,
         dtype=DTYPES[args.dtype],
         attention_backend=args.attention,
         sla=sla,
@@ -253,9 +297,20 @@ def _run_sample(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         fps=args.fps,
         formats=tuple(f for f in args.formats.split(",") if f),
+        num_frames=args.num_frames,
+        overlap=args.overlap,
+        noise_reuse=args.noise_reuse,
+        progress=info.is_main,
     )
-    for path in generate_and_save(model, opts, args.out):
-        print(path)
+    check_heads(model.config.num_heads, info.world_size)  # before any sampling starts
+    # Every process samples the same videos (same seed), each computing its share of the frames.
+    with sequence_parallel(dist.group.WORLD if info.enabled else None):
+        if info.is_main:
+            for path in generate_and_save(model, opts, args.out):
+                print(path)
+        else:
+            generate(model, opts)
+    close_distributed()
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from tqdm.auto import tqdm
 
 from .data import PixelSpace, write_frame_grid, write_video
 from .diffusion import create_diffusion, ddim_sample, ddpm_sample
+from .diffusion.long_video import sample_long_video, seam_frames, seam_report
 from .guidance import STG, guided_model_fn
 from .models import VideoDiT
 
@@ -20,7 +22,13 @@ FORMATS = ("mp4", "gif", "png")
 
 @dataclass(frozen=True)
 class SampleOptions:
-    """What to generate and how. `labels=None` cycles through the classes (0, 1, 2, …)."""
+    """What to generate and how. `labels=None` cycles through the classes (0, 1, 2, …).
+
+    `num_frames` (default: the model's) beyond the model's window makes a long video window by
+    window (`diffusion.long_video`): each window conditioned on the last `overlap` frames of the
+    previous one (default: a quarter of the window), `noise_reuse` re-noising them with the noise
+    they were made from.
+    """
 
     num_samples: int = 4
     labels: tuple[int, ...] | None = None
@@ -35,6 +43,9 @@ class SampleOptions:
     fps: int = 8
     formats: tuple[str, ...] = FORMATS
     progress: bool = True
+    num_frames: int | None = None
+    overlap: int | None = None
+    noise_reuse: bool = False
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -46,6 +57,10 @@ class SampleOptions:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.num_frames is not None and self.num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
+        if self.overlap is not None and self.overlap < 1:
+            raise ValueError(f"overlap must be >= 1 frame, got {self.overlap}")
         bad = [f for f in self.formats if f not in FORMATS]
         if bad or not self.formats:
             raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {self.formats}")
@@ -76,6 +91,21 @@ def resolve_labels(model: VideoDiT, opts: SampleOptions) -> torch.Tensor | None:
     return torch.tensor(labels, dtype=torch.long)
 
 
+def long_video_plan(model: VideoDiT, opts: SampleOptions) -> tuple[int, int, int] | None:
+    """(total frames, window, overlap) when `opts` asks for more frames than the model's window,
+    else None."""
+    window = model.config.num_frames
+    total = opts.num_frames if opts.num_frames is not None else window
+    if total <= window:
+        return None
+    overlap = opts.overlap if opts.overlap is not None else max(1, window // 4)
+    if overlap >= window:
+        raise ValueError(
+            f"overlap must be smaller than the model's window of {window} frames, got {overlap}"
+        )
+    return total, window, overlap
+
+
 @torch.no_grad()
 def generate(
     model: VideoDiT, opts: SampleOptions, *, codec=None
@@ -86,6 +116,7 @@ def generate(
     `opts.seed`, so a seed gives the same videos on any device.
     """
     codec = codec if codec is not None else PixelSpace()
+    long_video = long_video_plan(model, opts)
     labels = resolve_labels(model, opts)
     for term in opts.stg:
         term.validate_for(model)
@@ -105,22 +136,45 @@ def generate(
         model_fn = guided_model_fn(
             model, y=y, cfg_scale=opts.cfg_scale, stg=opts.stg, rescale=opts.rescale
         )
-        shape = (n, cfg.num_frames, cfg.in_channels, cfg.input_size, cfg.input_size)
-        noise = torch.randn(shape, generator=gen).to(device)
-        if opts.sampler == "ddim":
-            x0 = ddim_sample(
+        frames = min(opts.num_frames or cfg.num_frames, cfg.num_frames)
+        shape = (n, frames, cfg.in_channels, cfg.input_size, cfg.input_size)
+
+        def sample_window(noise, step_callback=None, model_fn=model_fn, shape=shape):
+            if opts.sampler == "ddim":
+                return ddim_sample(
+                    diffusion,
+                    model_fn,
+                    shape,
+                    noise=noise,
+                    generator=gen,
+                    eta=opts.eta,
+                    progress=opts.progress,
+                    step_callback=step_callback,
+                )
+            return ddpm_sample(
                 diffusion,
                 model_fn,
                 shape,
                 noise=noise,
                 generator=gen,
-                eta=opts.eta,
                 progress=opts.progress,
+                step_callback=step_callback,
             )
+
+        if long_video is None:
+            x0 = sample_window(torch.randn(shape, generator=gen).to(device))
         else:
-            x0 = ddpm_sample(
-                diffusion, model_fn, shape, noise=noise, generator=gen, progress=opts.progress
-            )
+            total, _, overlap = long_video
+            x0 = sample_long_video(
+                sample_window,
+                diffusion,
+                shape,
+                total_frames=total,
+                overlap=overlap,
+                generator=gen,
+                noise_reuse=opts.noise_reuse,
+                device=device,
+            ).video
         videos.append(codec.decode(x0).clamp(-1, 1).float().cpu())
     return torch.cat(videos), labels
 
@@ -128,9 +182,24 @@ def generate(
 def generate_and_save(
     model: VideoDiT, opts: SampleOptions, out_dir: str | Path, *, codec=None
 ) -> list[Path]:
-    """Generate and write each sample as `sample_XX_classY.{mp4,gif}` plus one PNG grid."""
+    """Generate and write each sample as `sample_XX_classY.{mp4,gif}` plus one PNG grid; a long
+    video also gets `seams.json`, how much it jumps where windows meet (`seam_report`)."""
     videos, labels = generate(model, opts, codec=codec)
-    return save_videos(videos, labels, out_dir, fps=opts.fps, formats=opts.formats)
+    paths = save_videos(videos, labels, out_dir, fps=opts.fps, formats=opts.formats)
+    long_video = long_video_plan(model, opts)
+    if long_video is not None:
+        total, window, overlap = long_video
+        report = {
+            "num_frames": total,
+            "window": window,
+            "overlap": overlap,
+            "seams": seam_frames(total, window, overlap),
+            **seam_report(videos, seam_frames(total, window, overlap)),
+        }
+        path = Path(out_dir) / "seams.json"
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        paths.append(path)
+    return paths
 
 
 def save_videos(

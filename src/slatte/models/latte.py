@@ -30,6 +30,7 @@ from ..nn.mlp import Mlp
 from ..nn.norm import FP32LayerNorm
 from ..nn.sla import SparseLinearAttention
 from ..ops.attention import check_backend
+from ..ops.sequence_parallel import SequenceShard, current_sequence_shard
 from ..ops.sla.config import SLAConfig
 from .configs import VideoDiTConfig
 
@@ -65,7 +66,9 @@ class BlockContext:
 
     Per-sample tensors (batch first): `c` (B, D) conditioning vector (timestep + class);
     `text` (B, L, D) projected text states and `text_mask` (B, L) bool, True = real token, or
-    None for models without text. Static: `num_frames`, `grid_size` (patches per side).
+    None for models without text. Static: `num_frames` (of h, i.e. this process's frames under
+    sequence parallelism), `grid_size` (patches per side), and `sequence`: the frame split of a
+    `sequence_parallel` block the model was called in (None outside one).
     """
 
     c: torch.Tensor
@@ -73,6 +76,7 @@ class BlockContext:
     text_mask: torch.Tensor | None
     num_frames: int
     grid_size: int
+    sequence: SequenceShard | None = None
 
     def map_batch(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> BlockContext:
         """Apply `fn` to every per-sample tensor, e.g. `ctx.map_batch(lambda t: t[rows])`."""
@@ -162,16 +166,36 @@ class LatteBlock(nn.Module):
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
-    def self_attention(self, x: torch.Tensor, *, identity_map: bool = False) -> torch.Tensor:
-        """x (B, F, S, D) → (B, F, S, D), attending within this block's token groups."""
+    def self_attention(
+        self,
+        x: torch.Tensor,
+        *,
+        identity_map: bool = False,
+        sequence_group: torch.distributed.ProcessGroup | None = None,
+    ) -> torch.Tensor:
+        """x (B, F, S, D) → (B, F, S, D), attending within this block's token groups.
+
+        `sequence_group`: x holds this process's frames of a video split frame-wise over the
+        group. Spatial attention stays within a frame, so it needs no exchange; temporal and full
+        attention gather their sequence through Ulysses all-to-alls.
+        """
         _, f, s, _ = x.shape
         if self.kind == "spatial":
             out = self.attn(rearrange(x, "b f s d -> (b f) s d"), identity_map=identity_map)
             return rearrange(out, "(b f) s d -> b f s d", f=f)
         if self.kind == "temporal":
-            out = self.attn(rearrange(x, "b f s d -> (b s) f d"), identity_map=identity_map)
+            out = self.attn(
+                rearrange(x, "b f s d -> (b s) f d"),
+                identity_map=identity_map,
+                sequence_group=sequence_group,
+            )
             return rearrange(out, "(b s) f d -> b f s d", s=s)
-        out = self.attn(rearrange(x, "b f s d -> b (f s) d"), identity_map=identity_map)
+        # Frame-contiguous chunks in rank order make up the (f s) sequence of the whole video.
+        out = self.attn(
+            rearrange(x, "b f s d -> b (f s) d"),
+            identity_map=identity_map,
+            sequence_group=sequence_group,
+        )
         return rearrange(out, "b (f s) d -> b f s d", f=f)
 
     def forward(
@@ -191,7 +215,11 @@ class LatteBlock(nn.Module):
             if perturbation == "attention_skip":
                 attn_out = x
             else:
-                attn_out = self.self_attention(x, identity_map=perturbation == "attention_values")
+                attn_out = self.self_attention(
+                    x,
+                    identity_map=perturbation == "attention_values",
+                    sequence_group=None if ctx.sequence is None else ctx.sequence.group,
+                )
             h = h + gate_msa * attn_out
 
         if self.cross_attn is not None and ctx.text is not None:
@@ -318,9 +346,23 @@ class VideoDiT(nn.Module):
 
         y = None on a class-conditional model means the null class (unconditional); a text model
         given no text cross-attends to nothing (the cross-attention adds zero).
+
+        Inside a `sequence_parallel` block the frames are split over its group: h holds this
+        process's F/P frames (x is either the whole video, split here, or already this
+        process's frames; see `ops.sequence_parallel.SequenceShard.full_sequence`).
         """
         cfg = self.config
         b, f = self._check_inputs(x, t, y, text, text_mask)
+        shard = current_sequence_shard()
+        if shard is not None:
+            if shard.full_sequence:
+                x = shard.split_frames(x)
+            elif f * shard.size > cfg.num_frames:
+                raise ValueError(
+                    f"the model takes up to {cfg.num_frames} frames, got {f} frames on each of "
+                    f"{shard.size} sequence-parallel processes"
+                )
+            f = x.shape[1]
 
         # Inputs follow the weights' dtype (e.g. fp32 noise into a bf16 model); autocast, when
         # on, still decides the compute dtype.
@@ -346,7 +388,12 @@ class VideoDiT(nn.Module):
                 text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=x.device)
             text_states = self.text_embedder(text.to(h.dtype))  # (B, L, D)
         ctx = BlockContext(
-            c=c, text=text_states, text_mask=text_mask, num_frames=f, grid_size=cfg.grid_size
+            c=c,
+            text=text_states,
+            text_mask=text_mask,
+            num_frames=f,
+            grid_size=cfg.grid_size,
+            sequence=shard,
         )
         return h, ctx
 
@@ -440,9 +487,11 @@ class VideoDiT(nn.Module):
             check_perturbation(strategy)
 
         temporal_index = self.temporal_embed_index()
+        first_frame = 0 if ctx.sequence is None else ctx.sequence.frame_offset(h.shape[1])
         for i in range(start, stop):
             if i == temporal_index:
-                h = h + self.temp_embed[: h.shape[1], None].to(h.dtype)  # (F, 1, D) over S
+                frames = self.temp_embed[first_frame : first_frame + h.shape[1], None]
+                h = h + frames.to(h.dtype)  # (F, 1, D) over S
             block, perturbation = self.blocks[i], perturbations.get(i)
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 h = checkpoint(block, h, ctx, perturbation, use_reentrant=False)
@@ -453,8 +502,12 @@ class VideoDiT(nn.Module):
     # -- step 3: hidden states → prediction ------------------------------------------------------
 
     def final(self, h: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
-        """h (B, F, S, D) → (B, F, out_channels, H, W)."""
-        return self.unpatchify(self.final_layer(h, ctx.c), ctx.grid_size)
+        """h (B, F, S, D) → (B, F, out_channels, H, W) (all frames again when the model was
+        given the whole video inside a `sequence_parallel` block)."""
+        out = self.unpatchify(self.final_layer(h, ctx.c), ctx.grid_size)
+        if ctx.sequence is not None and ctx.sequence.full_sequence:
+            out = ctx.sequence.gather_frames(out)
+        return out
 
     def unpatchify(self, patches: torch.Tensor, grid_size: int) -> torch.Tensor:
         """(B, F, S, p·p·C) with feature order (p, q, c) → (B, F, C, H, W)."""

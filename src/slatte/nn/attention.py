@@ -4,11 +4,13 @@ cross-attention to a conditioning sequence (always dense)."""
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from einops import rearrange
 from torch import nn
 
 from ..ops.attention import attention, check_backend
 from ..ops.dense import dense_attention
+from ..ops.sequence_parallel import ulysses_attention
 from ..ops.sla.config import SLAConfig
 from .norm import FP32LayerNorm
 from .sla import SparseLinearAttention
@@ -59,11 +61,20 @@ class Attention(nn.Module):
                 self.sla.proj_l.load_state_dict(previous.proj_l.state_dict())
         self.backend = backend
 
-    def forward(self, x: torch.Tensor, *, identity_map: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        identity_map: bool = False,
+        sequence_group: dist.ProcessGroup | None = None,
+    ) -> torch.Tensor:
         """x: (B, N, D) → (B, N, D).
 
         `identity_map=True` uses the identity as attention map, so the layer returns
         `proj(V)` (STG's `attention_values`); q and k are then not computed at all.
+        `sequence_group`: x holds this process's chunk of a sequence split over the group
+        (chunks in rank order); attention then runs over the whole sequence through Ulysses
+        all-to-alls (`ops.sequence_parallel`), which needs num_heads divisible by the group size.
         """
         if identity_map:
             dim = x.shape[-1]
@@ -76,8 +87,11 @@ class Attention(nn.Module):
         qkv = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
         q, k, v = qkv.unbind(0)  # each (B, H, N, Dh)
         q, k = self.q_norm(q), self.k_norm(k)
-        out = self.sla(q, k, v) if self.sla is not None else attention(q, k, v, backend="sdpa")
+        out = ulysses_attention(q, k, v, self._attend, sequence_group)
         return self.proj(rearrange(out, "b h n d -> b n (h d)"))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.sla(q, k, v) if self.sla is not None else attention(q, k, v, backend="sdpa")
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, head_dim={self.head_dim}, backend={self.backend!r}"

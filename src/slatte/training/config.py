@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+PARALLEL_MODES = ("ddp", "fsdp")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,10 @@ class TrainConfig:
     precision: str = "fp32"
     grad_checkpointing: bool = False
     seed: int = 0
+    # several processes (torchrun): "ddp" replicates the model, "fsdp" shards it (FSDP2) and
+    # writes sharded checkpoints; `sequence_parallel` processes split each clip's frames
+    parallel: str = "ddp"
+    sequence_parallel: int = 1
     # bookkeeping
     log_every: int = 10
     ckpt_every: int = 500
@@ -60,6 +65,19 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.parallel not in PARALLEL_MODES:
+            raise ValueError(f"parallel must be one of {PARALLEL_MODES}, got {self.parallel!r}")
+        if self.parallel == "fsdp" and self.precision == "fp16":
+            raise ValueError("parallel 'fsdp' supports precision fp32 or bf16, got 'fp16'")
+        if not isinstance(self.sequence_parallel, int) or self.sequence_parallel < 1:
+            raise ValueError(
+                f"sequence_parallel must be a positive integer, got {self.sequence_parallel!r}"
+            )
+        if self.num_frames % self.sequence_parallel:
+            raise ValueError(
+                f"sequence_parallel={self.sequence_parallel} splits the {self.num_frames} frames "
+                "of a clip evenly: num_frames must be divisible by it"
+            )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.lr <= 0:

@@ -45,6 +45,64 @@ def init_distributed(device: str) -> tuple[DistInfo, torch.device]:
     return info, torch.device(f"cuda:{info.local_rank}") if use_cuda else torch.device(device)
 
 
+def barrier() -> None:
+    """Wait for every process (nothing to wait for in a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def close_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@dataclass(frozen=True)
+class ParallelLayout:
+    """How the processes split the work: `data` says which share of the global batch this
+    process trains on (rank / world size over data-parallel replicas); the `sequence_group`
+    (None without sequence parallelism) holds the processes that share those samples and split
+    their frames."""
+
+    data: DistInfo
+    sequence_group: dist.ProcessGroup | None
+    sequence_size: int
+
+
+def parallel_layout(info: DistInfo, sequence_parallel: int) -> ParallelLayout:
+    """Split the `info.world_size` processes into groups of `sequence_parallel` consecutive ranks
+    (consecutive ranks share a node under torchrun, so the all-to-alls stay on NVLink).
+
+    Collective: every process must call it (it creates the process groups).
+    """
+    world = info.world_size
+    if sequence_parallel < 1 or world % sequence_parallel:
+        raise ValueError(
+            f"sequence_parallel must be a positive divisor of the number of processes ({world}), "
+            f"got {sequence_parallel}; launch with torchrun --nproc-per-node a multiple of it"
+        )
+    if sequence_parallel == 1:
+        return ParallelLayout(data=info, sequence_group=None, sequence_size=1)
+    mine = None
+    for start in range(0, world, sequence_parallel):
+        group = dist.new_group(list(range(start, start + sequence_parallel)))
+        if start <= info.rank < start + sequence_parallel:
+            mine = group
+    data = DistInfo(
+        rank=info.rank // sequence_parallel,
+        world_size=world // sequence_parallel,
+        local_rank=info.local_rank,
+    )
+    return ParallelLayout(data=data, sequence_group=mine, sequence_size=sequence_parallel)
+
+
+def mean_over_processes(values: list[float], device: torch.device) -> list[float]:
+    """The mean of each value over all processes (the values unchanged in a single process).
+
+    Every process's values must weigh the same (equal batch shares), so that this is the mean
+    over the global batch.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return (tensor / dist.get_world_size()).tolist()

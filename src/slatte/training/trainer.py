@@ -1,8 +1,16 @@
 """The training loop: diffusion loss, AdamW, EMA, mixed precision, checkpoints, exact resume.
 
 Exact resume holds by construction: the batch of step s (which dataset indices, which
-timesteps, which noise, which labels are dropped) is a pure function of (seed, step, rank), and
-everything that carries over between steps (weights, EMA, optimizer, grad scaler) is checkpointed.
+timesteps, which noise, which labels are dropped) is a pure function of (seed, step, position in
+the global batch), and everything that carries over between steps (weights, EMA, optimizer, grad
+scaler) is checkpointed. Since no random number depends on the process, the same global batch
+gives the same training on 1 process or N (DDP or FSDP), up to float rounding.
+
+Several processes (torchrun): DDP replicates the model; FSDP2 shards it (`fsdp.py`) and then
+checkpoints are sharded (`sharded_checkpoint.py`) and load on any number of processes. With
+sequence parallelism, groups of processes share their samples and split the frames
+(`ops.sequence_parallel`); each computes the loss on its frames, and averaging the gradients
+over all processes (what DDP and FSDP do) is then exactly the gradient of the global loss.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
@@ -23,20 +32,35 @@ from tqdm.auto import tqdm
 from ..data import MovingDigits, VideoFolder
 from ..diffusion import create_diffusion
 from ..models import VideoDiT, load_model, model_config
+from ..ops.sequence_parallel import check_heads, sequence_parallel
 from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from .config import TrainConfig
-from .distributed import DistInfo, close_distributed, init_distributed
+from .distributed import (
+    DistInfo,
+    barrier,
+    close_distributed,
+    init_distributed,
+    mean_over_processes,
+    parallel_layout,
+)
 from .ema import make_ema, update_ema
+from .fsdp import shard_model
 from .plots import plot_loss_curve
+from .sharded_checkpoint import (
+    full_model_state_dict,
+    is_sharded_checkpoint,
+    load_sharded_checkpoint,
+    save_sharded_checkpoint,
+)
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss became non-finite); the message says what to do."""
 
 
-def step_seed(seed: int, step: int, rank: int) -> int:
-    """A distinct, reproducible seed for each (run seed, step, rank)."""
-    return (seed * 1_000_003 + step * 8_191 + rank * 131_071) % (2**63 - 1)
+def step_seed(seed: int, step: int, index: int) -> int:
+    """A distinct, reproducible seed for each (run seed, step, position in the global batch)."""
+    return (seed * 1_000_003 + step * 8_191 + index * 131_071) % (2**63 - 1)
 
 
 class StepBatchSampler(Sampler[list[int]]):
@@ -49,8 +73,8 @@ class StepBatchSampler(Sampler[list[int]]):
     def __init__(self, length: int, global_batch: int, dist_info: DistInfo, seed: int, start: int):
         if global_batch % dist_info.world_size:
             raise ValueError(
-                f"batch_size {global_batch} must be divisible by the number of processes "
-                f"({dist_info.world_size})"
+                f"batch_size {global_batch} must be divisible by the number of data-parallel "
+                f"processes ({dist_info.world_size})"
             )
         self.length, self.global_batch, self.info = length, global_batch, dist_info
         self.seed, self.start = seed, start
@@ -139,6 +163,12 @@ class Trainer:
                 f"precision {cfg.precision!r} needs a CUDA device (mixed precision runs under "
                 f"autocast on CUDA only); on {self.device.type!r} use --precision fp32"
             )
+        # Which samples this process trains on, and with whom it splits their frames.
+        self.layout = parallel_layout(self.info, cfg.sequence_parallel)
+        # FSDP runs always write sharded checkpoints (also on one process, where the model
+        # itself stays whole), so a run can move between any numbers of processes.
+        self.sharded = cfg.parallel == "fsdp" and self.info.enabled
+        self.sharded_checkpoints = cfg.parallel == "fsdp"
         self.dataset, num_classes = build_dataset(cfg)
         self.codec = build_codec(cfg, self.device)
         torch.manual_seed(cfg.seed)  # the same initial weights in every process and every run
@@ -149,7 +179,12 @@ class Trainer:
             num_classes=num_classes,
         ).to(self.device)
         self.model.enable_gradient_checkpointing(cfg.grad_checkpointing)
+        check_heads(self.model.config.num_heads, self.layout.sequence_size)  # fail before step 1
         self.ema = make_ema(self.model)
+        if self.sharded:
+            # The EMA is sharded like the model, so its update touches local shards only.
+            shard_model(self.model, precision=cfg.precision)
+            shard_model(self.ema)
         self.diffusion = create_diffusion(learn_sigma=self.model.config.learn_sigma)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
@@ -162,7 +197,7 @@ class Trainer:
             DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-            if self.info.enabled
+            if self.info.enabled and not self.sharded
             else self.model
         )
 
@@ -171,23 +206,59 @@ class Trainer:
         ckpt = latest_checkpoint(self.run_dir)
         if ckpt is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir} (no 'latest' file)")
-        state = load_training_state(ckpt)
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(load_model(ckpt / "model").state_dict())
-        self.optimizer.load_state_dict(state["optimizer"])
+        if is_sharded_checkpoint(ckpt):
+            # Written by FSDP on any number of processes; loads sharded or whole.
+            state = load_sharded_checkpoint(
+                ckpt, model=self.model, ema=self.ema, optimizer=self.optimizer
+            )
+        elif self.sharded_checkpoints:
+            raise ValueError(
+                f"{ckpt} was written without FSDP (whole weights, optimizer state by position): "
+                "resume it with --parallel ddp"
+            )
+        else:
+            state = load_training_state(ckpt)
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(load_model(ckpt / "model").state_dict())
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
 
-    def _save(self) -> Path:
+    def _save(self) -> Path | None:
+        """Write a checkpoint. Called by every process: FSDP writes shards from all of them; DDP
+        writes from the first process only (returning None elsewhere)."""
         state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "train_config": json.dumps(self.cfg.to_dict()),
         }
+        if self.sharded_checkpoints:
+            return save_sharded_checkpoint(
+                self.run_dir,
+                self.step,
+                model=self.model,
+                ema=self.ema,
+                optimizer=self.optimizer,
+                state=state,
+                keep_last=self.cfg.keep_checkpoints,
+            )
+        if not self.info.is_main:
+            return None
+        state.update(model=self.model.state_dict(), optimizer=self.optimizer.state_dict())
         return save_checkpoint(
             self.run_dir, self.step, ema=self.ema, state=state, keep_last=self.cfg.keep_checkpoints
         )
+
+    def _whole_ema(self) -> VideoDiT | None:
+        """The EMA model with whole weights on the first process (None elsewhere), for sampling.
+        Collective under FSDP, where the EMA is sharded."""
+        if not self.sharded:
+            return self.ema if self.info.is_main else None
+        weights = full_model_state_dict(self.ema)
+        if not self.info.is_main:
+            return None
+        whole = VideoDiT(self.ema.config).to(self.device)
+        whole.load_state_dict(weights)
+        return whole.eval()
 
     # ------------------------------------------------------------------ one step
     def _autocast(self):
@@ -199,29 +270,57 @@ class Trainer:
             return self.cfg.lr
         return self.cfg.lr * min(1.0, (step + 1) / self.cfg.warmup_steps)
 
+    def _sample_randomness(
+        self, step: int, shape: torch.Size
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Timestep (b,), noise (b, ...) and label-dropout flag (b,) of this process's samples,
+        each drawn from a generator seeded by (seed, step, the sample's global position)."""
+        first = self.layout.data.rank * shape[0]
+        drop_prob = self.model.config.class_dropout_prob
+        ts, noises, drops = [], [], []
+        for i in range(shape[0]):
+            gen = torch.Generator().manual_seed(step_seed(self.cfg.seed, step, first + i))
+            ts.append(torch.randint(0, self.diffusion.num_timesteps, (1,), generator=gen))
+            drops.append(torch.rand(1, generator=gen) < drop_prob)
+            noises.append(torch.randn(shape[1:], generator=gen))
+        return torch.cat(ts), torch.stack(noises), torch.cat(drops)
+
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         cfg, step = self.cfg, self.step
-        torch.manual_seed(step_seed(cfg.seed, step, self.info.rank))  # label dropout, etc.
-        gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, self.info.rank) + 1)
         with torch.no_grad():
             x0 = self.codec.encode(batch["video"].to(self.device))
         labels = batch["label"].to(self.device)
         has_labels = self.model.config.num_classes > 0
-        t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen).to(self.device, x0.dtype)
+        t, noise, drop = self._sample_randomness(step, x0.shape)
+        t, noise = t.to(self.device), noise.to(self.device, x0.dtype)
+        if has_labels:  # classifier-free guidance training: the null class replaces dropped labels
+            null = torch.full_like(labels, self.model.config.num_classes)
+            labels = torch.where(drop.to(self.device), null, labels)
 
         def model_fn(x_t: torch.Tensor, t_: torch.Tensor) -> torch.Tensor:
             return self.ddp_model(x_t, t_, labels if has_labels else None)
 
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr_at(step)
-        with self._autocast():
-            losses = self.diffusion.training_losses(model_fn, x0, t.to(self.device), noise=noise)
+        with (
+            self._autocast(),
+            sequence_parallel(self.layout.sequence_group, full_sequence=False) as shard,
+        ):
+            if shard is not None:  # this process's frames; the loss is computed on them
+                x0, noise = shard.split_frames(x0), shard.split_frames(noise)
+            losses = self.diffusion.training_losses(model_fn, x0, t, noise=noise)
         loss = losses["loss"].float().mean()
-        if not torch.isfinite(loss):
+        parts = [
+            losses[k].float().mean() if k in losses else loss.new_zeros(()) for k in ("mse", "vb")
+        ]
+        # Logged figures are means over the global batch (and all frames), as on one process.
+        global_loss, global_mse, global_vb = mean_over_processes(
+            [loss.item(), parts[0].item(), parts[1].item()], self.device
+        )
+        if not math.isfinite(global_loss):
             last = latest_checkpoint(self.run_dir)
             raise TrainingError(
-                f"the training loss became non-finite ({loss.item()}) at step {step}; nothing was "
+                f"the training loss became non-finite ({global_loss}) at step {step}; nothing was "
                 f"saved after it. Last good checkpoint: {last or 'none'}. Try a lower --lr, "
                 "--precision bf16 instead of fp16, or a smaller --grad-clip."
             )
@@ -231,14 +330,16 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.model.parameters(), self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
         )
+        if isinstance(grad_norm, DTensor):  # FSDP: the norm over all shards
+            grad_norm = grad_norm.full_tensor()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         update_ema(self.ema, self.model, ema_decay_at(step, cfg.ema_decay))
         self.step += 1
         return {
-            "loss": loss.item(),
-            "mse": losses["mse"].float().mean().item(),
-            "vb": losses["vb"].float().mean().item() if "vb" in losses else 0.0,
+            "loss": global_loss,
+            "mse": global_mse,
+            "vb": global_vb,
             "grad_norm": float(grad_norm),
             "lr": self._lr_at(step),
         }
@@ -246,7 +347,7 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def _loader(self) -> DataLoader:
         sampler = StepBatchSampler(
-            len(self.dataset), self.cfg.batch_size, self.info, self.cfg.seed, self.step
+            len(self.dataset), self.cfg.batch_size, self.layout.data, self.cfg.seed, self.step
         )
         return DataLoader(
             self.dataset,
@@ -256,15 +357,19 @@ class Trainer:
         )
 
     def _sample(self) -> list[Path]:
+        """Sample from the EMA on the first process (every process must call this)."""
         from ..sampling import SampleOptions, generate_and_save
 
+        ema = self._whole_ema()
+        if ema is None:
+            return []
         opts = SampleOptions(
             num_samples=min(4, max(1, self.model.config.num_classes or 4)),
             steps=self.cfg.sample_steps,
             seed=self.cfg.seed,
         )
         return generate_and_save(
-            self.ema, opts, self.run_dir / "samples" / f"step_{self.step:07d}", codec=self.codec
+            ema, opts, self.run_dir / "samples" / f"step_{self.step:07d}", codec=self.codec
         )
 
     def fit(self) -> dict[str, Any]:
@@ -276,6 +381,10 @@ class Trainer:
         writer = _tensorboard_writer(self.run_dir) if main else None
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not main, desc="train", unit="step")
         self.model.train()
+        if self.model.y_embedder is not None:
+            # Label dropout is drawn per sample in `train_step` (independent of the number of
+            # processes); eval mode keeps the embedder from dropping labels a second time.
+            self.model.y_embedder.eval()
         window_start, window_clips = time.perf_counter(), 0
         last: dict[str, float] = {}
         samples: list[Path] = []
@@ -296,14 +405,16 @@ class Trainer:
                         for key, value in last.items():
                             writer.add_scalar(f"train/{key}", value, self.step)
             at_end = self.step == cfg.steps
-            if main and (self.step % cfg.ckpt_every == 0 or at_end):
+            if self.step % cfg.ckpt_every == 0 or at_end:
                 self._save()
-                plot_loss_curve(metrics_path, self.run_dir / "loss_curve.png")
-            if main and (at_end or (cfg.sample_every and self.step % cfg.sample_every == 0)):
+                if main:
+                    plot_loss_curve(metrics_path, self.run_dir / "loss_curve.png")
+            if at_end or (cfg.sample_every and self.step % cfg.sample_every == 0):
                 samples = self._sample()
         bar.close()
         if writer is not None:
             writer.close()
+        barrier()  # the others wait while the first process samples, then all leave together
         close_distributed()
         return {
             "step": self.step,

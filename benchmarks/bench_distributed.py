@@ -1,0 +1,265 @@
+"""Scaling over GPUs: FSDP2 training throughput and Ulysses sequence-parallel SLA attention.
+
+Run without torchrun; it launches itself under `torchrun --standalone` once per GPU count
+(1, then each of --gpus) and compares, in one report, N GPUs against 1:
+
+    python benchmarks/bench_distributed.py --gpus 2                 # both parts
+    python benchmarks/bench_distributed.py --gpus 2,4,8 --skip-train  # attention only
+
+1. Training: Latte-XL/2 on 16 frames of 32×32×4 latents (Latte's 256² setting), bf16, the
+   hybrid diffusion loss, backward, AdamW, EMA; --batch clips per GPU (the global batch grows
+   with the GPU count, as in data-parallel training). One GPU: the plain model under autocast
+   (the baseline a user has); N GPUs: FSDP2 (`slatte.training.fsdp.shard_model`, bf16 params,
+   fp32 gradient reduction) with a sharded EMA. Figure: clips/s, and N-GPU clips/s over 1-GPU.
+2. Attention: SLA (fused kernel) over B=1, H heads, N tokens, D=128, bf16. One GPU: the whole
+   sequence; N GPUs: N/P tokens each, exchanged with Ulysses all-to-alls around the same kernel
+   (`slatte.ops.sequence_parallel.ulysses_attention`). Figure: ms per call (slowest rank), and
+   1-GPU time over N-GPU time.
+
+NVLink multicast (NVLS) stays off: NCCL_NVLS_ENABLE=0 is set before the process group exists.
+Prints one JSON object and a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ["NCCL_NVLS_ENABLE"] = "0"  # before torch.distributed initialises NCCL
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+
+# --------------------------------------------------------------------------- timing
+def _time_ms(fn, *, warmup: int, repeats: int) -> float:
+    """Median ms of `fn()` over `repeats` calls, every process starting together; the slowest
+    process's median counts (a step is only done when all are)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        if dist.is_initialized():
+            dist.barrier()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    median = torch.tensor(sorted(times)[len(times) // 2], device="cuda")
+    if dist.is_initialized():
+        dist.all_reduce(median, op=dist.ReduceOp.MAX)
+    return float(median)
+
+
+# --------------------------------------------------------------------------- worker parts
+def train_throughput(args: argparse.Namespace, world: int) -> dict:
+    from slatte.diffusion import create_diffusion
+    from slatte.models import VideoDiT, model_config
+    from slatte.training.ema import make_ema, update_ema
+    from slatte.training.fsdp import shard_model
+
+    torch.manual_seed(0)
+    model = VideoDiT(  # UCF-101's class-conditional setting
+        model_config(args.model, num_frames=16, input_size=32, in_channels=4, num_classes=101)
+    )
+    model = model.cuda()
+    model.enable_gradient_checkpointing(args.grad_checkpointing)
+    ema = make_ema(model)
+    if world > 1:
+        shard_model(model, precision="bf16")
+        shard_model(ema)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    diffusion = create_diffusion(learn_sigma=model.config.learn_sigma)
+    gen = torch.Generator(device="cuda").manual_seed(dist.get_rank() if world > 1 else 0)
+    x0 = torch.randn(args.batch, 16, 4, 32, 32, device="cuda", generator=gen)
+    y = torch.randint(0, model.config.num_classes, (args.batch,), device="cuda", generator=gen)
+
+    def step() -> None:
+        t = torch.randint(0, 1000, (args.batch,), device="cuda", generator=gen)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = diffusion.training_losses(lambda x, tt: model(x, tt, y), x0, t)["loss"].mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        update_ema(ema, model, 0.9999)
+
+    ms = _time_ms(step, warmup=3, repeats=args.train_repeats)
+    return {
+        "model": args.model,
+        "mode": "fsdp2" if world > 1 else "single",
+        "batch_per_gpu": args.batch,
+        "step_ms": round(ms, 2),
+        "clips_per_s": round(args.batch * world / (ms * 1e-3), 2),
+        "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+    }
+
+
+def attention_times(args: argparse.Namespace, world: int) -> list[dict]:
+    from slatte.ops.attention import attention
+    from slatte.ops.sequence_parallel import ulysses_attention
+    from slatte.ops.sla.config import SLAConfig
+
+    sla = SLAConfig(critical=args.critical, block_q=args.block_q, block_k=args.block_k)
+    group = dist.group.WORLD if world > 1 else None
+    rows = []
+    for n in args.seq_lens:
+        for backend in args.backends:
+            gen = torch.Generator(device="cuda").manual_seed(0)
+            shape = (1, args.heads, n // world, args.head_dim)
+            q, k, v = (
+                torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=gen)
+                for _ in range(3)
+            )
+            proj = torch.zeros(args.head_dim, args.head_dim, device="cuda")
+
+            def call(q=q, k=k, v=v, backend=backend, proj=proj):
+                def attend(q_, k_, v_):
+                    return attention(q_, k_, v_, backend=backend, sla=sla, proj_weight=proj)
+
+                return ulysses_attention(q, k, v, attend, group)
+
+            row = {"backend": backend, "seq_len": n, "heads": args.heads, "gpus": world}
+            try:
+                with torch.no_grad():
+                    row["forward_ms"] = round(_time_ms(call, warmup=2, repeats=args.repeats), 3)
+            except Exception as err:  # report, keep measuring the other shapes
+                row["error"] = f"{type(err).__name__}: {err}"[:300]
+            rows.append(row)
+            del q, k, v
+            torch.cuda.empty_cache()
+    return rows
+
+
+def worker(args: argparse.Namespace) -> None:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group("nccl")
+    result: dict = {"gpus": world}
+    if not args.skip_train:
+        result["train"] = train_throughput(args, world)
+        torch.cuda.empty_cache()
+    if not args.skip_attention:
+        result["attention"] = attention_times(args, world)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        Path(args.result).write_text(json.dumps(result))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------- launcher
+def launch(args: argparse.Namespace, argv: list[str]) -> None:
+    import triton
+
+    counts = [1] + [g for g in args.gpus if g > 1]
+    if max(counts) > torch.cuda.device_count():
+        raise SystemExit(f"asked for {max(counts)} GPUs, {torch.cuda.device_count()} visible")
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for gpus in counts:
+            out = Path(tmp) / f"{gpus}.json"
+            cmd = [
+                sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc-per-node={gpus}", __file__, *argv, "--worker", "--result", str(out),
+            ]  # fmt: skip
+            subprocess.run(cmd, check=True, env={**os.environ, "NCCL_NVLS_ENABLE": "0"})
+            runs[gpus] = json.loads(out.read_text())
+    report = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "runs": runs,
+        "speedup": {},
+    }
+    base = runs[1]
+    for gpus in counts[1:]:
+        entry = {}
+        if "train" in base:
+            entry["train_clips_per_s"] = round(
+                runs[gpus]["train"]["clips_per_s"] / base["train"]["clips_per_s"], 3
+            )
+        for one, many in zip(
+            base.get("attention", []), runs[gpus].get("attention", []), strict=True
+        ):
+            if "forward_ms" in one and "forward_ms" in many:
+                key = f"attention_{one['backend']}_{one['seq_len']}"
+                entry[key] = round(one["forward_ms"] / many["forward_ms"], 3)
+        report["speedup"][str(gpus)] = entry
+    print(json.dumps(report))
+    print_table(report, counts)
+
+
+def print_table(report: dict, counts: list[int]) -> None:
+    runs = report["runs"]
+    print(f"\n{report['device']}, torch {report['torch']}")
+    if "train" in runs[1]:
+        print("| GPUs | mode | step ms | clips/s | peak GB | speed-up |")
+        print("| ---: | --- | ---: | ---: | ---: | ---: |")
+        for gpus in counts:
+            t = runs[gpus]["train"]
+            ratio = report["speedup"].get(str(gpus), {}).get("train_clips_per_s", 1.0)
+            print(
+                f"| {gpus} | {t['mode']} | {t['step_ms']} | {t['clips_per_s']} | "
+                f"{t['peak_mem_gb']} | {ratio}× |"
+            )
+    if "attention" in runs[1]:
+        print("\n| backend | tokens | GPUs | forward ms | speed-up |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for gpus in counts:
+            for row in runs[gpus]["attention"]:
+                key = f"attention_{row['backend']}_{row['seq_len']}"
+                ratio = report["speedup"].get(str(gpus), {}).get(key, 1.0)
+                ms = row.get("forward_ms", row.get("error", "?"))
+                print(f"| {row['backend']} | {row['seq_len']} | {gpus} | {ms} | {ratio}× |")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--gpus", default="2", help="comma list of GPU counts to compare with 1")
+    p.add_argument("--model", default="Latte-XL/2")
+    p.add_argument("--batch", type=int, default=4, help="clips per GPU")
+    p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--train-repeats", type=int, default=10)
+    p.add_argument("--seq-lens", default="65536,131072")
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--backends", default="sla", help="comma list: sla, sdpa, sla_reference")
+    p.add_argument("--critical", type=float, default=0.05)
+    p.add_argument("--block-q", type=int, default=64)
+    p.add_argument("--block-k", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--skip-train", action="store_true")
+    p.add_argument("--skip-attention", action="store_true")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.gpus = [int(g) for g in str(args.gpus).split(",") if g]
+    args.seq_lens = [int(n) for n in args.seq_lens.split(",") if n]
+    args.backends = [b for b in args.backends.split(",") if b]
+    for gpus in args.gpus:
+        for n in args.seq_lens:
+            if n % gpus or args.heads % gpus:
+                raise SystemExit(f"--seq-lens {n} and --heads {args.heads} must divide by {gpus}")
+    return args
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    args = parse_args(argv)
+    if args.worker:
+        worker(args)
+    else:
+        launch(args, argv)
+
+
+if __name__ == "__main__":
+    main()

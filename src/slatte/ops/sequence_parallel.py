@@ -1,0 +1,219 @@
+"""Ulysses sequence parallelism: shard a long token sequence over a group of processes.
+
+Every process holds a contiguous chunk of the sequence (N/P tokens of all H heads). Around
+attention one all-to-all turns that into all N tokens of H/P heads, attention runs unchanged on
+full sequences (dense or SLA: both see exactly the tokens, in exactly the order, a single process
+would), and a second all-to-all turns the result back into sequence chunks. Everything outside
+attention (projections, MLPs, norms) acts token by token and needs no communication.
+
+Shapes: B batch, H heads, N full sequence length, P group size, D head dim.
+    sequence-sharded (B, H, N/P, D)  --seq_to_heads-->  head-sharded (B, H/P, N, D)
+    head-sharded (B, H/P, N, D)      --heads_to_seq-->  sequence-sharded (B, H, N/P, D)
+
+The model uses it through `sequence_parallel(group)`, a context manager: inside it, a VideoDiT
+splits its frames over the group (see `SequenceShard`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from einops import rearrange
+
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def group_size(group: dist.ProcessGroup | None) -> int:
+    """Number of processes in `group` (1 when there is no group or no process group at all)."""
+    if group is None or not dist.is_available() or not dist.is_initialized():
+        return 1
+    return dist.get_world_size(group)
+
+
+def check_heads(num_heads: int, size: int) -> None:
+    """Ulysses splits heads over the group: say so clearly when they do not divide."""
+    if num_heads % size:
+        raise ValueError(
+            f"sequence parallelism over {size} processes needs the number of attention heads "
+            f"to be divisible by {size}, got {num_heads} heads; use a sequence-parallel size "
+            f"that divides {num_heads} (e.g. 1, or a divisor of it)"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The all-to-all exchanges (differentiable: the backward of one is the other)
+# ---------------------------------------------------------------------------------------------
+
+
+def _exchange(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    """all_to_all_single over dim 0, which must have one slice per process."""
+    # Contiguous first: empty_like copies the strides of a permuted view, but the collective
+    # reads and writes flat memory.
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    dist.all_to_all_single(out, x, group=group)
+    return out
+
+
+def _seq_to_heads(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    p = dist.get_world_size(group)
+    # (B, H, n, D) → (P, B, H/P, n, D): slice j of the heads goes to process j.
+    send = rearrange(x, "b (p h) n d -> p b h n d", p=p)
+    recv = _exchange(send, group)  # slice i now holds sequence chunk i (from process i)
+    return rearrange(recv, "p b h n d -> b h (p n) d")
+
+
+def _heads_to_seq(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    p = dist.get_world_size(group)
+    # (B, H/P, N, D) → (P, B, H/P, N/P, D): sequence chunk j goes back to process j.
+    send = rearrange(x, "b h (p n) d -> p b h n d", p=p)
+    recv = _exchange(send, group)  # slice i now holds head group i (from process i)
+    return rearrange(recv, "p b h n d -> b (p h) n d")
+
+
+class _SeqToHeads(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+        ctx.group = group
+        return _seq_to_heads(x, group)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _heads_to_seq(grad, ctx.group), None
+
+
+class _HeadsToSeq(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+        ctx.group = group
+        return _heads_to_seq(x, group)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _seq_to_heads(grad, ctx.group), None
+
+
+def seq_to_heads(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    """(B, H, N/P, D) sequence chunk of this process → (B, H/P, N, D) its heads, all tokens."""
+    check_heads(x.shape[1], dist.get_world_size(group))
+    return _SeqToHeads.apply(x, group)
+
+
+def heads_to_seq(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    """(B, H/P, N, D) → (B, H, N/P, D); the inverse of `seq_to_heads`."""
+    p = dist.get_world_size(group)
+    if x.shape[2] % p:
+        raise ValueError(f"sequence length {x.shape[2]} is not divisible by the group size {p}")
+    return _HeadsToSeq.apply(x, group)
+
+
+def ulysses_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attention_fn: AttentionFn,
+    group: dist.ProcessGroup | None,
+) -> torch.Tensor:
+    """Attention over a sequence sharded on `group`: q, k, v (B, H, N/P, D) hold this process's
+    chunk (chunks in rank order make up the sequence); returns this chunk's output (B, H, N/P, D).
+
+    `attention_fn(q, k, v)` runs on full-length (B, H/P, N, D) tensors, so any attention that
+    treats heads independently (dense, SLA with a per-head-shared projection) gives the same
+    result as on one process. Without a group (or a group of one) it is just `attention_fn`.
+    """
+    if group_size(group) == 1:
+        return attention_fn(q, k, v)
+    q, k, v = (seq_to_heads(t, group) for t in (q, k, v))
+    return heads_to_seq(attention_fn(q, k, v), group)
+
+
+# ---------------------------------------------------------------------------------------------
+# Frame sharding of a video model, switched on by a context manager
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SequenceShard:
+    """How the frames of a video are split over a sequence-parallel group.
+
+    `group` P processes; this one holds frames [frame_offset, frame_offset + F/P) of
+    `total_frames`. `full_sequence`: the model takes and returns whole videos (sampling; it
+    splits the input and gathers the output) rather than this process's frames (training, where
+    the loss is computed on the local frames).
+    """
+
+    group: dist.ProcessGroup
+    rank: int
+    size: int
+    full_sequence: bool
+
+    def frame_offset(self, local_frames: int) -> int:
+        return self.rank * local_frames
+
+    def split_frames(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """This process's contiguous slice of `x` along `dim` (the frame axis)."""
+        frames = x.shape[dim]
+        if frames % self.size:
+            raise ValueError(
+                f"sequence parallelism over {self.size} processes splits frames evenly: the "
+                f"number of frames ({frames}) must be divisible by {self.size}"
+            )
+        return x.chunk(self.size, dim=dim)[self.rank]
+
+    def gather_frames(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """Concatenate every process's slice along `dim`, in rank order (not differentiable:
+        training computes its loss on the local frames instead)."""
+        x = x.contiguous()  # see `_exchange`: empty_like must not copy a view's strides
+        parts = [torch.empty_like(x) for _ in range(self.size)]
+        dist.all_gather(parts, x, group=self.group)
+        return torch.cat(parts, dim=dim)
+
+
+# A plain module global rather than a ContextVar: torch.compile can trace (and guard on) a
+# global read, but not ContextVar.get. One process runs one model call at a time anyway.
+_current: SequenceShard | None = None
+
+
+@contextlib.contextmanager
+def sequence_parallel(
+    group: dist.ProcessGroup | None, *, full_sequence: bool = True
+) -> Iterator[SequenceShard | None]:
+    """Run video models inside this block sequence-parallel over `group`.
+
+    Every process of the group must make the same model calls with the same inputs (for
+    `full_sequence=True`) or with its own frame slice (`full_sequence=False`). A `None` group or
+    a group of one process changes nothing.
+    """
+    size = group_size(group)
+    shard = (
+        None
+        if size == 1
+        else SequenceShard(group, dist.get_rank(group), size, full_sequence=full_sequence)
+    )
+    global _current
+    previous, _current = _current, shard
+    try:
+        yield shard
+    finally:
+        _current = previous
+
+
+def current_sequence_shard() -> SequenceShard | None:
+    """The sequence-parallel setting of the enclosing `sequence_parallel` block, if any."""
+    return _current
+
+
+__all__ = [
+    "SequenceShard",
+    "check_heads",
+    "current_sequence_shard",
+    "group_size",
+    "heads_to_seq",
+    "seq_to_heads",
+    "sequence_parallel",
+    "ulysses_attention",
+]
