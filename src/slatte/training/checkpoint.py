@@ -33,19 +33,34 @@ def save_checkpoint(
     keep_last: int = 3,
 ) -> Path:
     """Write checkpoint `step` (EMA model + `state`) atomically; prune all but `keep_last`."""
-    root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:07d}"
-    tmp = root / f".tmp_step_{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = start_checkpoint(run_dir, step)
     save_model(ema, tmp / "model")
     torch.save({**state, "step": step}, tmp / STATE_FILE)
+    return publish_checkpoint(run_dir, step, keep_last=keep_last)
+
+
+def checkpoint_paths(run_dir: str | Path, step: int) -> tuple[Path, Path]:
+    root = Path(run_dir) / "checkpoints"
+    return root / f".tmp_step_{step:07d}", root / f"step_{step:07d}"
+
+
+def start_checkpoint(run_dir: str | Path, step: int) -> Path:
+    """An empty temporary folder to write checkpoint `step` into."""
+    tmp, _ = checkpoint_paths(run_dir, step)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def publish_checkpoint(run_dir: str | Path, step: int, *, keep_last: int) -> Path:
+    """Rename the complete temporary folder into place, then point `latest` at it, then prune."""
+    tmp, final = checkpoint_paths(run_dir, step)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     _write_text_atomic(Path(run_dir) / LATEST_FILE, final.name)
-    for old in sorted(root.glob("step_*"))[:-keep_last] if keep_last > 0 else []:
+    for old in sorted(final.parent.glob("step_*"))[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

@@ -18,8 +18,6 @@ then moves `latest`, so a crash at any moment leaves the previous checkpoint usa
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,7 +36,13 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from ..models.io import save_model
-from .checkpoint import LATEST_FILE, STATE_FILE, load_training_state
+from .checkpoint import (
+    STATE_FILE,
+    checkpoint_paths,
+    load_training_state,
+    publish_checkpoint,
+    start_checkpoint,
+)
 from .distributed import barrier
 
 SHARDED_DIR = "sharded"
@@ -92,13 +96,7 @@ def save_sharded_checkpoint(
     first process.
     Returns the checkpoint folder.
     """
-    root = Path(run_dir) / "checkpoints"
-    final = root / f"step_{step:07d}"
-    tmp = root / f".tmp_step_{step:07d}"
-    if _is_main():
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+    tmp = start_checkpoint(run_dir, step) if _is_main() else checkpoint_paths(run_dir, step)[0]
     barrier()  # the folder exists before anyone writes into it
 
     model_sd, optim_sd = get_state_dict(model, optimizer)
@@ -112,17 +110,9 @@ def save_sharded_checkpoint(
     if _is_main():
         save_model(ema, tmp / "model", state_dict=ema_full)
         torch.save({**state, "step": step, "sharded": True}, tmp / STATE_FILE)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        pointer = Path(run_dir) / LATEST_FILE
-        pointer_tmp = pointer.with_name(pointer.name + ".tmp")
-        pointer_tmp.write_text(final.name)
-        os.replace(pointer_tmp, pointer)
-        for old in sorted(root.glob("step_*"))[:-keep_last] if keep_last > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+        publish_checkpoint(run_dir, step, keep_last=keep_last)
     barrier()  # nobody moves on (or resumes) before the checkpoint is complete
-    return final
+    return checkpoint_paths(run_dir, step)[1]
 
 
 def load_sharded_checkpoint(
