@@ -111,6 +111,15 @@ def _add_train(sub) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision)
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (worth it on GPUs)"
+    )
+    p.add_argument(
+        "--image-batch",
+        type=int,
+        default=d.image_batch,
+        help="joint video-image training: single frames of other clips per step (0 = off)",
+    )
+    p.add_argument(
         "--parallel",
         choices=PARALLEL_MODES,
         default=d.parallel,
@@ -166,6 +175,8 @@ def _run_train(args: argparse.Namespace) -> int:
         ema_decay=args.ema_decay,
         precision=args.precision,
         grad_checkpointing=args.grad_checkpointing,
+        compile=args.compile,
+        image_batch=args.image_batch,
         parallel=args.parallel,
         sequence_parallel=args.sequence_parallel,
         seed=args.seed,
@@ -194,6 +205,7 @@ def _run_train(args: argparse.Namespace) -> int:
                         "sample_every",
                         "sample_steps",
                         "device",
+                        "compile",
                         "num_workers",
                         "parallel",
                         "sequence_parallel",

@@ -108,3 +108,48 @@ def test_bad_training_options_are_named():
         TrainConfig(precision="fp8")
     with pytest.raises(ValueError, match="steps"):
         TrainConfig(steps=0)
+
+
+def test_joint_image_training_resumes_exactly_and_uses_the_frames(tmp_path):
+    straight = Trainer(tiny(tmp_path / "a", image_batch=2))
+    straight.fit()
+    first = Trainer(tiny(tmp_path / "b", image_batch=2, steps=2))
+    first.fit()
+    resumed = Trainer(tiny(tmp_path / "b", image_batch=2, steps=4), resume=True)
+    resumed.fit()
+    for name, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], value, msg=name)
+    video_only = Trainer(tiny(tmp_path / "c"))
+    video_only.fit()
+    weight = "blocks.0.attn.qkv.weight"
+    assert not torch.allclose(
+        video_only.model.state_dict()[weight], straight.model.state_dict()[weight]
+    )
+
+
+def test_single_frames_are_frames_of_the_given_clips(tmp_path):
+    trainer = Trainer(tiny(tmp_path, image_batch=3, num_frames=4))
+    videos = torch.arange(3 * 4, dtype=torch.float32).reshape(3, 4, 1, 1, 1).expand(3, 4, 1, 8, 8)
+    frames = trainer._single_frames(videos)
+    assert frames.shape == (3, 1, 1, 8, 8)
+    for i in range(3):  # frame j of clip i holds the value 4 i + j
+        assert 4 * i <= frames[i, 0, 0, 0, 0].item() < 4 * (i + 1)
+    torch.testing.assert_close(trainer._single_frames(videos), frames)
+
+
+def test_compile_flag_compiles_the_forward(tmp_path, monkeypatch):
+    compiled = []
+
+    def fake_compile(module, *args, **kwargs):
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    trainer = Trainer(tiny(tmp_path, compile=True, steps=1))
+    assert compiled == [trainer.ddp_model]
+    trainer.fit()
+
+
+def test_joint_images_and_sequence_parallel_are_refused():
+    with pytest.raises(ValueError, match="image_batch"):
+        TrainConfig(image_batch=2, sequence_parallel=2, num_frames=16)

@@ -35,6 +35,10 @@ class TrainConfig:
     ema_decay: float = 0.9999
     precision: str = "fp32"
     grad_checkpointing: bool = False
+    compile: bool = False  # torch.compile the model's forward (worth it on GPUs)
+    # Joint video-image training: each step also trains on this many single frames, taken from
+    # other clips and treated as 1-frame videos (0 = off).
+    image_batch: int = 0
     seed: int = 0
     # several processes (torchrun): "ddp" replicates the model, "fsdp" shards it (FSDP2) and
     # writes sharded checkpoints; `sequence_parallel` processes split each clip's frames
@@ -72,6 +76,13 @@ class TrainConfig:
         if not isinstance(self.sequence_parallel, int) or self.sequence_parallel < 1:
             raise ValueError(
                 f"sequence_parallel must be a positive integer, got {self.sequence_parallel!r}"
+            )
+        if not isinstance(self.image_batch, int) or self.image_batch < 0:
+            raise ValueError(f"image_batch must be an integer >= 0, got {self.image_batch!r}")
+        if self.image_batch and self.sequence_parallel > 1:
+            raise ValueError(
+                "image_batch (joint video-image training) cannot be combined with "
+                f"sequence_parallel={self.sequence_parallel}: a single frame cannot be split"
             )
         if self.num_frames % self.sequence_parallel:
             raise ValueError(

@@ -53,6 +53,8 @@ from .sharded_checkpoint import (
     save_sharded_checkpoint,
 )
 
+IMAGE_STREAM_OFFSET = 1 << 24  # global positions of image samples start here
+
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss became non-finite); the message says what to do."""
@@ -200,6 +202,7 @@ class Trainer:
             if self.info.enabled and not self.sharded
             else self.model
         )
+        self.forward_model = torch.compile(self.ddp_model) if cfg.compile else self.ddp_model
 
     # ------------------------------------------------------------------ state
     def _resume(self) -> None:
@@ -271,11 +274,12 @@ class Trainer:
         return self.cfg.lr * min(1.0, (step + 1) / self.cfg.warmup_steps)
 
     def _sample_randomness(
-        self, step: int, shape: torch.Size
+        self, step: int, shape: torch.Size, stream: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Timestep (b,), noise (b, ...) and label-dropout flag (b,) of this process's samples,
-        each drawn from a generator seeded by (seed, step, the sample's global position)."""
-        first = self.layout.data.rank * shape[0]
+        each drawn from a generator seeded by (seed, step, the sample's global position);
+        `stream` 1 (the joint-training images) draws from positions no video sample uses."""
+        first = self.layout.data.rank * shape[0] + stream * IMAGE_STREAM_OFFSET
         drop_prob = self.model.config.class_dropout_prob
         ts, noises, drops = [], [], []
         for i in range(shape[0]):
@@ -285,30 +289,52 @@ class Trainer:
             noises.append(torch.randn(shape[1:], generator=gen))
         return torch.cat(ts), torch.stack(noises), torch.cat(drops)
 
-    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
-        cfg, step = self.cfg, self.step
+    def _losses(
+        self, videos: torch.Tensor, labels: torch.Tensor, *, stream: int
+    ) -> dict[str, torch.Tensor]:
+        """Per-sample diffusion losses of a batch of clips (in data space) at the current step."""
         with torch.no_grad():
-            x0 = self.codec.encode(batch["video"].to(self.device))
-        labels = batch["label"].to(self.device)
+            x0 = self.codec.encode(videos.to(self.device))
+        labels = labels.to(self.device)
         has_labels = self.model.config.num_classes > 0
-        t, noise, drop = self._sample_randomness(step, x0.shape)
+        t, noise, drop = self._sample_randomness(self.step, x0.shape, stream)
         t, noise = t.to(self.device), noise.to(self.device, x0.dtype)
         if has_labels:  # classifier-free guidance training: the null class replaces dropped labels
             null = torch.full_like(labels, self.model.config.num_classes)
             labels = torch.where(drop.to(self.device), null, labels)
 
         def model_fn(x_t: torch.Tensor, t_: torch.Tensor) -> torch.Tensor:
-            return self.ddp_model(x_t, t_, labels if has_labels else None)
+            return self.forward_model(x_t, t_, labels if has_labels else None)
 
-        for group in self.optimizer.param_groups:
-            group["lr"] = self._lr_at(step)
-        with (
-            self._autocast(),
-            sequence_parallel(self.layout.sequence_group, full_sequence=False) as shard,
-        ):
+        group = self.layout.sequence_group if stream == 0 else None
+        with self._autocast(), sequence_parallel(group, full_sequence=False) as shard:
             if shard is not None:  # this process's frames; the loss is computed on them
                 x0, noise = shard.split_frames(x0), shard.split_frames(noise)
-            losses = self.diffusion.training_losses(model_fn, x0, t, noise=noise)
+            return self.diffusion.training_losses(model_fn, x0, t, noise=noise)
+
+    def _single_frames(self, videos: torch.Tensor) -> torch.Tensor:
+        """One frame of each clip, (K, F, ...) -> (K, 1, ...), chosen by (seed, step, position)."""
+        first = self.layout.data.rank * videos.shape[0]
+        picks = []
+        for i in range(videos.shape[0]):
+            position = 2 * IMAGE_STREAM_OFFSET + first + i  # apart from the noise streams
+            gen = torch.Generator().manual_seed(step_seed(self.cfg.seed, self.step, position))
+            picks.append(int(torch.randint(0, videos.shape[1], (1,), generator=gen)))
+        return videos[torch.arange(videos.shape[0]), picks].unsqueeze(1)
+
+    def train_step(
+        self, batch: dict[str, Any], images: dict[str, Any] | None = None
+    ) -> dict[str, float]:
+        """One optimisation step on a batch of clips (and, for joint training, of clips to take
+        single frames from)."""
+        step = self.step
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr_at(step)
+        losses = self._losses(batch["video"], batch["label"], stream=0)
+        if images is not None:
+            frames = self._single_frames(images["video"])
+            image_losses = self._losses(frames, images["label"], stream=1)
+            losses = {k: torch.cat([losses[k], image_losses[k]]) for k in losses}
         loss = losses["loss"].float().mean()
         parts = [
             losses[k].float().mean() if k in losses else loss.new_zeros(()) for k in ("mse", "vb")
@@ -334,7 +360,7 @@ class Trainer:
             grad_norm = grad_norm.full_tensor()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        update_ema(self.ema, self.model, ema_decay_at(step, cfg.ema_decay))
+        update_ema(self.ema, self.model, ema_decay_at(step, self.cfg.ema_decay))
         self.step += 1
         return {
             "loss": global_loss,
@@ -345,10 +371,12 @@ class Trainer:
         }
 
     # ------------------------------------------------------------------ loop
-    def _loader(self) -> DataLoader:
-        sampler = StepBatchSampler(
-            len(self.dataset), self.cfg.batch_size, self.layout.data, self.cfg.seed, self.step
-        )
+    def _loader(self, *, images: bool = False) -> DataLoader:
+        """Clips of each step; with `images`, the clips that joint training takes frames from
+        (another order of the same data)."""
+        batch = self.cfg.image_batch if images else self.cfg.batch_size
+        seed = self.cfg.seed + 1 if images else self.cfg.seed
+        sampler = StepBatchSampler(len(self.dataset), batch, self.layout.data, seed, self.step)
         return DataLoader(
             self.dataset,
             batch_sampler=sampler,
@@ -389,8 +417,11 @@ class Trainer:
         last: dict[str, float] = {}
         samples: list[Path] = []
         loader = iter(self._loader())
+        image_loader = iter(self._loader(images=True)) if cfg.image_batch else None
         while self.step < cfg.steps:
-            last = self.train_step(next(loader))
+            last = self.train_step(
+                next(loader), next(image_loader) if image_loader is not None else None
+            )
             window_clips += cfg.batch_size
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
