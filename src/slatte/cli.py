@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .eval.cli import add_eval_parser
 from .ops.attention import BACKENDS
 from .ops.sla.config import FEATURE_MAPS, LINEAR_SCOPES, SLAConfig
 
@@ -378,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_sample(sub)
     _add_bench(sub)
+    add_eval_parser(sub)
     return parser
 
 
@@ -388,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, TrainingError) as err:
+    except (ValueError, FileNotFoundError, ModuleNotFoundError, TrainingError) as err:
         if os.environ.get("SLATTE_DEBUG"):
             raise
         print(f"slatte {args.command}: error: {err}", file=sys.stderr)
