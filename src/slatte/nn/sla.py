@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
@@ -49,6 +51,30 @@ class SparseLinearAttention(nn.Module):
             proj_bias=self.proj_l.bias,
             scale=scale,
         )
+
+    @torch.no_grad()
+    def load_official_state_dict(
+        self, state_dict: Mapping[str, torch.Tensor], prefix: str = ""
+    ) -> None:
+        """Load `proj_l.weight` / `proj_l.bias` fine-tuned with the official SLA code.
+
+        `state_dict` may be a whole model's: `prefix` selects this layer's keys (for example
+        "blocks.3.self_attn.attn_op."). Any other key is ignored; the values are cast to fp32.
+        Checkpoints of the official `main` branch / TurboDiffusion were trained with the linear
+        branch over all blocks: use `SLAConfig(linear_scope="all")` with them.
+        """
+        for name in ("weight", "bias"):
+            key = f"{prefix}proj_l.{name}"
+            if key not in state_dict:
+                raise ValueError(f"state dict has no {key!r} (prefix={prefix!r})")
+            value = state_dict[key]
+            target = getattr(self.proj_l, name)
+            if tuple(value.shape) != tuple(target.shape):
+                raise ValueError(
+                    f"{key} has shape {tuple(value.shape)}, this layer (head_dim={self.head_dim}) "
+                    f"needs {tuple(target.shape)}"
+                )
+            target.copy_(value.to(device=target.device, dtype=torch.float32))
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, backend={self.backend!r}, {self.config}"

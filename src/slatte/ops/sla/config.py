@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -67,3 +68,18 @@ def validate_fractions(critical: float | int, negligible: float | int) -> None:
             raise ValueError(f"negligible as a block count must be >= 0, got {negligible}")
     elif not 0.0 <= negligible < 1.0:
         raise ValueError(f"negligible as a fraction must lie in [0, 1), got {negligible}")
+
+
+def block_counts(critical: float | int, negligible: float | int, n_blocks: int) -> tuple[int, int]:
+    """The number of critical and negligible key blocks per query-block row (spec section 1).
+
+    A float is a fraction of `n_blocks` (critical rounded half up, at least 1; negligible rounded
+    down), an int a count; both capped so that they never overlap.
+    """
+    validate_fractions(critical, negligible)
+    if isinstance(critical, int):
+        n_crit = min(critical, n_blocks)
+    else:
+        n_crit = min(max(1, math.floor(critical * n_blocks + 0.5)), n_blocks)
+    n_negl = negligible if isinstance(negligible, int) else math.floor(negligible * n_blocks)
+    return n_crit, min(n_negl, n_blocks - n_crit)

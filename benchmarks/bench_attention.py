@@ -1,0 +1,159 @@
+"""SLA attention speed: slatte's fused op against dense SDPA, FlexAttention and the official SLA.
+
+All in one process on one GPU, bf16, random normal inputs, medians of `do_bench`:
+- ours: the full op (block map + sparse and linear branch + projection), forward and
+  forward+backward, each linear scope, block_q 64 and 128;
+- SDPA dense: FlashAttention-2 and cuDNN backends;
+- FlexAttention with our block map (sparse branch only, no map prediction, no linear branch);
+- the official SLA modules (`main` and `SLA-1` branches), when their folders are given;
+- sweeps of N (8K-128K) and of the critical fraction (2%-20%) for ours.
+Prints one JSON line and a table.
+
+    python benchmarks/bench_attention.py \
+        --official-main .external/sla_official_main --official-sla1 .external/sla_official_sla_1
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from common import environment, report, try_bench
+from slatte.ops import sla_block_map, sparse_linear_attention
+
+B, H, N, D = 1, 12, 32760, 128
+
+
+def load_official(folder: Path, name: str):
+    """The official `SparseLinearAttention` class from a folder holding its package."""
+    pkg = folder / "sparse_linear_attention"
+    spec = importlib.util.spec_from_file_location(
+        name, pkg / "__init__.py", submodule_search_locations=[str(pkg)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module.SparseLinearAttention
+
+
+def inputs(n: int, grad: bool):
+    q, k, v = (torch.randn(B, H, n, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    if grad:
+        q, k, v = (x.requires_grad_() for x in (q, k, v))
+    return q, k, v, torch.randn_like(q)
+
+
+def fwd_and_fwdbwd(fn, n: int) -> tuple[float | str, float | str]:
+    """Times of fn(q, k, v) alone and with the backward to q, k, v (and fn's own parameters)."""
+    q, k, v, do = inputs(n, grad=False)
+
+    def fwd():
+        with torch.no_grad():
+            fn(q, k, v)
+
+    qg, kg, vg, _ = inputs(n, grad=True)
+
+    def fwdbwd():
+        fn(qg, kg, vg).backward(do)
+
+    return try_bench(fwd), try_bench(fwdbwd)
+
+
+def ours(critical: float, block_q: int, scope: str):
+    proj = torch.nn.Linear(D, D, device="cuda")  # nonzero, so the linear branch is all there
+
+    def fn(q, k, v):
+        return sparse_linear_attention(
+            q, k, v, proj.weight, proj.bias, critical=critical, negligible=0.10,
+            block_q=block_q, block_k=64, linear_scope=scope,
+        )  # fmt: skip
+
+    return fn
+
+
+def sdpa(backend):
+    from torch.nn.attention import sdpa_kernel
+
+    def fn(q, k, v):
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v)
+
+    return fn
+
+
+def flex_with_our_map(n: int, critical: float, block_q: int):
+    """FlexAttention over the critical blocks of our map (computed once, outside the timing)."""
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+    q, k, _, _ = inputs(n, grad=False)
+    bmap = sla_block_map(q, k, critical=critical, negligible=0.10, block_q=block_q, block_k=64)
+    crit = bmap == 1
+    counts = crit.sum(-1, dtype=torch.int32)
+    indices = torch.sort((~crit).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)
+    mask = BlockMask.from_kv_blocks(
+        counts, indices.contiguous(), BLOCK_SIZE=(block_q, 64), seq_lengths=(n, n)
+    )
+    compiled = torch.compile(flex_attention)
+    return lambda q, k, v: compiled(q, k, v, block_mask=mask)
+
+
+def official(cls, critical: float, block_q: int):
+    module = cls(D, topk=critical, BLKQ=block_q, BLKK=64).cuda()
+    torch.nn.init.normal_(module.proj_l.weight, std=D**-0.5)  # nonzero, as after fine-tuning
+    return lambda q, k, v: module(q, k, v)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--official-main", type=Path, help="folder with SLA main's package")
+    parser.add_argument("--official-sla1", type=Path, help="folder with SLA-1's package")
+    parser.add_argument("--no-sweep", action="store_true", help="only the reference shape")
+    args = parser.parse_args()
+
+    rows = []
+
+    def add(name, n, critical, block_q, times, **extra):
+        fwd, fwdbwd = times
+        dense_flops = 4 * B * H * n * n * D
+        row = dict(impl=name, N=n, critical=critical, block_q=block_q, fwd_ms=fwd, fwdbwd_ms=fwdbwd)
+        if isinstance(fwd, float):
+            row["fwd_eff_tflops"] = round(dense_flops / fwd * 1e-9, 1)
+        row.update(extra)
+        rows.append(row)
+        print(row, flush=True)
+
+    for block_q in (128, 64):
+        for scope in ("marginal", "noncritical", "all"):
+            add(f"slatte[{scope}]", N, 0.05, block_q, fwd_and_fwdbwd(ours(0.05, block_q, scope), N))
+    add("sdpa-flash2", N, 1.0, None, fwd_and_fwdbwd(sdpa(torch.nn.attention.SDPBackend.FLASH_ATTENTION), N))  # fmt: skip
+    add("sdpa-cudnn", N, 1.0, None, fwd_and_fwdbwd(sdpa(torch.nn.attention.SDPBackend.CUDNN_ATTENTION), N))  # fmt: skip
+    try:
+        add("flex[our map]", N, 0.05, 128, fwd_and_fwdbwd(flex_with_our_map(N, 0.05, 128), N))
+    except Exception as exc:  # FlexAttention's block-mask API varies between torch versions
+        rows.append(dict(impl="flex[our map]", N=N, fwd_ms=f"error: {exc!s:.120}"))
+    for flag, name in (
+        (args.official_main, "official-main"),
+        (args.official_sla1, "official-SLA-1"),
+    ):
+        if flag is not None:
+            cls = load_official(flag, name.replace("-", "_"))
+            for block_q in (128, 64):
+                add(name, N, 0.05, block_q, fwd_and_fwdbwd(official(cls, 0.05, block_q), N))
+    if not args.no_sweep:
+        for n in (8192, 16384, 65536, 131072):
+            add("slatte[marginal]", n, 0.05, 128, fwd_and_fwdbwd(ours(0.05, 128, "marginal"), n))
+        for critical in (0.02, 0.10, 0.20):
+            add("slatte[marginal]", N, critical, 128, fwd_and_fwdbwd(ours(critical, 128, "marginal"), N))  # fmt: skip
+
+    record = {"benchmark": "sla_attention", "shape": dict(B=B, H=H, N=N, D=D), **environment()}
+    cols = ["impl", "N", "critical", "block_q", "fwd_ms", "fwdbwd_ms", "fwd_eff_tflops"]
+    report(record, rows, cols)
+
+
+if __name__ == "__main__":
+    main()

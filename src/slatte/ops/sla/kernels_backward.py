@@ -1,0 +1,304 @@
+"""The SLA backward kernels: FlashAttention-2 style dq (over each query block's critical list)
+and dk/dv (over each key block's transposed list), with the linear branch's gradients from the
+per-block sums H_i, Z_i (query side) and dH^(j), dZ^(j) (key side)."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .kernels_common import feature_map, feature_map_grad
+
+
+@triton.jit(do_not_specialize=["N", "N_CRIT"])
+def sla_bwd_dq_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    DO_L,
+    LSE,
+    DELTA_S,
+    DEN,
+    DELTA_L,
+    HBLK,
+    ZBLK,
+    CRIT_LUT,
+    DQ,
+    stride_qb,
+    stride_qh,
+    stride_qn,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_dqb,
+    stride_dqh,
+    stride_dqn,
+    H,
+    N,
+    N_CRIT,
+    qk_scale,
+    sm_scale,
+    D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    LUT_BLOCK_Q: tl.constexpr,
+    LUT_BLOCK_K: tl.constexpr,
+    FEATURE: tl.constexpr,
+    LINEAR: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """dq for BLOCK_M query rows of one head. Grid: (cdiv(N, BLOCK_M), B * H).
+
+    Sparse: dS = P o (dO V^T - Delta_s), dq = scale dS K over the critical blocks. Linear:
+    d phi(q) = (dO_l H_i^T - Delta_l Z_i^T) / den, then the chain rule through phi.
+    DO, DO_L and the per-row LSE / DELTA / DEN buffers are contiguous (B*H, N, ...).
+    """
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    q_block = bh * tl.cdiv(N, LUT_BLOCK_Q) + (pid_m * BLOCK_M) // LUT_BLOCK_Q
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    row_ok = offs_m < N
+    rows = bh * N + offs_m
+    q = tl.load(
+        Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :],
+        mask=row_ok[:, None],
+        other=0.0,
+    )
+    do = tl.load(DO + rows[:, None] * D + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    lse = tl.load(LSE + rows, mask=row_ok, other=0.0)
+    delta_s = tl.load(DELTA_S + rows, mask=row_ok, other=0.0)
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    for t in range(N_CRIT):
+        block = tl.load(CRIT_LUT + q_block * N_CRIT + t)
+        for sub in tl.static_range(LUT_BLOCK_K // BLOCK_N):
+            offs_k = block * LUT_BLOCK_K + sub * BLOCK_N + offs_n
+            col_ok = offs_k < N
+            k = tl.load(
+                k_base + offs_k[:, None] * stride_kn + offs_d[None, :],
+                mask=col_ok[:, None],
+                other=0.0,
+            )
+            v = tl.load(
+                v_base + offs_k[:, None] * stride_vn + offs_d[None, :],
+                mask=col_ok[:, None],
+                other=0.0,
+            )
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+            p = tl.where(col_ok[None, :], tl.math.exp2(s - lse[:, None]), 0.0)
+            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+            ds = p * (dp - delta_s[:, None])
+            dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PREC)
+    dq = dq * sm_scale
+
+    if LINEAR:
+        do_l = tl.load(DO_L + rows[:, None] * D + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        delta_l = tl.load(DELTA_L + rows, mask=row_ok, other=0.0)
+        den = tl.load(DEN + rows, mask=row_ok, other=1.0)
+        h_i = tl.load(HBLK + q_block * D * D + offs_d[:, None] * D + offs_d[None, :])
+        z_i = tl.load(ZBLK + q_block * D + offs_d)
+        dfq = tl.dot(do_l.to(tl.float32), tl.trans(h_i), input_precision=DOT_PREC)
+        dfq = (dfq - delta_l[:, None] * z_i[None, :]) / den[:, None]
+        q32 = q.to(tl.float32)
+        dq += feature_map_grad(q32, feature_map(q32, FEATURE), dfq, FEATURE)
+
+    tl.store(
+        DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqn + offs_d[None, :],
+        dq.to(DQ.dtype.element_ty),
+        mask=row_ok[:, None],
+    )
+
+
+@triton.jit(do_not_specialize=["N", "N_CRIT"])
+def sla_bwd_dkdv_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA_S,
+    DHBLK,
+    DZBLK,
+    CRIT_ROWS,
+    CRIT_STARTS,
+    DK,
+    DV,
+    stride_qb,
+    stride_qh,
+    stride_qn,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_dkb,
+    stride_dkh,
+    stride_dkn,
+    stride_dvb,
+    stride_dvh,
+    stride_dvn,
+    H,
+    N,
+    N_CRIT,
+    qk_scale,
+    sm_scale,
+    D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    LUT_BLOCK_Q: tl.constexpr,
+    LUT_BLOCK_K: tl.constexpr,
+    FEATURE: tl.constexpr,
+    LINEAR: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """dk, dv for BLOCK_N key rows of one head. Grid: (cdiv(N, BLOCK_N), B * H).
+
+    Sparse: walks the query blocks for which this key block is critical (this head's
+    CRIT_ROWS[CRIT_STARTS[j] : CRIT_STARTS[j + 1]], the transposed critical lists). Linear: with
+    dH^(j), dZ^(j) summed over the query blocks whose S(i) holds this key block,
+    d phi(k) = v dH^T + dZ and dv += phi(k) dH.
+    """
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    n_q_blocks = tl.cdiv(N, LUT_BLOCK_Q)
+    k_block = bh * tl.cdiv(N, LUT_BLOCK_K) + (pid_n * BLOCK_N) // LUT_BLOCK_K
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    col_ok = offs_n < N
+    k = tl.load(
+        K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :],
+        mask=col_ok[:, None],
+        other=0.0,
+    )
+    v = tl.load(
+        V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :],
+        mask=col_ok[:, None],
+        other=0.0,
+    )
+    q_base = Q + b * stride_qb + h * stride_qh
+    dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    start = tl.load(CRIT_STARTS + k_block + bh)
+    end = tl.load(CRIT_STARTS + k_block + bh + 1)
+    for t in range(start, end):
+        block = tl.load(CRIT_ROWS + bh * n_q_blocks * N_CRIT + t)
+        for sub in tl.static_range(LUT_BLOCK_Q // BLOCK_M):
+            offs_q = block * LUT_BLOCK_Q + sub * BLOCK_M + offs_m
+            row_ok = offs_q < N
+            rows = bh * N + offs_q
+            q = tl.load(
+                q_base + offs_q[:, None] * stride_qn + offs_d[None, :],
+                mask=row_ok[:, None],
+                other=0.0,
+            )
+            do = tl.load(DO + rows[:, None] * D + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            lse = tl.load(LSE + rows, mask=row_ok, other=float("inf"))
+            delta_s = tl.load(DELTA_S + rows, mask=row_ok, other=0.0)
+            s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale
+            p_t = tl.math.exp2(s_t - lse[None, :])
+            dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PREC)
+            dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+            ds_t = p_t * (dp_t - delta_s[None, :])
+            dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PREC)
+    dk = dk * sm_scale
+
+    if LINEAR:
+        k32 = k.to(tl.float32)
+        fk = tl.where(col_ok[:, None], feature_map(k32, FEATURE), 0.0)
+        dh = tl.load(DHBLK + k_block * D * D + offs_d[:, None] * D + offs_d[None, :])
+        dz = tl.load(DZBLK + k_block * D + offs_d)
+        dfk = tl.dot(v.to(tl.float32), tl.trans(dh), input_precision=DOT_PREC) + dz[None, :]
+        # phi(k) rounded as in the forward's sums.
+        dv = tl.dot(fk.to(k.dtype).to(tl.float32), dh, dv, input_precision=DOT_PREC)
+        dk += feature_map_grad(k32, fk, dfk, FEATURE)
+
+    tl.store(
+        DK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :],
+        dk.to(DK.dtype.element_ty),
+        mask=col_ok[:, None],
+    )
+    tl.store(
+        DV + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :],
+        dv.to(DV.dtype.element_ty),
+        mask=col_ok[:, None],
+    )
+
+
+@triton.jit(do_not_specialize=["N"])
+def sla_bwd_preprocess_kernel(
+    DO,
+    O_S,
+    O_L,
+    W,
+    DELTA_S,
+    DO_L,
+    DELTA_L,
+    DW_PART,
+    DB_PART,
+    H,
+    N,
+    D: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    LINEAR: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    W_PREC: tl.constexpr,
+):
+    """One pass over dO before the main backward kernels, per ROWS rows of one head
+    (grid: cdiv(N, ROWS), B*H; all row buffers contiguous (B*H, N, ...)):
+
+    Delta_s = rowsum(dO o O_s); with the linear branch dO_l = dO W (stored in dO's dtype),
+    Delta_l = rowsum(dO_l o O_l) and this chunk's share of dW = dO^T O_l; db's share = sum dO.
+    The caller sums the shares, so the result does not depend on scheduling. W_PREC: the
+    precision of dW, a sum over all B*H*N rows: "tf32x3" for half inputs, since plain tf32
+    would add an error of the size of the inputs' own rounding.
+    """
+    chunk = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    offs_d = tl.arange(0, D)
+    dw = tl.zeros([D, D], dtype=tl.float32)
+    db = tl.zeros([D], dtype=tl.float32)
+    if LINEAR:
+        w = tl.load(W + offs_d[:, None] * D + offs_d[None, :])
+    start = chunk * ROWS
+    for r0 in range(start, tl.minimum(start + ROWS, N), BLOCK_M):
+        offs_m = r0 + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < N
+        rows = bh * N + offs_m
+        ptrs = rows[:, None] * D + offs_d[None, :]
+        do = tl.load(DO + ptrs, mask=row_ok[:, None], other=0.0)
+        o_s = tl.load(O_S + ptrs, mask=row_ok[:, None], other=0.0)
+        do32 = do.to(tl.float32)
+        tl.store(DELTA_S + rows, tl.sum(do32 * o_s.to(tl.float32), 1), mask=row_ok)
+        if HAS_BIAS:
+            db += tl.sum(do32, 0)
+        if LINEAR:
+            # proj(o_l) = o_l W^T, W (out, in): dO_l = dO W, dW = dO^T O_l.
+            do_l = tl.dot(do32, w, input_precision=DOT_PREC)
+            # O_l is kept in fp32: Delta_l cancels against dO_l H^T in d phi(q), and a rounded
+            # O_l would show there.
+            o_l = tl.load(O_L + ptrs, mask=row_ok[:, None], other=0.0)
+            tl.store(DELTA_L + rows, tl.sum(do_l * o_l, 1), mask=row_ok)
+            tl.store(DO_L + ptrs, do_l.to(DO_L.dtype.element_ty), mask=row_ok[:, None])
+            dw = tl.dot(tl.trans(do32), o_l, dw, input_precision=W_PREC)
+    part = bh * tl.num_programs(0) + chunk
+    if LINEAR:
+        tl.store(DW_PART + part * D * D + offs_d[:, None] * D + offs_d[None, :], dw)
+    if HAS_BIAS:
+        tl.store(DB_PART + part * D + offs_d, db)

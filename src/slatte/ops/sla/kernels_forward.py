@@ -1,0 +1,143 @@
+"""The fused SLA forward kernel: block-sparse FlashAttention over the critical key blocks and the
+linear branch by pre-aggregation, with the projection and the sum fused into the epilogue."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .kernels_common import feature_map
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit(do_not_specialize=["N", "N_CRIT"])
+def sla_fwd_kernel(
+    Q,
+    K,
+    V,
+    W,
+    BIAS,
+    HBLK,
+    ZBLK,
+    CRIT_LUT,
+    OUT,
+    O_S,
+    O_L,
+    LSE,
+    DEN,
+    stride_qb,
+    stride_qh,
+    stride_qn,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_ob,
+    stride_oh,
+    stride_on,
+    H,
+    N,
+    N_CRIT,
+    qk_scale,
+    eps,
+    D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    LUT_BLOCK_Q: tl.constexpr,
+    LUT_BLOCK_K: tl.constexpr,
+    FEATURE: tl.constexpr,
+    LINEAR: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    STORE_AUX: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """One program per (BLOCK_M query rows, head). Grid: (cdiv(N, BLOCK_M), B * H).
+
+    Sparse branch: online softmax over the N_CRIT key blocks that CRIT_LUT lists for this row's
+    query block (LSE kept in log2 units). Linear branch (LINEAR): O_l = phi(q) H_i /
+    (phi(q) Z_i + eps) with H_i (D x D) and Z_i (D) of this query block pre-summed over S(i)
+    (HBLK, ZBLK: `mask_gemm_kernel`); an empty S(i) gives H_i = Z_i = 0, hence O_l = 0.
+    Output O = O_s + O_l W^T + bias, in one pass: no O(N^2) buffer.
+    """
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    q_block = bh * tl.cdiv(N, LUT_BLOCK_Q) + (pid_m * BLOCK_M) // LUT_BLOCK_Q
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    row_ok = offs_m < N
+    q = tl.load(
+        Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :],
+        mask=row_ok[:, None],
+        other=0.0,
+    )
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    for t in range(N_CRIT):
+        block = tl.load(CRIT_LUT + q_block * N_CRIT + t)
+        for sub in tl.static_range(LUT_BLOCK_K // BLOCK_N):
+            offs_k = block * LUT_BLOCK_K + sub * BLOCK_N + offs_n
+            col_ok = offs_k < N
+            k = tl.load(
+                k_base + offs_k[:, None] * stride_kn + offs_d[None, :],
+                mask=col_ok[:, None],
+                other=0.0,
+            )
+            v = tl.load(
+                v_base + offs_k[:, None] * stride_vn + offs_d[None, :],
+                mask=col_ok[:, None],
+                other=0.0,
+            )
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+            s = tl.where(col_ok[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            p = tl.math.exp2(s - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None]
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+            m_i = m_new
+    o_s = acc / l_i[:, None]
+    out = o_s
+
+    if LINEAR:
+        fq = feature_map(q.to(tl.float32), FEATURE).to(q.dtype).to(tl.float32)
+        h_i = tl.load(HBLK + q_block * D * D + offs_d[:, None] * D + offs_d[None, :])
+        z_i = tl.load(ZBLK + q_block * D + offs_d)
+        den = tl.sum(fq * z_i[None, :], 1) + eps
+        o_l = tl.dot(fq, h_i, input_precision=DOT_PREC) / den[:, None]
+        # W is (out, in): proj(o_l) = o_l W^T.
+        w_t = tl.load(W + offs_d[None, :] * D + offs_d[:, None])
+        out = tl.dot(o_l, w_t, out, input_precision=DOT_PREC)
+    if HAS_BIAS:
+        out += tl.load(BIAS + offs_d)[None, :]
+    tl.store(
+        OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :],
+        out.to(OUT.dtype.element_ty),
+        mask=row_ok[:, None],
+    )
+    if STORE_AUX:
+        rows = bh * N + offs_m
+        tl.store(LSE + rows, m_i + tl.math.log2(l_i), mask=row_ok)
+        tl.store(
+            O_S + rows[:, None] * D + offs_d[None, :],
+            o_s.to(O_S.dtype.element_ty),
+            mask=row_ok[:, None],
+        )
+        if LINEAR:
+            tl.store(DEN + rows, den, mask=row_ok)
+            tl.store(
+                O_L + rows[:, None] * D + offs_d[None, :],
+                o_l.to(O_L.dtype.element_ty),
+                mask=row_ok[:, None],
+            )

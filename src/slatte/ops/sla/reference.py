@@ -1,0 +1,117 @@
+"""SLA in plain PyTorch: the executable specification (`shared/specs/SLA.md`).
+
+Written for clarity, not speed: it builds token-level (N x N) masks and score matrices. Works in
+any float dtype (float64 gives the "truth" the kernels are measured against) on any device, and
+computes everything in the dtype of its inputs, so that a run in bf16 shows the error that
+bf16 arithmetic alone brings.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .block_map import CRITICAL, block_map, linear_mask
+
+# Added to the linear branch's denominator, as in the official SLA code.
+LINEAR_EPS = 1e-5
+
+
+def feature_map(x: torch.Tensor, name: str) -> torch.Tensor:
+    """phi applied row-wise: "softmax" over the D features, "elu" (elu + 1) or "relu"."""
+    if name == "softmax":
+        return torch.softmax(x, dim=-1)
+    if name == "elu":
+        return F.elu(x) + 1
+    if name == "relu":
+        return torch.relu(x)
+    raise ValueError(f"feature_map must be one of ('softmax', 'elu', 'relu'), got {name!r}")
+
+
+def expand_blocks(
+    mask: torch.Tensor, n: int, block_q: int, block_k: int, rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Block mask (B, H, Nq, Nk) -> token mask (B, H, len(rows), n) for the query `rows` (all n
+    rows if None); the ragged last key block is cut off."""
+    rows = torch.arange(n, device=mask.device) if rows is None else rows
+    return mask[..., rows // block_q, :].repeat_interleave(block_k, dim=-1)[..., :n]
+
+
+def sparse_branch(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, critical_tokens: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Softmax attention of each query over the keys of its critical blocks. (B, H, N, D)."""
+    scores = (q @ k.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~critical_tokens, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
+def linear_branch(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    linear_tokens: torch.Tensor,
+    feature: str,
+    eps: float = LINEAR_EPS,
+) -> torch.Tensor:
+    """Linear attention of each query over the keys of its blocks S(i); 0 where S(i) is empty.
+
+    Computed as masked (phi(q) phi(k)^T) v, which equals the spec's phi(q) H_i / (phi(q) Z_i + eps)
+    term by term without the block sums that the fast paths use.
+    """
+    scores = feature_map(q, feature) @ feature_map(k, feature).transpose(-1, -2)
+    # `where`, not a product with the mask, and the row normalisation (in at least fp32) before
+    # the product with v: with S(i) empty the gradients hold 1 / eps, which overflows half
+    # precision, and inf * 0 would turn the masked entries into NaN.
+    weights = torch.where(linear_tokens, scores, 0.0)
+    div_dtype = torch.promote_types(q.dtype, torch.float32)
+    den = weights.sum(dim=-1, keepdim=True, dtype=div_dtype) + eps
+    return (weights.to(div_dtype) / den).to(q.dtype) @ v
+
+
+def sla_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    proj_weight: torch.Tensor | None = None,
+    proj_bias: torch.Tensor | None = None,
+    *,
+    critical: float | int = 0.05,
+    negligible: float | int = 0.10,
+    block_q: int = 64,
+    block_k: int = 64,
+    feature_map: str = "softmax",
+    linear_scope: str = "marginal",
+    scale: float | None = None,
+    bmap: torch.Tensor | None = None,
+    query_rows: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """SLA output (B, H, N, D) in q's dtype for q, k, v of shape (B, H, N, D).
+
+    `bmap`: a precomputed block map (B, H, Nq, Nk) to use instead of computing one from q and k
+    (tests pass the map of the low-precision inputs to a float64 run so both choose the same
+    blocks). `query_rows`: compute only these output rows, (B, H, len(query_rows), D), so that
+    long sequences can be checked without N x N matrices. Without a projection
+    (`proj_weight=None`) the linear branch is skipped: O = O_s.
+    """
+    n, d = q.shape[-2], q.shape[-1]
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    if bmap is None:
+        bmap = block_map(
+            q, k, critical=critical, negligible=negligible, block_q=block_q, block_k=block_k
+        )
+    if query_rows is not None:
+        q = q[:, :, query_rows]
+    critical_tokens = expand_blocks(bmap == CRITICAL, n, block_q, block_k, query_rows)
+    out = sparse_branch(q, k, v, critical_tokens, scale)
+    if proj_weight is None:
+        return out
+    linear_tokens = expand_blocks(linear_mask(bmap, linear_scope), n, block_q, block_k, query_rows)
+    out_l = linear_branch(q, k, v, linear_tokens, feature_map)
+    # The projection is kept in fp32 (fp64 for a float64 run) whatever the activations' dtype.
+    proj_dtype = torch.promote_types(q.dtype, torch.float32)
+    bias = None if proj_bias is None else proj_bias.to(proj_dtype)
+    projected = F.linear(out_l.to(proj_dtype), proj_weight.to(proj_dtype), bias)
+    return (out.to(proj_dtype) + projected).to(q.dtype)

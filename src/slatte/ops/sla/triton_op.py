@@ -1,0 +1,357 @@
+"""The Triton path of SLA as registered PyTorch ops (`slatte::sla_fwd`, `slatte::sla_bwd`) with
+autograd, so that `torch.compile(fullgraph=True)` sees one opaque node per direction.
+
+Everything here works on (B, H, N, D) tensors that may be strided views (the bnhd layout); the
+kernels read strides. Only the feature dim must be contiguous.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+
+from .block_map import block_scores, classify, linear_mask, transpose_lists
+from .kernels_backward import (
+    sla_bwd_dkdv_kernel,
+    sla_bwd_dq_kernel,
+    sla_bwd_preprocess_kernel,
+)
+from .kernels_common import FEATURE_CODES, block_outer_kernel, mask_gemm_kernel
+from .kernels_forward import LOG2E, sla_fwd_kernel
+from .reference import LINEAR_EPS
+
+# Rows of one program of the backward's preprocessing: few partial dW sums to add up, enough
+# programs to fill the GPU.
+PREPROCESS_ROWS = 1024
+SCOPE_CODES = {"marginal": 0, "noncritical": 1, "all": 2}
+
+
+def _has_linear(nk: int, n_crit: int, n_negl: int, scope: str, has_proj: bool) -> bool:
+    """Whether any query block has a linear branch (every row has |S(i)| blocks alike)."""
+    n_lin = {"marginal": nk - n_crit - n_negl, "noncritical": nk - n_crit, "all": nk}[scope]
+    return has_proj and n_lin > 0
+
+
+def _configs(d: int, block_q: int, block_k: int) -> dict[str, int]:
+    """Tile sizes and launch shape; tiles divide the map's blocks, so a tile has one LUT row.
+
+    `CONFIG_OVERRIDES` (key: head dim) lets benchmarks try others without editing code.
+    """
+    cfg = {
+        "fwd_m": 128,
+        "fwd_n": 64,
+        "fwd_warps": 4 if d <= 64 else 8,
+        "fwd_stages": 3,
+        "dq_m": 64,
+        "dq_n": 64,
+        "dq_warps": 4,
+        "dq_stages": 2,
+        "dkdv_m": 64,
+        "dkdv_n": 64,
+        "dkdv_warps": 4,
+        "dkdv_stages": 2,
+    }
+    cfg.update(CONFIG_OVERRIDES.get(d, {}))
+    cfg["fwd_m"], cfg["dq_m"], cfg["dkdv_m"] = (
+        min(cfg[x], block_q) for x in ("fwd_m", "dq_m", "dkdv_m")
+    )
+    cfg["fwd_n"], cfg["dq_n"], cfg["dkdv_n"] = (
+        min(cfg[x], block_k) for x in ("fwd_n", "dq_n", "dkdv_n")
+    )
+    return cfg
+
+
+CONFIG_OVERRIDES: dict[int, dict[str, int]] = {}
+
+
+def _dot_prec(dtype: torch.dtype) -> str:
+    # fp32 inputs get exact fp32 products; with half inputs the few fp32 x fp32 products (with
+    # H_i, dH^(j), W) run in tf32 ("tf32x3" would be closer to fp32 but needs more shared
+    # memory than an H100 has at D = 128).
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _bh_strides(x: torch.Tensor) -> tuple[int, int, int]:
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+# Tests set this to fill every buffer a kernel must write with NaN first, so that an element a
+# kernel leaves unwritten fails the comparison instead of passing on stale memory.
+POISON_OUTPUTS = False
+
+
+def _new(x: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    if POISON_OUTPUTS:
+        return torch.full(shape, float("nan"), dtype=dtype, device=x.device)
+    return x.new_empty(shape, dtype=dtype)
+
+
+def _new_like(x: torch.Tensor) -> torch.Tensor:
+    # Keeps x's strides: outputs come back in the caller's layout (bhnd or bnhd).
+    out = torch.empty_like(x)
+    return out.fill_(float("nan")) if POISON_OUTPUTS else out
+
+
+def _empty_aux(q: torch.Tensor) -> torch.Tensor:
+    return q.new_empty(0, dtype=torch.float32)
+
+
+def _block_sum_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Per-block D x D sums (over one block's rows, so no overflow risk) go through the tensor
+    # cores in the activations' dtype; fp32 for bf16 under Triton's interpreter, whose bf16
+    # arithmetic is unreliable.
+    if dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
+        return torch.float32
+    return dtype
+
+
+def _block_outer(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rows: int,
+    feature_map: str,
+    den: torch.Tensor | None = None,
+    c: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per block of `rows` rows: (sum u^T y, sum c u) with u = phi(x) / den; see the kernel."""
+    b, h, n, d = x.shape
+    n_blocks = triton.cdiv(n, rows)
+    hblk = _new(x, (b * h, n_blocks, d, d), _block_sum_dtype(x.dtype))
+    zblk = _new(x, (b * h, n_blocks, d), torch.float32)
+    aux = _empty_aux(x)
+    block_outer_kernel[(n_blocks, b * h)](
+        x, y, den if den is not None else aux, c if c is not None else aux, hblk, zblk,
+        *_bh_strides(x), *_bh_strides(y), h, n,
+        D=d, ROWS=rows, BLOCK_R=min(rows, 64), FEATURE=FEATURE_CODES[feature_map],
+        HAS_DEN=den is not None, HAS_C=c is not None, DOT_PREC=_dot_prec(x.dtype),
+        num_warps=8 if d >= 128 else 4,
+    )  # fmt: skip
+    return hblk, zblk
+
+
+def _mask_gemm(
+    bmap: torch.Tensor, x: torch.Tensor, scope: str, transpose: bool, act_dtype: torch.dtype
+) -> torch.Tensor:
+    """fp32 (B*H, R, COLS): each row's sum of the x rows its S selects (see the kernel).
+
+    Not transposed: rows are query blocks, x is per key block. Transposed: the other way round.
+    """
+    nq, nk = bmap.shape[-2:]
+    bh, _, cols = x.shape
+    r, c, stride_r, stride_c = (nk, nq, 1, nk) if transpose else (nq, nk, nk, 1)
+    out = _new(x, (bh, r, cols), torch.float32)
+    block_cols = min(cols, 128)
+    mask_gemm_kernel[(triton.cdiv(r, 64), cols // block_cols, bh)](
+        bmap, x, out, nq * nk, stride_r, stride_c, r, c,
+        COLS=cols, SCOPE=SCOPE_CODES[scope], BLOCK_R=64, BLOCK_C=64, BLOCK_COLS=block_cols,
+        DOT_PREC=_dot_prec(act_dtype),
+        num_warps=4,
+    )  # fmt: skip
+    return out
+
+
+def _linear_sums(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    bmap: torch.Tensor,
+    rows: int,
+    scope: str,
+    transpose: bool,
+    feature_map: str,
+    den: torch.Tensor | None = None,
+    c: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-block outer sums of x, y, then summed over S into the other side's blocks.
+
+    Forward (x = k, y = v): H_i, Z_i of every query block. Backward (x = q, y = dO_l,
+    transpose): dH^(j), dZ^(j) of every key block. Returns (B*H, blocks, D, D), (B*H, blocks, D).
+    """
+    d = x.shape[-1]
+    hblk, zblk = _block_outer(x, y, rows, feature_map, den, c)
+    hsum = _mask_gemm(bmap, hblk.view(hblk.shape[0], -1, d * d), scope, transpose, x.dtype)
+    # The D-wide z sums are tiny: a plain fp32 product with the 0/1 selection.
+    select = linear_mask(bmap, scope).flatten(0, 1).to(torch.float32)
+    zsum = (select.transpose(1, 2) if transpose else select) @ zblk
+    return hsum.view(hsum.shape[0], -1, d, d), zsum
+
+
+@torch.library.custom_op("slatte::sla_fwd", mutates_args=())
+def sla_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    proj_weight: torch.Tensor | None,
+    proj_bias: torch.Tensor | None,
+    n_crit: int,
+    n_negl: int,
+    block_q: int,
+    block_k: int,
+    feature_map: str,
+    linear_scope: str,
+    scale: float,
+    store_aux: bool,
+) -> tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
+]:
+    """Returns (o, bmap, crit_lut, o_s, o_l, lse, den); all but o are saved for the backward,
+    the last four empty unless `store_aux` (o_l and den also without a linear branch)."""
+    b, h, n, d = q.shape
+    bmap, crit_lut = classify(block_scores(q, k, block_q, block_k), n_crit, n_negl)
+    linear = _has_linear(bmap.shape[-1], n_crit, n_negl, linear_scope, proj_weight is not None)
+    cfg = _configs(d, block_q, block_k)
+    aux = _empty_aux(q)
+    hsum = zsum = aux
+    if linear:
+        hsum, zsum = _linear_sums(k, v, bmap, block_k, linear_scope, False, feature_map)
+    o = _new_like(q)
+    o_s = _new(q, (b, h, n, d), q.dtype) if store_aux else aux
+    o_l = _new(q, (b, h, n, d), torch.float32) if store_aux and linear else aux
+    lse = _new(q, (b, h, n), torch.float32) if store_aux else aux
+    den = _new(q, (b, h, n), torch.float32) if store_aux and linear else aux
+    sla_fwd_kernel[(triton.cdiv(n, cfg["fwd_m"]), b * h)](
+        q, k, v,
+        proj_weight if proj_weight is not None else aux,
+        proj_bias if proj_bias is not None else aux,
+        hsum, zsum, crit_lut,
+        o, o_s, o_l, lse, den,
+        *_bh_strides(q), *_bh_strides(k), *_bh_strides(v), *_bh_strides(o),
+        h, n, n_crit,
+        scale * LOG2E, LINEAR_EPS,
+        D=d, BLOCK_M=cfg["fwd_m"], BLOCK_N=cfg["fwd_n"], LUT_BLOCK_Q=block_q,
+        LUT_BLOCK_K=block_k, FEATURE=FEATURE_CODES[feature_map], LINEAR=linear,
+        HAS_BIAS=proj_bias is not None, STORE_AUX=store_aux, DOT_PREC=_dot_prec(q.dtype),
+        num_warps=cfg["fwd_warps"], num_stages=cfg["fwd_stages"],
+    )  # fmt: skip
+    # A custom op's outputs may not alias one another: each unused one is its own empty tensor.
+    outs = (o, bmap, crit_lut, o_s, o_l, lse, den)
+    return tuple(_empty_aux(q) if x is aux else x for x in outs)
+
+
+@sla_fwd.register_fake
+def _(q, k, v, proj_weight, proj_bias, n_crit, n_negl, block_q, block_k, feature_map,
+      linear_scope, scale, store_aux):  # fmt: skip
+    b, h, n, d = q.shape
+    nk = math.ceil(n / block_k)
+    linear = _has_linear(nk, n_crit, n_negl, linear_scope, proj_weight is not None)
+    bmap = q.new_empty(b, h, math.ceil(n / block_q), nk, dtype=torch.int8)
+    crit_lut = q.new_empty(b, h, math.ceil(n / block_q), min(n_crit, nk), dtype=torch.int32)
+    f32 = torch.float32
+    o_s = q.new_empty(b, h, n, d) if store_aux else _empty_aux(q)
+    o_l = q.new_empty(b, h, n, d, dtype=f32) if store_aux and linear else _empty_aux(q)
+    lse = q.new_empty(b, h, n, dtype=f32) if store_aux else _empty_aux(q)
+    den = q.new_empty(b, h, n, dtype=f32) if store_aux and linear else _empty_aux(q)
+    return torch.empty_like(q), bmap, crit_lut, o_s, o_l, lse, den
+
+
+@torch.library.custom_op("slatte::sla_bwd", mutates_args=())
+def sla_bwd(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    proj_weight: torch.Tensor | None,
+    has_bias: bool,
+    bmap: torch.Tensor,
+    crit_lut: torch.Tensor,
+    o_s: torch.Tensor,
+    o_l: torch.Tensor,
+    lse: torch.Tensor,
+    den: torch.Tensor,
+    n_crit: int,
+    n_negl: int,
+    block_q: int,
+    block_k: int,
+    feature_map: str,
+    linear_scope: str,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (dq, dk, dv, d proj_weight, d proj_bias); the last two are empty when there is
+    no projection / bias."""
+    b, h, n, d = q.shape
+    linear = _has_linear(bmap.shape[-1], n_crit, n_negl, linear_scope, proj_weight is not None)
+    cfg = _configs(d, block_q, block_k)
+    prec = _dot_prec(q.dtype)
+    aux = _empty_aux(q)
+    do = do.contiguous()  # (B, H, N, D) in memory order: the kernels index it as (B*H, N, D)
+    chunks = triton.cdiv(n, PREPROCESS_ROWS)
+    delta_s = _new(q, (b, h, n), torch.float32)
+    do_l = _new(q, (b, h, n, d), q.dtype) if linear else aux
+    delta_l = _new(q, (b, h, n), torch.float32) if linear else aux
+    dw_part = _new(q, (b * h * chunks, d, d), torch.float32) if linear else aux
+    db_part = _new(q, (b * h * chunks, d), torch.float32) if has_bias else aux
+    sla_bwd_preprocess_kernel[(chunks, b * h)](
+        do, o_s, o_l, proj_weight if linear else aux, delta_s, do_l, delta_l, dw_part, db_part,
+        h, n,
+        D=d, ROWS=PREPROCESS_ROWS, BLOCK_M=64, LINEAR=linear, HAS_BIAS=has_bias, DOT_PREC=prec,
+        W_PREC="ieee" if q.dtype == torch.float32 else "tf32x3",
+        num_warps=8 if d >= 128 else 4,
+    )  # fmt: skip
+    dw = dw_part.sum(0) if linear else aux
+    if proj_weight is not None and not linear:
+        dw = torch.zeros_like(proj_weight)  # nothing feeds the linear branch
+    db = db_part.sum(0) if has_bias else _empty_aux(q)
+    hsum = zsum = dhsum = dzsum = aux
+    if linear:
+        hsum, zsum = _linear_sums(k, v, bmap, block_k, linear_scope, False, feature_map)
+        dhsum, dzsum = _linear_sums(
+            q, do_l, bmap, block_q, linear_scope, True, feature_map, den, -delta_l
+        )
+    crit_rows, crit_starts = transpose_lists(crit_lut, bmap.shape[-1])
+    dq, dk, dv = _new_like(q), _new_like(k), _new_like(v)
+    flags = dict(
+        D=d, LUT_BLOCK_Q=block_q, LUT_BLOCK_K=block_k, FEATURE=FEATURE_CODES[feature_map],
+        LINEAR=linear, DOT_PREC=prec,
+    )  # fmt: skip
+    sla_bwd_dq_kernel[(triton.cdiv(n, cfg["dq_m"]), b * h)](
+        q, k, v, do, do_l, lse, delta_s, den, delta_l, hsum, zsum, crit_lut, dq,
+        *_bh_strides(q), *_bh_strides(k), *_bh_strides(v), *_bh_strides(dq),
+        h, n, n_crit, scale * LOG2E, scale,
+        BLOCK_M=cfg["dq_m"], BLOCK_N=cfg["dq_n"], num_warps=cfg["dq_warps"],
+        num_stages=cfg["dq_stages"], **flags,
+    )  # fmt: skip
+    sla_bwd_dkdv_kernel[(triton.cdiv(n, cfg["dkdv_n"]), b * h)](
+        q, k, v, do, lse, delta_s, dhsum, dzsum, crit_rows, crit_starts, dk, dv,
+        *_bh_strides(q), *_bh_strides(k), *_bh_strides(v), *_bh_strides(dk), *_bh_strides(dv),
+        h, n, n_crit, scale * LOG2E, scale,
+        BLOCK_M=cfg["dkdv_m"], BLOCK_N=cfg["dkdv_n"], num_warps=cfg["dkdv_warps"],
+        num_stages=cfg["dkdv_stages"], **flags,
+    )  # fmt: skip
+    return dq, dk, dv, dw, db
+
+
+@sla_bwd.register_fake
+def _(do, q, k, v, proj_weight, has_bias, bmap, crit_lut, o_s, o_l, lse, den, n_crit, n_negl, block_q,
+      block_k, feature_map, linear_scope, scale):  # fmt: skip
+    dw = torch.empty_like(proj_weight) if proj_weight is not None else _empty_aux(q)
+    db = q.new_empty(q.shape[-1], dtype=torch.float32) if has_bias else _empty_aux(q)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dw, db
+
+
+_FWD_ARGS = ("n_crit", "n_negl", "block_q", "block_k", "feature_map", "linear_scope", "scale")
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, proj_weight, proj_bias, *opts, _store_aux = inputs
+    _o, bmap, crit_lut, o_s, o_l, lse, den = output
+    ctx.save_for_backward(q, k, v, proj_weight, bmap, crit_lut, o_s, o_l, lse, den)
+    ctx.opts = dict(zip(_FWD_ARGS, opts, strict=True))
+    ctx.has_bias = proj_bias is not None
+
+
+def _backward(ctx, do, *_unused_grads):
+    q, k, v, proj_weight, bmap, crit_lut, o_s, o_l, lse, den = ctx.saved_tensors
+    dq, dk, dv, dw, db = sla_bwd(
+        do, q, k, v, proj_weight, ctx.has_bias, bmap, crit_lut, o_s, o_l, lse, den, **ctx.opts
+    )
+    return (
+        dq, dk, dv,
+        dw if proj_weight is not None else None,
+        db if ctx.has_bias else None,
+        None, None, None, None, None, None, None, None,
+    )  # fmt: skip
+
+
+sla_fwd.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,101 @@
+"""Checks the Triton SLA path against the reference, with tolerances taken from the data.
+
+The rule (DESIGN.md): the kernel's error against a float64 truth may be at most FACTOR times the
+error of the reference run at the kernel's precision, plus a small floor relative to the
+truth's magnitude. Forward output and every gradient (q, k, v, projection weight and bias).
+The kernel's buffers are poisoned with NaN first, so an element left unwritten fails.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from slatte.ops import sla_block_map, sparse_linear_attention
+from slatte.ops.sla import triton_op
+from slatte.ops.sla.reference import sla_reference
+
+FACTOR = 2.0
+# Relative to max|truth|: covers reduction-order noise where the low-precision reference is
+# nearly exact (fp32), far below any real bug.
+FLOOR = {torch.float32: 1e-5, torch.float16: 1e-4, torch.bfloat16: 5e-4}
+NAMES = ("out", "dq", "dk", "dv", "dw", "db")
+
+
+def make_inputs(b, h, n, d, dtype, device, seed=0, layout="bhnd"):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    shape = (b, h, n, d) if layout == "bhnd" else (b, n, h, d)
+    q, k, v = (torch.randn(shape, generator=g).to(device=device, dtype=dtype) for _ in range(3))
+    # A projection large enough that the linear branch weighs as much as the sparse one.
+    w = (torch.randn(d, d, generator=g) / d**0.5).to(device)
+    bias = torch.randn(d, generator=g).to(device)
+    return q, k, v, w, bias
+
+
+def _bhnd(x, layout):
+    return x.transpose(1, 2) if layout == "bnhd" else x
+
+
+def check_sla(q, k, v, w, bias, opts, layout="bhnd", rows=None, grads=True):
+    """Run the Triton path and the two references; assert the rule; return the errors.
+
+    `rows`: check only these query rows (the upstream gradient is zero elsewhere), for sequences
+    too long for the reference's N x N matrices.
+    """
+    dtype = q.dtype
+    n = _bhnd(q, layout).shape[2]
+    rows_all = torch.arange(n, device=q.device) if rows is None else rows
+    bmap = sla_block_map(
+        _bhnd(q, layout),
+        _bhnd(k, layout),
+        critical=opts["critical"],
+        negligible=opts["negligible"],
+        block_q=opts["block_q"],
+        block_k=opts["block_k"],
+    )
+    g = torch.Generator(device="cpu").manual_seed(1234)
+    do_rows = torch.randn(*_bhnd(q, layout).shape[:2], len(rows_all), q.shape[-1], generator=g)
+    do_rows = do_rows.to(q.device)
+
+    def leaves(cast):
+        return [x.detach().to(cast(x)).requires_grad_() for x in (q, k, v, w, bias)]
+
+    triton_op.POISON_OUTPUTS = True
+    try:
+        xs = leaves(lambda x: x.dtype)
+        out = sparse_linear_attention(*xs, layout=layout, backend="triton", **opts)
+        out_rows = _bhnd(out, layout)[:, :, rows_all]
+        results = {"out": out_rows.detach()}
+        if grads:
+            out_rows.backward(do_rows.to(dtype))
+            dq_rows = _bhnd(xs[0].grad, layout)[:, :, rows_all]
+            results.update(dq=dq_rows, dk=xs[1].grad, dv=xs[2].grad, dw=xs[3].grad, db=xs[4].grad)
+    finally:
+        triton_op.POISON_OUTPUTS = False
+
+    def reference(cast):
+        ys = leaves(cast)
+        qb, kb, vb = (_bhnd(y, layout) for y in ys[:3])
+        o = sla_reference(qb, kb, vb, ys[3], ys[4], bmap=bmap, query_rows=rows, **opts)
+        res = {"out": o.detach()}
+        if grads:
+            o.backward(do_rows.to(o.dtype))
+            dq_rows = _bhnd(ys[0].grad, layout)[:, :, rows_all]
+            res.update(dq=dq_rows, dk=ys[1].grad, dv=ys[2].grad, dw=ys[3].grad, db=ys[4].grad)
+        return res
+
+    truth = reference(lambda x: torch.float64)
+    # The low-precision run keeps the projection in fp32, as the module does.
+    low = reference(lambda x: dtype if x.dim() == 4 else torch.float32)
+    errors = {}
+    for name in results:
+        t = truth[name]
+        scale = t.abs().max().item()
+        err_fast = (results[name].double() - t).abs().max().item()
+        err_low = (low[name].double() - t).abs().max().item()
+        errors[name] = (err_fast, err_low)
+        bound = FACTOR * err_low + FLOOR[dtype] * max(scale, 1.0)
+        assert err_fast <= bound, (
+            f"{name}: kernel error {err_fast:.3g} > {FACTOR} x reference error {err_low:.3g} "
+            f"+ floor (|truth| {scale:.3g}); opts={opts}, layout={layout}"
+        )
+    return errors

@@ -1,0 +1,123 @@
+"""The Triton SLA kernels (forward and backward) against the reference, on small shapes.
+
+Without CUDA the kernels run through Triton's interpreter (tests/conftest.py), whose bf16
+arithmetic is unreliable: bf16 is covered by the GPU grid (test_sla_triton_gpu.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from slatte.ops import sparse_linear_attention
+from slatte.ops.sla import interface
+
+from .sla_check import check_sla, make_inputs
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float16, torch.float32] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+pytestmark = pytest.mark.skipif(
+    DEVICE == "cpu" and not interface._TRITON_INTERPRET,
+    reason="needs CUDA or TRITON_INTERPRET=1 (set by tests/conftest.py)",
+)
+
+
+def opts(**kw):
+    base = dict(
+        critical=0.25,
+        negligible=0.25,
+        block_q=32,
+        block_k=16,
+        feature_map="softmax",
+        linear_scope="marginal",
+    )
+    base.update(kw)
+    return base
+
+
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 200])
+@pytest.mark.parametrize("d", [32, 64])
+def test_forward_backward_sizes(n, d):
+    dtype = torch.float16 if (n + d) % 2 else torch.float32
+    check_sla(*make_inputs(1, 2, n, d, dtype, DEVICE, seed=n + d), opts())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scope", ["marginal", "noncritical", "all"])
+def test_linear_scopes(scope, dtype):
+    check_sla(*make_inputs(1, 2, 100, 32, dtype, DEVICE, seed=1), opts(linear_scope=scope))
+
+
+@pytest.mark.parametrize("feature", ["elu", "relu"])
+def test_feature_maps(feature):
+    check_sla(*make_inputs(1, 2, 90, 32, torch.float32, DEVICE, seed=2), opts(feature_map=feature))
+
+
+@pytest.mark.parametrize(
+    "block_q,block_k,critical,negligible",
+    [
+        (64, 64, 0.05, 0.10),  # spec defaults: one critical block, no linear exclusion at N=200
+        (128, 64, 0.3, 0.2),  # the official Wan2.1 blocks; tiles smaller than the query block
+        (16, 128, 1, 0),  # a count; key blocks wider than a tile
+        (32, 16, 0.2, 0.7),  # few marginal blocks
+        (32, 16, 1.0, 0.0),  # everything critical: empty linear branch, only the bias
+    ],
+)
+def test_block_shapes_and_fractions(block_q, block_k, critical, negligible):
+    check_sla(
+        *make_inputs(1, 1, 200, 32, torch.float16, DEVICE, seed=3),
+        opts(block_q=block_q, block_k=block_k, critical=critical, negligible=negligible),
+    )
+
+
+def test_bnhd_layout_and_batch():
+    check_sla(
+        *make_inputs(2, 3, 70, 32, torch.float16, DEVICE, seed=4, layout="bnhd"),
+        opts(),
+        layout="bnhd",
+    )
+
+
+def test_without_projection_is_sparse_only():
+    q, k, v, _, _ = make_inputs(1, 2, 96, 32, torch.float32, DEVICE, seed=5)
+    kwargs = dict(critical=0.25, negligible=0.25, block_q=32, block_k=16)
+    out = sparse_linear_attention(q, k, v, backend="triton", **kwargs)
+    ref = sparse_linear_attention(q, k, v, backend="reference", **kwargs)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_nan_input_gives_nan_output():
+    q, k, v, w, b = make_inputs(1, 1, 64, 32, torch.float32, DEVICE, seed=6)
+    q[0, 0, 5, 0] = float("nan")
+    out = sparse_linear_attention(q, k, v, w, b, block_q=32, block_k=16, backend="triton")
+    assert out.isnan().any()
+
+
+def test_triton_refuses_what_it_cannot_run():
+    q = torch.randn(1, 1, 40, 48, device=DEVICE, dtype=torch.float16)
+    with pytest.raises(ValueError, match="head dims"):
+        sparse_linear_attention(q, q, q, backend="triton", block_q=16, block_k=16)
+    q = torch.randn(1, 1, 40, 32, device=DEVICE, dtype=torch.float64)
+    with pytest.raises(ValueError, match="dtypes"):
+        sparse_linear_attention(q, q, q, backend="triton")
+
+
+def test_opcheck_and_compile_fullgraph():
+    q, k, v, w, b = make_inputs(1, 2, 48, 32, torch.float32, DEVICE, seed=7)
+    args = (q, k, v, w, b, 1, 1, 16, 16, "softmax", "marginal", 32**-0.5, True)
+    torch.library.opcheck(
+        torch.ops.slatte.sla_fwd.default, args, test_utils=("test_schema", "test_faketensor")
+    )
+
+    def f(q, k, v, w, b):
+        out = sparse_linear_attention(q, k, v, w, b, block_q=16, block_k=16, backend="triton")
+        return out.square().sum()
+
+    leaves = [x.clone().requires_grad_() for x in (q, k, v, w, b)]
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    loss = compiled(*leaves)
+    loss.backward()
+    eager = [x.clone().requires_grad_() for x in (q, k, v, w, b)]
+    f(*eager).backward()
+    for a, e in zip(leaves, eager, strict=True):
+        torch.testing.assert_close(a.grad, e.grad, rtol=1e-5, atol=1e-5)
