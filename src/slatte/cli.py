@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .eval.cli import add_eval_parser
+from .integrations.cli import add_convert_parser, add_finetune_parser
 from .ops.attention import BACKENDS
 from .ops.sla.config import FEATURE_MAPS, LINEAR_SCOPES, SLAConfig
 
@@ -380,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(sub)
     _add_bench(sub)
     add_eval_parser(sub)
+    add_convert_parser(sub)
+    add_finetune_parser(sub)
     return parser
 
 
@@ -390,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError, TrainingError) as err:
+    except (ValueError, FileNotFoundError, ImportError, TrainingError) as err:
         if os.environ.get("SLATTE_DEBUG"):
             raise
         print(f"slatte {args.command}: error: {err}", file=sys.stderr)

@@ -1,0 +1,267 @@
+"""End to end: one forward (and one training step) of a Wan2.1-1.3B-shaped diffusers
+`WanTransformer3DModel`, self-attention through diffusers' default dispatch vs slatte SLA
+(95% sparsity) vs the official SLA (if `--official PATH` is given), eager and `torch.compile`.
+
+Shape (shared/BENCHMARKS.md): 30 blocks, 12 heads × 128, FFN 8960, text 512 × 4096, latents
+(1, 16, 21, 60, 104) = 480p × 81 frames → 21 × 30 × 52 = 32,760 tokens; random weights; bf16.
+Goal (issue 5): ≤ 200 ms per forward on one H100 / H200 (diffusers default ≈ 598 ms, official
+SLA ≈ 327 ms on an H200).
+
+    python benchmarks/bench_e2e.py                          # GPU, full shape
+    python benchmarks/bench_e2e.py --official .external/SLA # + the official SLA (git-ignored)
+    python benchmarks/bench_e2e.py --smoke                  # tiny shape, any device (dry run)
+
+`--official PATH`: a checkout of github.com/thu-ml/SLA (the folder holding the
+`sparse_linear_attention` package); it is imported from there, never from the project.
+Prints one JSON line (device, versions, every time, speed-ups over the dense eager forward) and
+a table; a variant that fails (e.g. cannot compile here) is recorded with its error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from common import environment, report
+
+WAN_1_3B = {
+    "patch_size": (1, 2, 2),
+    "num_attention_heads": 12,
+    "attention_head_dim": 128,
+    "in_channels": 16,
+    "out_channels": 16,
+    "text_dim": 4096,
+    "freq_dim": 256,
+    "ffn_dim": 8960,
+    "num_layers": 30,
+    "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads",
+    "eps": 1e-6,
+    "rope_max_seq_len": 1024,
+}
+LATENTS = (1, 16, 21, 60, 104)
+TEXT = (1, 512, 4096)
+SMOKE = {
+    **WAN_1_3B,
+    "num_attention_heads": 2,
+    "attention_head_dim": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "text_dim": 32,
+    "ffn_dim": 128,
+    "num_layers": 2,
+}
+SMOKE_LATENTS, SMOKE_TEXT = (1, 4, 3, 16, 16), (1, 8, 32)
+
+
+# ---------------------------------------------------------------------------------------------
+# The official SLA as a diffusers processor (benchmark only)
+# ---------------------------------------------------------------------------------------------
+
+
+class OfficialSLAProcessor:
+    """Self-attention through the official `SparseLinearAttention` module stored on the
+    attention module as `official_sla`; it takes (B, H, N, D), so q, k, v are transposed."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 rotary_emb=None, **kwargs):  # fmt: skip
+        from slatte.integrations.diffusers_sla import output_projection, project_qkv
+
+        q, k, v = project_qkv(attn, hidden_states, "wan", rotary_emb)  # (B, N, H, D)
+        out = attn.official_sla(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return output_projection(attn, out.transpose(1, 2).flatten(2).type_as(hidden_states))
+
+
+def enable_official(model, path: Path, critical: float) -> None:
+    sys.path.insert(0, str(path))
+    from sparse_linear_attention import SparseLinearAttention
+
+    for block in model.blocks:
+        attn = block.attn1
+        attn.official_sla = SparseLinearAttention(
+            head_dim=attn.to_q.out_features // attn.heads, topk=critical, feature_map="softmax",
+            BLKQ=128, BLKK=64,
+        ).to(block.attn1.to_q.weight.device)  # fmt: skip
+        attn.set_processor(OfficialSLAProcessor())
+
+
+def disable_official(model, originals) -> None:
+    for block, processor in zip(model.blocks, originals, strict=True):
+        block.attn1.set_processor(processor)
+        if hasattr(block.attn1, "official_sla"):
+            del block.attn1.official_sla
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+# ---------------------------------------------------------------------------------------------
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(fn: Callable[[], object], device: torch.device, warmup: int, reps: int) -> float:
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast to `dtype` but keep the modules diffusers keeps in fp32 when loading with
+    `torch_dtype` (Wan: rope, time embedder, modulation tables, norms), as a real pipeline runs."""
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or [])
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        wanted = torch.float32 if keep & set(name.split(".")) else dtype
+        tensor.data = tensor.data.to(wanted)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny shape on any device")
+    parser.add_argument("--official", type=Path, default=None, help="official SLA checkout")
+    parser.add_argument("--critical", type=float, default=0.05)
+    parser.add_argument("--block-q", type=int, default=128)
+    parser.add_argument("--block-k", type=int, default=64)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--no-train", action="store_true", help="skip the training step")
+    parser.add_argument("--no-compile", action="store_true", help="eager only")
+    parser.add_argument(
+        "--no-grad-ckpt", action="store_true", help="train without gradient checkpointing"
+    )
+    parser.add_argument("--variants", default="dense,slatte,official")
+    args = parser.parse_args()
+
+    import diffusers
+    from diffusers import WanTransformer3DModel
+
+    from slatte.integrations.diffusers_sla import disable_sla, enable_sla
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not args.smoke and device.type != "cuda":
+        raise SystemExit("bench_e2e.py needs a CUDA GPU for the full shape; use --smoke")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    shape, latents, text = (
+        (SMOKE, SMOKE_LATENTS, SMOKE_TEXT) if args.smoke else (WAN_1_3B, LATENTS, TEXT)
+    )
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = WanTransformer3DModel(**shape)
+    cast_like_from_pretrained(model, dtype)
+    x = torch.randn(latents, device=device, dtype=dtype)
+    context = torch.randn(text, device=device, dtype=dtype)
+    timestep = torch.tensor([500], device=device)
+    target = torch.randn_like(x)
+    originals = [block.attn1.processor for block in model.blocks]
+    tokens = latents[2] * (latents[3] // 2) * (latents[4] // 2)
+
+    variants = [v for v in args.variants.split(",") if v]
+    if "official" in variants and (args.official is None or device.type != "cuda"):
+        variants.remove("official")
+    modes = ["eager"] if args.no_compile else ["eager", "compile"]
+
+    def switch(variant: str) -> None:
+        disable_sla(model)
+        disable_official(model, originals)
+        if variant == "slatte":
+            enable_sla(model, critical=args.critical, block_q=args.block_q, block_k=args.block_k)
+        elif variant == "official":
+            enable_official(model, args.official, args.critical)
+        model.to(device)
+
+    def measure(variant: str, mode: str) -> dict:
+        row: dict = {"variant": variant, "mode": mode}
+        torch._dynamo.reset()
+        run = torch.compile(model) if mode == "compile" else model
+
+        def forward():
+            with torch.no_grad():
+                return run(x, timestep, context, return_dict=False)[0]
+
+        row["forward_ms"] = median_ms(forward, device, args.warmup, args.reps)
+        if not args.no_train:
+            model.train()
+            if args.no_grad_ckpt:
+                model.disable_gradient_checkpointing()
+            else:
+                model.enable_gradient_checkpointing()
+
+            def train_step():
+                out = run(x, timestep, context, return_dict=False)[0]
+                (out.float() - target.float()).square().mean().backward()
+                model.zero_grad(set_to_none=True)
+
+            try:
+                row["train_step_ms"] = median_ms(train_step, device, args.warmup, args.reps)
+            finally:
+                model.eval()
+        return row
+
+    rows = []
+    # Eager first: a compiler crash that ends the process (it can) still leaves those rows,
+    # which are printed as they complete.
+    for mode in modes:
+        for variant in variants:
+            switch(variant)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            try:
+                row = measure(variant, mode)
+            except Exception as exc:  # one variant failing must not end the run
+                row = {
+                    "variant": variant,
+                    "mode": mode,
+                    "error": f"{type(exc).__name__}: {exc}"[:200],
+                }
+            if device.type == "cuda":
+                row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            rows.append(row)
+            print("row", json.dumps(row), flush=True)
+
+    base = next(
+        (r.get("forward_ms") for r in rows if (r["variant"], r["mode"]) == ("dense", "eager")), None
+    )
+    for row in rows:
+        if base and "forward_ms" in row:
+            row["speedup_vs_dense_eager"] = base / row["forward_ms"]
+
+    record = {
+        "benchmark": "e2e_wan2.1_1.3b_shape",
+        **environment(),
+        "diffusers": diffusers.__version__,
+        "dtype": str(dtype).removeprefix("torch."),
+        "latents": list(latents),
+        "tokens": tokens,
+        "sla": {"critical": args.critical, "block_q": args.block_q, "block_k": args.block_k},
+        "gradient_checkpointing": not args.no_grad_ckpt,
+        "smoke": args.smoke,
+    }
+    columns = ["variant", "mode", "forward_ms", "train_step_ms", "speedup_vs_dense_eager"]
+    report(record, rows, [*columns, "peak_memory_gib", "error"])
+
+
+if __name__ == "__main__":
+    main()

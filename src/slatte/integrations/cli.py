@@ -1,0 +1,162 @@
+"""`slatte convert` and `slatte finetune`: argparse sub-commands, self-contained so that the main
+CLI only has to call `add_convert_parser(sub)` and `add_finetune_parser(sub)`.
+
+Each sets `func(args) -> int` as its handler; bad input raises ValueError / FileNotFoundError,
+which the main CLI prints as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..ops.sla.config import FEATURE_MAPS, LINEAR_SCOPES
+
+CONVERT_SOURCES = ("latte-official",)
+
+
+# --------------------------------------------------------------------------- convert
+def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`slatte convert latte-official CKPT OUT [--num-heads N]`."""
+    p = subparsers.add_parser(
+        "convert",
+        help="convert a checkpoint of another codebase into a slatte model directory",
+        description=(
+            "latte-official: an official Latte class-conditional .pt checkpoint "
+            "(github.com/Vchitect/Latte, models/latte.py, extras=2) → a slatte VideoDiT "
+            "directory (config.json + model.safetensors)"
+        ),
+    )
+    p.add_argument("source", choices=CONVERT_SOURCES, help="what the checkpoint is")
+    p.add_argument("checkpoint", type=Path, help="the checkpoint file")
+    p.add_argument("output", type=Path, help="the slatte model directory to write")
+    p.add_argument(
+        "--num-heads",
+        type=int,
+        default=None,
+        help="attention heads (default: from the Latte size: S 6, B 12, L/XL 16)",
+    )
+    p.set_defaults(func=run_convert)
+    return p
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from ..models import save_model
+    from .latte_convert import convert_official_latte, load_official_checkpoint
+
+    model = convert_official_latte(
+        load_official_checkpoint(args.checkpoint), num_heads=args.num_heads
+    )
+    save_model(model, args.output)
+    print(
+        json.dumps(
+            {
+                "output": str(args.output),
+                "config": model.config.to_dict(),
+                "parameters": model.num_parameters(),
+            }
+        )
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------- finetune
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected C,F,H,W integers, got {text!r}") from None
+
+
+def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`slatte finetune MODEL_DIR OUTPUT_DIR [--mode distill|flow] [--data DIR] ...`."""
+    from .finetune import MODES, TRAINABLE, FinetuneConfig
+
+    d = FinetuneConfig(model_dir="", output_dir="", latent_shape=(1, 1, 1, 1))
+    p = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a local diffusers Wan transformer with SLA attention",
+        description=(
+            "Switch the self-attention of a local diffusers WanTransformer3DModel directory to "
+            "SLA and fine-tune it, by distillation from the dense model (default) or with the "
+            "flow-matching loss on a folder of pre-encoded clips (*.safetensors with 'latents' "
+            "(C, F, H, W) and optionally 'text' (L, text_dim)). Saves the EMA weights in "
+            "diffusers format plus slatte_sla.json (load with "
+            "slatte.integrations.from_pretrained_sla)."
+        ),
+    )
+    p.add_argument("model_dir", help="local diffusers transformer directory (config.json)")
+    p.add_argument("output_dir", help="where to save the fine-tuned transformer")
+    p.add_argument("--mode", choices=MODES, default=d.mode)
+    p.add_argument("--data", default=None, help="folder of *.safetensors latent clips")
+    p.add_argument(
+        "--latent-shape",
+        type=_shape,
+        default=None,
+        help="C,F,H,W of random latents when distilling without --data (e.g. 16,21,60,104)",
+    )
+    p.add_argument("--text-length", type=int, default=d.text_length)
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="0 disables EMA")
+    p.add_argument("--trainable", choices=TRAINABLE, default=d.trainable)
+    p.add_argument("--shift", type=float, default=d.shift, help="noise-level shift (Wan: 3-5)")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    sla = p.add_argument_group("SLA")
+    sla.add_argument("--sla-critical", type=float, default=0.05)
+    sla.add_argument("--sla-negligible", type=float, default=0.10)
+    sla.add_argument("--sla-block-q", type=int, default=64)
+    sla.add_argument("--sla-block-k", type=int, default=64)
+    sla.add_argument("--sla-feature-map", choices=FEATURE_MAPS, default="softmax")
+    sla.add_argument("--sla-linear-scope", choices=LINEAR_SCOPES, default="marginal")
+    sla.add_argument(
+        "--sla-backend", choices=("sla", "sla_reference"), default="sla", help="kernel or reference"
+    )
+    p.set_defaults(func=run_finetune)
+    return p
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from ..ops.sla import SLAConfig
+    from .finetune import FinetuneConfig, finetune
+
+    cfg = FinetuneConfig(
+        model_dir=args.model_dir,
+        output_dir=args.output_dir,
+        mode=args.mode,
+        data=args.data,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        ema_decay=args.ema_decay,
+        trainable=args.trainable,
+        sla=SLAConfig(
+            critical=args.sla_critical,
+            negligible=args.sla_negligible,
+            block_q=args.sla_block_q,
+            block_k=args.sla_block_k,
+            feature_map=args.sla_feature_map,
+            linear_scope=args.sla_linear_scope,
+        ),
+        sla_backend=args.sla_backend,
+        latent_shape=args.latent_shape,
+        text_length=args.text_length,
+        shift=args.shift,
+        gradient_checkpointing=args.gradient_checkpointing,
+        seed=args.seed,
+        device=args.device,
+        log_every=args.log_every,
+    )
+    result = finetune(cfg)
+    print(json.dumps({"output_dir": result["output_dir"], "final_loss": result["losses"][-1]}))
+    return 0
+
+
+__all__ = ["add_convert_parser", "add_finetune_parser", "run_convert", "run_finetune"]

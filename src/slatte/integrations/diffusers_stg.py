@@ -1,0 +1,391 @@
+"""STG (spatio-temporal skip guidance) for diffusers video transformers, from an unmodified
+pipeline call.
+
+    handle = enable_stg(pipe, scale=1.0, blocks=[19], strategy="transformer_block")
+    video = pipe(prompt, ...)        # STG on every denoising call
+    handle.remove()                  # or: with enable_stg(...): pipe(...)
+
+How it works (spec: shared/specs/STG.md). PyTorch hooks on the transformer and its blocks, no
+patched methods:
+- before the transformer runs, the conditional rows of the batch are appended once more (every
+  per-sample input: latents, timestep, text states, masks) — these extra rows are the perturbed
+  branch;
+- Wan / LTX (one block row per sample): the blocks before the first perturbed one run on the
+  original rows only, and the perturbed branch is forked from the conditional rows' hidden
+  states at that block ("fork, don't recompute"). Latte folds frames / patches into the block
+  batch, so there the perturbed rows run through every block;
+- the chosen blocks apply the strategy to the perturbed rows only (batch-safe);
+- after the transformer, the conditional rows become `e_c + s'·(e_c − e_p)` and the extra rows
+  are dropped, so the pipeline sees its usual batch. With the pipeline's CFG
+  (`e_u + g·(e_c' − e_u)`), `s' = scale / g` makes the result the spec's
+  `e_u + g·(e_c − e_u) + scale·(e_c − e_p)`.
+All per-call state is reset at the start of every call, so an error mid-call leaks nothing into
+the next; `remove()` takes every hook off.
+
+Which rows are conditional: with a pipeline, LTX-Video and Latte pipelines batch [uncond; cond]
+when CFG is on (second half conditional); the Wan pipeline calls the transformer separately,
+conditional first, so of two consecutive calls with the same timestep only the first is
+guided. With a bare transformer every row is conditional unless `cond_rows` says otherwise.
+
+Block indices: Wan `blocks[i]`, LTX `transformer_blocks[i]`; Latte in execution order, even
+indices spatial (`transformer_blocks[i // 2]`), odd temporal
+(`temporal_transformer_blocks[i // 2]`). Published choices: LTX-Video 2B block 19 (the STG
+authors' LTX-Video command: `--stg_block_idx 19 --stg_scale 1.0`, with rescaling); Mochi blocks
+34/35 (not a diffusers class supported here). For Wan2.1 we know of no published STG block; the
+generic skip-layer-guidance default for DiTs (blocks 7, 8, 9, ComfyUI's `SkipLayerGuidanceDiT`)
+is a starting point to tune from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from ..guidance.config import check_window, in_window
+from ..models.latte import PERTURBATION_STRATEGIES, check_perturbation
+from .diffusers_common import blocks_of, model_spec, resolve_transformer
+from .diffusers_sla import output_projection, qkv_projections
+
+# How each pipeline lays out classifier-free guidance: one batched call [uncond; cond], or
+# separate calls (conditional first).
+_CFG_LAYOUT = {
+    "WanTransformer3DModel": "separate",
+    "LTXVideoTransformer3DModel": "batched",
+    "LatteTransformer3DModel": "batched",
+}
+
+
+def execution_blocks(transformer: nn.Module) -> list[nn.Module]:
+    """The transformer blocks in the order the forward runs them (STG block indices)."""
+    blocks = blocks_of(transformer)
+    if type(transformer).__name__ == "LatteTransformer3DModel":
+        spatial, temporal = transformer.transformer_blocks, transformer.temporal_transformer_blocks
+        return [blk for pair in zip(spatial, temporal, strict=True) for blk in pair]
+    return blocks
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-call state
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Call:
+    """One transformer call with STG: B original rows, the conditional rows among them, the
+    scale to use inside the model."""
+
+    batch: int
+    cond_rows: list[int]
+    scale: float
+    forked: bool = False
+
+    @property
+    def total(self) -> int:
+        return self.batch + len(self.cond_rows)
+
+
+def _map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, tuple):
+        return tuple(_map_tensors(v, fn) for v in value)
+    if isinstance(value, list):
+        return [_map_tensors(v, fn) for v in value]
+    return value
+
+
+def _first_tensor(args: tuple, kwargs: dict, name: str) -> torch.Tensor:
+    return kwargs[name] if name in kwargs else args[0]
+
+
+@dataclass
+class STGHandle:
+    """The installed STG hooks of one transformer; `remove()` (or leaving the `with` block)
+    takes them all off."""
+
+    transformer: nn.Module
+    scale: float
+    blocks: tuple[int, ...]
+    strategy: str
+    fork: bool
+    cond_rows: Callable[[int], Sequence[int]] | None
+    start: float = 0.0
+    stop: float = 1.0
+    pipeline: Any = None
+    _handles: list[RemovableHandle] = field(default_factory=list)
+    _call: _Call | None = None
+    _last_timestep: torch.Tensor | None = None
+
+    # -- deciding the rows ---------------------------------------------------------------------
+
+    def _plan(self, batch: int, timestep: Any) -> _Call | None:
+        call = self._rows(batch, timestep)
+        if call is None or (self.start == 0.0 and self.stop == 1.0):
+            return call
+        if not isinstance(timestep, torch.Tensor):
+            raise ValueError("an STG step window needs the transformer's timestep tensor")
+        scheduler_config = getattr(getattr(self.pipeline, "scheduler", None), "config", None)
+        steps = getattr(scheduler_config, "num_train_timesteps", 1000)
+        t = timestep.detach().float().cpu().reshape(batch, -1)[:, 0]
+        inside = in_window(t, self.start, self.stop, steps)
+        call.cond_rows = [r for r in call.cond_rows if bool(inside[r])]
+        # Outside the window the perturbed branch is not computed at all.
+        return call if call.cond_rows else None
+
+    def _rows(self, batch: int, timestep: Any) -> _Call | None:
+        if self.cond_rows is not None:
+            rows = [int(r) for r in self.cond_rows(batch)]
+            if not rows or any(not 0 <= r < batch for r in rows) or len(set(rows)) != len(rows):
+                raise ValueError(
+                    f"cond_rows({batch}) must give distinct row indices in [0, {batch}), got {rows}"
+                )
+            return _Call(batch, rows, self.scale)
+        pipe = self.pipeline
+        if pipe is None:
+            return _Call(batch, list(range(batch)), self.scale)
+        cfg = bool(getattr(pipe, "do_classifier_free_guidance", False))
+        guidance = float(getattr(pipe, "guidance_scale", 1.0)) if cfg else 1.0
+        scale = self.scale / guidance
+        if _CFG_LAYOUT[type(self.transformer).__name__] == "batched":
+            if cfg and batch % 2:
+                raise ValueError(f"a CFG batch [uncond; cond] must be even, got {batch} rows")
+            return _Call(batch, list(range(batch // 2 if cfg else 0, batch)), scale)
+        # Separate calls: the first call of a step (new timestep) is the conditional one.
+        if cfg and isinstance(timestep, torch.Tensor):
+            same = (
+                self._last_timestep is not None
+                and self._last_timestep.shape == timestep.shape
+                and bool(torch.equal(self._last_timestep, timestep.detach().cpu()))
+            )
+            self._last_timestep = None if same else timestep.detach().cpu()
+            if same:
+                return None
+        return _Call(batch, list(range(batch)), scale)
+
+    # -- the transformer's hooks ---------------------------------------------------------------
+
+    def _model_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        self._call = None  # never carry state over from an earlier (possibly failed) call
+        x = _first_tensor(args, kwargs, "hidden_states")
+        call = self._plan(x.shape[0], kwargs.get("timestep", args[1] if len(args) > 1 else None))
+        if call is None:
+            return args, kwargs
+        index = torch.tensor(call.cond_rows, device=x.device)
+
+        def extend(t: torch.Tensor) -> torch.Tensor:
+            # Per-sample inputs (batch first) get the conditional rows once more.
+            if t.dim() >= 1 and t.shape[0] == call.batch:
+                return torch.cat([t, t.index_select(0, index.to(t.device))])
+            return t
+
+        call.forked = self.fork and model_spec(self.transformer).samples_share_block_batch
+        self._call = call
+        return _map_tensors(args, extend), {k: _map_tensors(v, extend) for k, v in kwargs.items()}
+
+    def _model_post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        call, self._call = self._call, None
+        if call is None or output is None:  # output is None when the forward raised
+            return output
+        sample = output[0] if isinstance(output, tuple) else output.sample
+        e, e_p = sample[: call.batch], sample[call.batch :]
+        rows = torch.tensor(call.cond_rows, device=e.device)
+        e_c = e.index_select(0, rows)
+        guided = e_c + call.scale * (e_c - e_p)
+        channels = self._guided_channels()
+        if channels is not None:
+            # Learned variance: only the mean channels are guided (the rest stays e_c's).
+            guided = torch.cat([guided[:, :channels], e_c[:, channels:]], dim=1)
+        result = e.index_copy(0, rows, guided.to(e.dtype))
+        if isinstance(output, tuple):
+            return (result, *output[1:])
+        output.sample = result
+        return output
+
+    def _guided_channels(self) -> int | None:
+        """Latte with learned sigma predicts (noise, variance) along dim 1: guide the noise."""
+        config = getattr(self.transformer, "config", None)
+        in_ch, out_ch = getattr(config, "in_channels", None), getattr(config, "out_channels", None)
+        if type(self.transformer).__name__ == "LatteTransformer3DModel" and out_ch == 2 * in_ch:
+            return in_ch
+        return None
+
+    # -- the blocks' hooks ---------------------------------------------------------------------
+
+    def _perturbed_rows(self, rows: int) -> slice:
+        # Blocks see each sample as rows / total consecutive rows (Latte folds frames or
+        # patches, sample-major); the perturbed samples are the last ones.
+        call = self._call
+        per_sample, rest = divmod(rows, call.total)
+        if rest:
+            raise RuntimeError(f"block batch {rows} is not a multiple of {call.total} samples")
+        return slice(call.batch * per_sample, rows)
+
+    def _prefix_pre(
+        self, module: nn.Module, args: tuple, kwargs: dict
+    ) -> tuple[tuple, dict] | None:
+        call = self._call
+        if call is None or not call.forked:
+            return None
+
+        def drop(t: torch.Tensor) -> torch.Tensor:
+            return t[: call.batch] if t.dim() >= 1 and t.shape[0] == call.total else t
+
+        return _map_tensors(args, drop), {k: _map_tensors(v, drop) for k, v in kwargs.items()}
+
+    def _fork_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        call = self._call
+        if call is None or not call.forked:
+            return None
+        h = _first_tensor(args, kwargs, "hidden_states")  # (B, N, D): the shared prefix's output
+        if h.shape[0] != call.batch:  # perturbed block 0: no prefix, the rows exist already
+            return None
+        rows = torch.tensor(call.cond_rows, device=h.device)
+        h = torch.cat([h, h.index_select(0, rows)])
+        if "hidden_states" in kwargs:
+            return args, {**kwargs, "hidden_states": h}
+        return (h, *args[1:]), kwargs
+
+    def _block_post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        if self._call is None:
+            return output
+        h_in = _first_tensor(args, kwargs, "hidden_states")
+        out = output[0] if isinstance(output, tuple) else output
+        rows = self._perturbed_rows(out.shape[0])
+        out = torch.cat([out[: rows.start], h_in[rows].to(out.dtype)])
+        return (out, *output[1:]) if isinstance(output, tuple) else out
+
+    def _attention_post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        if self._call is None:
+            return output
+        x = _first_tensor(args, kwargs, "hidden_states")
+        rows = self._perturbed_rows(output.shape[0])
+        if self.strategy == "attention_block":
+            replacement = torch.zeros_like(output[rows])
+        elif self.strategy == "attention_skip":
+            replacement = x[rows]
+        else:  # attention_values: the identity attention map returns the values
+            replacement = output_projection(module, qkv_projections(module, x[rows])[2])
+        return torch.cat([output[: rows.start], replacement.to(output.dtype)])
+
+    # -- install / remove ----------------------------------------------------------------------
+
+    def install(self) -> STGHandle:
+        spec = model_spec(self.transformer)
+        blocks = execution_blocks(self.transformer)
+        self._handles.append(
+            self.transformer.register_forward_pre_hook(self._model_pre, with_kwargs=True)
+        )
+        self._handles.append(
+            self.transformer.register_forward_hook(
+                self._model_post, with_kwargs=True, always_call=True
+            )
+        )
+        if self.fork and spec.samples_share_block_batch:
+            first = min(self.blocks)
+            for block in blocks[:first]:
+                self._handles.append(
+                    block.register_forward_pre_hook(self._prefix_pre, with_kwargs=True)
+                )
+            self._handles.append(
+                blocks[first].register_forward_pre_hook(self._fork_pre, with_kwargs=True)
+            )
+        for index in self.blocks:
+            block = blocks[index]
+            if self.strategy == "transformer_block":
+                hook = block.register_forward_hook(self._block_post, with_kwargs=True)
+            else:
+                attn = getattr(block, spec.self_attention)
+                hook = attn.register_forward_hook(self._attention_post, with_kwargs=True)
+            self._handles.append(hook)
+        self.transformer._slatte_stg = self
+        return self
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._call = None
+        if getattr(self.transformer, "_slatte_stg", None) is self:
+            del self.transformer._slatte_stg
+
+    def __enter__(self) -> STGHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def enable_stg(
+    model: Any,
+    *,
+    scale: float = 1.0,
+    blocks: Sequence[int],
+    strategy: str = "transformer_block",
+    fork: bool = True,
+    cond_rows: Callable[[int], Sequence[int]] | None = None,
+    start: float = 0.0,
+    stop: float = 1.0,
+) -> STGHandle:
+    """Apply STG on every call of a diffusers video transformer until the handle is removed.
+
+    Args:
+        model: a pipeline (its `.transformer` gets the hooks; its CFG settings are read at each
+            call) or a bare `WanTransformer3DModel` / `LTXVideoTransformer3DModel` /
+            `LatteTransformer3DModel` (every row conditional, unless `cond_rows` is given).
+        scale: the STG weight w in `e = e_u + w_cfg (e_c − e_u) + w (e_c − e_p)`.
+        blocks: indices of the perturbed blocks (see the module docstring for Latte's order).
+        strategy: one of `PERTURBATION_STRATEGIES` (spec: shared/specs/STG.md).
+        fork: share the blocks before the first perturbed one between the conditional and
+            perturbed branches (Wan, LTX); False runs the perturbed rows through every block.
+        cond_rows: `cond_rows(batch) -> row indices` of the conditional rows of a bare
+            transformer's batch.
+        start, stop: the step window, as fractions of the schedule from the noisy end
+            (`slatte.guidance` convention: progress = 1 − t / (T − 1), T the scheduler's
+            `num_train_timesteps`, 1000 by default); outside it STG is not computed.
+    Returns an `STGHandle` (also a context manager); a transformer holds at most one.
+    """
+    check_perturbation(strategy)
+    check_window("stg window", start, stop)
+    transformer = resolve_transformer(model)
+    model_spec(transformer)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise ValueError(f"scale must be a number, got {scale!r}")
+    depth = len(execution_blocks(transformer))
+    blocks = tuple(blocks)
+    if not blocks or any(
+        isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < depth for b in blocks
+    ):
+        raise ValueError(
+            f"blocks must be a non-empty list of indices in [0, {depth}), got {blocks}"
+        )
+    if len(set(blocks)) != len(blocks):
+        raise ValueError(f"blocks must be distinct, got {blocks}")
+    if getattr(transformer, "_slatte_stg", None) is not None:
+        raise ValueError("STG is already enabled on this transformer; remove its handle first")
+    handle = STGHandle(
+        transformer=transformer,
+        scale=float(scale),
+        blocks=blocks,
+        strategy=strategy,
+        fork=fork,
+        cond_rows=cond_rows,
+        start=float(start),
+        stop=float(stop),
+        pipeline=model if model is not transformer else None,
+    )
+    return handle.install()
+
+
+def disable_stg(model: Any) -> None:
+    """Remove the STG hooks of `model` (a pipeline or transformer), if any."""
+    handle = getattr(resolve_transformer(model), "_slatte_stg", None)
+    if handle is not None:
+        handle.remove()
+
+
+__all__ = ["PERTURBATION_STRATEGIES", "STGHandle", "disable_stg", "enable_stg", "execution_blocks"]

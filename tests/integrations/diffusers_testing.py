@@ -1,0 +1,114 @@
+"""Tiny random diffusers video transformers (made here, never downloaded) and their inputs."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Callable
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+
+
+@functools.cache
+def _tiny_wan(seed: int = 0, num_layers: int = 2) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return diffusers.WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=4,
+        out_channels=4,
+        text_dim=32,
+        freq_dim=32,
+        ffn_dim=64,
+        num_layers=num_layers,
+        rope_max_seq_len=32,
+    ).eval()
+
+
+@functools.cache
+def _tiny_ltx(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return diffusers.LTXVideoTransformer3DModel(
+        in_channels=4,
+        out_channels=4,
+        patch_size=1,
+        patch_size_t=1,
+        num_attention_heads=2,
+        attention_head_dim=16,
+        cross_attention_dim=32,
+        num_layers=2,
+        caption_channels=16,
+    ).eval()
+
+
+@functools.cache
+def _tiny_latte(seed: int = 0, patch_size: int = 1) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return diffusers.LatteTransformer3DModel(
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=4,
+        out_channels=8,
+        num_layers=2,
+        sample_size=8,
+        patch_size=patch_size,
+        cross_attention_dim=32,
+        caption_channels=16,
+        video_length=3,
+        norm_elementwise_affine=False,
+    ).eval()
+
+
+def model_inputs(name: str, batch: int = 2, seed: int = 1) -> dict:
+    """Keyword inputs for the tiny model `name`, 3 frames each: Wan 8×8 latents in 2×2 patches
+    (48 tokens per sample), LTX 4×4 unpatched (48), Latte 8×8 (64 or 16 tokens per frame)."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.linspace(10, 900, batch).round().long()
+    if name == "wan":
+        return {
+            "hidden_states": torch.randn(batch, 4, 3, 8, 8, generator=g),
+            "timestep": t,
+            "encoder_hidden_states": torch.randn(batch, 5, 32, generator=g),
+        }
+    if name == "ltx":
+        return {
+            "hidden_states": torch.randn(batch, 3 * 4 * 4, 4, generator=g),
+            "encoder_hidden_states": torch.randn(batch, 5, 16, generator=g),
+            "timestep": t,
+            "encoder_attention_mask": torch.ones(batch, 5),
+            "num_frames": 3,
+            "height": 4,
+            "width": 4,
+        }
+    if name == "latte":
+        return {
+            "hidden_states": torch.randn(batch, 4, 3, 8, 8, generator=g),
+            "timestep": t,
+            "encoder_hidden_states": torch.randn(batch, 5, 16, generator=g),
+        }
+    raise ValueError(name)
+
+
+def tiny_wan(seed: int = 0, num_layers: int = 2) -> torch.nn.Module:
+    # Building a model costs far more than copying one; tests get fresh copies to modify.
+    return copy.deepcopy(_tiny_wan(seed, num_layers))
+
+
+def tiny_ltx(seed: int = 0) -> torch.nn.Module:
+    return copy.deepcopy(_tiny_ltx(seed))
+
+
+def tiny_latte(seed: int = 0, patch_size: int = 1) -> torch.nn.Module:
+    # patch_size=1: 64 tokens per frame, enough for several SLA blocks of 16.
+    return copy.deepcopy(_tiny_latte(seed, patch_size))
+
+
+MODELS: dict[str, Callable[..., torch.nn.Module]] = {
+    "wan": tiny_wan,
+    "ltx": tiny_ltx,
+    "latte": tiny_latte,
+}
