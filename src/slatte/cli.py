@@ -102,6 +102,9 @@ def _add_train(sub) -> None:
     p.add_argument(
         "--vae", default=None, help="local diffusers AutoencoderKL folder (latent training)"
     )
+    p.add_argument(
+        "--latent-cache", default=None, help="with --vae: encode each clip once, keep it here"
+    )
     p.add_argument("--workers", type=int, default=d.num_workers, help="data loader processes")
     p.add_argument("--steps", type=int, default=d.steps, help="total optimisation steps")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
@@ -167,6 +170,7 @@ def _run_train(args: argparse.Namespace) -> int:
         channels=args.channels,
         num_digits=args.num_digits,
         vae=args.vae,
+        latent_cache=args.latent_cache,
         num_workers=args.workers,
         steps=args.steps,
         batch_size=args.batch_size,

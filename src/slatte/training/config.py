@@ -24,6 +24,7 @@ class TrainConfig:
     channels: int = 1
     num_digits: int = 1
     vae: str | None = None  # local diffusers AutoencoderKL directory: train in its latent space
+    latent_cache: str | None = None  # with `vae`: encode each clip once and keep it here
     num_workers: int = 0
     # optimisation
     steps: int = 1000
@@ -77,6 +78,8 @@ class TrainConfig:
             raise ValueError(
                 f"sequence_parallel must be a positive integer, got {self.sequence_parallel!r}"
             )
+        if self.latent_cache is not None and self.vae is None:
+            raise ValueError("latent_cache needs vae: only VAE latents are cached")
         if not isinstance(self.image_batch, int) or self.image_batch < 0:
             raise ValueError(f"image_batch must be an integer >= 0, got {self.image_batch!r}")
         if self.image_batch and self.sequence_parallel > 1:

@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from ..data import MovingDigits, VideoFolder
+from ..data import CachedLatents, MovingDigits, VideoFolder
 from ..diffusion import create_diffusion
 from ..models import VideoDiT, load_model, model_config
 from ..ops.sequence_parallel import check_heads, sequence_parallel
@@ -173,6 +173,8 @@ class Trainer:
         self.sharded_checkpoints = cfg.parallel == "fsdp"
         self.dataset, num_classes = build_dataset(cfg)
         self.codec = build_codec(cfg, self.device)
+        if cfg.latent_cache is not None:  # items are latents from here on: no encode per step
+            self.dataset = CachedLatents(self.dataset, self.codec, cfg.latent_cache)
         torch.manual_seed(cfg.seed)  # the same initial weights in every process and every run
         self.model = build_model(
             cfg,
@@ -293,8 +295,10 @@ class Trainer:
         self, videos: torch.Tensor, labels: torch.Tensor, *, stream: int
     ) -> dict[str, torch.Tensor]:
         """Per-sample diffusion losses of a batch of clips (in data space) at the current step."""
-        with torch.no_grad():
-            x0 = self.codec.encode(videos.to(self.device))
+        x0 = videos.to(self.device)
+        if self.cfg.latent_cache is None:
+            with torch.no_grad():
+                x0 = self.codec.encode(x0)
         labels = labels.to(self.device)
         has_labels = self.model.config.num_classes > 0
         t, noise, drop = self._sample_randomness(self.step, x0.shape, stream)
