@@ -4,28 +4,12 @@ import torch
 from slatte.data.latents import CachedLatents, LatentCodec, PixelSpace, VAELatents
 from slatte.data.moving_digits import MovingDigits
 
-SCALING = 0.3
+SCALING = 0.3  # tests/conftest.py: TINY_VAE_SCALING
 
 
-@pytest.fixture(scope="module")
-def vae_dir(tmp_path_factory):
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(
-        in_channels=1,
-        out_channels=1,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-        scaling_factor=SCALING,
-    )
-    path = tmp_path_factory.mktemp("vae")
-    vae.save_pretrained(path)
-    return path
+@pytest.fixture()
+def vae_dir(tiny_vae_dir):
+    return tiny_vae_dir
 
 
 def test_pixel_space_is_identity():

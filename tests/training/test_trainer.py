@@ -155,29 +155,8 @@ def test_joint_images_and_sequence_parallel_are_refused():
         TrainConfig(image_batch=2, sequence_parallel=2, num_frames=16)
 
 
-@pytest.fixture(scope="module")
-def tiny_vae(tmp_path_factory):
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(
-        in_channels=1,
-        out_channels=1,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-        scaling_factor=0.5,
-    )
-    path = tmp_path_factory.mktemp("vae")
-    vae.save_pretrained(path)
-    return str(path)
-
-
-def test_latent_training_with_and_without_cache_is_the_same(tmp_path, tiny_vae):
-    kw = dict(vae=tiny_vae, size=16, steps=3, ckpt_every=3)
+def test_latent_training_with_and_without_cache_is_the_same(tmp_path, tiny_vae_dir):
+    kw = dict(vae=str(tiny_vae_dir), size=16, steps=3, ckpt_every=3)
     plain = Trainer(tiny(tmp_path / "plain", **kw))
     assert plain.model.config.in_channels == 4 and plain.model.config.input_size == 8
     plain.fit()
