@@ -17,6 +17,15 @@ TINY = dict(
 )
 
 
+# The PixArt-α options diffusers' LatteTransformer3DModel needs (all non-default).
+PIXART = dict(
+    cross_attn_norm=False,
+    block_modulation="table",
+    final_modulation="table",
+    single_frame_temporal_embed=False,
+)
+
+
 def tiny_config(**overrides) -> VideoDiTConfig:
     return VideoDiTConfig(**{**TINY, **overrides})
 

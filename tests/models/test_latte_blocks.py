@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from model_testing import tiny_inputs, tiny_model
+from model_testing import PIXART, tiny_inputs, tiny_model
 
 from slatte.models import PERTURBATION_STRATEGIES
 
@@ -41,7 +41,9 @@ def reference_cross(block, h: torch.Tensor, text: torch.Tensor, mask: torch.Tens
     ca, d = block.cross_attn, h.shape[-1]
     if not mask.any():
         return torch.zeros_like(h)
-    x = F.layer_norm(h, (d,), block.norm_cross.weight, block.norm_cross.bias, eps=1e-6)
+    x = h  # PixArt-style: the raw hidden states
+    if block.norm_cross is not None:
+        x = F.layer_norm(h, (d,), block.norm_cross.weight, block.norm_cross.bias, eps=1e-6)
     heads, dh = ca.num_heads, d // ca.num_heads
     q = (x @ ca.q.weight.T + ca.q.bias).view(-1, heads, dh).transpose(0, 1)
     kv = text[mask] @ ca.kv.weight.T + ca.kv.bias
@@ -51,12 +53,17 @@ def reference_cross(block, h: torch.Tensor, text: torch.Tensor, mask: torch.Tens
     return out @ ca.proj.weight.T + ca.proj.bias
 
 
-def reference_block(block, h, ctx, perturbation):
+def reference_block(block, h, ctx, perturbation, shared=None):
+    """`shared`: the model's shared modulation linear, for blocks with a modulation table."""
     if perturbation == "transformer_block":
         return h
     b, f, s, d = h.shape
     out = h.reshape(b, f * s, d).clone()
-    mod = F.silu(ctx.c) @ block.adaLN_modulation[1].weight.T + block.adaLN_modulation[1].bias
+    if block.scale_shift_table is None:
+        linear = block.adaLN_modulation[1]
+        mod = F.silu(ctx.c) @ linear.weight.T + linear.bias
+    else:  # the shared modulation, computed from c, plus the block's own (6, D) table
+        mod = F.silu(ctx.c) @ shared.weight.T + shared.bias + block.scale_shift_table.flatten()
     shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)  # each (B, D)
     for i in range(b):
         tokens = out[i]
@@ -92,6 +99,22 @@ def test_block_matches_reference(pattern, text_dim, perturbation):
         for block in model.blocks:
             got = block(h, ctx, perturbation)
             want = reference_block(block, h, ctx, perturbation)
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+            h = want
+
+
+@pytest.mark.parametrize("pattern", ["alternating", "full"])
+@pytest.mark.parametrize("perturbation", [None, "attention_skip"])
+def test_pixart_block_options_match_reference(pattern, perturbation):
+    """Un-normalised cross-attention input and shared modulation + per-block tables."""
+    model = tiny_model(block_pattern=pattern, text_dim=12, **PIXART)
+    x, t, y, kw = tiny_inputs(model.config)
+    with torch.no_grad():
+        h, ctx = model.embed(x, t, y, **kw)
+        for block in model.blocks:
+            assert block.adaLN_modulation is None and block.norm_cross is None
+            got = block(h, ctx, perturbation)
+            want = reference_block(block, h, ctx, perturbation, model.shared_modulation[1])
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
             h = want
 

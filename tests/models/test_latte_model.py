@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_testing import tiny_config, tiny_inputs, tiny_model
+from model_testing import PIXART, tiny_config, tiny_inputs, tiny_model
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -205,10 +205,18 @@ def test_bf16_model_keeps_fp32_norms_and_timestep_embedding():
     torch.testing.assert_close(out.float(), ref, atol=0.1 * ref.abs().max().item(), rtol=0.05)
 
 
-@pytest.mark.parametrize("pattern", ["alternating", "full"])
-@pytest.mark.parametrize("text_dim", [None, 12])
-def test_flops_estimate_matches_a_flop_counter(pattern, text_dim):
-    model = tiny_model(text_dim=text_dim, block_pattern=pattern)
+@pytest.mark.parametrize(
+    "pattern,text_dim,options",
+    [
+        ("alternating", None, {}),
+        ("alternating", 12, {}),
+        ("full", None, {}),
+        ("full", 12, {}),
+        ("alternating", 12, PIXART),
+    ],
+)
+def test_flops_estimate_matches_a_flop_counter(pattern, text_dim, options):
+    model = tiny_model(text_dim=text_dim, block_pattern=pattern, **options)
     x, t, y, kw = tiny_inputs(model.config, batch=1, text_len=5)
     counter = FlopCounterMode(display=False)
     # The math backend runs attention as counted matmuls (the fused CPU kernel is not counted).

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from model_testing import TINY, tiny_config
+from model_testing import PIXART, TINY, tiny_config
 
 from slatte.models import MODEL_CONFIGS, VideoDiT, VideoDiTConfig, model_config
 from slatte.ops.sla import SLAConfig
@@ -28,6 +28,10 @@ from slatte.ops.sla import SLAConfig
         ({"attention_backend": "flash"}, "attention_backend must be one of"),
         ({"sla": {"critical": 0.1}}, "sla must be an SLAConfig"),
         ({"qk_norm": "yes"}, "qk_norm must be a bool"),
+        ({"cross_attn_norm": 0}, "cross_attn_norm must be a bool"),
+        ({"single_frame_temporal_embed": None}, "single_frame_temporal_embed must be a bool"),
+        ({"block_modulation": "single"}, r"block_modulation must be one of \('adaln', 'table'\)"),
+        ({"final_modulation": "pixart"}, r"final_modulation must be one of \('adaln', 'table'\)"),
     ],
 )
 def test_validation_errors_name_the_field_and_value(change, match):
@@ -44,6 +48,11 @@ def test_dict_round_trip_and_unknown_keys():
     data = cfg.to_dict()
     assert data["sla"]["critical"] == 0.2
     assert VideoDiTConfig.from_dict(data) == cfg
+    # Configs written before an option existed load with its default, the old behaviour.
+    old = {k: v for k, v in data.items() if k not in PIXART}
+    assert VideoDiTConfig.from_dict(old) == cfg
+    pixart = cfg.replace(**PIXART)
+    assert VideoDiTConfig.from_dict(pixart.to_dict()) == pixart
     with pytest.raises(ValueError, match=r"unknown model config key\(s\) \['widht'\]"):
         VideoDiTConfig.from_dict({**TINY, "widht": 3})
     with pytest.raises(ValueError, match="unknown SLA option"):

@@ -13,29 +13,37 @@ from pathlib import Path
 
 from ..ops.sla.config import FEATURE_MAPS, LINEAR_SCOPES
 
-CONVERT_SOURCES = ("latte-official",)
+CONVERT_SOURCES = ("latte-official", "latte-diffusers")
 
 
 # --------------------------------------------------------------------------- convert
 def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """`slatte convert latte-official CKPT OUT [--num-heads N]`."""
+    """`slatte convert latte-official CKPT OUT [--num-heads N]` and
+    `slatte convert latte-diffusers DIR OUT`."""
     p = subparsers.add_parser(
         "convert",
         help="convert a checkpoint of another codebase into a slatte model directory",
         description=(
             "latte-official: an official Latte class-conditional .pt checkpoint "
-            "(github.com/Vchitect/Latte, models/latte.py, extras=2) → a slatte VideoDiT "
-            "directory (config.json + model.safetensors)"
+            "(github.com/Vchitect/Latte, models/latte.py, extras=2); latte-diffusers: a local "
+            "diffusers LatteTransformer3DModel directory, or a pipeline directory with it in "
+            "transformer/ (text-to-video). Either becomes a slatte VideoDiT directory "
+            "(config.json + model.safetensors)."
         ),
     )
     p.add_argument("source", choices=CONVERT_SOURCES, help="what the checkpoint is")
-    p.add_argument("checkpoint", type=Path, help="the checkpoint file")
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        help="the .pt file (latte-official) or the model directory (latte-diffusers)",
+    )
     p.add_argument("output", type=Path, help="the slatte model directory to write")
     p.add_argument(
         "--num-heads",
         type=int,
         default=None,
-        help="attention heads (default: from the Latte size: S 6, B 12, L/XL 16)",
+        help="latte-official only: attention heads (default: from the Latte size: S 6, B 12, "
+        "L/XL 16)",
     )
     p.set_defaults(func=run_convert)
     return p
@@ -43,11 +51,23 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 
 def run_convert(args: argparse.Namespace) -> int:
     from ..models import save_model
-    from .latte_convert import convert_official_latte, load_official_checkpoint
-
-    model = convert_official_latte(
-        load_official_checkpoint(args.checkpoint), num_heads=args.num_heads
+    from .latte_convert import (
+        convert_diffusers_latte,
+        convert_official_latte,
+        load_diffusers_latte,
+        load_official_checkpoint,
     )
+
+    if args.source == "latte-official":
+        model = convert_official_latte(
+            load_official_checkpoint(args.checkpoint), num_heads=args.num_heads
+        )
+    else:
+        if args.num_heads is not None:
+            raise ValueError(
+                "--num-heads applies to latte-official only; diffusers configs name their heads"
+            )
+        model = convert_diffusers_latte(load_diffusers_latte(args.checkpoint))
     save_model(model, args.output)
     print(
         json.dumps(

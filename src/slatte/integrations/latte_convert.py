@@ -19,15 +19,31 @@ stored in the weights: it is taken from the Latte size with that hidden width (S
 L/XL 16) unless given.
 
 diffusers' `LatteTransformer3DModel` (text-to-video, PixArt-α style, `norm_type="ada_norm_single"`)
-maps onto a text-conditioned VideoDiT with `convert_diffusers_latte`: spatial block j → block
-2j, temporal block j → block 2j + 1; the shared `adaln_single.linear` plus each block's
-`scale_shift_table` fold into that block's `adaLN_modulation` (same weight, bias + table);
-`caption_projection` → `text_embedder`. Two parts of that architecture have no VideoDiTConfig
-option yet, so the converter swaps them in as modules (see `convert_diffusers_latte`).
+maps onto a text-conditioned VideoDiT with PixArt's options (`cross_attn_norm=False`,
+`block_modulation="table"`, `final_modulation="table"`, `single_frame_temporal_embed=False`)
+by `convert_diffusers_latte`:
+
+| diffusers key | slatte key |
+| --- | --- |
+| `pos_embed.proj.weight` (D, C, p, p) conv | `x_embedder.proj.weight` (D, p·p·C), (p, q, c) order |
+| `adaln_single.emb.timestep_embedder.linear_{1,2}.*` | `t_embedder.mlp.{0,2}.*` |
+| `adaln_single.linear.*` | `shared_modulation.1.*` |
+| `caption_projection.linear_{1,2}.*` | `text_embedder.fc{1,2}.*` |
+| `transformer_blocks.{j}.*` (spatial) | `blocks.{2j}.*` |
+| `temporal_transformer_blocks.{j}.*` | `blocks.{2j+1}.*` |
+| `….attn1.to_{q,k,v}.*` (concatenated) , `….attn1.to_out.0.*` | `….attn.qkv.*`, `….attn.proj.*` |
+| `….attn2.to_q.*`, `….attn2.to_{k,v}.*`, `….attn2.to_out.0.*` | `….cross_attn.{q,kv,proj}.*` |
+| `….ff.net.0.proj.*`, `….ff.net.2.*` | `….mlp.fc{1,2}.*` |
+| `….scale_shift_table` (6, D) | same |
+| `scale_shift_table` (2, D), `proj_out.*` | `final_layer.scale_shift_table`, `final_layer.linear.*` |
+| `pos_embed.pos_embed`, `temp_pos_embed` fixed sin-cos | recomputed; checked equal |
+
+Attention without biases (`attention_bias=False`) gets zero q/k/v biases.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,6 +52,7 @@ import torch
 from torch import nn
 
 from ..models import VideoDiT, VideoDiTConfig
+from .diffusers_common import diffusers_version
 
 # Latte's sizes: hidden width → heads (Latte-S/B/L/XL).
 _HEADS_BY_WIDTH = {384: 6, 768: 12, 1024: 16, 1152: 16}
@@ -145,23 +162,11 @@ def convert_official_latte(
 # ---------------------------------------------------------------------------------------------
 
 
-class TableModulation(nn.Module):
-    """PixArt-style final modulation: (shift, scale) = table (2, D) + c, with no SiLU / linear
-    (diffusers Latte's final layer), as a drop-in for `FinalLayer.adaLN_modulation`."""
-
-    def __init__(self, table: torch.Tensor):
-        super().__init__()
-        self.table = nn.Parameter(table.detach().clone().float())  # (2, D)
-
-    def forward(self, c: torch.Tensor) -> torch.Tensor:
-        # c (B, D) → (B, 2D) laid out as FinalLayer expects: [shift | scale].
-        return (self.table[None] + c[:, None]).flatten(1).to(c.dtype)
-
-
 def _diffusers_latte_config(transformer: nn.Module) -> VideoDiTConfig:
     cfg = transformer.config
     name = type(transformer).__name__
     hidden = cfg.num_attention_heads * cfg.attention_head_dim
+    out_channels = transformer.out_channels
     problems = []
     if cfg.norm_type != "ada_norm_single":
         problems.append(f"norm_type={cfg.norm_type!r} (needs 'ada_norm_single')")
@@ -173,10 +178,10 @@ def _diffusers_latte_config(transformer: nn.Module) -> VideoDiTConfig:
         problems.append(f"activation_fn={cfg.activation_fn!r} (needs 'gelu-approximate')")
     if cfg.cross_attention_dim != hidden:
         problems.append(f"cross_attention_dim={cfg.cross_attention_dim} (needs {hidden})")
-    if cfg.sample_size >= 128:
-        problems.append(f"sample_size={cfg.sample_size} (interpolated positions; needs < 128)")
-    if not cfg.attention_bias or cfg.caption_channels is None:
-        problems.append("attention_bias=False or no caption_channels")
+    if out_channels not in (cfg.in_channels, 2 * cfg.in_channels):
+        problems.append(
+            f"out_channels={out_channels} (needs in_channels={cfg.in_channels} or twice that)"
+        )
     if problems:
         raise ValueError(f"cannot convert this {name} to a VideoDiT: " + "; ".join(problems))
     mlp_hidden = transformer.transformer_blocks[0].ff.net[0].proj.out_features
@@ -190,28 +195,25 @@ def _diffusers_latte_config(transformer: nn.Module) -> VideoDiTConfig:
         patch_size=cfg.patch_size,
         mlp_ratio=mlp_hidden / hidden,
         num_classes=0,
-        learn_sigma=transformer.out_channels == 2 * cfg.in_channels,
+        learn_sigma=out_channels == 2 * cfg.in_channels,
         block_pattern="alternating",
         text_dim=cfg.caption_channels,
+        cross_attn_norm=False,
+        block_modulation="table",
+        final_modulation="table",
+        single_frame_temporal_embed=False,
     )
 
 
-def _linear(weight: torch.Tensor, bias: torch.Tensor | None, prefix: str) -> dict:
-    out = {f"{prefix}.weight": weight}
-    if bias is not None:
-        out[f"{prefix}.bias"] = bias
-    return out
+def _linear(module: nn.Linear, prefix: str) -> dict[str, torch.Tensor]:
+    bias = module.bias if module.bias is not None else module.weight.new_zeros(module.out_features)
+    return {f"{prefix}.weight": module.weight, f"{prefix}.bias": bias}
 
 
-def _attention(attn: nn.Module, prefix: str) -> dict:
-    return {
-        **_linear(
-            torch.cat([attn.to_q.weight, attn.to_k.weight, attn.to_v.weight]),
-            torch.cat([attn.to_q.bias, attn.to_k.bias, attn.to_v.bias]),
-            f"{prefix}.qkv",
-        ),
-        **_linear(attn.to_out[0].weight, attn.to_out[0].bias, f"{prefix}.proj"),
-    }
+def _fused(modules: list[nn.Linear], prefix: str) -> dict[str, torch.Tensor]:
+    """Several linears of one input as one (their outputs concatenated), e.g. q, k, v → qkv."""
+    parts = [_linear(m, prefix) for m in modules]
+    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 
 
 @torch.no_grad()
@@ -219,11 +221,10 @@ def convert_diffusers_latte(transformer: nn.Module) -> VideoDiT:
     """diffusers `LatteTransformer3DModel` → text-conditioned slatte VideoDiT (fp32, eval).
 
     Inputs differ only in layout: diffusers takes (B, C, F, H, W), VideoDiT (B, F, C, H, W);
-    `encoder_hidden_states` / `encoder_attention_mask` are VideoDiT's `text` / `text_mask`.
-    Until VideoDiTConfig has options for them, two modules are swapped in: the cross-attention
-    reads the un-normalised hidden states (`norm_cross` is an Identity), and the final layer's
-    modulation is `TableModulation`. So the result runs and trains, but `save_model` refuses it.
-    Single-frame inputs differ from diffusers: Latte skips the temporal embedding for one frame.
+    `encoder_hidden_states` is VideoDiT's `text` (diffusers' Latte pipeline passes no text mask;
+    VideoDiT's `text_mask` may be given or left out). diffusers' `enable_temporal_attentions=False`
+    has no VideoDiT counterpart. The result is a plain VideoDiT: `save_model` / `load_model`
+    keep it as it is.
     """
     name = type(transformer).__name__
     if name != "LatteTransformer3DModel":
@@ -231,24 +232,18 @@ def convert_diffusers_latte(transformer: nn.Module) -> VideoDiT:
     config = _diffusers_latte_config(transformer)
     model = VideoDiT(config)
     conv = transformer.pos_embed.proj.weight  # (D, C, p, p)
-    adaln = transformer.adaln_single
-    timestep = adaln.emb.timestep_embedder
+    timestep = transformer.adaln_single.emb.timestep_embedder
+    caption = transformer.caption_projection
     weights = {
         "x_embedder.proj.weight": conv.permute(0, 2, 3, 1).reshape(conv.shape[0], -1),
         "x_embedder.proj.bias": transformer.pos_embed.proj.bias,
-        **_linear(timestep.linear_1.weight, timestep.linear_1.bias, "t_embedder.mlp.0"),
-        **_linear(timestep.linear_2.weight, timestep.linear_2.bias, "t_embedder.mlp.2"),
-        **_linear(
-            transformer.caption_projection.linear_1.weight,
-            transformer.caption_projection.linear_1.bias,
-            "text_embedder.fc1",
-        ),
-        **_linear(
-            transformer.caption_projection.linear_2.weight,
-            transformer.caption_projection.linear_2.bias,
-            "text_embedder.fc2",
-        ),
-        **_linear(transformer.proj_out.weight, transformer.proj_out.bias, "final_layer.linear"),
+        **_linear(timestep.linear_1, "t_embedder.mlp.0"),
+        **_linear(timestep.linear_2, "t_embedder.mlp.2"),
+        **_linear(transformer.adaln_single.linear, "shared_modulation.1"),
+        **_linear(caption.linear_1, "text_embedder.fc1"),
+        **_linear(caption.linear_2, "text_embedder.fc2"),
+        **_linear(transformer.proj_out, "final_layer.linear"),
+        "final_layer.scale_shift_table": transformer.scale_shift_table,
     }
     pairs = zip(
         transformer.transformer_blocks, transformer.temporal_transformer_blocks, strict=True
@@ -256,42 +251,64 @@ def convert_diffusers_latte(transformer: nn.Module) -> VideoDiT:
     sources = [blk for pair in pairs for blk in pair]  # execution order: spatial, temporal, ...
     for i, src in enumerate(sources):
         prefix = f"blocks.{i}"
-        weights.update(_attention(src.attn1, f"{prefix}.attn"))
-        # Shared modulation linear, plus this block's (6, D) table folded into the bias.
-        weights[f"{prefix}.adaLN_modulation.1.weight"] = adaln.linear.weight
-        weights[f"{prefix}.adaLN_modulation.1.bias"] = (
-            adaln.linear.bias + src.scale_shift_table.flatten()
-        )
-        weights.update(
-            _linear(src.ff.net[0].proj.weight, src.ff.net[0].proj.bias, f"{prefix}.mlp.fc1")
-        )
-        weights.update(_linear(src.ff.net[2].weight, src.ff.net[2].bias, f"{prefix}.mlp.fc2"))
+        attn = src.attn1
+        weights.update(_fused([attn.to_q, attn.to_k, attn.to_v], f"{prefix}.attn.qkv"))
+        weights.update(_linear(attn.to_out[0], f"{prefix}.attn.proj"))
+        weights[f"{prefix}.scale_shift_table"] = src.scale_shift_table
+        weights.update(_linear(src.ff.net[0].proj, f"{prefix}.mlp.fc1"))
+        weights.update(_linear(src.ff.net[2], f"{prefix}.mlp.fc2"))
         if src.attn2 is not None:
             cross = src.attn2
-            weights.update(_linear(cross.to_q.weight, cross.to_q.bias, f"{prefix}.cross_attn.q"))
-            weights.update(
-                _linear(
-                    torch.cat([cross.to_k.weight, cross.to_v.weight]),
-                    torch.cat([cross.to_k.bias, cross.to_v.bias]),
-                    f"{prefix}.cross_attn.kv",
-                )
-            )
-            weights.update(
-                _linear(cross.to_out[0].weight, cross.to_out[0].bias, f"{prefix}.cross_attn.proj")
-            )
-            model.blocks[i].norm_cross = nn.Identity()
-    model.final_layer.adaLN_modulation = TableModulation(transformer.scale_shift_table)
-    model.load_state_dict(
-        {k: v.float() for k, v in weights.items()}
-        | {"final_layer.adaLN_modulation.table": model.final_layer.adaLN_modulation.table}
+            weights.update(_linear(cross.to_q, f"{prefix}.cross_attn.q"))
+            weights.update(_fused([cross.to_k, cross.to_v], f"{prefix}.cross_attn.kv"))
+            weights.update(_linear(cross.to_out[0], f"{prefix}.cross_attn.proj"))
+    model.load_state_dict({k: v.float() for k, v in weights.items()})
+    # The fixed tables are recomputed by slatte, so they must be the ones diffusers uses.
+    tables = (
+        ("pos_embed", transformer.pos_embed.pos_embed, model.pos_embed),
+        ("temp_pos_embed", transformer.temp_pos_embed, model.temp_embed),
     )
+    for table, theirs, ours in tables:
+        theirs = theirs.reshape(ours.shape).float()
+        if not torch.allclose(theirs, ours, atol=1e-5):
+            raise ValueError(
+                f"{table} of this {name} differs from slatte's sin-cos table (max difference "
+                f"{(theirs - ours).abs().max():.3g}); diffusers scales the positions of models "
+                f"with sample_size >= 128 (got {transformer.config.sample_size}), slatte does not"
+            )
     return model.eval()
 
 
+def load_diffusers_latte(directory: str | os.PathLike) -> nn.Module:
+    """A local diffusers `LatteTransformer3DModel`: `directory` is the transformer's own folder
+    or a pipeline folder holding it in `transformer/`. Loaded in fp32, nothing downloaded."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"diffusers model directory {directory} does not exist")
+    if not (directory / "config.json").is_file() and (directory / "transformer").is_dir():
+        directory = directory / "transformer"
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f"{directory} is not a diffusers transformer or pipeline directory (no config.json, "
+            f"no transformer/config.json)"
+        )
+    class_name = json.loads(config_file.read_text()).get("_class_name")
+    if class_name != "LatteTransformer3DModel":
+        raise ValueError(
+            f"{config_file} names class {class_name!r}; latte-diffusers converts a "
+            f"LatteTransformer3DModel"
+        )
+    diffusers_version()  # a clear ImportError without diffusers
+    from diffusers import LatteTransformer3DModel
+
+    return LatteTransformer3DModel.from_pretrained(directory, torch_dtype=torch.float32).eval()
+
+
 __all__ = [
-    "TableModulation",
     "convert_diffusers_latte",
     "convert_official_latte",
+    "load_diffusers_latte",
     "load_official_checkpoint",
     "official_config",
 ]

@@ -9,6 +9,7 @@ from ..ops.attention import BACKENDS
 from ..ops.sla.config import SLAConfig
 
 BLOCK_PATTERNS = ("alternating", "full")
+MODULATIONS = ("adaln", "table")
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -30,6 +31,18 @@ class VideoDiTConfig:
     depth must be even) or "full" (every block attends over all frames × patches jointly).
     `num_classes = 0` makes the model unconditional; otherwise label `num_classes` is the null
     class. `text_dim` enables cross-attention to text embeddings of that width.
+
+    Options that exist to hold PixArt-style models such as diffusers' `LatteTransformer3DModel`
+    (the defaults are DiT / official Latte):
+    `cross_attn_norm`: the cross-attention reads LayerNorm-ed hidden states (True) or the
+    hidden states as they are (False, PixArt-α / diffusers Latte).
+    `block_modulation`: each block's six modulation vectors come from its own adaLN linear of
+    SiLU(c) ("adaln", DiT) or from one linear of SiLU(c) shared by all blocks plus a learned
+    (6, D) table per block ("table", PixArt-α's adaLN-single).
+    `final_modulation`: the final layer's (shift, scale) come from an adaLN linear of SiLU(c)
+    ("adaln", DiT) or are a learned (2, D) table plus c itself ("table", PixArt-α).
+    `single_frame_temporal_embed`: a one-frame input gets frame 0's temporal embedding like
+    any other (True), or none, being an image (False, Latte's image convention as in diffusers).
     """
 
     input_size: int
@@ -48,6 +61,10 @@ class VideoDiTConfig:
     attention_backend: str = "sdpa"
     sla: SLAConfig = field(default_factory=SLAConfig)
     qk_norm: bool = False
+    cross_attn_norm: bool = True
+    block_modulation: str = "adaln"
+    final_modulation: str = "adaln"
+    single_frame_temporal_embed: bool = True
 
     def __post_init__(self) -> None:
         for name in ("input_size", "num_frames", "in_channels", "hidden_size", "depth"):
@@ -78,6 +95,13 @@ class VideoDiTConfig:
             raise ValueError(f"class_dropout_prob must lie in [0, 1), got {p!r}")
         _check_bool("learn_sigma", self.learn_sigma)
         _check_bool("qk_norm", self.qk_norm)
+        _check_bool("cross_attn_norm", self.cross_attn_norm)
+        _check_bool("single_frame_temporal_embed", self.single_frame_temporal_embed)
+        for name in ("block_modulation", "final_modulation"):
+            if getattr(self, name) not in MODULATIONS:
+                raise ValueError(
+                    f"{name} must be one of {MODULATIONS}, got {getattr(self, name)!r}"
+                )
         if self.block_pattern not in BLOCK_PATTERNS:
             raise ValueError(
                 f"block_pattern must be one of {BLOCK_PATTERNS}, got {self.block_pattern!r}"

@@ -66,7 +66,8 @@ class BlockContext:
 
     Per-sample tensors (batch first): `c` (B, D) conditioning vector (timestep + class);
     `text` (B, L, D) projected text states and `text_mask` (B, L) bool, True = real token, or
-    None for models without text. Static: `num_frames` (of h, i.e. this process's frames under
+    None for models without text; `modulation` (B, 6D) the shared block modulation of a
+    `block_modulation="table"` model, else None. Static: `num_frames` (of h, i.e. this process's frames under
     sequence parallelism), `grid_size` (patches per side), and `sequence`: the frame split of a
     `sequence_parallel` block the model was called in (None outside one).
     """
@@ -77,6 +78,7 @@ class BlockContext:
     num_frames: int
     grid_size: int
     sequence: SequenceShard | None = None
+    modulation: torch.Tensor | None = None
 
     def map_batch(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> BlockContext:
         """Apply `fn` to every per-sample tensor, e.g. `ctx.map_batch(lambda t: t[rows])`."""
@@ -85,6 +87,7 @@ class BlockContext:
             c=fn(self.c),
             text=None if self.text is None else fn(self.text),
             text_mask=None if self.text_mask is None else fn(self.text_mask),
+            modulation=None if self.modulation is None else fn(self.modulation),
         )
 
     @property
@@ -109,7 +112,11 @@ def cat_contexts(contexts: Sequence[BlockContext]) -> BlockContext:
             )
         if (ctx.text is None) != (first.text is None):
             raise ValueError("cannot concatenate contexts with and without text")
+        if (ctx.modulation is None) != (first.modulation is None):
+            raise ValueError("cannot concatenate contexts with and without a shared modulation")
     c = torch.cat([ctx.c for ctx in contexts])
+    if first.modulation is not None:
+        first = replace(first, modulation=torch.cat([ctx.modulation for ctx in contexts]))
     if first.text is None:
         return replace(first, c=c)
     length = max(ctx.text.shape[1] for ctx in contexts)
@@ -133,9 +140,14 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 class LatteBlock(nn.Module):
     """adaLN-Zero transformer block over h (B, F, S, D).
 
+    `modulation` "adaln": the block's own `adaLN_modulation` maps c to its six (B, D) shift /
+    scale / gate vectors; "table": they are the context's shared `modulation` plus this block's
+    `scale_shift_table` (6, D), PixArt-α's adaLN-single.
+
     `kind` decides which tokens attend to each other: "spatial" (the S patches of one frame),
     "temporal" (the F frames of one patch position) or "full" (all F·S tokens of a sample).
-    Spatial and full blocks of a text model cross-attend to the text after self-attention.
+    Spatial and full blocks of a text model cross-attend to the text after self-attention,
+    reading the LayerNorm-ed hidden states (`cross_attn_norm`) or, PixArt-style, the raw ones.
     """
 
     def __init__(
@@ -146,6 +158,8 @@ class LatteBlock(nn.Module):
         *,
         mlp_ratio: float,
         cross_attention: bool,
+        cross_attn_norm: bool,
+        modulation: str,
         qk_norm: bool,
         backend: str,
         sla: SLAConfig,
@@ -157,14 +171,23 @@ class LatteBlock(nn.Module):
         self.norm1 = FP32LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(hidden_size, num_heads, qk_norm=qk_norm, backend=backend, sla=sla)
         if cross_attention:
-            self.norm_cross = FP32LayerNorm(hidden_size, eps=1e-6)
+            self.norm_cross = FP32LayerNorm(hidden_size, eps=1e-6) if cross_attn_norm else None
             self.cross_attn = CrossAttention(hidden_size, hidden_size, num_heads, qk_norm=qk_norm)
         else:
             self.norm_cross = None
             self.cross_attn = None
         self.norm2 = FP32LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+        if modulation == "adaln":
+            self.adaLN_modulation = nn.Sequential(
+                nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size)
+            )
+            self.register_parameter("scale_shift_table", None)
+        elif modulation == "table":
+            self.adaLN_modulation = None
+            self.scale_shift_table = nn.Parameter(torch.empty(6, hidden_size))
+        else:
+            raise ValueError(f"modulation must be 'adaln' or 'table', got {modulation!r}")
 
     def self_attention(
         self,
@@ -205,9 +228,13 @@ class LatteBlock(nn.Module):
             check_perturbation(perturbation)
             if perturbation == "transformer_block":
                 return h
+        if self.scale_shift_table is None:
+            mod = self.adaLN_modulation(ctx.c)  # (B, 6D)
+        else:
+            mod = ctx.modulation + self.scale_shift_table.flatten()  # (B, 6D) + (6D,)
         # (B, 6D) → six (B, 1, 1, D) tensors, broadcast over frames and patches.
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = rearrange(
-            self.adaLN_modulation(ctx.c), "b (six d) -> six b 1 1 d", six=6
+            mod, "b (six d) -> six b 1 1 d", six=6
         ).unbind(0)
 
         if perturbation != "attention_block":
@@ -226,7 +253,8 @@ class LatteBlock(nn.Module):
             # Cross-attention treats every query token on its own, so all F·S tokens of a sample
             # share one call against that sample's text (no per-frame copies of the text).
             f = h.shape[1]
-            x = rearrange(self.norm_cross(h), "b f s d -> b (f s) d")
+            x = h if self.norm_cross is None else self.norm_cross(h)
+            x = rearrange(x, "b f s d -> b (f s) d")
             out = self.cross_attn(x, ctx.text, ctx.text_mask)
             h = h + rearrange(out, "b (f s) d -> b f s d", f=f)
 
@@ -235,16 +263,33 @@ class LatteBlock(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    """adaLN + linear: h (B, F, S, D) → per-patch outputs (B, F, S, p·p·C_out)."""
+    """Modulated LayerNorm + linear: h (B, F, S, D) → per-patch outputs (B, F, S, p·p·C_out).
 
-    def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
+    `modulation` "adaln" (DiT): (shift, scale) = Linear(SiLU(c)) through `adaLN_modulation`;
+    "table" (PixArt-α, diffusers Latte): (shift, scale) = `scale_shift_table` (2, D) + c.
+    """
+
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int, modulation: str):
         super().__init__()
         self.norm_final = FP32LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+        if modulation == "adaln":
+            self.adaLN_modulation = nn.Sequential(
+                nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size)
+            )
+            self.register_parameter("scale_shift_table", None)
+        elif modulation == "table":
+            self.adaLN_modulation = None
+            self.scale_shift_table = nn.Parameter(torch.empty(2, hidden_size))
+        else:
+            raise ValueError(f"modulation must be 'adaln' or 'table', got {modulation!r}")
 
     def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = rearrange(self.adaLN_modulation(c), "b (two d) -> two b 1 1 d", two=2)
+        if self.scale_shift_table is None:
+            mod = rearrange(self.adaLN_modulation(c), "b (two d) -> two b 1 1 d", two=2)
+        else:
+            mod = rearrange(self.scale_shift_table + c[:, None], "b two d -> two b 1 1 d")
+        shift, scale = mod.unbind(0)
         return self.linear(modulate(self.norm_final(h), shift, scale))
 
 
@@ -271,6 +316,12 @@ class VideoDiT(nn.Module):
             if config.num_classes > 0
             else None
         )
+        # One modulation linear for all blocks ("table" blocks add their own tables to it).
+        self.shared_modulation = (
+            nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+            if config.block_modulation == "table"
+            else None
+        )
         # Text embeddings (B, L, text_dim) → (B, L, D), as PixArt / Latte-T2V's caption projection.
         self.text_embedder = Mlp(config.text_dim, d, d) if config.text_dim is not None else None
         # Fixed tables, recomputed from the config rather than stored in checkpoints.
@@ -288,13 +339,17 @@ class VideoDiT(nn.Module):
                 config.num_heads,
                 mlp_ratio=config.mlp_ratio,
                 cross_attention=config.text_dim is not None and kind != "temporal",
+                cross_attn_norm=config.cross_attn_norm,
+                modulation=config.block_modulation,
                 qk_norm=config.qk_norm,
                 backend=config.attention_backend,
                 sla=config.sla,
             )
             for kind in config.block_kinds()
         )
-        self.final_layer = FinalLayer(d, config.patch_size, config.out_channels)
+        self.final_layer = FinalLayer(
+            d, config.patch_size, config.out_channels, config.final_modulation
+        )
         self.initialize_weights()
 
     # -- initialisation (all of it) ------------------------------------------------------------
@@ -304,7 +359,9 @@ class VideoDiT(nn.Module):
 
         Linears: xavier-uniform, zero bias (the patch embedding too: it is a linear). Label table
         and timestep / text MLPs: normal(0, 0.02). adaLN modulations, the final linear and the
-        cross-attention output projections: zero. SLA projections `proj_l`: left at zero.
+        cross-attention output projections: zero; so are the shared modulation linear and the
+        `scale_shift_table`s of "table" modulation, which keeps every block the identity. SLA
+        projections `proj_l`: left at zero.
         """
         sla_projections = {
             id(m.proj_l) for m in self.modules() if isinstance(m, SparseLinearAttention)
@@ -323,12 +380,18 @@ class VideoDiT(nn.Module):
             nn.init.normal_(self.text_embedder.fc1.weight, std=0.02)
             nn.init.normal_(self.text_embedder.fc2.weight, std=0.02)
 
-        zero = [block.adaLN_modulation[-1] for block in self.blocks]
+        modulated = [*self.blocks, self.final_layer]
+        zero = [m.adaLN_modulation[-1] for m in modulated if m.adaLN_modulation is not None]
         zero += [block.cross_attn.proj for block in self.blocks if block.cross_attn is not None]
-        zero += [self.final_layer.adaLN_modulation[-1], self.final_layer.linear]
+        zero += [self.final_layer.linear]
+        if self.shared_modulation is not None:
+            zero.append(self.shared_modulation[-1])
         for linear in zero:
             nn.init.zeros_(linear.weight)
             nn.init.zeros_(linear.bias)
+        for m in modulated:
+            if m.scale_shift_table is not None:
+                nn.init.zeros_(m.scale_shift_table)
 
     # -- step 1: inputs → hidden states + context ----------------------------------------------
 
@@ -394,6 +457,7 @@ class VideoDiT(nn.Module):
             num_frames=f,
             grid_size=cfg.grid_size,
             sequence=shard,
+            modulation=None if self.shared_modulation is None else self.shared_modulation(c),
         )
         return h, ctx
 
@@ -457,7 +521,8 @@ class VideoDiT(nn.Module):
 
     def temporal_embed_index(self) -> int | None:
         """Index of the first block that mixes frames (temporal or full); the fixed temporal
-        embedding is added right before it. None if no block does."""
+        embedding is added right before it (to a single-frame input only if the config's
+        `single_frame_temporal_embed`). None if no block does."""
         return next((i for i, blk in enumerate(self.blocks) if blk.kind != "spatial"), None)
 
     def run_blocks(
@@ -488,6 +553,9 @@ class VideoDiT(nn.Module):
 
         temporal_index = self.temporal_embed_index()
         first_frame = 0 if ctx.sequence is None else ctx.sequence.frame_offset(h.shape[1])
+        video_frames = h.shape[1] * (1 if ctx.sequence is None else ctx.sequence.size)
+        if video_frames == 1 and not self.config.single_frame_temporal_embed:
+            temporal_index = None  # an image, by Latte's convention: no temporal embedding
         for i in range(start, stop):
             if i == temporal_index:
                 frames = self.temp_embed[first_frame : first_frame + h.shape[1], None]
@@ -571,8 +639,9 @@ class VideoDiT(nn.Module):
         flops += 2 * (freq * d + d * d)  # timestep MLP
         if cfg.text_dim is not None:
             flops += 2 * text_length * (cfg.text_dim * d + d * d)  # text projection
+        # adaLN modulation: one linear per block, or one shared ("table" blocks only add).
+        flops += 2 * d * 6 * d * (len(self.blocks) if cfg.block_modulation == "adaln" else 1)
         for block in self.blocks:
-            flops += 2 * d * 6 * d  # adaLN modulation
             flops += 2 * tokens * d * (3 * d + d + 2 * mlp_hidden)  # qkv, proj, MLP
             if block.kind == "spatial":
                 flops += 4 * f * s * s * d
@@ -584,5 +653,7 @@ class VideoDiT(nn.Module):
                 # q and out projections, k/v of the text, attention to L tokens.
                 flops += 2 * tokens * 2 * d * d + 2 * text_length * d * 2 * d
                 flops += 4 * tokens * text_length * d
-        flops += 2 * d * 2 * d + 2 * tokens * d * (p * p * cfg.out_channels)  # final layer
+        if cfg.final_modulation == "adaln":
+            flops += 2 * d * 2 * d  # final adaLN modulation ("table" only adds)
+        flops += 2 * tokens * d * (p * p * cfg.out_channels)  # final linear
         return flops
