@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from common import environment, report
+from slatte.bench import median_ms
 
 WAN_1_3B = {
     "patch_size": (1, 2, 2),
@@ -104,31 +102,6 @@ def disable_official(model, originals) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_ms(fn: Callable[[], object], device: torch.device, warmup: int, reps: int) -> float:
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> None:
     """Cast to `dtype` but keep the modules diffusers keeps in fp32 when loading with
     `torch_dtype` (Wan: rope, time embedder, modulation tables, norms), as a real pipeline runs."""
@@ -201,7 +174,7 @@ def main() -> None:
             with torch.no_grad():
                 return run(x, timestep, context, return_dict=False)[0]
 
-        row["forward_ms"] = median_ms(forward, device, args.warmup, args.reps)
+        row["forward_ms"] = median_ms(forward, device, warmup=args.warmup, repeats=args.reps)
         if not args.no_train:
             model.train()
             if args.no_grad_ckpt:
@@ -215,7 +188,9 @@ def main() -> None:
                 model.zero_grad(set_to_none=True)
 
             try:
-                row["train_step_ms"] = median_ms(train_step, device, args.warmup, args.reps)
+                row["train_step_ms"] = median_ms(
+                    train_step, device, warmup=args.warmup, repeats=args.reps
+                )
             finally:
                 model.eval()
         return row

@@ -23,12 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 
+from slatte.bench import median_ms
 from slatte.guidance import STG, guided_model_fn
 from slatte.models import VideoDiT, VideoDiTConfig, model_config
 
@@ -78,32 +77,6 @@ def model_shapes(smoke: bool) -> dict[str, tuple[VideoDiTConfig, int | None]]:
     }
 
 
-def timer(
-    device: torch.device, warmup: int, repeats: int
-) -> Callable[[Callable[[], object]], float]:
-    """Median milliseconds of `fn()` (CUDA events on GPUs, whose work is asynchronous)."""
-
-    def run(fn: Callable[[], object]) -> float:
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(repeats):
-            if device.type == "cuda":
-                start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
-                start.record()
-                fn()
-                end.record()
-                torch.cuda.synchronize(device)
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append(1e3 * (time.perf_counter() - t0))
-        return statistics.median(times)
-
-    return run
-
-
 @torch.inference_mode()
 def bench_model(
     name: str,
@@ -136,7 +109,10 @@ def bench_model(
         cond["text"] = torch.randn(text_shape, generator=gen).to(device, dtype)
         # An encoded negative prompt of the same length, as Wan pads both to 512 tokens.
         cond["null_text"] = torch.randn(text_shape, generator=gen).to(device, dtype)
-    time_ms = timer(device, warmup, repeats)
+
+    def time_ms(fn: Callable[[], object]) -> float:
+        return median_ms(fn, device, warmup=warmup, repeats=repeats)
+
     depth = config.depth
 
     cfg_fn = guided_model_fn(model, cfg_scale=CFG_SCALE, **cond)

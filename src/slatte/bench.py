@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -13,25 +14,29 @@ from .ops.attention import attention, check_backend
 from .ops.sla.config import SLAConfig
 
 
-def _timer(device: torch.device):
-    """Seconds of one call of fn: CUDA events on GPUs (device work is asynchronous)."""
+def median_ms(
+    fn: Callable[[], object], device: torch.device, *, warmup: int = 1, repeats: int = 10
+) -> float:
+    """Median milliseconds of `fn()` after `warmup` calls: CUDA events on GPUs (device work is
+    asynchronous), the host clock elsewhere."""
+    for _ in range(warmup):
+        fn()
     if device.type == "cuda":
-
-        def run(fn) -> float:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
             start.record()
             fn()
             end.record()
             torch.cuda.synchronize(device)
-            return start.elapsed_time(end) / 1e3
-    else:
-
-        def run(fn) -> float:
+            times.append(start.elapsed_time(end))
+        else:
             t0 = time.perf_counter()
             fn()
-            return time.perf_counter() - t0
-
-    return run
+            times.append(1e3 * (time.perf_counter() - t0))
+    return statistics.median(times)
 
 
 def time_attention(
@@ -60,7 +65,6 @@ def time_attention(
     )
     proj_w = (0.02 * torch.randn(head_dim, head_dim, generator=gen)).to(dev)
     proj_b = torch.zeros(head_dim, device=dev)
-    timer = _timer(dev)
     times: dict[str, float] = {}
     for name in backends:
 
@@ -69,8 +73,8 @@ def time_attention(
             if backward:
                 out.backward(torch.ones_like(out))
 
-        call()  # warm-up: compilation and autotuning stay out of the figures
-        times[name] = 1e3 * statistics.median(timer(call) for _ in range(repeats))
+        # One warm-up call keeps compilation and autotuning out of the figures.
+        times[name] = median_ms(call, dev, warmup=1, repeats=repeats)
     base = backends[0]
     return {
         "device": torch.cuda.get_device_name(dev)

@@ -137,6 +137,22 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale) + shift
 
 
+def add_modulation(module: nn.Module, hidden_size: int, count: int, modulation: str) -> None:
+    """Give `module` the source of its `count` (B, D) modulation vectors: its own
+    `adaLN_modulation` = Linear(SiLU(c)) ("adaln", DiT) or a `scale_shift_table` (count, D) added
+    to a shared vector ("table", PixArt-α); the other attribute is None."""
+    if modulation == "adaln":
+        module.adaLN_modulation = nn.Sequential(
+            nn.SiLU(), nn.Linear(hidden_size, count * hidden_size)
+        )
+        module.register_parameter("scale_shift_table", None)
+    elif modulation == "table":
+        module.adaLN_modulation = None
+        module.scale_shift_table = nn.Parameter(torch.empty(count, hidden_size))
+    else:
+        raise ValueError(f"modulation must be 'adaln' or 'table', got {modulation!r}")
+
+
 class LatteBlock(nn.Module):
     """adaLN-Zero transformer block over h (B, F, S, D).
 
@@ -178,16 +194,7 @@ class LatteBlock(nn.Module):
             self.cross_attn = None
         self.norm2 = FP32LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
-        if modulation == "adaln":
-            self.adaLN_modulation = nn.Sequential(
-                nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size)
-            )
-            self.register_parameter("scale_shift_table", None)
-        elif modulation == "table":
-            self.adaLN_modulation = None
-            self.scale_shift_table = nn.Parameter(torch.empty(6, hidden_size))
-        else:
-            raise ValueError(f"modulation must be 'adaln' or 'table', got {modulation!r}")
+        add_modulation(self, hidden_size, 6, modulation)
 
     def self_attention(
         self,
@@ -273,16 +280,7 @@ class FinalLayer(nn.Module):
         super().__init__()
         self.norm_final = FP32LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
-        if modulation == "adaln":
-            self.adaLN_modulation = nn.Sequential(
-                nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size)
-            )
-            self.register_parameter("scale_shift_table", None)
-        elif modulation == "table":
-            self.adaLN_modulation = None
-            self.scale_shift_table = nn.Parameter(torch.empty(2, hidden_size))
-        else:
-            raise ValueError(f"modulation must be 'adaln' or 'table', got {modulation!r}")
+        add_modulation(self, hidden_size, 2, modulation)
 
     def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         if self.scale_shift_table is None:
