@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import triton
 
+from common import bench_ms
 from slatte.diffusion import create_diffusion
 from slatte.models import VideoDiT, model_config
 from slatte.training.ema import update_ema
@@ -66,7 +67,7 @@ def measure(step, *, flops_per_step, batch, peak):
         step()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    ms = triton.testing.do_bench(step, warmup=200, rep=2000, return_mode="median")
+    ms = bench_ms(step, warmup_ms=200, rep_ms=2000)
     tflops = flops_per_step / (ms * 1e-3) / 1e12
     return {
         "step_ms": round(ms, 2),
