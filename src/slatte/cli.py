@@ -87,6 +87,14 @@ def _add_train(sub) -> None:
     p.add_argument("--model", default=d.model, help="named model config (see README)")
     p.add_argument("--init-from", default=None, help="start from this slatte model directory")
     p.add_argument("--block-pattern", choices=("alternating", "full"), default=None)
+    p.add_argument(
+        "--model-option",
+        action="append",
+        default=[],
+        type=_model_option,
+        metavar="KEY=VALUE",
+        help="override one field of the named model config, e.g. depth=6 (repeatable)",
+    )
     p.add_argument("--data", default=d.data, help="'digits' or a folder of videos")
     p.add_argument("--frames", type=int, default=d.num_frames, help="frames per clip")
     p.add_argument("--size", type=int, default=d.size, help="frame size in pixels (square)")
@@ -140,6 +148,12 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
+    p.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        default=d.keep_checkpoints,
+        help="checkpoints kept on disk, newest first (0 = all)",
+    )
     p.add_argument("--sample-every", type=int, default=d.sample_every, help="0 = only at the end")
     p.add_argument("--sample-steps", type=int, default=d.sample_steps)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -147,11 +161,22 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_run_train)
 
 
+def _model_option(text: str) -> tuple[str, object]:
+    """`KEY=VALUE` with VALUE read as JSON where it parses (numbers, booleans), else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. depth=6), got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from .training import TrainConfig, train
     from .training.checkpoint import latest_checkpoint, load_training_state
 
-    overrides: dict = {}
+    overrides: dict = dict(args.model_option)
     if args.block_pattern:
         overrides["block_pattern"] = args.block_pattern
     if args.attention:
@@ -188,6 +213,7 @@ def _run_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         log_every=args.log_every,
         ckpt_every=args.ckpt_every,
+        keep_checkpoints=args.keep_checkpoints,
         sample_every=args.sample_every,
         sample_steps=args.sample_steps,
         device=args.device,
@@ -208,6 +234,7 @@ def _run_train(args: argparse.Namespace) -> int:
                         "steps",
                         "log_every",
                         "ckpt_every",
+                        "keep_checkpoints",
                         "sample_every",
                         "sample_steps",
                         "device",

@@ -170,3 +170,12 @@ def test_latent_training_with_and_without_cache_is_the_same(tmp_path, tiny_vae_d
 def test_latent_cache_without_vae_is_refused():
     with pytest.raises(ValueError, match="latent_cache needs vae"):
         TrainConfig(latent_cache="/tmp/x")
+
+
+def test_checkpoints_before_the_first_log_line_and_keeps_all_when_asked(tmp_path):
+    Trainer(tiny(tmp_path, log_every=3, ckpt_every=1, steps=4, keep_checkpoints=0)).fit()
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == [
+        f"step_{s:07d}" for s in (1, 2, 3, 4)
+    ]
+    assert (run / "loss_curve.png").exists()

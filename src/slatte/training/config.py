@@ -48,7 +48,7 @@ class TrainConfig:
     # bookkeeping
     log_every: int = 10
     ckpt_every: int = 500
-    keep_checkpoints: int = 3
+    keep_checkpoints: int = 3  # 0: keep all
     sample_every: int = 0  # 0: only at the end
     sample_steps: int = 50
     device: str = "cpu"
@@ -100,8 +100,10 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
-        if self.sample_every < 0 or self.num_workers < 0 or self.warmup_steps < 0:
-            raise ValueError("sample_every, num_workers and warmup_steps must be >= 0")
+        if min(self.sample_every, self.num_workers, self.warmup_steps, self.keep_checkpoints) < 0:
+            raise ValueError(
+                "sample_every, num_workers, warmup_steps and keep_checkpoints must be >= 0"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -160,6 +160,7 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(cfg.out_dir)
         self.info, self.device = init_distributed(cfg.device)
+        self.noise_generator = torch.Generator(device=self.device)
         if cfg.precision != "fp32" and self.device.type != "cuda":
             raise ValueError(
                 f"precision {cfg.precision!r} needs a CUDA device (mixed precision runs under "
@@ -285,10 +286,16 @@ class Trainer:
         drop_prob = self.model.config.class_dropout_prob
         ts, noises, drops = [], [], []
         for i in range(shape[0]):
-            gen = torch.Generator().manual_seed(step_seed(self.cfg.seed, step, first + i))
+            seed = step_seed(self.cfg.seed, step, first + i)
+            gen = torch.Generator().manual_seed(seed)
             ts.append(torch.randint(0, self.diffusion.num_timesteps, (1,), generator=gen))
             drops.append(torch.rand(1, generator=gen) < drop_prob)
-            noises.append(torch.randn(shape[1:], generator=gen))
+            # The noise is drawn where it is used: drawing it on the CPU and copying it over
+            # cost more than the model's own step for small models on a GPU.
+            self.noise_generator.manual_seed(seed)
+            noises.append(
+                torch.randn(shape[1:], generator=self.noise_generator, device=self.device)
+            )
         return torch.cat(ts), torch.stack(noises), torch.cat(drops)
 
     def _losses(
@@ -345,7 +352,8 @@ class Trainer:
         ]
         # Logged figures are means over the global batch (and all frames), as on one process.
         global_loss, global_mse, global_vb = mean_over_processes(
-            [loss.item(), parts[0].item(), parts[1].item()], self.device
+            torch.stack([loss.detach(), *parts]).tolist(),
+            self.device,  # one device sync
         )
         if not math.isfinite(global_loss):
             last = latest_checkpoint(self.run_dir)
@@ -442,7 +450,7 @@ class Trainer:
             at_end = self.step == cfg.steps
             if self.step % cfg.ckpt_every == 0 or at_end:
                 self._save()
-                if main:
+                if main and metrics_path.exists():  # nothing logged yet when log_every > step
                     plot_loss_curve(metrics_path, self.run_dir / "loss_curve.png")
             if at_end or (cfg.sample_every and self.step % cfg.sample_every == 0):
                 samples = self._sample()

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One GPU call: train the candidate default models side by side on one GPU for SECONDS
+# (resuming where a warm machine's gpu_runs/ already has them), then score their checkpoints.
+# Usage (repo root): bash studies/gpu_train_default.sh SECONDS RUN...   (RUN: latte, latte_m, full)
+# Results under $OUT: <run>.tgz (metrics.jsonl, loss_curve.png, the latest EMA model),
+# train_<run>.log, and steps.jsonl with the quality of every other checkpoint.
+# The GPU runs one process at a time at full speed (processes sharing it are time-sliced), so
+# several runs in one call only make sense for runs that are small next to the GPU.
+set -uo pipefail
+seconds=$1; shift
+out=${OUT:-gpu_out}
+mkdir -p "$out" gpu_runs
+export PYTHONPATH=$PWD/src:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+recipe=(--steps 200000 --batch-size 128 --image-batch 128 --lr 5e-4 --warmup-steps 200
+  --ema-decay 0.999 --precision bf16 --compile --workers ${WORKERS:-12} --ckpt-every ${CKPT_EVERY:-500} --keep-checkpoints 0
+  --log-every 100)
+declare -A model=(
+  [latte]=""
+  [latte_m]="--model-option depth=6 --model-option hidden_size=192 --model-option num_heads=3"
+  [full]="--block-pattern full"
+)
+for run in "$@"; do
+  resume=(); [[ -f gpu_runs/$run/latest ]] && resume=(--resume)
+  # shellcheck disable=SC2086
+  timeout "$seconds" python3 -m slatte.cli train --out "gpu_runs/$run" "${recipe[@]}" ${model[$run]} \
+    "${resume[@]}" > "$out/train_$run.log" 2>&1 &
+done
+wait
+for run in "$@"; do
+  python3 studies/checkpoint_metrics.py "gpu_runs/$run" --every ${SCORE_EVERY:-2} --num-videos 100 \
+    --out "$out/steps.jsonl" > /dev/null 2> "$out/metrics_$run.log" &
+done
+wait
+for run in "$@"; do
+  latest=$(cat "gpu_runs/$run/latest")
+  tar czf "$out/$run.tgz" -C "gpu_runs/$run" metrics.jsonl loss_curve.png train_config.json \
+    "checkpoints/$latest/model"
+  tr '\r' '\n' < "$out/train_$run.log" | grep -v '^train:' | tail -n 5
+  tr '\r' '\n' < "$out/train_$run.log" | grep clips_s | tail -n 1
+done
+cat "$out/steps.jsonl"
