@@ -10,7 +10,7 @@ set -uo pipefail
 seconds=$1; shift
 out=${OUT:-gpu_out}
 mkdir -p "$out" gpu_runs
-export PYTHONPATH=$PWD/src:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+export PYTHONPATH=${PYTHONPATH:-$PWD/src} PYTHONUNBUFFERED=1  # a caller may point at another tree
 recipe=(--steps 200000 --batch-size 128 --image-batch 128 --lr 5e-4 --warmup-steps 200
   --ema-decay 0.999 --precision bf16 --compile --workers ${WORKERS:-12} --ckpt-every ${CKPT_EVERY:-500} --keep-checkpoints 0
   --log-every 100)

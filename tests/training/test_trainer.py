@@ -179,3 +179,8 @@ def test_checkpoints_before_the_first_log_line_and_keeps_all_when_asked(tmp_path
         f"step_{s:07d}" for s in (1, 2, 3, 4)
     ]
     assert (run / "loss_curve.png").exists()
+
+
+def test_model_options_cannot_override_what_the_data_decides():
+    with pytest.raises(ValueError, match=r"'num_frames' follows the training data.*--frames"):
+        TrainConfig(model_overrides={"num_frames": 8})

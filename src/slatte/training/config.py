@@ -7,6 +7,13 @@ from typing import Any
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 PARALLEL_MODES = ("ddp", "fsdp")
+# Model fields the training data decides; a model override may not set them.
+DATA_DERIVED = {
+    "input_size": "size (--size)",
+    "num_frames": "num_frames (--frames)",
+    "in_channels": "channels (--channels) or the VAE's latent channels",
+    "num_classes": "the dataset",
+}
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for key in sorted(set(self.model_overrides) & set(DATA_DERIVED)):
+            raise ValueError(
+                f"model option {key!r} follows the training data; set {DATA_DERIVED[key]} instead"
+            )
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.parallel not in PARALLEL_MODES:
