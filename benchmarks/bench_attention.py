@@ -11,6 +11,11 @@ Prints one JSON line and a table.
 
     python benchmarks/bench_attention.py \
         --official-main .external/sla_official_main --official-sla1 .external/sla_official_sla_1
+
+`--quick` keeps only ours at the reference shape (`--d 64` for the other head dim); `--label`
+tags its rows, e.g. when another tree's `slatte` is put first on PYTHONPATH to compare builds:
+
+    python benchmarks/bench_attention.py --quick --d 64 --block-q 64,128 --label head
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import slatte
 from common import environment, report, try_bench
 from slatte.ops import sla_block_map, sparse_linear_attention
 
-B, H, N, D = 1, 12, 32760, 128
+B, H, N = 1, 12, 32760
+D = 128  # --d
 
 
 def load_official(folder: Path, name: str):
@@ -113,7 +120,14 @@ def main() -> None:
     parser.add_argument("--official-main", type=Path, help="folder with SLA main's package")
     parser.add_argument("--official-sla1", type=Path, help="folder with SLA-1's package")
     parser.add_argument("--no-sweep", action="store_true", help="only the reference shape")
+    parser.add_argument("--quick", action="store_true", help="only ours, reference shape")
+    parser.add_argument("--d", type=int, default=128, choices=(64, 128), help="head dim")
+    parser.add_argument("--block-q", default="128,64", help="comma list of block_q for ours")
+    parser.add_argument("--label", default="", help="tag of our rows (e.g. which tree)")
     args = parser.parse_args()
+    global D
+    D = args.d
+    block_qs = [int(x) for x in args.block_q.split(",")]
 
     rows = []
 
@@ -127,9 +141,18 @@ def main() -> None:
         rows.append(row)
         print(row, flush=True)
 
-    for block_q in (128, 64):
-        for scope in ("marginal", "noncritical", "all"):
-            add(f"slatte[{scope}]", N, 0.05, block_q, fwd_and_fwdbwd(ours(0.05, block_q, scope), N))
+    scopes = ("marginal",) if args.quick else ("marginal", "noncritical", "all")
+    tag = f"/{args.label}" if args.label else ""
+    if args.label:
+        print(f"{args.label}: slatte from {Path(slatte.__file__).parent}", flush=True)
+    for block_q in block_qs:
+        for scope in scopes:
+            times = fwd_and_fwdbwd(ours(0.05, block_q, scope), N)
+            add(f"slatte[{scope}]{tag}", N, 0.05, block_q, times)
+    if args.quick:
+        record = {"benchmark": "sla_attention", "shape": dict(B=B, H=H, N=N, D=D), **environment()}
+        report(record, rows, ["impl", "N", "critical", "block_q", "fwd_ms", "fwdbwd_ms"])
+        return
     add("sdpa-flash2", N, 1.0, None, fwd_and_fwdbwd(sdpa(torch.nn.attention.SDPBackend.FLASH_ATTENTION), N))  # fmt: skip
     add("sdpa-cudnn", N, 1.0, None, fwd_and_fwdbwd(sdpa(torch.nn.attention.SDPBackend.CUDNN_ATTENTION), N))  # fmt: skip
     try:

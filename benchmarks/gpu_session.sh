@@ -3,6 +3,8 @@
 # Usage (repo root, official folders copied into the git-ignored .external/ and carried):
 #   bash benchmarks/gpu_session.sh tune    (kernel configs; not part of "all")
 #   bash benchmarks/gpu_session.sh [grid|compare|bench|all]   (logs under $OUT, or ./gpu_logs)
+#   bash benchmarks/gpu_session.sh s2   (<= 260 s: this tree vs HEAD (.external/head_src/src) at
+#                                        the reference shape, D=128 and D=64, then the GPU grid)
 set -uo pipefail
 what=${1:-all}
 out=${OUT:-gpu_logs}
@@ -17,9 +19,33 @@ if [[ $what == compare || $what == all ]]; then
   timeout 120 python3 benchmarks/compare_official_sla.py "${official[@]}" 2>&1 | tee "$out/compare.log" | tail -n 12
 fi
 if [[ $what == bench || $what == all ]]; then
-  timeout 300 python3 benchmarks/bench_attention.py "${official[@]}" "${@:2}" 2>&1 | tee "$out/bench.log" | grep -v "^{" | tail -n 30
+  timeout 300 python3 benchmarks/bench_attention.py "${official[@]}" "${@:2}" 2>&1 | tee "$out/bench.log" | grep -v "^{" | tail -n 40
 fi
 if [[ $what == tune ]]; then
   timeout 300 python3 benchmarks/tune_sla.py --d 128 --block-q 128 2>&1 | tee "$out/tune128.log" | grep -v "^{" | tail -n 14
   timeout 200 python3 benchmarks/tune_sla.py --d 64 --block-q 64 2>&1 | tee "$out/tune64.log" | grep -v "^{" | tail -n 14
+fi
+if [[ $what == s2 ]]; then
+  # <= 260 s. Timings first (they are what the call is for): the reference shape, D=128/bq=128
+  # and D=64/bq=64, for this tree and for the committed HEAD tree side by side on the same GPU
+  # (a copy of HEAD's src, carried in the git-ignored .external/head_src/src). Then the GPU grid
+  # in the time that is left; -v logs every case as it ends, so a grid cut by the timeout still
+  # shows what ran. (Each bench row is also printed as it is measured.)
+  head_src=$PWD/.external/head_src/src
+  for cfg in "128 128 60" "64 64 45"; do
+    set -- $cfg
+    for tree in tree head; do
+      path=$PYTHONPATH
+      [[ $tree == head ]] && path=$head_src:$PWD/benchmarks
+      PYTHONPATH=$path timeout "$3" python3 benchmarks/bench_attention.py --quick --d "$1" \
+        --block-q "$2" --label "$tree" 2>&1 | tee "$out/bench_d$1_$tree.log" | grep -v '^{"' | tail -n 4
+    done
+  done
+  xdist=()
+  python3 -c "import xdist" 2>/dev/null && xdist=(-n 8)
+  left=$((250 - SECONDS))
+  timeout $((left > 30 ? left : 30)) python3 -m pytest -v --tb=line ${xdist[@]+"${xdist[@]}"} -p no:cacheprovider \
+    tests/ops/test_sla_triton_gpu.py tests/ops/test_sla_triton.py > "$out/grid.log" 2>&1
+  echo "grid exit $? after ${SECONDS}s: $(grep -c PASSED "$out/grid.log") passed"
+  grep -E "FAILED|ERROR|^E  |[0-9]+ (passed|failed)" "$out/grid.log" | tail -n 40
 fi

@@ -7,7 +7,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .kernels_common import feature_map, feature_map_grad
+from .kernels_common import dot_exact_b, feature_map, feature_map_grad, round_tf32
 
 
 @triton.jit(do_not_specialize=["N", "N_CRIT"])
@@ -50,11 +50,16 @@ def sla_bwd_dq_kernel(
     FEATURE: tl.constexpr,
     LINEAR: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
     """dq for BLOCK_M query rows of one head. Grid: (cdiv(N, BLOCK_M), B * H).
 
     Sparse: dS = P o (dO V^T - Delta_s), dq = scale dS K over the critical blocks. Linear:
-    d phi(q) = (dO_l H_i^T - Delta_l Z_i^T) / den, then the chain rule through phi.
+    with G = dO_l H_i^T, Delta_l = dO_l . O_l = rowsum(phi(q) o G) / den (stored in DELTA_L for
+    the key side), d phi(q) = (G - Delta_l Z_i^T) / den, then the chain rule through phi.
+    Delta_l is taken from the same G and phi(q) it cancels against (not from the forward's O_l):
+    where S(i) holds one key row, d phi(q) is ~0 and any mismatch between the two terms would be
+    all that is left.
     DO, DO_L and the per-row LSE / DELTA / DEN buffers are contiguous (B*H, N, ...).
     """
     pid_m = tl.program_id(0)
@@ -103,14 +108,20 @@ def sla_bwd_dq_kernel(
 
     if LINEAR:
         do_l = tl.load(DO_L + rows[:, None] * D + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-        delta_l = tl.load(DELTA_L + rows, mask=row_ok, other=0.0)
         den = tl.load(DEN + rows, mask=row_ok, other=1.0)
         h_i = tl.load(HBLK + q_block * D * D + offs_d[:, None] * D + offs_d[None, :])
         z_i = tl.load(ZBLK + q_block * D + offs_d)
-        dfq = tl.dot(do_l.to(tl.float32), tl.trans(h_i), input_precision=DOT_PREC)
-        dfq = (dfq - delta_l[:, None] * z_i[None, :]) / den[:, None]
+        g = dot_exact_b(
+            do_l.to(tl.float32), tl.trans(h_i), tl.zeros([BLOCK_M, D], dtype=tl.float32),
+            SPLIT, DOT_PREC,
+        )  # fmt: skip
         q32 = q.to(tl.float32)
-        dq += feature_map_grad(q32, feature_map(q32, FEATURE), dfq, FEATURE)
+        fq = feature_map(q32, FEATURE)
+        # phi(q) as the forward rounded it (its den was built from this one).
+        delta_l = tl.sum(fq.to(q.dtype).to(tl.float32) * g, 1) / den
+        tl.store(DELTA_L + rows, delta_l, mask=row_ok)
+        dfq = (g - delta_l[:, None] * z_i[None, :]) / den[:, None]
+        dq += feature_map_grad(q32, fq, dfq, FEATURE)
 
     tl.store(
         DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqn + offs_d[None, :],
@@ -161,6 +172,7 @@ def sla_bwd_dkdv_kernel(
     FEATURE: tl.constexpr,
     LINEAR: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
     """dk, dv for BLOCK_N key rows of one head. Grid: (cdiv(N, BLOCK_N), B * H).
 
@@ -222,9 +234,13 @@ def sla_bwd_dkdv_kernel(
         fk = tl.where(col_ok[:, None], feature_map(k32, FEATURE), 0.0)
         dh = tl.load(DHBLK + k_block * D * D + offs_d[:, None] * D + offs_d[None, :])
         dz = tl.load(DZBLK + k_block * D + offs_d)
-        dfk = tl.dot(v.to(tl.float32), tl.trans(dh), input_precision=DOT_PREC) + dz[None, :]
-        # phi(k) rounded as in the forward's sums.
-        dv = tl.dot(fk.to(k.dtype).to(tl.float32), dh, dv, input_precision=DOT_PREC)
+        # dH unrounded in both products: v dH^T and dZ cancel where the query rows' O_l is close
+        # to v, and dv = phi(k) dH sums same-signed terms (relu / softmax features), where the
+        # one-sided error of dH truncated by the tensor cores adds up.
+        dz_rows = tl.zeros([BLOCK_N, D], dtype=tl.float32) + dz[None, :]
+        dfk = dot_exact_b(v.to(tl.float32), tl.trans(dh), dz_rows, SPLIT, DOT_PREC)
+        # phi(k) rounded as in the forward's sums (exact in tf32).
+        dv = dot_exact_b(fk.to(k.dtype).to(tl.float32), dh, dv, SPLIT, DOT_PREC)
         dk += feature_map_grad(k32, fk, dfk, FEATURE)
 
     tl.store(
@@ -247,7 +263,6 @@ def sla_bwd_preprocess_kernel(
     W,
     DELTA_S,
     DO_L,
-    DELTA_L,
     DW_PART,
     DB_PART,
     H,
@@ -263,8 +278,8 @@ def sla_bwd_preprocess_kernel(
     """One pass over dO before the main backward kernels, per ROWS rows of one head
     (grid: cdiv(N, ROWS), B*H; all row buffers contiguous (B*H, N, ...)):
 
-    Delta_s = rowsum(dO o O_s); with the linear branch dO_l = dO W (stored in dO's dtype),
-    Delta_l = rowsum(dO_l o O_l) and this chunk's share of dW = dO^T O_l; db's share = sum dO.
+    Delta_s = rowsum(dO o O_s); with the linear branch dO_l = dO W (stored in dO's dtype) and
+    this chunk's share of dW = dO^T O_l; db's share = sum dO. (Delta_l comes from the dq kernel.)
     The caller sums the shares, so the result does not depend on scheduling. W_PREC: the
     precision of dW, a sum over all B*H*N rows: "tf32x3" for half inputs, since plain tf32
     would add an error of the size of the inputs' own rounding.
@@ -276,6 +291,8 @@ def sla_bwd_preprocess_kernel(
     db = tl.zeros([D], dtype=tl.float32)
     if LINEAR:
         w = tl.load(W + offs_d[:, None] * D + offs_d[None, :])
+        if DOT_PREC == "tf32":
+            w = round_tf32(w)
     start = chunk * ROWS
     for r0 in range(start, tl.minimum(start + ROWS, N), BLOCK_M):
         offs_m = r0 + tl.arange(0, BLOCK_M)
@@ -291,10 +308,7 @@ def sla_bwd_preprocess_kernel(
         if LINEAR:
             # proj(o_l) = o_l W^T, W (out, in): dO_l = dO W, dW = dO^T O_l.
             do_l = tl.dot(do32, w, input_precision=DOT_PREC)
-            # O_l is kept in fp32: Delta_l cancels against dO_l H^T in d phi(q), and a rounded
-            # O_l would show there.
             o_l = tl.load(O_L + ptrs, mask=row_ok[:, None], other=0.0)
-            tl.store(DELTA_L + rows, tl.sum(do_l * o_l, 1), mask=row_ok)
             tl.store(DO_L + ptrs, do_l.to(DO_L.dtype.element_ty), mask=row_ok[:, None])
             dw = tl.dot(tl.trans(do32), o_l, dw, input_precision=W_PREC)
     part = bh * tl.num_programs(0) + chunk

@@ -35,6 +35,39 @@ def feature_map_grad(x, y, dy, FEATURE: tl.constexpr):
     return dx
 
 
+@triton.jit
+def round_tf32(x):
+    """x (fp32) rounded to the nearest tf32 value (10 mantissa bits), as an fp32 tile. The tensor
+    cores take an fp32 operand by dropping its low bits (truncation, a one-sided error that adds
+    up over a sum), so an fp32 operand that is not already exact in tf32 is rounded with this."""
+    bits = x.to(tl.int32, bitcast=True)
+    return ((bits + 0x1000) & -8192).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def round_bf16(x):
+    """x (fp32) rounded to the nearest bf16 value (7 mantissa bits), as an fp32 tile."""
+    bits = x.to(tl.int32, bitcast=True)
+    return ((bits + 0x8000) & -65536).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def dot_exact_b(a, b, acc, SPLIT: tl.constexpr, DOT_PREC: tl.constexpr):
+    """acc + a @ b for fp32 tiles where `a` holds values exact in tf32 (activations) and `b` is
+    a full-precision fp32 sum (H_i, dH^(j)). SPLIT: b = hi + lo with hi exact in tf32, two
+    products, exact to ~2^-21 of b (lo's truncation by the tensor cores is 2^-11 of a term
+    2^-11 of b's size). The linear branch's gradients cancel two terms built from b (dO_l H^T
+    against Delta_l Z); one rounding of b to tf32 leaves an error of b's size where the result
+    is ~0 (one key row in S(i)), so b may not be rounded there."""
+    if SPLIT:
+        hi = round_tf32(b)
+        acc = tl.dot(a, hi, acc, input_precision="tf32")
+        acc = tl.dot(a, b - hi, acc, input_precision="tf32")
+    else:
+        acc = tl.dot(a, b, acc, input_precision=DOT_PREC)
+    return acc
+
+
 @triton.jit(do_not_specialize=["N"])
 def block_outer_kernel(
     X,
@@ -42,6 +75,7 @@ def block_outer_kernel(
     DEN,
     C,
     HBLK,
+    HBLK_LO,
     ZBLK,
     stride_xb,
     stride_xh,
@@ -58,13 +92,18 @@ def block_outer_kernel(
     HAS_DEN: tl.constexpr,
     HAS_C: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
     """Per block of ROWS rows of one head (grid: cdiv(N, ROWS), B*H):
 
     HBLK[bh, blk] = sum_r u_r^T y_r (D x D, stored in HBLK's dtype), ZBLK[bh, blk] = sum_r c_r u_r
-    (D, fp32), u_r = phi(x_r) / den_r. Forward: x = k, y = v, den = c = 1 gives each key block's
-    h_j = phi(K_j)^T V_j and z_j. Backward: x = q, y = dO_l, den = the forward's denominator,
-    c = -Delta_l gives each query block's dH_i and dZ_i.
+    (D, fp32), u_r = phi(x_r) / den_r. SPLIT (the backward with half inputs, whose gradients
+    need the sums to ~fp32 accuracy): the fp32 sum is stored as a pair of bf16 values,
+    HBLK = hi and HBLK_LO = lo, hi + lo within 2^-17 of it, so that `mask_gemm_kernel` sums it
+    with two bf16 products (cheaper than tf32 ones, and exact) instead of fp32 operands.
+    Forward: x = k, y = v, den = c = 1 gives each key block's h_j = phi(K_j)^T V_j and z_j.
+    Backward: x = q, y = dO_l, den = the forward's denominator, c = -Delta_l gives each query
+    block's dH_i and dZ_i.
     """
     blk = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -86,24 +125,36 @@ def block_outer_kernel(
         # Rounded as the activations are, so that both sums (and the forward's phi(q)) see the
         # same phi: with a small denominator (relu) a mismatch between them is amplified.
         u = u.to(X.dtype.element_ty).to(tl.float32)
-        if HAS_DEN:
-            den = tl.load(DEN + bh * N + rows, mask=row_ok, other=1.0)
-            u = u / den[:, None]
         y = tl.load(
             y_base + rows[:, None] * stride_yn + offs_d[None, :], mask=row_ok[:, None], other=0.0
         )
-        # Operands in the activations' dtype (as the tensor cores take them), fp32 accumulation.
-        acc_h = tl.dot(tl.trans(u.to(y.dtype)), y, acc_h, input_precision=DOT_PREC)
+        if HAS_DEN:
+            den = tl.load(DEN + bh * N + rows, mask=row_ok, other=1.0)
+            # u = phi / den is no activation value: rounded once to what the tensor cores take,
+            # and the same u goes into the z sum, so that dH and dZ cancel exactly where they
+            # must (d phi(k) = v dH^T + dZ). fp32 keeps 1 / den in range.
+            u = u / den[:, None]
+            if DOT_PREC == "tf32":
+                u = round_tf32(u)
+            acc_h = tl.dot(tl.trans(u), y.to(tl.float32), acc_h, input_precision=DOT_PREC)
+        else:
+            # Operands in the activations' dtype (exact products), fp32 accumulation.
+            acc_h = tl.dot(tl.trans(u.to(y.dtype)), y, acc_h, input_precision=DOT_PREC)
         if HAS_C:
             c = tl.load(C + bh * N + rows, mask=row_ok, other=0.0)
             acc_z += tl.sum(u * c[:, None], 0)
         else:
             acc_z += tl.sum(u, 0)
     part = bh * tl.num_programs(0) + blk
-    tl.store(
-        HBLK + part * D * D + offs_d[:, None] * D + offs_d[None, :],
-        acc_h.to(HBLK.dtype.element_ty),
-    )
+    offs_h = part * D * D + offs_d[:, None] * D + offs_d[None, :]
+    if SPLIT:
+        # Rounded in fp32 bits, so that the pair is the same whether it is stored as bf16 (on
+        # the GPU) or as fp32 (under the interpreter, whose bf16 arithmetic is unreliable).
+        hi = round_bf16(acc_h)
+        tl.store(HBLK + offs_h, hi.to(HBLK.dtype.element_ty))
+        tl.store(HBLK_LO + offs_h, round_bf16(acc_h - hi).to(HBLK.dtype.element_ty))
+    else:
+        tl.store(HBLK + offs_h, acc_h.to(HBLK.dtype.element_ty))
     tl.store(ZBLK + part * D + offs_d, acc_z)
 
 
@@ -111,6 +162,7 @@ def block_outer_kernel(
 def mask_gemm_kernel(
     MAP,
     X,
+    X_LO,
     OUT,
     stride_mbh,
     stride_mr,
@@ -123,6 +175,7 @@ def mask_gemm_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_COLS: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
     """OUT[bh, r] = sum over c of S(MAP[bh, r, c]) X[bh, c] (fp32), S the linear branch's
     selection from the block map codes: SCOPE 0 "marginal" (code 0), 1 "noncritical" (codes 0,
@@ -130,8 +183,9 @@ def mask_gemm_kernel(
 
     Forward: rows = query blocks, c = key blocks, X = h_j flattened (D*D): the H_i of every query
     block as one dense GEMM with a 0/1 matrix read straight from the map. Backward: the same with
-    the map transposed (through strides) sums dH_i into each key block's dH^(j). X holds per-block sums in
-    the activations' dtype (exact 0/1 weights, fp32 accumulation).
+    the map transposed (through strides) sums dH_i into each key block's dH^(j). X holds per-block
+    sums in the activations' dtype (exact 0/1 weights, fp32 accumulation); SPLIT: X + X_LO, a
+    bf16 pair from `block_outer_kernel`, summed with two products of the same selection.
     """
     pid_r = tl.program_id(0)
     pid_col = tl.program_id(1)
@@ -159,7 +213,15 @@ def mask_gemm_kernel(
             mask=cols_c[:, None] < C,
             other=0.0,
         )
-        acc = tl.dot(sel.to(x.dtype), x, acc, input_precision=DOT_PREC)
+        w = sel.to(x.dtype)
+        acc = tl.dot(w, x, acc, input_precision=DOT_PREC)
+        if SPLIT:
+            x_lo = tl.load(
+                X_LO + (bh * C + cols_c[:, None]) * COLS + offs_col[None, :],
+                mask=cols_c[:, None] < C,
+                other=0.0,
+            )
+            acc = tl.dot(w, x_lo, acc, input_precision=DOT_PREC)
     tl.store(
         OUT + (bh * R + offs_r[:, None]) * COLS + offs_col[None, :], acc, mask=offs_r[:, None] < R
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .kernels_common import feature_map
+from .kernels_common import feature_map, round_tf32
 
 LOG2E = 1.4426950408889634
 
@@ -115,10 +115,17 @@ def sla_fwd_kernel(
         h_i = tl.load(HBLK + q_block * D * D + offs_d[:, None] * D + offs_d[None, :])
         z_i = tl.load(ZBLK + q_block * D + offs_d)
         den = tl.sum(fq * z_i[None, :], 1) + eps
+        if DOT_PREC == "tf32":
+            # fp32 operands rounded to nearest, not truncated by the tensor cores (a one-sided
+            # error that adds up over the D terms of a row; see `round_tf32`).
+            h_i = round_tf32(h_i)
         o_l = tl.dot(fq, h_i, input_precision=DOT_PREC) / den[:, None]
         # W is (out, in): proj(o_l) = o_l W^T.
         w_t = tl.load(W + offs_d[None, :] * D + offs_d[:, None])
-        out = tl.dot(o_l, w_t, out, input_precision=DOT_PREC)
+        if DOT_PREC == "tf32":
+            out = tl.dot(round_tf32(o_l), round_tf32(w_t), out, input_precision=DOT_PREC)
+        else:
+            out = tl.dot(o_l, w_t, out, input_precision=DOT_PREC)
     if HAS_BIAS:
         out += tl.load(BIAS + offs_d)[None, :]
     tl.store(

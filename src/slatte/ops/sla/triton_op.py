@@ -108,34 +108,53 @@ def _block_sum_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
+def _pair_dtype() -> torch.dtype:
+    # The exact sums' (hi, lo) halves: bf16 values, stored as such on the GPU; as fp32 under
+    # Triton's interpreter, whose bf16 arithmetic is unreliable (the values are the same).
+    return torch.float32 if os.environ.get("TRITON_INTERPRET") == "1" else torch.bfloat16
+
+
 def _block_outer(
     x: torch.Tensor,
     y: torch.Tensor,
     rows: int,
     feature_map: str,
+    exact: bool,
     den: torch.Tensor | None = None,
     c: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per block of `rows` rows: (sum u^T y, sum c u) with u = phi(x) / den; see the kernel."""
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Per block of `rows` rows: (sum u^T y, its low half or None, sum c u) with
+    u = phi(x) / den; see the kernel. `exact` (the backward's sums): with half inputs the D x D
+    sums come as a (hi, lo) pair of bf16 values; with fp32 inputs in fp32. Otherwise in the
+    activations' dtype."""
     b, h, n, d = x.shape
     n_blocks = triton.cdiv(n, rows)
-    hblk = _new(x, (b * h, n_blocks, d, d), _block_sum_dtype(x.dtype))
+    split = exact and _dot_prec(x.dtype) == "tf32"
+    exact_dtype = _pair_dtype() if split else torch.float32
+    hdtype = exact_dtype if exact else _block_sum_dtype(x.dtype)
+    hblk = _new(x, (2 if split else 1, b * h, n_blocks, d, d), hdtype)
     zblk = _new(x, (b * h, n_blocks, d), torch.float32)
     aux = _empty_aux(x)
     block_outer_kernel[(n_blocks, b * h)](
-        x, y, den if den is not None else aux, c if c is not None else aux, hblk, zblk,
+        x, y, den if den is not None else aux, c if c is not None else aux,
+        hblk[0], hblk[1] if split else aux, zblk,
         *_bh_strides(x), *_bh_strides(y), h, n,
         D=d, ROWS=rows, BLOCK_R=min(rows, 64), FEATURE=FEATURE_CODES[feature_map],
-        HAS_DEN=den is not None, HAS_C=c is not None, DOT_PREC=_dot_prec(x.dtype),
+        HAS_DEN=den is not None, HAS_C=c is not None, DOT_PREC=_dot_prec(x.dtype), SPLIT=split,
         num_warps=8 if d >= 128 else 4,
     )  # fmt: skip
-    return hblk, zblk
+    return hblk[0], hblk[1] if split else None, zblk
 
 
 def _mask_gemm(
-    bmap: torch.Tensor, x: torch.Tensor, scope: str, transpose: bool, act_dtype: torch.dtype
+    bmap: torch.Tensor,
+    x: torch.Tensor,
+    x_lo: torch.Tensor | None,
+    scope: str,
+    transpose: bool,
+    act_dtype: torch.dtype,
 ) -> torch.Tensor:
-    """fp32 (B*H, R, COLS): each row's sum of the x rows its S selects (see the kernel).
+    """fp32 (B*H, R, COLS): each row's sum of the x (+ x_lo) rows its S selects (see the kernel).
 
     Not transposed: rows are query blocks, x is per key block. Transposed: the other way round.
     """
@@ -145,9 +164,9 @@ def _mask_gemm(
     out = _new(x, (bh, r, cols), torch.float32)
     block_cols = min(cols, 128)
     mask_gemm_kernel[(triton.cdiv(r, 64), cols // block_cols, bh)](
-        bmap, x, out, nq * nk, stride_r, stride_c, r, c,
+        bmap, x, x_lo if x_lo is not None else x, out, nq * nk, stride_r, stride_c, r, c,
         COLS=cols, SCOPE=SCOPE_CODES[scope], BLOCK_R=64, BLOCK_C=64, BLOCK_COLS=block_cols,
-        DOT_PREC=_dot_prec(act_dtype),
+        DOT_PREC=_dot_prec(act_dtype), SPLIT=x_lo is not None,
         num_warps=4,
     )  # fmt: skip
     return out
@@ -161,6 +180,7 @@ def _linear_sums(
     scope: str,
     transpose: bool,
     feature_map: str,
+    exact: bool,
     den: torch.Tensor | None = None,
     c: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,10 +188,14 @@ def _linear_sums(
 
     Forward (x = k, y = v): H_i, Z_i of every query block. Backward (x = q, y = dO_l,
     transpose): dH^(j), dZ^(j) of every key block. Returns (B*H, blocks, D, D), (B*H, blocks, D).
+    `exact`: H / dH to ~fp32 accuracy, as the backward's cancellations need (the forward's
+    output is fine with sums rounded like the activations).
     """
     d = x.shape[-1]
-    hblk, zblk = _block_outer(x, y, rows, feature_map, den, c)
-    hsum = _mask_gemm(bmap, hblk.view(hblk.shape[0], -1, d * d), scope, transpose, x.dtype)
+    hblk, hblk_lo, zblk = _block_outer(x, y, rows, feature_map, exact, den, c)
+    flat = hblk.view(hblk.shape[0], -1, d * d)
+    flat_lo = None if hblk_lo is None else hblk_lo.view(flat.shape)
+    hsum = _mask_gemm(bmap, flat, flat_lo, scope, transpose, x.dtype)
     # The D-wide z sums are tiny: a plain fp32 product with the 0/1 selection.
     select = linear_mask(bmap, scope).flatten(0, 1).to(torch.float32)
     zsum = (select.transpose(1, 2) if transpose else select) @ zblk
@@ -205,7 +229,7 @@ def sla_fwd(
     aux = _empty_aux(q)
     hsum = zsum = aux
     if linear:
-        hsum, zsum = _linear_sums(k, v, bmap, block_k, linear_scope, False, feature_map)
+        hsum, zsum = _linear_sums(k, v, bmap, block_k, linear_scope, False, feature_map, False)
     o = _new_like(q)
     o_s = _new(q, (b, h, n, d), q.dtype) if store_aux else aux
     o_l = _new(q, (b, h, n, d), torch.float32) if store_aux and linear else aux
@@ -279,11 +303,10 @@ def sla_bwd(
     chunks = triton.cdiv(n, PREPROCESS_ROWS)
     delta_s = _new(q, (b, h, n), torch.float32)
     do_l = _new(q, (b, h, n, d), q.dtype) if linear else aux
-    delta_l = _new(q, (b, h, n), torch.float32) if linear else aux
     dw_part = _new(q, (b * h * chunks, d, d), torch.float32) if linear else aux
     db_part = _new(q, (b * h * chunks, d), torch.float32) if has_bias else aux
     sla_bwd_preprocess_kernel[(chunks, b * h)](
-        do, o_s, o_l, proj_weight if linear else aux, delta_s, do_l, delta_l, dw_part, db_part,
+        do, o_s, o_l, proj_weight if linear else aux, delta_s, do_l, dw_part, db_part,
         h, n,
         D=d, ROWS=PREPROCESS_ROWS, BLOCK_M=64, LINEAR=linear, HAS_BIAS=has_bias, DOT_PREC=prec,
         W_PREC="ieee" if q.dtype == torch.float32 else "tf32x3",
@@ -293,18 +316,17 @@ def sla_bwd(
     if proj_weight is not None and not linear:
         dw = torch.zeros_like(proj_weight)  # nothing feeds the linear branch
     db = db_part.sum(0) if has_bias else _empty_aux(q)
-    hsum = zsum = dhsum = dzsum = aux
-    if linear:
-        hsum, zsum = _linear_sums(k, v, bmap, block_k, linear_scope, False, feature_map)
-        dhsum, dzsum = _linear_sums(
-            q, do_l, bmap, block_q, linear_scope, True, feature_map, den, -delta_l
-        )
-    crit_rows, crit_starts = transpose_lists(crit_lut, bmap.shape[-1])
-    dq, dk, dv = _new_like(q), _new_like(k), _new_like(v)
     flags = dict(
         D=d, LUT_BLOCK_Q=block_q, LUT_BLOCK_K=block_k, FEATURE=FEATURE_CODES[feature_map],
-        LINEAR=linear, DOT_PREC=prec,
+        LINEAR=linear, DOT_PREC=prec, SPLIT=prec == "tf32",
     )  # fmt: skip
+    # The dq kernel computes Delta_l (from the same rounded terms it cancels against there),
+    # which the key side's dZ sums need: dq runs first.
+    dq = _new_like(q)
+    delta_l = hsum = zsum = dhsum = dzsum = aux
+    if linear:
+        delta_l = _new(q, (b, h, n), torch.float32)
+        hsum, zsum = _linear_sums(k, v, bmap, block_k, linear_scope, False, feature_map, True)
     sla_bwd_dq_kernel[(triton.cdiv(n, cfg["dq_m"]), b * h)](
         q, k, v, do, do_l, lse, delta_s, den, delta_l, hsum, zsum, crit_lut, dq,
         *_bh_strides(q), *_bh_strides(k), *_bh_strides(v), *_bh_strides(dq),
@@ -312,6 +334,12 @@ def sla_bwd(
         BLOCK_M=cfg["dq_m"], BLOCK_N=cfg["dq_n"], num_warps=cfg["dq_warps"],
         num_stages=cfg["dq_stages"], **flags,
     )  # fmt: skip
+    if linear:
+        dhsum, dzsum = _linear_sums(
+            q, do_l, bmap, block_q, linear_scope, True, feature_map, True, den, -delta_l
+        )
+    crit_rows, crit_starts = transpose_lists(crit_lut, bmap.shape[-1])
+    dk, dv = _new_like(k), _new_like(v)
     sla_bwd_dkdv_kernel[(triton.cdiv(n, cfg["dkdv_n"]), b * h)](
         q, k, v, do, lse, delta_s, dhsum, dzsum, crit_rows, crit_starts, dk, dv,
         *_bh_strides(q), *_bh_strides(k), *_bh_strides(v), *_bh_strides(dk), *_bh_strides(dv),
