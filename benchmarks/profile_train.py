@@ -91,7 +91,9 @@ def main() -> None:
             if cuda:
                 torch.cuda.synchronize()
     events = prof.key_averages()
-    device_us = sum(e.self_device_time_total for e in events) if cuda else 0.0
+    # Kernel rows only: an operator's row repeats the time of the kernels it launched.
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    device_us = sum(e.self_device_time_total for e in kernels)
     record = {
         "benchmark": "train_step_profile",
         **environment(),

@@ -229,3 +229,21 @@ def test_fixed_variance_loss_is_mse_only():
     losses = d.training_losses(lambda x, t: torch.zeros_like(x), x0, torch.tensor([3, 9]), noise)
     torch.testing.assert_close(losses["loss"], (noise**2).mean(dim=(1, 2, 3, 4)))
     assert (losses["vb"] == 0).all()
+
+
+def test_schedule_tables_move_to_a_device_once_and_give_the_same_coefficients():
+    from slatte.diffusion import create_diffusion
+    from slatte.diffusion.schedules import extract
+
+    diffusion = create_diffusion("ddim10")
+    device = torch.device("cpu")
+    first = diffusion.on_device("posterior_log_variance_clipped", device)
+    assert diffusion.on_device("posterior_log_variance_clipped", device) is first
+    t = torch.tensor([0, 3, 9])
+    like = torch.zeros(3, 2, 1, 4, 4)
+    for name in ("log_betas", "sqrt_alphas_cumprod", "posterior_mean_coef2"):
+        assert torch.equal(
+            diffusion.coefficient(name, t, like), extract(getattr(diffusion, name), t, like)
+        )
+    assert torch.allclose(diffusion.log_betas, diffusion.betas.log())
+    assert torch.equal(diffusion.model_timesteps(t), diffusion.timestep_map[t])

@@ -102,7 +102,9 @@ class GaussianDiffusion:
             raise ValueError(f"channel_axis must be >= 1 (axis 0 is the batch), got {channel_axis}")
         self.learn_sigma = learn_sigma
         self.channel_axis = channel_axis
+        self._device_tables: dict[tuple[str, torch.device], torch.Tensor] = {}
         self.betas = betas
+        self.log_betas = betas.log()
         self.num_timesteps = int(betas.shape[0])
 
         alphas = 1.0 - betas
@@ -130,6 +132,19 @@ class GaussianDiffusion:
         self.posterior_mean_coef2 = (
             (1.0 - self.alphas_cumprod_prev) * alphas.sqrt() / (1.0 - self.alphas_cumprod)
         )
+
+    def on_device(self, name: str, device: torch.device) -> torch.Tensor:
+        """The schedule table `name` (e.g. "alphas_cumprod") on `device`, copied there once:
+        copying a CPU table on every call made each GPU training step wait for the host."""
+        key = (name, device)
+        table = self._device_tables.get(key)
+        if table is None:
+            table = self._device_tables[key] = getattr(self, name).to(device)
+        return table
+
+    def coefficient(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """`extract` of the table `name` at timesteps `t`, shaped to broadcast against `like`."""
+        return extract(self.on_device(name, t.device), t, like)
 
     # ------------------------------------------------------------------ timesteps
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
@@ -170,8 +185,8 @@ class GaussianDiffusion:
         elif noise.shape != x0.shape:
             raise ValueError(f"noise shape {tuple(noise.shape)} != x0 shape {tuple(x0.shape)}")
         return (
-            extract(self.sqrt_alphas_cumprod, t, x0) * x0
-            + extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+            self.coefficient("sqrt_alphas_cumprod", t, x0) * x0
+            + self.coefficient("sqrt_one_minus_alphas_cumprod", t, x0) * noise
         )
 
     def q_posterior_mean_variance(
@@ -180,11 +195,11 @@ class GaussianDiffusion:
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x0)."""
         self._check_t(t, x_t)
         mean = (
-            extract(self.posterior_mean_coef1, t, x_t) * x0
-            + extract(self.posterior_mean_coef2, t, x_t) * x_t
+            self.coefficient("posterior_mean_coef1", t, x_t) * x0
+            + self.coefficient("posterior_mean_coef2", t, x_t) * x_t
         )
-        variance = extract(self.posterior_variance, t, x_t)
-        log_variance = extract(self.posterior_log_variance_clipped, t, x_t)
+        variance = self.coefficient("posterior_variance", t, x_t)
+        log_variance = self.coefficient("posterior_log_variance_clipped", t, x_t)
         return mean, variance, log_variance
 
     def predict_x0_from_eps(
@@ -192,17 +207,17 @@ class GaussianDiffusion:
     ) -> torch.Tensor:
         """Invert x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε for x0."""
         return (
-            extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
-            - extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+            self.coefficient("sqrt_recip_alphas_cumprod", t, x_t) * x_t
+            - self.coefficient("sqrt_recipm1_alphas_cumprod", t, x_t) * eps
         )
 
     def predict_eps_from_x0(
         self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor
     ) -> torch.Tensor:
         """Invert x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε for ε."""
-        return (extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / extract(
-            self.sqrt_recipm1_alphas_cumprod, t, x_t
-        )
+        return (
+            self.coefficient("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x0
+        ) / self.coefficient("sqrt_recipm1_alphas_cumprod", t, x_t)
 
     # ------------------------------------------------------------------ reverse process
     def split_model_output(
@@ -244,11 +259,11 @@ class GaussianDiffusion:
         self._check_t(t, x_t)
         eps, v = self.split_model_output(model_output, x_t)
         if v is None:
-            variance = extract(self.posterior_variance, t, x_t)
-            log_variance = extract(self.posterior_log_variance_clipped, t, x_t)
+            variance = self.coefficient("posterior_variance", t, x_t)
+            log_variance = self.coefficient("posterior_log_variance_clipped", t, x_t)
         else:
-            min_log = extract(self.posterior_log_variance_clipped, t, x_t)
-            max_log = extract(self.betas.log(), t, x_t)
+            min_log = self.coefficient("posterior_log_variance_clipped", t, x_t)
+            max_log = self.coefficient("log_betas", t, x_t)
             frac = (v + 1.0) / 2.0
             log_variance = frac * max_log + (1.0 - frac) * min_log
             variance = torch.exp(log_variance)

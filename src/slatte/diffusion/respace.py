@@ -112,7 +112,7 @@ class SpacedDiffusion(GaussianDiffusion):
 
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
         """Original-scale timesteps (0..T-1) for respaced indices ``t``, on ``t``'s device."""
-        return self.timestep_map.to(t.device)[t.long()]
+        return self.on_device("timestep_map", t.device)[t.long()]
 
 
 def create_diffusion(

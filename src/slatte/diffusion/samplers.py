@@ -16,7 +16,6 @@ import torch
 from tqdm.auto import tqdm
 
 from slatte.diffusion.gaussian import GaussianDiffusion, ModelFn
-from slatte.diffusion.schedules import extract
 
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
 
@@ -147,8 +146,8 @@ def ddim_sample(
         p = diffusion.p_mean_variance(model(x, t), x, t, clip_denoised=clip_denoised)
         # Re-derive ε from the (possibly clipped) x0 so the step stays on a consistent path.
         eps = diffusion.predict_eps_from_x0(x, t, p.pred_x0)
-        alpha_bar = extract(diffusion.alphas_cumprod, t, x)
-        alpha_bar_prev = extract(diffusion.alphas_cumprod_prev, t, x)
+        alpha_bar = diffusion.coefficient("alphas_cumprod", t, x)
+        alpha_bar_prev = diffusion.coefficient("alphas_cumprod_prev", t, x)
         sigma = (
             eta
             * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar))

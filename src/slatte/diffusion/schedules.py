@@ -25,10 +25,11 @@ def linear_beta_schedule(num_timesteps: int = 1000) -> torch.Tensor:
 def extract(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Gather ``values[t]`` and shape it to broadcast against ``like``.
 
-    ``values`` is a 1-D float64 CPU table, ``t`` an integer tensor (B,). The result has shape
-    (B, 1, ..., 1) with ``like.ndim`` dimensions and ``like``'s dtype and device.
+    ``values`` is a 1-D float64 table, ``t`` an integer tensor (B,). The result has shape
+    (B, 1, ..., 1) with ``like.ndim`` dimensions and ``like``'s dtype and device. Pass a table
+    that is already on ``t``'s device (`GaussianDiffusion.coefficient` keeps one per device):
+    copying a CPU table over makes the GPU stream wait for the host.
     """
-    # Index on t's device (the small table moves, not t) so a GPU step never waits on a sync.
     gathered = values.to(t.device)[t.detach().long()]
     gathered = gathered.to(device=like.device, dtype=like.dtype)
     return gathered.reshape(t.shape[0], *([1] * (like.ndim - 1)))
