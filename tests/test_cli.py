@@ -134,3 +134,30 @@ def test_class_out_of_range_and_corrupt_checkpoint(run_dir, tmp_path, capsys):
         main(["sample", "--checkpoint", str(broken), "--steps", "1", "--out", str(tmp_path)]) == 2
     )
     assert "config.json" in capsys.readouterr().err
+
+
+def test_train_with_sla_options_from_the_command_line(tmp_path):
+    """--attention and every --sla-* flag reach the saved model config; an identity projection
+    stays the identity through training (it is not trained)."""
+    import torch
+
+    from slatte.models import load_model
+
+    out = tmp_path / "sla_run"
+    flags = ["--attention", "sla_reference", "--sla-critical", "0.5", "--sla-block-q", "16"]
+    flags += ["--sla-block-k", "16", "--sla-feature-map", "elu", "--sla-projection", "identity"]
+    assert main([*TRAIN, "--block-pattern", "full", "--out", str(out), *flags]) == 0
+    config = json.loads((out / "checkpoints/step_0000003/model/config.json").read_text())
+    assert config["config"]["attention_backend"] == "sla_reference"
+    assert config["config"]["sla"] == {
+        "critical": 0.5,
+        "negligible": 0.1,
+        "block_q": 16,
+        "block_k": 16,
+        "feature_map": "elu",
+        "linear_scope": "marginal",
+        "projection": "identity",
+    }
+    model = load_model(out / "checkpoints/step_0000003/model")
+    for block in model.blocks:
+        assert torch.equal(block.attn.sla.proj_l.weight, torch.eye(block.attn.sla.head_dim))

@@ -13,7 +13,7 @@ import torch
 from .eval.cli import add_eval_parser
 from .integrations.cli import add_convert_parser, add_finetune_parser
 from .ops.attention import BACKENDS
-from .ops.sla.config import FEATURE_MAPS, LINEAR_SCOPES, SLAConfig
+from .ops.sla.config import FEATURE_MAPS, LINEAR_SCOPES, PROJECTIONS, SLAConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -43,6 +43,12 @@ def _add_attention_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--sla-block-k", type=int, default=64, help="key block size (64)")
     group.add_argument("--sla-feature-map", choices=FEATURE_MAPS, default="softmax")
     group.add_argument("--sla-linear-scope", choices=LINEAR_SCOPES, default="marginal")
+    group.add_argument(
+        "--sla-projection",
+        choices=PROJECTIONS,
+        default="learned",
+        help="'learned' (trainable, zero at the start) or 'identity' (fixed; an ablation)",
+    )
 
 
 def _sla_from_args(args: argparse.Namespace) -> SLAConfig:
@@ -53,6 +59,7 @@ def _sla_from_args(args: argparse.Namespace) -> SLAConfig:
         block_k=args.sla_block_k,
         feature_map=args.sla_feature_map,
         linear_scope=args.sla_linear_scope,
+        projection=args.sla_projection,
     )
 
 

@@ -9,8 +9,9 @@ import torch
 
 from slatte.nn import SparseLinearAttention
 from slatte.ops import sla_block_map, sparse_linear_attention
+from slatte.ops.sla.block_map import linear_mask
 from slatte.ops.sla.config import SLAConfig, block_counts
-from slatte.ops.sla.reference import feature_map, sla_reference
+from slatte.ops.sla.reference import feature_map, linear_branch, sla_reference
 
 F64 = torch.float64
 
@@ -171,6 +172,23 @@ def test_module_zero_init_and_official_state_dict():
         module.load_official_state_dict({}, prefix="x.")
     with pytest.raises(ValueError, match="shape"):
         module.load_official_state_dict({"proj_l.weight": torch.zeros(8, 8), "proj_l.bias": torch.zeros(8)})  # fmt: skip
+
+
+def test_identity_projection_adds_the_linear_branch_as_it_is_and_is_not_trained():
+    q, k, v = qkv(1, 2, 96, 32, seed=7, dtype=torch.float32)
+    opts = dict(block_q=32, block_k=32, critical=0.3, negligible=0.2)
+    identity = SparseLinearAttention(32, SLAConfig(projection="identity", **opts))
+    learned = SparseLinearAttention(32, SLAConfig(**opts))  # zero projection: sparse only
+    bmap = sla_block_map(q, k, critical=0.3, negligible=0.2, block_q=32, block_k=32)
+    mask = linear_mask(bmap, "marginal")
+    tokens = mask.repeat_interleave(32, dim=-2).repeat_interleave(32, dim=-1)
+    linear = linear_branch(q, k, v, tokens, "softmax")  # the spec's O_l, independently
+    torch.testing.assert_close(identity(q, k, v) - learned(q, k, v), linear, rtol=1e-5, atol=1e-5)
+    assert not any(p.requires_grad for p in identity.parameters())
+    with pytest.raises(ValueError, match="projection is fixed"):
+        identity.load_official_state_dict({})
+    with pytest.raises(ValueError, match="projection must be one of"):
+        SLAConfig(projection="none")
 
 
 @pytest.mark.parametrize(

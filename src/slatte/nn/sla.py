@@ -17,6 +17,7 @@ class SparseLinearAttention(nn.Module):
     The projection is named `proj_l`, as in the official SLA code, so that its fine-tuned
     `proj_l.weight` / `proj_l.bias` load directly. A zero projection makes a fresh module
     compute sparse-only attention, so a dense model switched to SLA starts close to where it was.
+    With `config.projection == "identity"` the projection is the identity and is not trained.
     `backend`: "sla" (fused kernel on CUDA, reference elsewhere) or "sla_reference".
     """
 
@@ -28,8 +29,13 @@ class SparseLinearAttention(nn.Module):
         self.config = config if config is not None else SLAConfig()
         self.backend = backend
         self.proj_l = nn.Linear(head_dim, head_dim, dtype=torch.float32)
-        nn.init.zeros_(self.proj_l.weight)
         nn.init.zeros_(self.proj_l.bias)
+        if self.config.projection == "identity":
+            with torch.no_grad():
+                self.proj_l.weight.copy_(torch.eye(head_dim))
+            self.proj_l.requires_grad_(False)
+        else:
+            nn.init.zeros_(self.proj_l.weight)
 
     def _apply(self, fn, recurse=True):
         # The projection stays fp32 when the model is cast to bf16/fp16 (the spec keeps it fp32).
@@ -63,6 +69,11 @@ class SparseLinearAttention(nn.Module):
         Checkpoints of the official `main` branch / TurboDiffusion were trained with the linear
         branch over all blocks: use `SLAConfig(linear_scope="all")` with them.
         """
+        if self.config.projection != "learned":
+            raise ValueError(
+                f"this layer's projection is fixed ({self.config.projection!r}); loading a "
+                "fine-tuned projection needs SLAConfig(projection='learned')"
+            )
         for name in ("weight", "bias"):
             key = f"{prefix}proj_l.{name}"
             if key not in state_dict:

@@ -9,6 +9,7 @@ from typing import Any
 FEATURE_MAPS = ("softmax", "elu", "relu")
 LINEAR_SCOPES = ("marginal", "noncritical", "all")
 BLOCK_SIZES = (16, 32, 64, 128)
+PROJECTIONS = ("learned", "identity")
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,8 @@ class SLAConfig:
 
     `critical` / `negligible`: a float is a fraction of the key blocks of each query-block row,
     an int a count of blocks (capped at the number of key blocks).
+    `projection`: "learned" (the zero-initialised, trainable projection of the linear branch) or
+    "identity" (the linear branch added as it is, fixed: the paper's sparse + linear ablation).
     """
 
     critical: float | int = 0.05
@@ -25,6 +28,7 @@ class SLAConfig:
     block_k: int = 64
     feature_map: str = "softmax"
     linear_scope: str = "marginal"
+    projection: str = "learned"
 
     def __post_init__(self) -> None:
         validate_fractions(self.critical, self.negligible)
@@ -34,6 +38,8 @@ class SLAConfig:
                 raise ValueError(f"{name} must be one of {BLOCK_SIZES}, got {value!r}")
         if self.feature_map not in FEATURE_MAPS:
             raise ValueError(f"feature_map must be one of {FEATURE_MAPS}, got {self.feature_map!r}")
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"projection must be one of {PROJECTIONS}, got {self.projection!r}")
         if self.linear_scope not in LINEAR_SCOPES:
             raise ValueError(
                 f"linear_scope must be one of {LINEAR_SCOPES}, got {self.linear_scope!r}"
