@@ -21,7 +21,8 @@ class Attention(nn.Module):
     projection `proj`, and the attention op chosen by `backend` (one of `ops.attention.BACKENDS`).
 
     With an SLA backend the layer holds a `SparseLinearAttention` submodule named `sla` (which
-    owns the zero-initialised `proj_l`); with "sdpa" it holds none.
+    owns the zero-initialised `proj_l`); with "sdpa" or "linear" it holds none ("linear" reads
+    its feature map from the SLA options).
     """
 
     def __init__(
@@ -45,19 +46,23 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.backend = "sdpa"
         self.sla: SparseLinearAttention | None = None
+        self.sla_config = SLAConfig()
         self.set_backend(backend, sla)
 
     def set_backend(self, backend: str, sla: SLAConfig | None = None) -> None:
         """Switch the attention op. Entering an SLA backend adds a zero `sla.proj_l` (or keeps
-        the trained one when already on SLA); "sdpa" drops it. Nothing else changes."""
+        the trained one when already on SLA with the same kind of projection); "sdpa" and
+        "linear" drop it. `sla` replaces the SLA options (else the layer's are kept)."""
         check_backend(backend)
-        if backend == "sdpa":
+        self.sla_config = sla if sla is not None else self.sla_config
+        if backend in ("sdpa", "linear"):
             self.sla = None
         else:
             previous = self.sla
             device = self.qkv.weight.device
-            self.sla = SparseLinearAttention(self.head_dim, sla, backend=backend).to(device)
-            if previous is not None:
+            self.sla = SparseLinearAttention(self.head_dim, self.sla_config, backend=backend)
+            self.sla.to(device)
+            if previous is not None and previous.config.projection == self.sla_config.projection:
                 self.sla.proj_l.load_state_dict(previous.proj_l.state_dict())
         self.backend = backend
 
@@ -91,7 +96,9 @@ class Attention(nn.Module):
         return self.proj(rearrange(out, "b h n d -> b n (h d)"))
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return self.sla(q, k, v) if self.sla is not None else attention(q, k, v, backend="sdpa")
+        if self.sla is not None:
+            return self.sla(q, k, v)
+        return attention(q, k, v, backend=self.backend, sla=self.sla_config)
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, head_dim={self.head_dim}, backend={self.backend!r}"

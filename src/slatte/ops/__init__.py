@@ -2,6 +2,7 @@
 
 from .attention import BACKENDS, attention
 from .dense import dense_attention
+from .linear_attention import linear_attention
 from .sla import SLAConfig, sla_block_map, sparse_linear_attention
 
 __all__ = [
@@ -9,6 +10,7 @@ __all__ = [
     "SLAConfig",
     "attention",
     "dense_attention",
+    "linear_attention",
     "sla_block_map",
     "sparse_linear_attention",
 ]

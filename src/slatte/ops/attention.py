@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 
 from .dense import dense_attention
+from .linear_attention import linear_attention
 from .sla.config import SLAConfig
 
-BACKENDS = ("sdpa", "sla", "sla_reference")
+BACKENDS = ("sdpa", "sla", "sla_reference", "linear")
 
 
 def check_backend(backend: str) -> None:
@@ -32,7 +33,9 @@ def attention(
     "sdpa": dense softmax attention (any Nq, Nk; `attn_mask` allowed).
     "sla": SLA through the fused Triton kernel on CUDA, the reference elsewhere.
     "sla_reference": SLA through the plain PyTorch reference.
-    The SLA backends are self-attention only (Nq == Nk), take no mask, and use `sla`
+    "linear": linear attention over all keys with `sla.feature_map` (SLA's linear branch alone,
+    no projection, no softmax scale; the "linear only" baseline).
+    The SLA and linear backends are self-attention only (Nq == Nk), take no mask, and use `sla`
     (defaults if None) with the layer's projection `proj_weight` (D, D) / `proj_bias` (D,).
     """
     check_backend(backend)
@@ -43,9 +46,11 @@ def attention(
             f"attention backend {backend!r} takes no attn_mask; use backend='sdpa' for masked "
             "(e.g. text cross-) attention"
         )
+    cfg = sla if sla is not None else SLAConfig()
+    if backend == "linear":
+        return linear_attention(q, k, v, feature=cfg.feature_map)
     from .sla import sparse_linear_attention
 
-    cfg = sla if sla is not None else SLAConfig()
     return sparse_linear_attention(
         q,
         k,
