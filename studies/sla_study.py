@@ -1,0 +1,137 @@
+"""SLA on our data, as the SLA paper's ablation: fine-tune one dense full-attention model with
+each attention variant for the same steps and seeds, then score every checkpoint.
+
+    python studies/sla_study.py DENSE_MODEL_DIR --out runs/sla_study --steps 2000 \
+        --train-args "--precision bf16 --batch-size 64 --lr 1e-4 --workers 8"
+
+Variants: `sla` (5% critical, 10% negligible, learned projection), `sparse` (5% critical, the
+rest skipped), `linear` (linear attention only), `no_proj` (SLA with a fixed identity
+projection), and `sla@S` for each sparsity S of `--sparsities` (critical = 1 - S). The dense
+model itself is scored as step 0 of every variant. Each fine-tuning run is `slatte train
+--init-from`, run `--jobs` at a time. Writes `OUT/results.jsonl`: one line per checkpoint with
+the metrics of `common.score` and `attention_error`, the mean relative L2 distance between each
+attention layer's output and dense attention's on the same q, k, v (real clips, t = 500).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from common import checkpoints_of, device_from_args, log, real_set, sample_videos, score
+from slatte.diffusion import create_diffusion
+from slatte.models import VideoDiT, load_model
+from slatte.ops import attention
+
+FIXED = {
+    "sla": ["--attention", "sla", "--sla-critical", "0.05", "--sla-negligible", "0.10"],
+    "sparse": ["--attention", "sla", "--sla-critical", "0.05", "--sla-negligible", "0.95"],
+    "linear": ["--attention", "linear"],
+    "no_proj": ["--attention", "sla", "--sla-critical", "0.05", "--sla-projection", "identity"],
+}
+
+
+def variants(sparsities: list[float]) -> dict[str, list[str]]:
+    out = dict(FIXED)
+    for s in sparsities:
+        critical = round(1.0 - s, 4)
+        out[f"sla@{s:g}"] = ["--attention", "sla", "--sla-critical", str(critical)]
+    return out
+
+
+def attention_error(model: VideoDiT, real: torch.Tensor, device: str) -> float:
+    """Mean over attention layers of ||O - O_dense|| / ||O_dense|| on noised real clips."""
+    errors: list[float] = []
+    originals = {}
+    for block in model.blocks:
+        attn = block.attn
+        originals[attn] = attn._attend
+
+        def both(q, k, v, attn=attn):
+            out = originals[attn](q, k, v)
+            dense = attention(q, k, v, backend="sdpa")
+            errors.append(float((out - dense).norm() / dense.norm().clamp_min(1e-12)))
+            return out
+
+        attn._attend = both
+    try:
+        x0 = real[:16].to(device)
+        t = torch.full((x0.shape[0],), 500, device=device)
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)).to(device)
+        x_t = create_diffusion().q_sample(x0, t, noise)
+        labels = torch.arange(x0.shape[0], device=device) % model.config.num_classes
+        with torch.no_grad():
+            model(x_t, t, labels)
+    finally:
+        for attn, fn in originals.items():
+            attn._attend = fn
+    return sum(errors) / len(errors)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model", help="the dense full-attention model directory")
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=2000, help="fine-tuning steps per variant")
+    p.add_argument("--checkpoints", type=int, default=4, help="checkpoints per run (scored)")
+    p.add_argument("--variants", default="sla,sparse,linear,no_proj")
+    p.add_argument("--sparsities", default="0.8,0.9,0.95,0.97", help="sla@S runs ('' = none)")
+    p.add_argument("--train-args", default="", help="passed on to every `slatte train`")
+    p.add_argument("--jobs", type=int, default=1, help="fine-tuning runs at a time")
+    p.add_argument("--num-videos", type=int, default=100)
+    p.add_argument("--sampling-steps", type=int, default=50)
+    p.add_argument("--device", default=None)
+    args = p.parse_args()
+    device = device_from_args(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sparsities = [float(s) for s in args.sparsities.split(",") if s]
+    wanted = set(args.variants.split(","))
+    chosen = {k: v for k, v in variants(sparsities).items() if k in wanted or "@" in k}
+    every = max(args.steps // args.checkpoints, 1)
+    commands = {
+        name: [sys.executable, "-m", "slatte.cli", "train", "--init-from", args.model,
+               "--out", str(out / name.replace("@", "_")), "--steps", str(args.steps),
+               "--ckpt-every", str(every), "--keep-checkpoints", "0",
+               "--device", device, *flags, *shlex.split(args.train_args)]
+        for name, flags in chosen.items()
+    }  # fmt: skip
+    pending = list(commands.items())
+    running: list[tuple[str, subprocess.Popen]] = []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            name, cmd = pending.pop(0)
+            log(f"fine-tuning {name}: {shlex.join(cmd)}")
+            logfile = open(out / f"{name.replace('@', '_')}.log", "w")  # noqa: SIM115
+            running.append((name, subprocess.Popen(cmd, stdout=logfile, stderr=logfile)))
+        name, proc = running.pop(0)
+        if proc.wait() != 0:
+            raise SystemExit(f"sla_study: fine-tuning {name} failed; see its log in {out}")
+
+    dense = load_model(args.model, device=device)
+    real = real_set(dense, args.num_videos)
+    results = out / "results.jsonl"
+
+    def record(variant: str, step: int, model: VideoDiT) -> None:
+        videos, labels = sample_videos(model, num_videos=args.num_videos, steps=args.sampling_steps)
+        row = {"variant": variant, "step": step, **score(videos, labels, real, device=device)}
+        row["attention_error"] = attention_error(model, real, device)
+        with results.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        log(json.dumps(row))
+
+    record("dense", 0, dense)
+    for name in chosen:
+        for model_dir in checkpoints_of(out / name.replace("@", "_")):
+            step = int(model_dir.parent.name.split("_")[1])
+            record(name, step, load_model(model_dir, device=device))
+
+
+if __name__ == "__main__":
+    main()
