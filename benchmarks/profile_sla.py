@@ -1,0 +1,76 @@
+"""Per-kernel GPU time of one SLA forward+backward: which kernel a change made slower.
+
+    python benchmarks/profile_sla.py --d 128 --block-q 128
+    PYTHONPATH=.external/old_src/src:benchmarks python benchmarks/profile_sla.py   # another tree
+
+B=1, H=12, N=32,760, bf16, 5% critical, 10% negligible, block_k 64, marginal scope, a random
+projection (so the linear branch and its gradients run). Prints one JSON line (kernel name →
+ms per forward+backward) and the profiler's table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import slatte
+from common import environment
+from slatte.ops import sparse_linear_attention
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--d", type=int, default=128)
+    p.add_argument("--block-q", type=int, default=128)
+    p.add_argument("--n", type=int, default=32760)
+    p.add_argument("--repeats", type=int, default=10)
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("profile_sla.py times the Triton kernels: it needs a CUDA GPU")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (
+        torch.randn(
+            1, 12, args.n, args.d, device="cuda", dtype=torch.bfloat16, generator=gen
+        ).requires_grad_()
+        for _ in range(3)
+    )
+    grad = torch.randn_like(q)
+    proj = torch.nn.Linear(args.d, args.d, device="cuda")
+
+    def step() -> None:
+        out = sparse_linear_attention(
+            q, k, v, proj.weight, proj.bias, block_q=args.block_q, block_k=64
+        )
+        out.backward(grad)
+
+    for _ in range(5):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(args.repeats):
+            step()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    kernels = {
+        e.key: round(e.self_device_time_total / 1e3 / args.repeats, 4)
+        for e in events
+        if e.device_type == torch.autograd.DeviceType.CUDA
+    }
+    record = {
+        "benchmark": "sla_kernel_profile",
+        **environment(),
+        "slatte": slatte.__file__,
+        "shape": [1, 12, args.n, args.d],
+        "block_q": args.block_q,
+        "ms_per_fwd_bwd": dict(sorted(kernels.items(), key=lambda kv: -kv[1])),
+        "total_ms": round(sum(kernels.values()), 4),
+    }
+    print(json.dumps(record))
+    print(events.table(sort_by="self_cuda_time_total", row_limit=25))
+
+
+if __name__ == "__main__":
+    main()
