@@ -2,6 +2,8 @@
 # One GPU call: train the candidate default models side by side on one GPU for SECONDS
 # (resuming where a warm machine's gpu_runs/ already has them), then score their checkpoints.
 # Usage (repo root): bash studies/gpu_train_default.sh SECONDS RUN...   (RUN: latte, latte_m, full)
+# INIT_FROM=DIR starts a run that has no checkpoint here from a model directory (e.g. weights
+# brought back from an earlier machine) instead of from scratch.
 # Results under $OUT: <run>.tgz (metrics.jsonl, loss_curve.png, the latest EMA model),
 # train_<run>.log, and steps.jsonl with the quality of every other checkpoint.
 # The GPU runs one process at a time at full speed (processes sharing it are time-sliced), so
@@ -20,7 +22,9 @@ declare -A model=(
   [full]="--block-pattern full"
 )
 for run in "$@"; do
-  resume=(); [[ -f gpu_runs/$run/latest ]] && resume=(--resume)
+  resume=()
+  if [[ -f gpu_runs/$run/latest ]]; then resume=(--resume)
+  elif [[ -n ${INIT_FROM:-} ]]; then resume=(--init-from "$INIT_FROM"); fi
   # shellcheck disable=SC2086
   timeout "$seconds" python3 -m slatte.cli train --out "gpu_runs/$run" "${recipe[@]}" ${model[$run]} \
     "${resume[@]}" > "$out/train_$run.log" 2>&1 &
