@@ -15,7 +15,7 @@ Prints one JSON line and a table.
 `--quick` keeps only ours at the reference shape (`--d 64` for the other head dim); `--label`
 tags its rows, e.g. when another tree's `slatte` is put first on PYTHONPATH to compare builds:
 
-    python benchmarks/bench_attention.py --quick --d 64 --block-q 64,128 --label head
+    python benchmarks/bench_attention.py --quick --d 64 --block-q 64,128 --label other
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 # Usage (repo root, official folders copied into the git-ignored .external/ and carried):
 #   bash benchmarks/gpu_session.sh tune    (kernel configs; not part of "all")
 #   bash benchmarks/gpu_session.sh [grid|compare|bench|all]   (logs under $OUT, or ./gpu_logs)
-#   bash benchmarks/gpu_session.sh s2   (<= 260 s: this tree vs HEAD (.external/head_src/src) at
-#                                        the reference shape, D=128 and D=64, then the GPU grid)
+#   bash benchmarks/gpu_session.sh versus   (<= 260 s: this tree vs another tree's src, by default
+#     a copy of an earlier commit in .external/head_src/src (OTHER_SRC=...), at the reference
+#     shape, D=128 and D=64, then the GPU grid)
 set -uo pipefail
 what=${1:-all}
 out=${OUT:-gpu_logs}
@@ -25,18 +26,18 @@ if [[ $what == tune ]]; then
   timeout 300 python3 benchmarks/tune_sla.py --d 128 --block-q 128 2>&1 | tee "$out/tune128.log" | grep -v "^{" | tail -n 14
   timeout 200 python3 benchmarks/tune_sla.py --d 64 --block-q 64 2>&1 | tee "$out/tune64.log" | grep -v "^{" | tail -n 14
 fi
-if [[ $what == s2 ]]; then
+if [[ $what == versus ]]; then
   # <= 260 s. Timings first (they are what the call is for): the reference shape, D=128/bq=128
-  # and D=64/bq=64, for this tree and for the committed HEAD tree side by side on the same GPU
-  # (a copy of HEAD's src, carried in the git-ignored .external/head_src/src). Then the GPU grid
+  # and D=64/bq=64, for this tree and for another tree side by side on the same GPU (e.g.
+  # `git archive REV src | tar -x -C .external/head_src`, carried). Then the GPU grid
   # in the time that is left; -v logs every case as it ends, so a grid cut by the timeout still
   # shows what ran. (Each bench row is also printed as it is measured.)
-  head_src=$PWD/.external/head_src/src
+  other_src=$(realpath "${OTHER_SRC:-.external/head_src/src}")
   for cfg in "128 128 60" "64 64 45"; do
     set -- $cfg
-    for tree in tree head; do
+    for tree in tree other; do
       path=$PYTHONPATH
-      [[ $tree == head ]] && path=$head_src:$PWD/benchmarks
+      [[ $tree == other ]] && path=$other_src:$PWD/benchmarks
       PYTHONPATH=$path timeout "$3" python3 benchmarks/bench_attention.py --quick --d "$1" \
         --block-q "$2" --label "$tree" 2>&1 | tee "$out/bench_d$1_$tree.log" | grep -v '^{"' | tail -n 4
     done

@@ -1,7 +1,7 @@
 """Per-kernel GPU time of one SLA forward+backward: which kernel a change made slower.
 
     python benchmarks/profile_sla.py --d 128 --block-q 128
-    PYTHONPATH=.external/old_src/src:benchmarks python benchmarks/profile_sla.py   # another tree
+    PYTHONPATH=.external/head_src/src:benchmarks python benchmarks/profile_sla.py  # another tree
 
 B=1, H=12, N=32,760, bf16, 5% critical, 10% negligible, block_k 64, marginal scope, a random
 projection (so the linear branch and its gradients run). Prints one JSON line (kernel name →

@@ -21,6 +21,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import IO
 
 import torch
 
@@ -103,15 +104,17 @@ def main() -> None:
         for name, flags in chosen.items()
     }  # fmt: skip
     pending = list(commands.items())
-    running: list[tuple[str, subprocess.Popen]] = []
+    running: list[tuple[str, subprocess.Popen, IO[str]]] = []
     while pending or running:
         while pending and len(running) < args.jobs:
             name, cmd = pending.pop(0)
             log(f"fine-tuning {name}: {shlex.join(cmd)}")
             logfile = open(out / f"{name.replace('@', '_')}.log", "w")  # noqa: SIM115
-            running.append((name, subprocess.Popen(cmd, stdout=logfile, stderr=logfile)))
-        name, proc = running.pop(0)
-        if proc.wait() != 0:
+            running.append((name, subprocess.Popen(cmd, stdout=logfile, stderr=logfile), logfile))
+        name, proc, logfile = running.pop(0)
+        code = proc.wait()
+        logfile.close()
+        if code != 0:
             raise SystemExit(f"sla_study: fine-tuning {name} failed; see its log in {out}")
 
     dense = load_model(args.model, device=device)

@@ -28,11 +28,11 @@ def tf32_like_the_gpu():
     builder = interpreter.InterpreterBuilder
     exact_dot = builder.create_dot
 
-    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+    def create_dot(self, a, b, d, input_precision, *rest):
         if str(input_precision).upper().endswith("TF32"):  # not TF32x3 or IEEE
             a = interpreter.TensorHandle(_truncate_tf32(a.data), a.dtype.scalar)
             b = interpreter.TensorHandle(_truncate_tf32(b.data), b.dtype.scalar)
-        return exact_dot(self, a, b, d, input_precision, max_num_imprecise_acc)
+        return exact_dot(self, a, b, d, input_precision, *rest)
 
     builder.create_dot = create_dot
     yield

@@ -33,10 +33,10 @@ def attention(
     "sdpa": dense softmax attention (any Nq, Nk; `attn_mask` allowed).
     "sla": SLA through the fused Triton kernel on CUDA, the reference elsewhere.
     "sla_reference": SLA through the plain PyTorch reference.
-    "linear": linear attention over all keys with `sla.feature_map` (SLA's linear branch alone,
-    no projection, no softmax scale; the "linear only" baseline).
-    The SLA and linear backends are self-attention only (Nq == Nk), take no mask, and use `sla`
-    (defaults if None) with the layer's projection `proj_weight` (D, D) / `proj_bias` (D,).
+    "linear": linear attention over all keys with `sla.feature_map` (SLA's linear branch alone;
+    the "linear only" baseline). It ignores `proj_weight`, `proj_bias` and `scale`.
+    The SLA backends are self-attention only (Nq == Nk) and use `sla` (defaults if None) with the
+    layer's projection `proj_weight` (D, D) / `proj_bias` (D,). Neither SLA nor linear takes a mask.
     """
     check_backend(backend)
     if backend == "sdpa":

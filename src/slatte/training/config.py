@@ -75,7 +75,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for key in sorted(set(self.model_overrides) & set(DATA_DERIVED)):
+        clash = sorted(set(self.model_overrides) & set(DATA_DERIVED))
+        if clash:
+            key = clash[0]
             raise ValueError(
                 f"model option {key!r} follows the training data; set {DATA_DERIVED[key]} instead"
             )
