@@ -13,8 +13,11 @@ seconds=$1; shift
 out=${OUT:-gpu_out}
 mkdir -p "$out" gpu_runs
 export PYTHONPATH=${PYTHONPATH:-$PWD/src} PYTHONUNBUFFERED=1  # a caller may point at another tree
+# Min-SNR-5 and labels initialised at std 1 (ADM) since session 3: with DiT's 0.02 the label
+# embedding had barely moved after 3,000 steps and conditional and unconditional predictions
+# were the same (benchmarks/NOTES.md).
 recipe=(--steps 200000 --batch-size 128 --image-batch 128 --lr 5e-4 --warmup-steps 200
-  --ema-decay 0.999 --precision bf16 --compile --workers ${WORKERS:-12} --ckpt-every ${CKPT_EVERY:-500} --keep-checkpoints 0
+  --min-snr-gamma 5 --model-option class_embed_init_std=1.0 --ema-decay 0.999 --precision bf16 --compile --workers ${WORKERS:-12} --ckpt-every ${CKPT_EVERY:-500} --keep-checkpoints 0
   --log-every 100)
 declare -A model=(
   [latte]=""

@@ -128,6 +128,12 @@ def _add_train(sub) -> None:
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
     p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="0 = off")
     p.add_argument("--ema-decay", type=float, default=d.ema_decay)
+    p.add_argument(
+        "--min-snr-gamma",
+        type=float,
+        default=d.min_snr_gamma,
+        help="Min-SNR-γ loss weighting, e.g. 5 (default: none, the plain ε-MSE)",
+    )
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision)
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument(
@@ -211,6 +217,7 @@ def _run_train(args: argparse.Namespace) -> int:
         warmup_steps=args.warmup_steps,
         grad_clip=args.grad_clip,
         ema_decay=args.ema_decay,
+        min_snr_gamma=args.min_snr_gamma,
         precision=args.precision,
         grad_checkpointing=args.grad_checkpointing,
         compile=args.compile,

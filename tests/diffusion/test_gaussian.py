@@ -231,6 +231,29 @@ def test_fixed_variance_loss_is_mse_only():
     assert (losses["vb"] == 0).all()
 
 
+@pytest.mark.parametrize("learn_sigma", [False, True])
+def test_min_snr_weighting_scales_only_the_mse_term(learn_sigma):
+    d = create_diffusion(None, learn_sigma=learn_sigma)
+    x0 = torch.randn(4, 2, 1, 4, 4)
+    noise = torch.randn_like(x0)
+    # Nearly clean (SNR >> 5), SNR near 5 on either side, very noisy (SNR << 5).
+    t = torch.tensor([2, 120, 140, 900])
+    out = torch.randn(
+        4, 2, 2 if learn_sigma else 1, 4, 4, generator=torch.Generator().manual_seed(0)
+    )
+    plain = d.training_losses(lambda x, t_: out, x0, t, noise)
+    weighted = d.training_losses(lambda x, t_: out, x0, t, noise, min_snr_gamma=5.0)
+    alpha_bar = ref_schedule()["alpha_bar"][t.numpy()]
+    snr = alpha_bar / (1.0 - alpha_bar)
+    weight = torch.from_numpy(np.minimum(snr, 5.0) / snr).float()
+    assert weight[0] < 0.01 and weight[-1] == 1.0 and 0.5 < weight[1] < 1.0 and weight[2] == 1.0
+    torch.testing.assert_close(weighted["mse"], plain["mse"])
+    torch.testing.assert_close(weighted["vb"], plain["vb"])
+    torch.testing.assert_close(weighted["loss"], weight * plain["mse"] + plain["vb"])
+    with pytest.raises(ValueError, match="min_snr_gamma must be > 0 .* got 0"):
+        d.training_losses(lambda x, t_: out, x0, t, noise, min_snr_gamma=0.0)
+
+
 def test_schedule_tables_move_to_a_device_once_and_give_the_same_coefficients():
     from slatte.diffusion import create_diffusion
     from slatte.diffusion.schedules import extract

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from model_testing import PIXART, TINY, tiny_config
 
 from slatte.models import MODEL_CONFIGS, VideoDiT, VideoDiTConfig, model_config
@@ -22,6 +23,7 @@ from slatte.ops.sla import SLAConfig
         ({"mlp_ratio": 0}, "mlp_ratio must be a positive number"),
         ({"num_classes": -1}, "num_classes must be an int >= 0"),
         ({"class_dropout_prob": 1.0}, r"class_dropout_prob must lie in \[0, 1\)"),
+        ({"class_embed_init_std": 0}, "class_embed_init_std must be a positive number, got 0"),
         ({"learn_sigma": 1}, "learn_sigma must be a bool"),
         ({"block_pattern": "factorized"}, "block_pattern must be one of"),
         ({"text_dim": 0}, "text_dim must be an int >= 1"),
@@ -37,6 +39,14 @@ from slatte.ops.sla import SLAConfig
 def test_validation_errors_name_the_field_and_value(change, match):
     with pytest.raises(ValueError, match=match):
         tiny_config(**change)
+
+
+def test_class_embed_init_std_sets_the_label_table_scale():
+    for std in (0.02, 1.0):
+        torch.manual_seed(0)
+        table = VideoDiT(tiny_config(num_classes=50, class_embed_init_std=std)).y_embedder
+        measured = table.embedding_table.weight.std().item()
+        assert abs(measured - std) < 0.15 * std, (std, measured)
 
 
 def test_full_pattern_allows_odd_depth():

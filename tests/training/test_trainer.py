@@ -65,8 +65,8 @@ def test_nonfinite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
     trainer = Trainer(tiny(tmp_path, steps=6, ckpt_every=2))
     real = trainer.diffusion.training_losses
 
-    def poisoned(model_fn, x0, t, noise=None):
-        out = real(model_fn, x0, t, noise=noise)
+    def poisoned(model_fn, x0, t, **kwargs):
+        out = real(model_fn, x0, t, **kwargs)
         if trainer.step == 3:
             out["loss"] = out["loss"] * float("nan")
         return out
@@ -184,3 +184,15 @@ def test_checkpoints_before_the_first_log_line_and_keeps_all_when_asked(tmp_path
 def test_model_options_cannot_override_what_the_data_decides():
     with pytest.raises(ValueError, match=r"'num_frames' follows the training data.*--frames"):
         TrainConfig(model_overrides={"num_frames": 8})
+
+
+def test_min_snr_gamma_weights_the_logged_loss_but_not_the_mse(tmp_path):
+    def first_step(**kw):
+        trainer = Trainer(tiny(tmp_path / str(kw), steps=1, image_batch=0, **kw))
+        batch = next(iter(trainer._loader()))
+        return trainer.train_step(batch, None)
+
+    plain, weighted = first_step(), first_step(min_snr_gamma=1.0)
+    assert weighted["mse"] == pytest.approx(plain["mse"])
+    # Every timestep with SNR > 1 is weighted down, so the weighted loss is smaller.
+    assert weighted["loss"] < plain["loss"] - 1e-3 * plain["mse"]

@@ -114,6 +114,7 @@ class GaussianDiffusion:
         self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
         self.sqrt_recip_alphas_cumprod = (1.0 / self.alphas_cumprod).sqrt()
         self.sqrt_recipm1_alphas_cumprod = (1.0 / self.alphas_cumprod - 1.0).sqrt()
+        self.snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)
 
         # β̃_t, the variance of q(x_{t-1} | x_t, x0).
         self.posterior_variance = (
@@ -295,6 +296,7 @@ class GaussianDiffusion:
         x0: torch.Tensor,
         t: torch.Tensor,
         noise: torch.Tensor | None = None,
+        min_snr_gamma: float | None = None,
     ) -> dict[str, torch.Tensor]:
         """Per-sample losses (each shape (B,)): ``loss``, ``mse`` (of ε) and ``vb``.
 
@@ -302,8 +304,16 @@ class GaussianDiffusion:
         where the bound sees the predicted ε through a stop-gradient (so it trains only the
         variance) and is scaled by T/1000 (λ = 0.001 per term at T = 1000). With a fixed
         variance ``vb`` is zero and the loss is the MSE alone.
+
+        ``min_snr_gamma``: Min-SNR-γ weighting (Hang et al. 2023) of the MSE term in the loss,
+        min(SNR_t, γ) / SNR_t for ε-prediction: the nearly clean timesteps, whose ε is hard to
+        see and whose gradients conflict with the rest, weigh less. ``mse`` stays unweighted.
         """
         self._check_t(t, x0)
+        if min_snr_gamma is not None and not min_snr_gamma > 0:
+            raise ValueError(
+                f"min_snr_gamma must be > 0 (or None: no weighting), got {min_snr_gamma}"
+            )
         if noise is None:
             noise = torch.randn_like(x0)
         elif noise.shape != x0.shape:
@@ -320,4 +330,8 @@ class GaussianDiffusion:
         else:
             frozen = torch.cat([eps.detach(), v], dim=self.channel_axis)
             vb = self.vb_terms_bpd(frozen, x0, x_t, t) * (self.num_timesteps / 1000.0)
-        return {"loss": mse + vb, "mse": mse, "vb": vb}
+        weighted = mse
+        if min_snr_gamma is not None:
+            snr = self.on_device("snr", t.device)[t].to(dtype)
+            weighted = mse * snr.clamp(max=min_snr_gamma) / snr
+        return {"loss": weighted + vb, "mse": mse, "vb": vb}

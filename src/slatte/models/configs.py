@@ -31,6 +31,9 @@ class VideoDiTConfig:
     depth must be even) or "full" (every block attends over all frames × patches jointly).
     `num_classes = 0` makes the model unconditional; otherwise label `num_classes` is the null
     class. `text_dim` enables cross-attention to text embeddings of that width.
+    `class_embed_init_std`: the label embedding's initial std; DiT's 0.02 leaves the label a
+    ~1% signal beside the timestep embedding, which a small model then learns to use only very
+    late (measured on moving digits); ADM's 1.0 makes the classes distinct from the first step.
 
     Options that exist to hold PixArt-style models such as diffusers' `LatteTransformer3DModel`
     (the defaults are DiT / official Latte):
@@ -55,6 +58,7 @@ class VideoDiTConfig:
     mlp_ratio: float = 4.0
     num_classes: int = 0
     class_dropout_prob: float = 0.1
+    class_embed_init_std: float = 0.02
     learn_sigma: bool = True
     block_pattern: str = "alternating"
     text_dim: int | None = None
@@ -93,6 +97,9 @@ class VideoDiTConfig:
         p = self.class_dropout_prob
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
             raise ValueError(f"class_dropout_prob must lie in [0, 1), got {p!r}")
+        std = self.class_embed_init_std
+        if isinstance(std, bool) or not isinstance(std, (int, float)) or not std > 0:
+            raise ValueError(f"class_embed_init_std must be a positive number, got {std!r}")
         _check_bool("learn_sigma", self.learn_sigma)
         _check_bool("qk_norm", self.qk_norm)
         _check_bool("cross_attn_norm", self.cross_attn_norm)

@@ -355,8 +355,8 @@ class VideoDiT(nn.Module):
     def initialize_weights(self) -> None:
         """DiT's initialisation; every block (and the model) starts as the identity map on h.
 
-        Linears: xavier-uniform, zero bias (the patch embedding too: it is a linear). Label table
-        and timestep / text MLPs: normal(0, 0.02). adaLN modulations, the final linear and the
+        Linears: xavier-uniform, zero bias (the patch embedding too: it is a linear). Label table:
+        normal(0, `class_embed_init_std`); timestep / text MLPs: normal(0, 0.02). adaLN modulations, the final linear and the
         cross-attention output projections: zero; so are the shared modulation linear and the
         `scale_shift_table`s of "table" modulation, which keeps every block the identity. SLA
         projections `proj_l`: left at zero.
@@ -371,7 +371,9 @@ class VideoDiT(nn.Module):
                     nn.init.zeros_(module.bias)
 
         if self.y_embedder is not None:
-            nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+            nn.init.normal_(
+                self.y_embedder.embedding_table.weight, std=self.config.class_embed_init_std
+            )
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         if self.text_embedder is not None:

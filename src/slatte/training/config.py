@@ -41,6 +41,8 @@ class TrainConfig:
     warmup_steps: int = 0
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
+    # Min-SNR-γ loss weighting (None: the plain ε-MSE); 5 is the paper's choice
+    min_snr_gamma: float | None = None
     precision: str = "fp32"
     grad_checkpointing: bool = False
     compile: bool = False  # torch.compile the model's forward (worth it on GPUs)
@@ -107,6 +109,10 @@ class TrainConfig:
             )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
+            raise ValueError(
+                f"min_snr_gamma must be > 0 (or None: no weighting), got {self.min_snr_gamma}"
+            )
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.grad_clip < 0:

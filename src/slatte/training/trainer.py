@@ -321,7 +321,9 @@ class Trainer:
         with self._autocast(), sequence_parallel(group, full_sequence=False) as shard:
             if shard is not None:  # this process's frames; the loss is computed on them
                 x0, noise = shard.split_frames(x0), shard.split_frames(noise)
-            return self.diffusion.training_losses(model_fn, x0, t, noise=noise)
+            return self.diffusion.training_losses(
+                model_fn, x0, t, noise=noise, min_snr_gamma=self.cfg.min_snr_gamma
+            )
 
     def _single_frames(self, videos: torch.Tensor) -> torch.Tensor:
         """One frame of each clip, (K, F, ...) -> (K, 1, ...), chosen by (seed, step, position)."""
