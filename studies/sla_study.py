@@ -4,9 +4,9 @@ each attention variant for the same steps and seeds, then score every checkpoint
     python studies/sla_study.py DENSE_MODEL_DIR --out runs/sla_study --steps 2000 \
         --train-args "--precision bf16 --batch-size 64 --lr 1e-4 --workers 8"
 
-Variants: `sla` (5% critical, 10% negligible, learned projection), `sparse` (5% critical, the
-rest skipped), `linear` (linear attention only), `no_proj` (SLA with a fixed identity
-projection), and `sla@S` for each sparsity S of `--sparsities` (critical = 1 - S). The dense
+Variants: `dense` (full attention, fine-tuned the same steps), `sla` (5% critical, 10%
+negligible, learned projection), `sparse` (5% critical, the rest skipped), `linear` (linear
+attention only), `no_proj` (SLA with a fixed identity projection), and `sla@S` for each sparsity S of `--sparsities` (critical = 1 - S). The dense
 model itself is scored as step 0 of every variant. Each fine-tuning run is `slatte train
 --init-from`, run `--jobs` at a time. Writes `OUT/results.jsonl`: one line per checkpoint with
 the metrics of `common.score` and `attention_error`, the mean relative L2 distance between each
@@ -31,6 +31,8 @@ from slatte.models import VideoDiT, load_model
 from slatte.ops import attention
 
 FIXED = {
+    # Dense attention fine-tuned alike: separates what the extra steps do from what SLA does.
+    "dense": ["--attention", "sdpa"],
     "sla": ["--attention", "sla", "--sla-critical", "0.05", "--sla-negligible", "0.10"],
     "sparse": ["--attention", "sla", "--sla-critical", "0.05", "--sla-negligible", "0.95"],
     "linear": ["--attention", "linear"],
@@ -81,7 +83,7 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=2000, help="fine-tuning steps per variant")
     p.add_argument("--checkpoints", type=int, default=4, help="checkpoints per run (scored)")
-    p.add_argument("--variants", default="sla,sparse,linear,no_proj")
+    p.add_argument("--variants", default="dense,sla,sparse,linear,no_proj")
     p.add_argument("--sparsities", default="0.8,0.9,0.95,0.97", help="sla@S runs ('' = none)")
     p.add_argument("--train-args", default="", help="passed on to every `slatte train`")
     p.add_argument("--jobs", type=int, default=1, help="fine-tuning runs at a time")

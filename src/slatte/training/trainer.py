@@ -409,6 +409,9 @@ class Trainer:
             num_samples=min(4, max(1, self.model.config.num_classes or 4)),
             steps=self.cfg.sample_steps,
             seed=self.cfg.seed,
+            # Previews need no video encoder (mp4 needs ffmpeg, which a GPU host may lack, and
+            # a run must not fail after its last checkpoint for want of a preview).
+            formats=("gif", "png"),
         )
         return generate_and_save(
             ema, opts, self.run_dir / "samples" / f"step_{self.step:07d}", codec=self.codec
