@@ -11,9 +11,11 @@ from pathlib import Path
 import torch
 
 from .eval.cli import add_eval_parser
+from .guidance.config import DEFAULT_STRATEGY
 from .integrations.cli import add_convert_parser, add_finetune_parser
 from .ops.attention import BACKENDS
 from .ops.sla.config import FEATURE_MAPS, LINEAR_SCOPES, PROJECTIONS, SLAConfig
+from .pretrained import DEFAULT_MODEL
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -271,11 +273,19 @@ def _add_sample(sub) -> None:
     from .guidance.cli_args import add_guidance_arguments
     from .sampling import FORMATS, SAMPLERS
 
-    p = sub.add_parser("sample", help="generate videos from a trained model")
+    p = sub.add_parser(
+        "sample",
+        help="generate videos from a trained model (default: the shipped one)",
+        description="Generate videos. Without --checkpoint, the model that ships with slatte "
+        f"({DEFAULT_MODEL}). A model directory's sampling.json (the shipped ones have one) "
+        "sets the sampler, steps and guidance it recommends; flags override each of them, "
+        "--stg-blocks replaces its STG terms and --stg-scale 0 switches them off.",
+    )
     p.add_argument(
         "--checkpoint",
-        required=True,
-        help="a model directory (config.json + model.safetensors) or a run folder",
+        default=None,
+        help="a model directory (config.json + model.safetensors) or a run folder "
+        f"(default: the shipped {DEFAULT_MODEL})",
     )
     p.add_argument(
         "--class",
@@ -286,8 +296,18 @@ def _add_sample(sub) -> None:
         help="class label; repeat for one per sample (default: 0, 1, 2, ...)",
     )
     p.add_argument("--num-samples", type=int, default=4)
-    p.add_argument("--steps", type=int, default=50, help="sampling steps (respaced)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"sampling steps (respaced; default: sampling.json's, else {SAMPLE_DEFAULTS['steps']})",
+    )
+    p.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default=None,
+        help=f"default: sampling.json's, else {SAMPLE_DEFAULTS['sampler']}",
+    )
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
@@ -317,8 +337,31 @@ def _add_sample(sub) -> None:
         help="under torchrun: split each video's frames over all processes (Ulysses)",
     )
     add_guidance_arguments(p)
+    # Unset until the model's sampling.json (or SAMPLE_DEFAULTS) fills them in.
+    p.set_defaults(cfg_scale=None, guidance_rescale=None)
     _add_attention_arguments(p)
     p.set_defaults(func=_run_sample)
+
+
+# What `slatte sample` uses where neither a flag nor the model's sampling.json says otherwise.
+SAMPLE_DEFAULTS = {"sampler": "ddpm", "steps": 50, "cfg_scale": 1.0, "guidance_rescale": 0.0}
+
+
+def apply_sampling_defaults(args: argparse.Namespace, recommended: dict) -> None:
+    """Fill the sampling options the user left unset: from `recommended` (a sampling.json),
+    then from SAMPLE_DEFAULTS. Its STG terms apply only when no --stg-blocks was given; then
+    --stg-scale / --stg-strategy given alone apply to them (--stg-scale 0 drops them)."""
+    for key, fallback in SAMPLE_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, recommended.get(key, fallback))
+    terms = recommended.get("stg", [])
+    if args.stg_blocks or not terms:
+        return
+    args.stg_blocks = [tuple(term["blocks"]) for term in terms]
+    if not args.stg_scale:
+        args.stg_scale = [float(term.get("scale", 1.0)) for term in terms]
+    if not args.stg_strategy:
+        args.stg_strategy = [term.get("strategy", DEFAULT_STRATEGY) for term in terms]
 
 
 def _run_sample(args: argparse.Namespace) -> int:
@@ -327,11 +370,15 @@ def _run_sample(args: argparse.Namespace) -> int:
     from .guidance.cli_args import guidance_from_args
     from .models import load_model
     from .ops.sequence_parallel import check_heads, sequence_parallel
+    from .pretrained import pretrained_dir, sampling_defaults
     from .sampling import SampleOptions, generate, generate_and_save
     from .training.distributed import DistInfo, close_distributed, init_distributed
 
-    cfg_scale, stg_terms, rescale = guidance_from_args(args)  # flag mistakes before loading
-    model_dir = resolve_model_dir(args.checkpoint)
+    model_dir = (
+        resolve_model_dir(args.checkpoint) if args.checkpoint else pretrained_dir(DEFAULT_MODEL)
+    )
+    apply_sampling_defaults(args, sampling_defaults(model_dir))
+    cfg_scale, stg_terms, rescale = guidance_from_args(args)  # flag mistakes before sampling
     sla = _sla_from_args(args) if args.attention and args.attention != "sdpa" else None
     info, device = (
         init_distributed(args.device) if args.sequence_parallel else (DistInfo(), args.device)

@@ -1,0 +1,41 @@
+"""Copy a trained model directory into the package as a shipped model, weights in bf16.
+
+    python studies/export_pretrained.py RUN/checkpoints/step_0005000/model latte-digits-m
+
+Writes `src/slatte/pretrained/NAME/{config.json,model.safetensors}`; the model card
+(`MODEL_CARD.md`) and the recommended sampling options (`sampling.json`) are written by hand,
+from the measurements in docs/RESULTS.md. bf16 halves the size (the package ships it) and
+costs nothing measurable: the model was trained under bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from slatte.models.io import CONFIG_NAME, WEIGHTS_NAME
+
+PRETRAINED = Path(__file__).resolve().parents[1] / "src" / "slatte" / "pretrained"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model", type=Path, help="a slatte model directory")
+    p.add_argument("name", help="the shipped model's name (a folder under slatte/pretrained)")
+    args = p.parse_args()
+    out = PRETRAINED / args.name
+    out.mkdir(parents=True, exist_ok=True)
+    weights = load_file(str(args.model / WEIGHTS_NAME))
+    half = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in weights.items()}
+    save_file(half, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+    shutil.copyfile(args.model / CONFIG_NAME, out / CONFIG_NAME)
+    size = (out / WEIGHTS_NAME).stat().st_size / 2**20
+    print(f"{out}: {sum(v.numel() for v in half.values()):,} parameters, {size:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
