@@ -1,11 +1,12 @@
 """Per-kernel GPU time of one SLA forward+backward: which kernel a change made slower.
 
     python benchmarks/profile_sla.py --d 128 --block-q 128
+    python benchmarks/profile_sla.py --forward-only            # inference: the forward alone
     PYTHONPATH=.external/head_src/src:benchmarks python benchmarks/profile_sla.py  # another tree
 
 B=1, H=12, N=32,760, bf16, 5% critical, 10% negligible, block_k 64, marginal scope, a random
 projection (so the linear branch and its gradients run). Prints one JSON line (kernel name →
-ms per forward+backward) and the profiler's table.
+ms per call) and the profiler's table.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def main() -> None:
     p.add_argument("--block-q", type=int, default=128)
     p.add_argument("--n", type=int, default=32760)
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--forward-only", action="store_true", help="time the forward, no autograd")
     args = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("profile_sla.py times the Triton kernels: it needs a CUDA GPU")
@@ -41,10 +43,12 @@ def main() -> None:
     proj = torch.nn.Linear(args.d, args.d, device="cuda")
 
     def step() -> None:
-        out = sparse_linear_attention(
-            q, k, v, proj.weight, proj.bias, block_q=args.block_q, block_k=64
-        )
-        out.backward(grad)
+        with torch.set_grad_enabled(not args.forward_only):
+            out = sparse_linear_attention(
+                q, k, v, proj.weight, proj.bias, block_q=args.block_q, block_k=64
+            )
+        if not args.forward_only:
+            out.backward(grad)
 
     for _ in range(5):
         step()
@@ -65,7 +69,8 @@ def main() -> None:
         "slatte": slatte.__file__,
         "shape": [1, 12, args.n, args.d],
         "block_q": args.block_q,
-        "ms_per_fwd_bwd": dict(sorted(kernels.items(), key=lambda kv: -kv[1])),
+        "pass": "forward" if args.forward_only else "forward+backward",
+        "ms_per_call": dict(sorted(kernels.items(), key=lambda kv: -kv[1])),
         "total_ms": round(sum(kernels.values()), 4),
     }
     print(json.dumps(record))
