@@ -336,9 +336,7 @@ def _add_sample(sub) -> None:
         action="store_true",
         help="under torchrun: split each video's frames over all processes (Ulysses)",
     )
-    add_guidance_arguments(p)
-    # Unset until the model's sampling.json (or SAMPLE_DEFAULTS) fills them in.
-    p.set_defaults(cfg_scale=None, guidance_rescale=None)
+    add_guidance_arguments(p, from_model=True)  # filled in by apply_sampling_defaults
     _add_attention_arguments(p)
     p.set_defaults(func=_run_sample)
 

@@ -21,7 +21,10 @@ def _parse(argv, **kwargs):
 
 def test_defaults_are_no_guidance():
     assert _parse([]) == (1.0, (), 0.0)
-    assert _parse([], default_cfg_scale=4.0)[0] == 4.0
+    # from_model: left unset for the model's sampling.json, and the help says so.
+    args = _parser(from_model=True).parse_args([])
+    assert (args.cfg_scale, args.guidance_rescale) == (None, None)
+    assert "sampling.json" in _parser(from_model=True).format_help()
 
 
 def test_single_term_as_in_the_issue():

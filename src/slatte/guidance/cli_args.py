@@ -23,10 +23,13 @@ from .config import DEFAULT_STRATEGY, STG, check_blocks, check_rescale, check_sc
 _PER_TERM = ("stg_scale", "stg_strategy", "stg_window")
 
 
-def add_guidance_arguments(
-    parser: argparse.ArgumentParser, *, default_cfg_scale: float = 1.0
-) -> None:
-    """Add the CFG / STG options to `parser` (as an argument group "guidance")."""
+def add_guidance_arguments(parser: argparse.ArgumentParser, *, from_model: bool = False) -> None:
+    """Add the CFG / STG options to `parser` (as an argument group "guidance").
+
+    `from_model`: --cfg-scale and --guidance-rescale default to None, for the caller to fill
+    from the model's recommended options (`slatte sample` and a sampling.json), else 1 and 0.
+    """
+    where = "the model's sampling.json, else " if from_model else ""
     group = parser.add_argument_group(
         "guidance",
         "Classifier-free guidance (CFG) and spatio-temporal skip guidance (STG). The guided "
@@ -38,10 +41,10 @@ def add_guidance_arguments(
     group.add_argument(
         "--cfg-scale",
         type=_scale("--cfg-scale"),
-        default=default_cfg_scale,
+        default=None if from_model else 1.0,
         metavar="W",
         help="CFG scale; 1 turns CFG off (no unconditional branch is computed), 0 samples "
-        f"unconditionally (default: {default_cfg_scale:g}).",
+        f"unconditionally (default: {where}1).",
     )
     group.add_argument(
         "--stg-blocks",
@@ -87,11 +90,11 @@ def add_guidance_arguments(
         "--stg-rescale",
         dest="guidance_rescale",
         type=_argument_type("--guidance-rescale", "a number in [0, 1]", float, check_rescale),
-        default=0.0,
+        default=None if from_model else 0.0,
         metavar="R",
         help="rescale the guided prediction towards the conditional prediction's standard "
-        "deviation, per sample: factor r * std(e_c) / std(e) + 1 - r; 0 = off (default), 0.7 is "
-        "the usual value against over-saturation at large scales.",
+        "deviation, per sample: factor r * std(e_c) / std(e) + 1 - r; 0 = off, 0.7 is the "
+        f"usual value against over-saturation at large scales (default: {where}0).",
     )
 
 
