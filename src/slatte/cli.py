@@ -355,7 +355,7 @@ def apply_sampling_defaults(args: argparse.Namespace, recommended: dict) -> None
     terms = recommended.get("stg", [])
     if args.stg_blocks or not terms:
         return
-    args.stg_blocks = [tuple(term["blocks"]) for term in terms]
+    args.stg_blocks = [term["blocks"] for term in terms]
     if not args.stg_scale:
         args.stg_scale = [float(term.get("scale", 1.0)) for term in terms]
     if not args.stg_strategy:

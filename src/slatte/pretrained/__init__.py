@@ -34,19 +34,44 @@ def pretrained_dir(name: str = DEFAULT_MODEL) -> Path:
 
 
 def sampling_defaults(model_dir: str | Path) -> dict[str, Any]:
-    """The recommended sampling options in `model_dir`'s sampling.json ({} when it has none)."""
+    """The recommended sampling options in `model_dir`'s sampling.json ({} when it has none),
+    checked like the flags they stand for (errors name the file); STG blocks as tuples."""
+    from slatte.guidance.config import DEFAULT_STRATEGY, check_blocks, check_rescale, check_scale
+    from slatte.models import PERTURBATION_STRATEGIES
+    from slatte.sampling import SAMPLERS
+
     path = Path(model_dir) / SAMPLING_FILE
     if not path.is_file():
         return {}
     data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
     unknown = sorted(set(data) - set(SAMPLING_KEYS))
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {unknown}; allowed: {list(SAMPLING_KEYS)}")
-    for term in data.get("stg", []):
-        bad = sorted(set(term) - set(STG_KEYS))
-        if bad or "blocks" not in term:
+    if "sampler" in data and data["sampler"] not in SAMPLERS:
+        raise ValueError(f"{path}: sampler must be one of {SAMPLERS}, got {data['sampler']!r}")
+    steps = data.get("steps", 1)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"{path}: steps must be an integer >= 1, got {steps!r}")
+    if "cfg_scale" in data:
+        check_scale(f"{path}: cfg_scale", data["cfg_scale"])
+    if "guidance_rescale" in data:
+        check_rescale(f"{path}: guidance_rescale", data["guidance_rescale"])
+    terms = data.get("stg", [])
+    if not isinstance(terms, list):
+        raise ValueError(f"{path}: 'stg' must be a list of terms, got {terms!r}")
+    for term in terms:
+        if not isinstance(term, dict) or set(term) - set(STG_KEYS) or "blocks" not in term:
             raise ValueError(
                 f"{path}: each 'stg' term needs 'blocks' and may have {list(STG_KEYS[1:])}; "
-                f"got {sorted(term)}"
+                f"got {term!r}"
+            )
+        term["blocks"] = check_blocks(f"{path}: stg blocks", term["blocks"])
+        check_scale(f"{path}: stg scale", term.get("scale", 1.0))
+        strategy = term.get("strategy", DEFAULT_STRATEGY)
+        if strategy not in PERTURBATION_STRATEGIES:
+            raise ValueError(
+                f"{path}: stg strategy must be one of {PERTURBATION_STRATEGIES}, got {strategy!r}"
             )
     return data
