@@ -162,16 +162,16 @@ def _mask_gemm(
     bh, _, cols = x.shape
     r, c, stride_r, stride_c = (nk, nq, 1, nk) if transpose else (nq, nk, nk, 1)
     out = _new(x, (bh, r, cols), torch.float32)
-    # Measured on the H100 at 32,760 tokens (benchmarks/NOTES.md, session 4): 256-wide column
-    # tiles with 8 warps beat 128-wide ones with 4 (D=128: forward 0.32 -> 0.26 ms, the
-    # transposed split sum 0.52 -> 0.41 ms); the transposed sum prefers 128 rows per tile.
-    block_r = 128 if transpose else 64
-    block_cols = min(cols, 256)
+    # Measured on the H100 at 32,760 tokens (benchmarks/NOTES.md, session 4): the forward's sum
+    # is faster with 256-wide column tiles and 8 warps (D=128: 0.32 -> 0.26 ms). The backward's
+    # transposed split sum was faster alone with 128 x 256 tiles but not inside the whole
+    # backward, so it keeps 64 x 128 tiles and 4 warps.
+    block_r, block_cols, warps = (64, min(cols, 128), 4) if transpose else (64, min(cols, 256), 8)
     mask_gemm_kernel[(triton.cdiv(r, block_r), cols // block_cols, bh)](
         bmap, x, x_lo if x_lo is not None else x, out, nq * nk, stride_r, stride_c, r, c,
         COLS=cols, SCOPE=SCOPE_CODES[scope], BLOCK_R=block_r, BLOCK_C=64, BLOCK_COLS=block_cols,
         DOT_PREC=_dot_prec(act_dtype), SPLIT=x_lo is not None,
-        num_warps=8, num_stages=3,
+        num_warps=warps, num_stages=3,
     )  # fmt: skip
     return out
 
