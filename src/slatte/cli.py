@@ -15,7 +15,7 @@ from .guidance.config import DEFAULT_STRATEGY
 from .integrations.cli import add_convert_parser, add_finetune_parser
 from .ops.attention import BACKENDS
 from .ops.sla.config import FEATURE_MAPS, LINEAR_SCOPES, PROJECTIONS, SLAConfig
-from .pretrained import DEFAULT_MODEL
+from .pretrained import DEFAULT_MODEL, available
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -66,12 +66,20 @@ def _sla_from_args(args: argparse.Namespace) -> SLAConfig:
 
 
 def resolve_model_dir(path: str | Path) -> Path:
-    """A model directory (config.json inside) or a run folder (its latest checkpoint's model)."""
+    """A model directory (config.json inside), a run folder (its latest checkpoint's model) or,
+    where no such path exists, the name of a shipped model (`slatte.pretrained.available()`)."""
+    from .pretrained import pretrained_dir
     from .training.checkpoint import latest_checkpoint
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        # An existing path wins, so a local folder that happens to share a shipped name is used.
+        if str(path) in available():
+            return pretrained_dir(str(path))
+        raise FileNotFoundError(
+            f"checkpoint {str(path)!r} does not exist and is no shipped model name; "
+            f"shipped: {list(available())}"
+        )
     if (path / "config.json").is_file():
         return path
     ckpt = latest_checkpoint(path)
@@ -284,8 +292,9 @@ def _add_sample(sub) -> None:
     p.add_argument(
         "--checkpoint",
         default=None,
-        help="a model directory (config.json + model.safetensors) or a run folder "
-        f"(default: the shipped {DEFAULT_MODEL})",
+        help="a model directory (config.json + model.safetensors), a run folder, or the name "
+        f"of a shipped model ({', '.join(available())}; default: {DEFAULT_MODEL}); "
+        "an existing path wins over a name",
     )
     p.add_argument(
         "--class",

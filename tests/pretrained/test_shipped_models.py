@@ -1,5 +1,6 @@
 """The models that ship with slatte: they load, sample the digit asked for, and `slatte sample`
-uses the default one with its recommended options, which flags override."""
+uses the default one (or one named by --checkpoint) with its recommended options, which flags
+override."""
 
 import argparse
 import json
@@ -7,9 +8,12 @@ import json
 import pytest
 import torch
 
-from slatte.cli import SAMPLE_DEFAULTS, apply_sampling_defaults, main
+import slatte.ops.sla.interface as sla_interface
+from slatte.cli import SAMPLE_DEFAULTS, apply_sampling_defaults, main, resolve_model_dir
 from slatte.eval.classifier import digit_accuracy
 from slatte.models import load_model
+from slatte.nn.sla import SparseLinearAttention
+from slatte.ops.sla.config import block_counts
 from slatte.pretrained import DEFAULT_MODEL, available, pretrained_dir, sampling_defaults
 from slatte.sampling import SampleOptions, generate
 
@@ -116,10 +120,82 @@ def test_a_model_without_sampling_json_recommends_nothing(tmp_path):
     assert sampling_defaults(tmp_path) == {}
 
 
-def test_shipped_weights_are_bf16_and_load_into_fp32():
+@pytest.mark.parametrize("name", available())
+def test_shipped_weights_are_bf16_and_load_into_fp32(name):
     from safetensors.torch import load_file
 
-    stored = load_file(str(pretrained_dir() / "model.safetensors"))
+    stored = load_file(str(pretrained_dir(name) / "model.safetensors"))
     assert {t.dtype for t in stored.values()} == {torch.bfloat16}
-    model = load_model(pretrained_dir())
+    model = load_model(pretrained_dir(name))
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+SLA_MODEL = "latte-digits-full-sla"
+
+
+def _sla_layers(model) -> list[SparseLinearAttention]:
+    return [m for m in model.modules() if isinstance(m, SparseLinearAttention)]
+
+
+def test_sla_model_is_full_attention_at_95_percent_sparsity_with_trained_projections():
+    model = load_model(pretrained_dir(SLA_MODEL))
+    cfg = model.config
+    assert (cfg.block_pattern, cfg.attention_backend) == ("full", "sla")
+    layers = _sla_layers(model)
+    assert len(layers) == cfg.depth
+    tokens = cfg.num_frames * (cfg.input_size // cfg.patch_size) ** 2
+    for layer in layers:
+        sla = layer.config
+        assert (layer.backend, sla.critical, sla.negligible) == ("sla", 0.05, 0.10)
+        assert (sla.projection, sla.linear_scope) == ("learned", "marginal")
+        # What the card states: of 64 key blocks of 64 tokens, 3 exact, 6 skipped, 55 linear.
+        assert tokens // sla.block_k == 64
+        assert block_counts(sla.critical, sla.negligible, tokens // sla.block_k) == (3, 6)
+        # A fine-tuned projection: a zero one (an SLA layer just switched on) would mean the
+        # exported model never learned its linear branch.
+        assert layer.proj_l.weight.abs().mean() > 1e-3
+
+
+def test_checkpoint_may_name_a_shipped_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model_dir(SLA_MODEL) == pretrained_dir(SLA_MODEL)
+    # An existing path wins over a shipped name.
+    local = tmp_path / SLA_MODEL
+    local.mkdir()
+    (local / "config.json").write_text("{}")
+    assert resolve_model_dir(SLA_MODEL) == local.relative_to(tmp_path)
+
+
+def test_unknown_checkpoint_name_lists_the_shipped_models(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["sample", "--checkpoint", "latte-xl", "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "'latte-xl' does not exist and is no shipped model name" in err
+    assert f"shipped: {list(available())}" in err
+
+
+def test_sla_model_samples_through_the_reference_and_uses_its_linear_branch(monkeypatch):
+    calls = []
+
+    def counted_reference(*args, **kwargs):
+        calls.append(args[0].shape)
+        return reference(*args, **kwargs)
+
+    reference = sla_interface.sla_reference
+    monkeypatch.setattr(sla_interface, "sla_reference", counted_reference)
+    model = load_model(pretrained_dir(SLA_MODEL))
+    opts = SampleOptions(
+        num_samples=1, labels=(5,), steps=2, sampler="ddim", seed=0, progress=False
+    )  # fmt: skip
+    videos, _ = generate(model, opts)
+    # Two steps of one unguided video: each of the 4 blocks attends over 4,096 tokens per step.
+    assert calls == [torch.Size([1, 4, 4096, 32])] * (2 * model.config.depth)
+
+    with torch.no_grad():
+        for layer in _sla_layers(model):
+            layer.proj_l.weight.zero_()
+            layer.proj_l.bias.zero_()
+    sparse_only, _ = generate(model, opts)
+    # The 55 linear blocks per query block carry real attention mass: without their projection
+    # the sample moves visibly, not by rounding.
+    assert (videos - sparse_only).abs().mean() > 0.05  # 0.135 measured
