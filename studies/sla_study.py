@@ -25,7 +25,16 @@ from typing import IO
 
 import torch
 
-from common import checkpoints_of, device_from_args, log, real_set, sample_videos, score
+from common import (
+    add_metric_arguments,
+    checkpoints_of,
+    device_from_args,
+    log,
+    metrics_from_args,
+    real_set,
+    sample_videos,
+    score,
+)
 from slatte.diffusion import create_diffusion
 from slatte.models import VideoDiT, load_model
 from slatte.ops import attention
@@ -90,8 +99,10 @@ def main() -> None:
     p.add_argument("--num-videos", type=int, default=100)
     p.add_argument("--sampling-steps", type=int, default=50)
     p.add_argument("--device", default=None)
+    add_metric_arguments(p)
     args = p.parse_args()
     device = device_from_args(args.device)
+    metrics = metrics_from_args(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sparsities = [float(s) for s in args.sparsities.split(",") if s]
@@ -125,7 +136,11 @@ def main() -> None:
 
     def record(variant: str, step: int, model: VideoDiT) -> None:
         videos, labels = sample_videos(model, num_videos=args.num_videos, steps=args.sampling_steps)
-        row = {"variant": variant, "step": step, **score(videos, labels, real, device=device)}
+        row = {
+            "variant": variant,
+            "step": step,
+            **score(videos, labels, real, device=device, metrics=metrics),
+        }
         row["attention_error"] = attention_error(model, real, device)
         with results.open("a") as f:
             f.write(json.dumps(row) + "\n")

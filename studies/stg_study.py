@@ -16,7 +16,15 @@ from pathlib import Path
 
 import torch
 
-from common import device_from_args, log, real_set, sample_videos, score
+from common import (
+    add_metric_arguments,
+    device_from_args,
+    log,
+    metrics_from_args,
+    real_set,
+    sample_videos,
+    score,
+)
 from slatte.data import write_frame_grid
 from slatte.guidance import STG
 from slatte.models import PERTURBATION_STRATEGIES, load_model
@@ -46,8 +54,10 @@ def main() -> None:
     p.add_argument("--grid", default=None, help="PNG: first frames of each setting's videos")
     p.add_argument("--grid-videos", type=int, default=10)
     p.add_argument("--device", default=None)
+    add_metric_arguments(p)
     args = p.parse_args()
     device = device_from_args(args.device)
+    metrics = metrics_from_args(args)
     model = load_model(args.model, device=device)
     real = real_set(model, args.num_videos)
     scales = [float(s) for s in args.stg_scales.split(",")]
@@ -68,7 +78,7 @@ def main() -> None:
         record = {
             "cfg_scale": args.cfg_scale,
             **setting,
-            **score(videos, labels, real, device=device),
+            **score(videos, labels, real, device=device, metrics=metrics),
         }
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "a") as f:
