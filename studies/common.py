@@ -42,10 +42,13 @@ def sample_videos(
     rescale: float = 0.0,
     seed: int = 0,
     batch_size: int = 100,
+    labels: tuple[int, ...] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Videos (N, F, C, H, W) in [-1, 1] and their labels (cycling through the classes)."""
+    """Videos (N, F, C, H, W) in [-1, 1] and their labels (`labels`, one per video, or cycling
+    through the classes)."""
     opts = SampleOptions(
         num_samples=num_videos,
+        labels=labels,
         steps=steps,
         sampler=sampler,
         cfg_scale=cfg_scale,
