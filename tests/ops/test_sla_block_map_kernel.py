@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from slatte.ops import sla_block_map
+from slatte.ops.sla import block_map as block_map_module
 from slatte.ops.sla import interface
 from slatte.ops.sla.block_map import block_map, block_scores, classify, mean_pool
 from slatte.ops.sla.config import block_counts
@@ -41,7 +42,10 @@ def make_scores(shape: tuple[int, ...], kind: str, seed: int) -> torch.Tensor:
 
 def assert_same(scores: torch.Tensor, critical: float | int, negligible: float | int) -> None:
     want_map, want_lut = classify(scores, critical, negligible, use_kernel=False)
-    got_map, got_lut = classify(scores, critical, negligible, use_kernel=True)
+    # The kernel itself, not `classify`'s dispatch: a dispatch that fell back to the sort would
+    # make this comparison pass without running the kernel (test_classify_dispatches_...).
+    n_crit, n_negl = block_counts(critical, negligible, scores.shape[-1])
+    got_map, got_lut = block_map_module._classify_kernel(scores, n_crit, n_negl)
     assert got_map.dtype == torch.int8 and got_lut.dtype == torch.int32
     assert torch.equal(got_map, want_map), (critical, negligible)
     assert torch.equal(got_lut, want_lut), (critical, negligible)
@@ -115,6 +119,23 @@ def test_public_map_on_device_equals_sort():
     assert torch.equal(
         sla_block_map(q, k, critical=0.2, negligible=0.3, block_q=32, block_k=16), want
     )
+
+
+@needs_kernel
+def test_classify_dispatches_to_the_kernel(monkeypatch):
+    """use_kernel=True runs the kernel (fp32 rows up to MAX_BLOCK); other dtypes take the sort."""
+    launched = []
+    kernel = block_map_module._classify_kernel
+
+    def spy(*args):
+        launched.append(args[0].dtype)
+        return kernel(*args)
+
+    monkeypatch.setattr(block_map_module, "_classify_kernel", spy)
+    scores = make_scores((1, 1, 2, 9), "random", seed=7)
+    classify(scores, 0.3, 0.2, use_kernel=True)
+    classify(scores.double(), 0.3, 0.2, use_kernel=True)
+    assert launched == [torch.float32]
 
 
 def test_kernel_refused_on_cpu_without_interpreter(monkeypatch):

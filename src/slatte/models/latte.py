@@ -356,10 +356,10 @@ class VideoDiT(nn.Module):
         """DiT's initialisation; every block (and the model) starts as the identity map on h.
 
         Linears: xavier-uniform, zero bias (the patch embedding too: it is a linear). Label table:
-        normal(0, `class_embed_init_std`); timestep / text MLPs: normal(0, 0.02). adaLN modulations, the final linear and the
-        cross-attention output projections: zero; so are the shared modulation linear and the
-        `scale_shift_table`s of "table" modulation, which keeps every block the identity. SLA
-        projections `proj_l`: left at zero.
+        normal(0, `class_embed_init_std`); timestep / text MLPs: normal(0, 0.02). adaLN
+        modulations, the final linear and the cross-attention output projections: zero; so are
+        the shared modulation linear and the `scale_shift_table`s of "table" modulation, which
+        keeps every block the identity. SLA projections `proj_l`: left at zero.
         """
         sla_projections = {
             id(m.proj_l) for m in self.modules() if isinstance(m, SparseLinearAttention)

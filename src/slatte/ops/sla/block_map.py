@@ -96,16 +96,11 @@ def classify(
     return bmap, lut
 
 
-# GPU launch shape, overridable by benchmarks: (rows per program, warps per program).
-KERNEL_LAUNCH: tuple[int, int] | None = None
-
-
 def _launch_shape(n_rows: int, block: int, on_gpu: bool) -> tuple[int, int]:
+    """(rows per program, warps per program)."""
     if not on_gpu:
         # Triton's interpreter pays per operation, not per element: one program takes many rows.
         return min(1 << max(n_rows - 1, 0).bit_length(), max(1, 16384 // block)), 1
-    if KERNEL_LAUNCH is not None:
-        return KERNEL_LAUNCH
     # One row per program. Measured on the H100 (3,072 rows, kernel time): 512 columns 25 us
     # with 1 warp (its counts stay in the warp), 28-30 with 2 or 4, 39 with 2 rows per warp;
     # 1,024 columns 54 us with 4 warps (62 with 1); 4,096 columns 340 us with 4 (420 with 8).
