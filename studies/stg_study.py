@@ -30,14 +30,14 @@ from slatte.guidance import STG
 from slatte.models import PERTURBATION_STRATEGIES, load_model
 
 
-def settings(num_blocks: int, scales: list[float], rescales: list[float]) -> list[dict]:
+def settings(
+    num_blocks: int, scales: list[float], rescales: list[float], strategies: list[str]
+) -> list[dict]:
     """CFG alone, then each strategy × block (first, middle, last; for alternating models that
     spans spatial and temporal blocks) × scale × rescale."""
     blocks = sorted({0, num_blocks // 2, num_blocks - 1})
     out: list[dict] = [{"strategy": None, "block": None, "stg_scale": 0.0, "rescale": 0.0}]
-    for strategy, block, scale, rescale in itertools.product(
-        PERTURBATION_STRATEGIES, blocks, scales, rescales
-    ):
+    for strategy, block, scale, rescale in itertools.product(strategies, blocks, scales, rescales):
         out.append({"strategy": strategy, "block": block, "stg_scale": scale, "rescale": rescale})
     return out
 
@@ -50,6 +50,10 @@ def main() -> None:
     p.add_argument("--cfg-scale", type=float, default=4.0)
     p.add_argument("--stg-scales", default="1,2", help="comma list")
     p.add_argument("--rescales", default="0,0.7", help="comma list")
+    p.add_argument(
+        "--strategies", default=",".join(PERTURBATION_STRATEGIES),
+        help="comma list (default: all); CFG alone is always the first setting",
+    )  # fmt: skip
     p.add_argument("--out", required=True, help="JSON lines, one per setting")
     p.add_argument("--grid", default=None, help="PNG: first frames of each setting's videos")
     p.add_argument("--grid-videos", type=int, default=10)
@@ -62,8 +66,12 @@ def main() -> None:
     real = real_set(model, args.num_videos)
     scales = [float(s) for s in args.stg_scales.split(",")]
     rescales = [float(r) for r in args.rescales.split(",")]
+    strategies = args.strategies.split(",")
+    unknown = sorted(set(strategies) - set(PERTURBATION_STRATEGIES))
+    if unknown:
+        p.error(f"--strategies: unknown {unknown}; allowed: {', '.join(PERTURBATION_STRATEGIES)}")
     rows = []
-    for setting in settings(len(model.blocks), scales, rescales):
+    for setting in settings(len(model.blocks), scales, rescales, strategies):
         stg = ()
         if setting["strategy"] is not None:
             stg = (STG(setting["stg_scale"], (setting["block"],), setting["strategy"]),)

@@ -42,6 +42,15 @@ def test_forward_backward_sizes(n, d):
     check_sla(*make_inputs(1, 2, n, d, dtype, DEVICE, seed=n + d), opts())
 
 
+def test_wide_head_tiles():
+    """D = 128 with 128-row query blocks takes other tiles (`triton_op._configs`): dq on 128-row
+    tiles, the key side's linear share on 32-row tiles, two per 64-row key block."""
+    check_sla(
+        *make_inputs(1, 2, 200, 128, torch.float32, DEVICE, seed=3),
+        opts(critical=0.25, negligible=0.25, block_q=128, block_k=64),
+    )
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_one_row_key_block(seed):
     """N = 65 with 64-row blocks: the last key block holds one row, so a query block whose S(i)

@@ -1,13 +1,14 @@
 """The SLA backward kernels: FlashAttention-2 style dq (over each query block's critical list)
 and dk/dv (over each key block's transposed list), with the linear branch's gradients from the
-per-block sums H_i, Z_i (query side) and dH^(j), dZ^(j) (key side)."""
+per-block sums H_i, Z_i (query side, in the dq kernel) and dH^(j), dZ^(j) (key side, in a kernel
+of its own whose fp32 result seeds the dk/dv accumulators)."""
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-from .kernels_common import dot_exact_b, feature_map, feature_map_grad, round_tf32
+from .kernels_common import dot_exact_b, feature_map, feature_map_grad, load_rows, round_tf32
 
 
 @triton.jit(do_not_specialize=["N", "N_CRIT"])
@@ -73,12 +74,8 @@ def sla_bwd_dq_kernel(
     offs_d = tl.arange(0, D)
     row_ok = offs_m < N
     rows = bh * N + offs_m
-    q = tl.load(
-        Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :],
-        mask=row_ok[:, None],
-        other=0.0,
-    )
-    do = tl.load(DO + rows[:, None] * D + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    q = load_rows(Q + b * stride_qb + h * stride_qh, offs_m, stride_qn, offs_d, row_ok)
+    do = load_rows(DO, rows, D, offs_d, row_ok)
     lse = tl.load(LSE + rows, mask=row_ok, other=0.0)
     delta_s = tl.load(DELTA_S + rows, mask=row_ok, other=0.0)
     k_base = K + b * stride_kb + h * stride_kh
@@ -89,16 +86,8 @@ def sla_bwd_dq_kernel(
         for sub in tl.static_range(LUT_BLOCK_K // BLOCK_N):
             offs_k = block * LUT_BLOCK_K + sub * BLOCK_N + offs_n
             col_ok = offs_k < N
-            k = tl.load(
-                k_base + offs_k[:, None] * stride_kn + offs_d[None, :],
-                mask=col_ok[:, None],
-                other=0.0,
-            )
-            v = tl.load(
-                v_base + offs_k[:, None] * stride_vn + offs_d[None, :],
-                mask=col_ok[:, None],
-                other=0.0,
-            )
+            k = load_rows(k_base, offs_k, stride_kn, offs_d, col_ok)
+            v = load_rows(v_base, offs_k, stride_vn, offs_d, col_ok)
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
             p = tl.where(col_ok[None, :], tl.math.exp2(s - lse[:, None]), 0.0)
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
@@ -107,7 +96,7 @@ def sla_bwd_dq_kernel(
     dq = dq * sm_scale
 
     if LINEAR:
-        do_l = tl.load(DO_L + rows[:, None] * D + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        do_l = load_rows(DO_L, rows, D, offs_d, row_ok)
         den = tl.load(DEN + rows, mask=row_ok, other=1.0)
         h_i = tl.load(HBLK + q_block * D * D + offs_d[:, None] * D + offs_d[None, :])
         z_i = tl.load(ZBLK + q_block * D + offs_d)
@@ -138,8 +127,8 @@ def sla_bwd_dkdv_kernel(
     DO,
     LSE,
     DELTA_S,
-    DHBLK,
-    DZBLK,
+    DK_LIN,
+    DV_LIN,
     CRIT_ROWS,
     CRIT_STARTS,
     DK,
@@ -169,17 +158,18 @@ def sla_bwd_dkdv_kernel(
     BLOCK_N: tl.constexpr,
     LUT_BLOCK_Q: tl.constexpr,
     LUT_BLOCK_K: tl.constexpr,
-    FEATURE: tl.constexpr,
     LINEAR: tl.constexpr,
     DOT_PREC: tl.constexpr,
-    SPLIT: tl.constexpr,
 ):
     """dk, dv for BLOCK_N key rows of one head. Grid: (cdiv(N, BLOCK_N), B * H).
 
-    Sparse: walks the query blocks for which this key block is critical (this head's
-    CRIT_ROWS[CRIT_STARTS[j] : CRIT_STARTS[j + 1]], the transposed critical lists). Linear: with
-    dH^(j), dZ^(j) summed over the query blocks whose S(i) holds this key block,
-    d phi(k) = v dH^T + dZ and dv += phi(k) dH.
+    Walks the query blocks for which this key block is critical (this head's
+    CRIT_ROWS[CRIT_STARTS[j] : CRIT_STARTS[j + 1]], the transposed critical lists). LINEAR: the
+    accumulators start from the linear branch's share (DK_LIN, DV_LIN, fp32, contiguous
+    (B*H, N, D), dk's in units of 1 / sm_scale, from `sla_bwd_key_linear_kernel`) instead of
+    zero. That share is computed in
+    its own kernel because its D x D tiles, live next to this loop's two accumulators, made
+    the compiler spill inside the loop (2.6 ms of 5.0 at D = 128 on an H100).
     """
     pid_n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -192,19 +182,16 @@ def sla_bwd_dkdv_kernel(
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
     col_ok = offs_n < N
-    k = tl.load(
-        K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :],
-        mask=col_ok[:, None],
-        other=0.0,
-    )
-    v = tl.load(
-        V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :],
-        mask=col_ok[:, None],
-        other=0.0,
-    )
+    k = load_rows(K + b * stride_kb + h * stride_kh, offs_n, stride_kn, offs_d, col_ok)
+    v = load_rows(V + b * stride_vb + h * stride_vh, offs_n, stride_vn, offs_d, col_ok)
     q_base = Q + b * stride_qb + h * stride_qh
-    dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    if LINEAR:
+        lin = (bh * N + offs_n)[:, None] * D + offs_d[None, :]
+        dk = tl.load(DK_LIN + lin, mask=col_ok[:, None], other=0.0)
+        dv = tl.load(DV_LIN + lin, mask=col_ok[:, None], other=0.0)
+    else:
+        dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     start = tl.load(CRIT_STARTS + k_block + bh)
     end = tl.load(CRIT_STARTS + k_block + bh + 1)
     for t in range(start, end):
@@ -213,12 +200,8 @@ def sla_bwd_dkdv_kernel(
             offs_q = block * LUT_BLOCK_Q + sub * BLOCK_M + offs_m
             row_ok = offs_q < N
             rows = bh * N + offs_q
-            q = tl.load(
-                q_base + offs_q[:, None] * stride_qn + offs_d[None, :],
-                mask=row_ok[:, None],
-                other=0.0,
-            )
-            do = tl.load(DO + rows[:, None] * D + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            q = load_rows(q_base, offs_q, stride_qn, offs_d, row_ok)
+            do = load_rows(DO, rows, D, offs_d, row_ok)
             lse = tl.load(LSE + rows, mask=row_ok, other=float("inf"))
             delta_s = tl.load(DELTA_S + rows, mask=row_ok, other=0.0)
             s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale
@@ -228,20 +211,6 @@ def sla_bwd_dkdv_kernel(
             ds_t = p_t * (dp_t - delta_s[None, :])
             dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PREC)
     dk = dk * sm_scale
-
-    if LINEAR:
-        k32 = k.to(tl.float32)
-        fk = tl.where(col_ok[:, None], feature_map(k32, FEATURE), 0.0)
-        dh = tl.load(DHBLK + k_block * D * D + offs_d[:, None] * D + offs_d[None, :])
-        dz = tl.load(DZBLK + k_block * D + offs_d)
-        # dH unrounded in both products: v dH^T and dZ cancel where the query rows' O_l is close
-        # to v, and dv = phi(k) dH sums same-signed terms (relu / softmax features), where the
-        # one-sided error of dH truncated by the tensor cores adds up.
-        dz_rows = tl.zeros([BLOCK_N, D], dtype=tl.float32) + dz[None, :]
-        dfk = dot_exact_b(v.to(tl.float32), tl.trans(dh), dz_rows, SPLIT, DOT_PREC)
-        # phi(k) rounded as in the forward's sums (exact in tf32).
-        dv = dot_exact_b(fk.to(k.dtype).to(tl.float32), dh, dv, SPLIT, DOT_PREC)
-        dk += feature_map_grad(k32, fk, dfk, FEATURE)
 
     tl.store(
         DK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :],
@@ -253,6 +222,65 @@ def sla_bwd_dkdv_kernel(
         dv.to(DV.dtype.element_ty),
         mask=col_ok[:, None],
     )
+
+
+@triton.jit(do_not_specialize=["N"])
+def sla_bwd_key_linear_kernel(
+    K,
+    V,
+    DHBLK,
+    DZBLK,
+    DK_LIN,
+    DV_LIN,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    H,
+    N,
+    inv_sm_scale,
+    D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    LUT_BLOCK_K: tl.constexpr,
+    FEATURE: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    SPLIT: tl.constexpr,
+):
+    """The linear branch's share of dk, dv for BLOCK_N key rows of one head, in fp32, where
+    the dk/dv kernel picks it up (dk divided by sm_scale, which that kernel applies at its end).
+    Grid: (cdiv(N, BLOCK_N), B * H). With dH^(j), dZ^(j) summed over the query blocks whose S(i)
+    holds this key block: d phi(k) = v dH^T + dZ, dv = phi(k) dH.
+    """
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    k_block = bh * tl.cdiv(N, LUT_BLOCK_K) + (pid_n * BLOCK_N) // LUT_BLOCK_K
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    col_ok = offs_n < N
+    k = load_rows(K + b * stride_kb + h * stride_kh, offs_n, stride_kn, offs_d, col_ok)
+    v = load_rows(V + b * stride_vb + h * stride_vh, offs_n, stride_vn, offs_d, col_ok)
+    k32 = k.to(tl.float32)
+    fk = tl.where(col_ok[:, None], feature_map(k32, FEATURE), 0.0)
+    dh = tl.load(DHBLK + k_block * D * D + offs_d[:, None] * D + offs_d[None, :])
+    dz = tl.load(DZBLK + k_block * D + offs_d)
+    # dH unrounded in both products: v dH^T and dZ cancel where the query rows' O_l is close
+    # to v, and dv = phi(k) dH sums same-signed terms (relu / softmax features), where the
+    # one-sided error of dH truncated by the tensor cores adds up.
+    dz_rows = tl.zeros([BLOCK_N, D], dtype=tl.float32) + dz[None, :]
+    dfk = dot_exact_b(v.to(tl.float32), tl.trans(dh), dz_rows, SPLIT, DOT_PREC)
+    # phi(k) rounded as in the forward's sums (exact in tf32).
+    dv = dot_exact_b(
+        fk.to(k.dtype).to(tl.float32), dh, tl.zeros([BLOCK_N, D], dtype=tl.float32),
+        SPLIT, DOT_PREC,
+    )  # fmt: skip
+    dk = feature_map_grad(k32, fk, dfk, FEATURE) * inv_sm_scale
+    lin = (bh * N + offs_n)[:, None] * D + offs_d[None, :]
+    tl.store(DK_LIN + lin, dk, mask=col_ok[:, None])
+    tl.store(DV_LIN + lin, dv, mask=col_ok[:, None])
 
 
 @triton.jit(do_not_specialize=["N"])

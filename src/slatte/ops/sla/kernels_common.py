@@ -36,6 +36,13 @@ def feature_map_grad(x, y, dy, FEATURE: tl.constexpr):
 
 
 @triton.jit
+def load_rows(base, rows, stride_n, offs_d, ok):
+    """The (len(rows), D) tile of rows `rows` at `base` (row stride `stride_n`, feature dim
+    contiguous); rows where `ok` is false read as 0."""
+    return tl.load(base + rows[:, None] * stride_n + offs_d[None, :], mask=ok[:, None], other=0.0)
+
+
+@triton.jit
 def round_tf32(x):
     """x (fp32) rounded to the nearest tf32 value (10 mantissa bits), as an fp32 tile. The tensor
     cores take an fp32 operand by dropping its low bits (truncation, a one-sided error that adds

@@ -6,7 +6,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .kernels_common import feature_map, round_tf32
+from .kernels_common import feature_map, load_rows, round_tf32
 
 LOG2E = 1.4426950408889634
 
@@ -72,11 +72,7 @@ def sla_fwd_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
     row_ok = offs_m < N
-    q = tl.load(
-        Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :],
-        mask=row_ok[:, None],
-        other=0.0,
-    )
+    q = load_rows(Q + b * stride_qb + h * stride_qh, offs_m, stride_qn, offs_d, row_ok)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
 
@@ -88,16 +84,8 @@ def sla_fwd_kernel(
         for sub in tl.static_range(LUT_BLOCK_K // BLOCK_N):
             offs_k = block * LUT_BLOCK_K + sub * BLOCK_N + offs_n
             col_ok = offs_k < N
-            k = tl.load(
-                k_base + offs_k[:, None] * stride_kn + offs_d[None, :],
-                mask=col_ok[:, None],
-                other=0.0,
-            )
-            v = tl.load(
-                v_base + offs_k[:, None] * stride_vn + offs_d[None, :],
-                mask=col_ok[:, None],
-                other=0.0,
-            )
+            k = load_rows(k_base, offs_k, stride_kn, offs_d, col_ok)
+            v = load_rows(v_base, offs_k, stride_vn, offs_d, col_ok)
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
             s = tl.where(col_ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))

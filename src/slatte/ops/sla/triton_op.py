@@ -17,6 +17,7 @@ from .block_map import block_scores, classify, linear_mask, transpose_lists
 from .kernels_backward import (
     sla_bwd_dkdv_kernel,
     sla_bwd_dq_kernel,
+    sla_bwd_key_linear_kernel,
     sla_bwd_preprocess_kernel,
 )
 from .kernels_common import FEATURE_CODES, block_outer_kernel, mask_gemm_kernel
@@ -35,31 +36,40 @@ def _has_linear(nk: int, n_crit: int, n_negl: int, scope: str, has_proj: bool) -
     return has_proj and n_lin > 0
 
 
-def _configs(d: int, block_q: int, block_k: int) -> dict[str, int]:
+def _configs(d: int, block_q: int, block_k: int, itemsize: int) -> dict[str, int]:
     """Tile sizes and launch shape; tiles divide the map's blocks, so a tile has one LUT row.
 
-    `CONFIG_OVERRIDES` (key: head dim) lets benchmarks try others without editing code.
+    Chosen by sweeps on an H100 (benchmarks/NOTES.md, session 5): the backward's loops run
+    fastest with one pipeline stage (their accumulators leave no shared memory for a second
+    CTA per SM otherwise); dq takes 128-row tiles on 8 warps where the map's query blocks allow
+    (with 64-row tiles 8 warps are 2x slower; with fp32 inputs 128 rows need more shared memory
+    than an H100 has). `CONFIG_OVERRIDES` (key: head dim) lets benchmarks try others without
+    editing code.
     """
+    wide = d > 64
+    dq_tall = wide and block_q >= 128 and itemsize <= 2
     cfg = {
         "fwd_m": 128,
         "fwd_n": 64,
-        "fwd_warps": 4 if d <= 64 else 8,
+        "fwd_warps": 8 if wide else 4,
         "fwd_stages": 3,
-        "dq_m": 64,
+        "dq_m": 128 if dq_tall else 64,
         "dq_n": 64,
-        "dq_warps": 4,
-        "dq_stages": 2,
+        "dq_warps": 8 if dq_tall else 4,
+        "dq_stages": 2 if wide and not dq_tall else 3,
         "dkdv_m": 64,
         "dkdv_n": 64,
         "dkdv_warps": 4,
-        "dkdv_stages": 2,
+        "dkdv_stages": 1,
+        "key_linear_n": 32 if wide else 64,
+        "key_linear_warps": 8 if wide else 4,
     }
     cfg.update(CONFIG_OVERRIDES.get(d, {}))
     cfg["fwd_m"], cfg["dq_m"], cfg["dkdv_m"] = (
         min(cfg[x], block_q) for x in ("fwd_m", "dq_m", "dkdv_m")
     )
-    cfg["fwd_n"], cfg["dq_n"], cfg["dkdv_n"] = (
-        min(cfg[x], block_k) for x in ("fwd_n", "dq_n", "dkdv_n")
+    cfg["fwd_n"], cfg["dq_n"], cfg["dkdv_n"], cfg["key_linear_n"] = (
+        min(cfg[x], block_k) for x in ("fwd_n", "dq_n", "dkdv_n", "key_linear_n")
     )
     return cfg
 
@@ -229,7 +239,7 @@ def sla_fwd(
     b, h, n, d = q.shape
     bmap, crit_lut = classify(block_scores(q, k, block_q, block_k), n_crit, n_negl)
     linear = _has_linear(bmap.shape[-1], n_crit, n_negl, linear_scope, proj_weight is not None)
-    cfg = _configs(d, block_q, block_k)
+    cfg = _configs(d, block_q, block_k, q.element_size())
     aux = _empty_aux(q)
     hsum = zsum = aux
     if linear:
@@ -300,7 +310,7 @@ def sla_bwd(
     no projection / bias."""
     b, h, n, d = q.shape
     linear = _has_linear(bmap.shape[-1], n_crit, n_negl, linear_scope, proj_weight is not None)
-    cfg = _configs(d, block_q, block_k)
+    cfg = _configs(d, block_q, block_k, q.element_size())
     prec = _dot_prec(q.dtype)
     aux = _empty_aux(q)
     do = do.contiguous()  # (B, H, N, D) in memory order: the kernels index it as (B*H, N, D)
@@ -342,14 +352,24 @@ def sla_bwd(
         dhsum, dzsum = _linear_sums(
             q, do_l, bmap, block_q, linear_scope, True, feature_map, True, den, -delta_l
         )
+    dk_lin = dv_lin = aux
+    if linear:
+        dk_lin, dv_lin = (_new(q, (b, h, n, d), torch.float32) for _ in range(2))
+        sla_bwd_key_linear_kernel[(triton.cdiv(n, cfg["key_linear_n"]), b * h)](
+            k, v, dhsum, dzsum, dk_lin, dv_lin, *_bh_strides(k), *_bh_strides(v), h, n,
+            1.0 / scale,
+            D=d, BLOCK_N=cfg["key_linear_n"], LUT_BLOCK_K=block_k, FEATURE=flags["FEATURE"],
+            DOT_PREC=prec, SPLIT=flags["SPLIT"], num_warps=cfg["key_linear_warps"],
+        )  # fmt: skip
     crit_rows, crit_starts = transpose_lists(crit_lut, bmap.shape[-1])
     dk, dv = _new_like(k), _new_like(v)
     sla_bwd_dkdv_kernel[(triton.cdiv(n, cfg["dkdv_n"]), b * h)](
-        q, k, v, do, lse, delta_s, dhsum, dzsum, crit_rows, crit_starts, dk, dv,
+        q, k, v, do, lse, delta_s, dk_lin, dv_lin, crit_rows, crit_starts, dk, dv,
         *_bh_strides(q), *_bh_strides(k), *_bh_strides(v), *_bh_strides(dk), *_bh_strides(dv),
         h, n, n_crit, scale * LOG2E, scale,
-        BLOCK_M=cfg["dkdv_m"], BLOCK_N=cfg["dkdv_n"], num_warps=cfg["dkdv_warps"],
-        num_stages=cfg["dkdv_stages"], **flags,
+        D=d, BLOCK_M=cfg["dkdv_m"], BLOCK_N=cfg["dkdv_n"], LUT_BLOCK_Q=block_q,
+        LUT_BLOCK_K=block_k, LINEAR=linear, DOT_PREC=prec, num_warps=cfg["dkdv_warps"],
+        num_stages=cfg["dkdv_stages"],
     )  # fmt: skip
     return dq, dk, dv, dw, db
 
