@@ -11,6 +11,7 @@ import torch.distributed as dist
 from dist_testing import init_gloo, spawn
 
 from slatte.models import VideoDiT, model_config
+from slatte.ops import sparse_linear_attention
 from slatte.ops.attention import attention
 from slatte.ops.sequence_parallel import check_heads, sequence_parallel, ulysses_attention
 from slatte.ops.sla.config import SLAConfig
@@ -19,19 +20,28 @@ WORLD = 2
 SLA = SLAConfig(critical=0.25, negligible=0.25, block_q=16, block_k=16)
 BACKENDS = ("sdpa", "sla_reference")
 MODELS = [(pattern, backend) for pattern in ("alternating", "full") for backend in BACKENDS]
+# Batch 1 takes the copy-free path (the head-sharded q, k, v are strided views of the received
+# buffer); "sla_triton" runs the Triton SLA kernels (the interpreter on a CPU), which read those
+# views through their strides.
+ATTENTION_CASES = [(b, backend) for b in (1, 2) for backend in (*BACKENDS, "sla_triton")]
 
 
 def _errors(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
 
 
-def _attention_case(rank: int, backend: str) -> dict[str, float]:
+def _attention_case(rank: int, b: int, backend: str) -> dict[str, float]:
     gen = torch.Generator().manual_seed(1)
-    b, h, n, d = 2, 4, 128, 16
+    h, n, d = 4, 128, 16
     q, k, v, weight = (torch.randn(b, h, n, d, generator=gen) for _ in range(4))
     proj = 0.3 * torch.randn(d, d, generator=gen)
 
     def attend(q_, k_, v_):
+        if backend == "sla_triton":
+            return sparse_linear_attention(
+                q_, k_, v_, proj, critical=SLA.critical, negligible=SLA.negligible,
+                block_q=SLA.block_q, block_k=SLA.block_k, backend="triton",
+            )  # fmt: skip
         return attention(q_, k_, v_, backend=backend, sla=SLA, proj_weight=proj)
 
     full = [t.clone().requires_grad_() for t in (q, k, v)]
@@ -101,8 +111,8 @@ def _model_case(rank: int, pattern: str, backend: str) -> dict[str, float]:
 def _worker(rank: int, world: int, out_path: str) -> None:
     init_gloo()
     results: dict[str, object] = {}
-    for backend in BACKENDS:
-        results[f"attention/{backend}"] = _attention_case(rank, backend)
+    for b, backend in ATTENTION_CASES:
+        results[f"attention/{backend}/b{b}"] = _attention_case(rank, b, backend)
     for pattern, backend in MODELS:
         results[f"model/{pattern}/{backend}"] = _model_case(rank, pattern, backend)
     q = torch.randn(1, 3, 8, 4)  # 3 heads cannot be split over 2 processes
@@ -122,10 +132,10 @@ def results(tmp_path_factory):
     return [torch.load(f"{path}.{rank}") for rank in range(WORLD)]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_ulysses_attention_matches_one_process(results, backend):
+@pytest.mark.parametrize(("batch", "backend"), ATTENTION_CASES)
+def test_ulysses_attention_matches_one_process(results, batch, backend):
     for rank_results in results:
-        errs = rank_results[f"attention/{backend}"]
+        errs = rank_results[f"attention/{backend}/b{batch}"]
         assert max(errs.values()) < 1e-5, errs
 
 

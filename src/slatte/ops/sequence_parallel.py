@@ -59,20 +59,28 @@ def _exchange(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
     return out
 
 
+# The slices travel token-major, (P, B, n, heads, D): with B = 1 the received chunks, in rank
+# order, are then the whole sequence in (N, H/P, D) order already, so the head-sharded q, k, v
+# are views (in the bnhd layout, which the SLA kernels read through strides and whose layout
+# their output keeps) and that output goes back without another copy. Head-major slices
+# needed a permuting copy of every tensor on each side (4 more copies of a full tensor per
+# attention call).
+
+
 def _seq_to_heads(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
     p = dist.get_world_size(group)
-    # (B, H, n, D) → (P, B, H/P, n, D): slice j of the heads goes to process j.
-    send = rearrange(x, "b (p h) n d -> p b h n d", p=p)
+    # (B, H, n, D) → (P, B, n, H/P, D): slice j of the heads goes to process j.
+    send = rearrange(x, "b (p h) n d -> p b n h d", p=p)
     recv = _exchange(send, group)  # slice i now holds sequence chunk i (from process i)
-    return rearrange(recv, "p b h n d -> b h (p n) d")
+    return rearrange(recv, "p b n h d -> b h (p n) d")
 
 
 def _heads_to_seq(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
     p = dist.get_world_size(group)
-    # (B, H/P, N, D) → (P, B, H/P, N/P, D): sequence chunk j goes back to process j.
-    send = rearrange(x, "b h (p n) d -> p b h n d", p=p)
+    # (B, H/P, N, D) → (P, B, N/P, H/P, D): sequence chunk j goes back to process j.
+    send = rearrange(x, "b h (p n) d -> p b n h d", p=p)
     recv = _exchange(send, group)  # slice i now holds head group i (from process i)
-    return rearrange(recv, "p b h n d -> b (p h) n d")
+    return rearrange(recv, "p b n h d -> b (p h) n d")
 
 
 class _SeqToHeads(torch.autograd.Function):
