@@ -148,15 +148,18 @@ def _stg_grid(rows: list[Row], key: str) -> tuple[np.ndarray, list[str], list[st
     return grid, row_labels, col_labels
 
 
-def plot_stg(rows: list[Row], out: Path) -> Path:
-    """Each STG setting's metric minus CFG alone's, as annotated heat maps."""
+def plot_stg(rows: list[Row], out: Path, model: str) -> Path:
+    """Each STG setting's metric minus CFG alone's, as annotated heat maps (FVD too where the
+    rows have it)."""
     (base,) = [r for r in rows if r["strategy"] is None]
     panels = [
         ("frame_accuracy", "frame accuracy (points)", 100.0, "{:+.1f}", 1),
         ("motion_smoothness", "motion smoothness (×100)", 100.0, "{:+.1f}", 1),
         ("fd", "FD (lower is better; noisy at 50 videos)", 1.0, "{:+.0f}", -1),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 6.6), sharey=True)
+    if "fvd" in base:
+        panels.append(("fvd", "FVD (lower is better; 50 vs 50 clips)", 1.0, "{:+.0f}", -1))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 6.6), sharey=True)
     for ax, (key, name, unit, fmt, sign) in zip(axes, panels, strict=True):
         grid, row_labels, col_labels = _stg_grid(rows, key)
         delta = (grid - base[key]) * unit
@@ -174,7 +177,7 @@ def plot_stg(rows: list[Row], out: Path) -> Path:
         for edge in np.arange(2.5, len(row_labels) - 1, 3):  # separate the strategies
             ax.axhline(edge, color="black", linewidth=1)
     fig.suptitle(
-        "STG on latte_m (step 5,000, EMA) vs CFG 4 alone: 50 videos, 50 DDPM steps, same seeds",
+        f"STG on {model} vs CFG 4 alone: 50 videos, 50 DDPM steps, same seeds",
         fontsize=11,
     )
     fig.tight_layout()
@@ -228,7 +231,9 @@ def plot_sla_sparsity(rows: list[Row], out: Path) -> Path:
         ("fd", "FD (lower is better)", 1.0),
         ("attention_error", "attention error (rel. L2 vs dense)", 1.0),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    if "fvd" in start:
+        panels.append(("fvd", "FVD (lower is better; 50 vs 50 clips)", 1.0))
+    fig, axes = plt.subplots(1, len(panels), figsize=(14 * len(panels) / 3, 3.8))
     xs = sorted(SLA_SPARSITY.values())
     names = sorted(SLA_SPARSITY, key=SLA_SPARSITY.get)
     for ax, (key, label, unit) in zip(axes, panels, strict=True):
@@ -361,7 +366,14 @@ def main() -> None:
         plot_quality_vs_steps(
             load_jsonl(res / "quality_vs_steps.jsonl"), out / "quality_vs_steps.png"
         ),
-        plot_stg(load_jsonl(res / "stg_study.jsonl"), out / "stg_vs_cfg.png"),
+        plot_stg(
+            load_jsonl(res / "stg_study.jsonl"), out / "stg_vs_cfg.png", "latte_m (step 5,000, EMA)"
+        ),
+        plot_stg(
+            load_jsonl(res / "stg_study_fvd.jsonl"),
+            out / "stg_vs_cfg_fvd.png",
+            "the shipped latte-digits-m (bf16)",
+        ),
         plot_sla_steps(
             {
                 "from step 3,000: 300 steps, lr 2e-4 (sla_study_300)": sla_300,
@@ -371,6 +383,9 @@ def main() -> None:
             out / "sla_finetune.png",
         ),
         plot_sla_sparsity(sla_5000, out / "sla_sparsity.png"),
+        plot_sla_sparsity(
+            load_jsonl(res / "sla_study_5000_1200_fvd.jsonl"), out / "sla_sparsity_fvd.png"
+        ),
     ]
     for path in written:
         print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
