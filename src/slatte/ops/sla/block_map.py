@@ -113,6 +113,7 @@ def _classify_kernel(
     import triton
 
     from .kernels_block_map import classify_kernel
+    from .launch import launch
 
     n_blocks = scores.shape[-1]
     rows = scores.reshape(-1, n_blocks).contiguous()
@@ -122,9 +123,10 @@ def _classify_kernel(
     block = triton.next_power_of_2(n_blocks)
     per_program, warps = _launch_shape(n_rows, block, scores.is_cuda)
     if n_rows:
-        classify_kernel[(triton.cdiv(n_rows, per_program),)](
+        launch(
+            classify_kernel, (triton.cdiv(n_rows, per_program),),
             rows, bmap, lut, n_rows, n_blocks, n_crit, n_negl,
-            ROWS=per_program, BLOCK=block, num_warps=warps,
+            ROWS=per_program, BLOCK=block, num_warps=warps, num_stages=3,
         )  # fmt: skip
     return bmap, lut
 

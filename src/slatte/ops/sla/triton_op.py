@@ -22,6 +22,7 @@ from .kernels_backward import (
 )
 from .kernels_common import FEATURE_CODES, block_outer_kernel, mask_gemm_kernel
 from .kernels_forward import LOG2E, sla_fwd_kernel
+from .launch import launch
 from .reference import LINEAR_EPS
 
 # Rows of one program of the backward's preprocessing: few partial dW sums to add up, enough
@@ -145,13 +146,14 @@ def _block_outer(
     hblk = _new(x, (2 if split else 1, b * h, n_blocks, d, d), hdtype)
     zblk = _new(x, (b * h, n_blocks, d), torch.float32)
     aux = _empty_aux(x)
-    block_outer_kernel[(n_blocks, b * h)](
+    launch(
+        block_outer_kernel, (n_blocks, b * h),
         x, y, den if den is not None else aux, c if c is not None else aux,
         hblk[0], hblk[1] if split else aux, zblk,
         *_bh_strides(x), *_bh_strides(y), h, n,
         D=d, ROWS=rows, BLOCK_R=min(rows, 64), FEATURE=FEATURE_CODES[feature_map],
         HAS_DEN=den is not None, HAS_C=c is not None, DOT_PREC=_dot_prec(x.dtype), SPLIT=split,
-        num_warps=8 if d >= 128 else 4,
+        num_warps=8 if d >= 128 else 4, num_stages=3,
     )  # fmt: skip
     return hblk[0], hblk[1] if split else None, zblk
 
@@ -177,7 +179,8 @@ def _mask_gemm(
     # transposed split sum was faster alone with 128 x 256 tiles but not inside the whole
     # backward, so it keeps 64 x 128 tiles and 4 warps.
     block_r, block_cols, warps = (64, min(cols, 128), 4) if transpose else (64, min(cols, 256), 8)
-    mask_gemm_kernel[(triton.cdiv(r, block_r), cols // block_cols, bh)](
+    launch(
+        mask_gemm_kernel, (triton.cdiv(r, block_r), cols // block_cols, bh),
         bmap, x, x_lo if x_lo is not None else x, out, nq * nk, stride_r, stride_c, r, c,
         COLS=cols, SCOPE=SCOPE_CODES[scope], BLOCK_R=block_r, BLOCK_C=64, BLOCK_COLS=block_cols,
         DOT_PREC=_dot_prec(act_dtype), SPLIT=x_lo is not None,
@@ -249,7 +252,8 @@ def sla_fwd(
     o_l = _new(q, (b, h, n, d), torch.float32) if store_aux and linear else aux
     lse = _new(q, (b, h, n), torch.float32) if store_aux else aux
     den = _new(q, (b, h, n), torch.float32) if store_aux and linear else aux
-    sla_fwd_kernel[(triton.cdiv(n, cfg["fwd_m"]), b * h)](
+    launch(
+        sla_fwd_kernel, (triton.cdiv(n, cfg["fwd_m"]), b * h),
         q, k, v,
         proj_weight if proj_weight is not None else aux,
         proj_bias if proj_bias is not None else aux,
@@ -319,12 +323,13 @@ def sla_bwd(
     do_l = _new(q, (b, h, n, d), q.dtype) if linear else aux
     dw_part = _new(q, (b * h * chunks, d, d), torch.float32) if linear else aux
     db_part = _new(q, (b * h * chunks, d), torch.float32) if has_bias else aux
-    sla_bwd_preprocess_kernel[(chunks, b * h)](
+    launch(
+        sla_bwd_preprocess_kernel, (chunks, b * h),
         do, o_s, o_l, proj_weight if linear else aux, delta_s, do_l, dw_part, db_part,
         h, n,
         D=d, ROWS=PREPROCESS_ROWS, BLOCK_M=64, LINEAR=linear, HAS_BIAS=has_bias, DOT_PREC=prec,
         W_PREC="ieee" if q.dtype == torch.float32 else "tf32x3",
-        num_warps=8 if d >= 128 else 4,
+        num_warps=8 if d >= 128 else 4, num_stages=3,
     )  # fmt: skip
     dw = dw_part.sum(0) if linear else aux
     if proj_weight is not None and not linear:
@@ -341,7 +346,8 @@ def sla_bwd(
     if linear:
         delta_l = _new(q, (b, h, n), torch.float32)
         hsum, zsum = _linear_sums(k, v, bmap, block_k, linear_scope, False, feature_map, True)
-    sla_bwd_dq_kernel[(triton.cdiv(n, cfg["dq_m"]), b * h)](
+    launch(
+        sla_bwd_dq_kernel, (triton.cdiv(n, cfg["dq_m"]), b * h),
         q, k, v, do, do_l, lse, delta_s, den, delta_l, hsum, zsum, crit_lut, dq,
         *_bh_strides(q), *_bh_strides(k), *_bh_strides(v), *_bh_strides(dq),
         h, n, n_crit, scale * LOG2E, scale,
@@ -355,15 +361,17 @@ def sla_bwd(
     dk_lin = dv_lin = aux
     if linear:
         dk_lin, dv_lin = (_new(q, (b, h, n, d), torch.float32) for _ in range(2))
-        sla_bwd_key_linear_kernel[(triton.cdiv(n, cfg["key_linear_n"]), b * h)](
+        launch(
+            sla_bwd_key_linear_kernel, (triton.cdiv(n, cfg["key_linear_n"]), b * h),
             k, v, dhsum, dzsum, dk_lin, dv_lin, *_bh_strides(k), *_bh_strides(v), h, n,
             1.0 / scale,
             D=d, BLOCK_N=cfg["key_linear_n"], LUT_BLOCK_K=block_k, FEATURE=flags["FEATURE"],
-            DOT_PREC=prec, SPLIT=flags["SPLIT"], num_warps=cfg["key_linear_warps"],
+            DOT_PREC=prec, SPLIT=flags["SPLIT"], num_warps=cfg["key_linear_warps"], num_stages=1,
         )  # fmt: skip
     crit_rows, crit_starts = transpose_lists(crit_lut, bmap.shape[-1])
     dk, dv = _new_like(k), _new_like(v)
-    sla_bwd_dkdv_kernel[(triton.cdiv(n, cfg["dkdv_n"]), b * h)](
+    launch(
+        sla_bwd_dkdv_kernel, (triton.cdiv(n, cfg["dkdv_n"]), b * h),
         q, k, v, do, lse, delta_s, dk_lin, dv_lin, crit_rows, crit_starts, dk, dv,
         *_bh_strides(q), *_bh_strides(k), *_bh_strides(v), *_bh_strides(dk), *_bh_strides(dv),
         h, n, n_crit, scale * LOG2E, scale,

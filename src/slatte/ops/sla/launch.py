@@ -1,0 +1,47 @@
+"""Kernel launches that fit the GPU they run on.
+
+The SLA kernels' tiles and pipeline depths were chosen on an H100 (227 KB of shared memory per
+block). GPUs with less (A100: 163 KB, most consumer cards: 99 KB) cannot run the deepest of
+them. `launch` starts each kernel with its chosen `num_stages` and, if Triton reports that the
+compiled kernel needs more shared memory than the device has, retries with one stage fewer
+(each stage is one more buffered tile of the loop's operands), down to one; the depth that fits
+is remembered per kernel, constexpr configuration and device, so the search happens once per
+process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from triton.runtime.errors import OutOfResources
+
+# (kernel name, device, constexpr/launch options) -> the deepest num_stages that fitted.
+_STAGES_THAT_FIT: dict[tuple, int] = {}
+
+
+def _device_key(args: tuple[Any, ...]) -> str:
+    for arg in args:
+        if isinstance(arg, torch.Tensor):
+            return str(arg.device)
+    return "?"
+
+
+def launch(kernel: Any, grid: tuple[int, ...], *args: Any, num_stages: int, **options: Any) -> Any:
+    """`kernel[grid](*args, num_stages=..., **options)`, with fewer stages where the device's
+    shared memory needs it. Raises a ValueError naming the kernel when even one stage does not
+    fit."""
+    name = getattr(kernel, "__name__", None) or repr(kernel)
+    key = (name, _device_key(args), tuple(sorted(options.items())))
+    stages = min(num_stages, _STAGES_THAT_FIT.get(key, num_stages))
+    while True:
+        try:
+            return kernel[grid](*args, num_stages=stages, **options)
+        except OutOfResources as err:
+            if "shared memory" not in str(err) or stages == 1:
+                raise ValueError(
+                    f"SLA kernel {name} does not fit this GPU ({err}); options {options}. "
+                    "Use backend='reference', or smaller block_q / block_k."
+                ) from err
+            stages -= 1
+            _STAGES_THAT_FIT[key] = stages
