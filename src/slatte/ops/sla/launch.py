@@ -32,8 +32,10 @@ def launch(kernel: Any, grid: tuple[int, ...], *args: Any, num_stages: int, **op
     shared memory needs it. Raises a ValueError naming the kernel when even one stage does not
     fit."""
     name = getattr(kernel, "__name__", None) or repr(kernel)
-    key = (name, _device_key(args), tuple(sorted(options.items())))
-    stages = min(num_stages, _STAGES_THAT_FIT.get(key, num_stages))
+    stages, key = num_stages, None
+    if _STAGES_THAT_FIT:  # (empty on GPUs where everything fits: no per-launch key to build)
+        key = (name, _device_key(args), tuple(sorted(options.items())))
+        stages = min(num_stages, _STAGES_THAT_FIT.get(key, num_stages))
     while True:
         try:
             return kernel[grid](*args, num_stages=stages, **options)
@@ -44,4 +46,5 @@ def launch(kernel: Any, grid: tuple[int, ...], *args: Any, num_stages: int, **op
                     "Use backend='reference', or smaller block_q / block_k."
                 ) from err
             stages -= 1
+            key = key or (name, _device_key(args), tuple(sorted(options.items())))
             _STAGES_THAT_FIT[key] = stages
