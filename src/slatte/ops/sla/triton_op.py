@@ -40,9 +40,9 @@ def _has_linear(nk: int, n_crit: int, n_negl: int, scope: str, has_proj: bool) -
 def _configs(d: int, block_q: int, block_k: int, itemsize: int) -> dict[str, int]:
     """Tile sizes and launch shape; tiles divide the map's blocks, so a tile has one LUT row.
 
-    Chosen by sweeps on an H100 (benchmarks/NOTES.md, session 5): the backward's loops run
-    fastest with one pipeline stage (their accumulators leave no shared memory for a second
-    CTA per SM otherwise); dq takes 128-row tiles on 8 warps where the map's query blocks allow
+    Chosen by sweeps on an H100 (benchmarks/NOTES.md, session 5): the dk/dv loop runs fastest
+    with one pipeline stage (with two, its tiles leave no shared memory for a second CTA per
+    SM); dq takes 128-row tiles on 8 warps where the map's query blocks allow
     (with 64-row tiles 8 warps are 2x slower; with fp32 inputs 128 rows need more shared memory
     than an H100 has). `CONFIG_OVERRIDES` (key: head dim) lets benchmarks try others without
     editing code.
