@@ -167,9 +167,9 @@ def sla_bwd_dkdv_kernel(
     CRIT_ROWS[CRIT_STARTS[j] : CRIT_STARTS[j + 1]], the transposed critical lists). LINEAR: the
     accumulators start from the linear branch's share (DK_LIN, DV_LIN, fp32, contiguous
     (B*H, N, D), dk's in units of 1 / sm_scale, from `sla_bwd_key_linear_kernel`) instead of
-    zero. That share is computed in
-    its own kernel because its D x D tiles, live next to this loop's two accumulators, made
-    the compiler spill inside the loop (2.6 ms of 5.0 at D = 128 on an H100).
+    zero. That share has a kernel of its own because its D x D tiles, live next to this loop's
+    two accumulators, made the compiler spill inside the loop (2.6 ms of 5.0 at D = 128 on an
+    H100).
     """
     pid_n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -186,9 +186,8 @@ def sla_bwd_dkdv_kernel(
     v = load_rows(V + b * stride_vb + h * stride_vh, offs_n, stride_vn, offs_d, col_ok)
     q_base = Q + b * stride_qb + h * stride_qh
     if LINEAR:
-        lin = (bh * N + offs_n)[:, None] * D + offs_d[None, :]
-        dk = tl.load(DK_LIN + lin, mask=col_ok[:, None], other=0.0)
-        dv = tl.load(DV_LIN + lin, mask=col_ok[:, None], other=0.0)
+        dk = load_rows(DK_LIN + bh * N * D, offs_n, D, offs_d, col_ok)
+        dv = load_rows(DV_LIN + bh * N * D, offs_n, D, offs_d, col_ok)
     else:
         dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
