@@ -3,9 +3,9 @@
 # Usage (repo root, official folders copied into the git-ignored .external/ and carried):
 #   bash benchmarks/gpu_session.sh tune    (kernel configs; not part of "all")
 #   bash benchmarks/gpu_session.sh [grid|compare|bench|all]   (logs under $OUT, or ./gpu_logs)
-#   bash benchmarks/gpu_session.sh versus   (<= 260 s: this tree vs another tree's src, by default
-#     a copy of an earlier commit in .external/head_src/src (OTHER_SRC=...), at the reference
-#     shape, D=128 and D=64, then the GPU grid)
+#   bash benchmarks/gpu_session.sh versus   (<= BUDGET s, default 450: this tree vs another tree's
+#     src, by default a copy of an earlier commit in .external/head_src/src (OTHER_SRC=...), at
+#     the reference shape, D=128 and D=64, then the GPU grid in the time left)
 set -uo pipefail
 what=${1:-all}
 out=${OUT:-gpu_logs}
@@ -27,7 +27,7 @@ if [[ $what == tune ]]; then
   timeout 200 python3 benchmarks/tune_sla.py --d 64 --block-q 64 2>&1 | tee "$out/tune64.log" | grep -v "^{" | tail -n 14
 fi
 if [[ $what == versus ]]; then
-  # <= 260 s. Timings first (they are what the call is for): the reference shape, D=128/bq=128
+  # <= BUDGET s. Timings first (they are what the call is for): the reference shape, D=128/bq=128
   # and D=64/bq=64, for this tree and for another tree side by side on the same GPU (e.g.
   # `git archive REV src | tar -x -C .external/head_src`, carried). Then the GPU grid
   # in the time that is left; -v logs every case as it ends, so a grid cut by the timeout still
@@ -44,7 +44,7 @@ if [[ $what == versus ]]; then
   done
   xdist=()
   python3 -c "import xdist" 2>/dev/null && xdist=(-n 8)
-  left=$((250 - SECONDS))
+  left=$((${BUDGET:-450} - SECONDS))
   timeout $((left > 30 ? left : 30)) python3 -m pytest -v --tb=line ${xdist[@]+"${xdist[@]}"} -p no:cacheprovider \
     tests/ops/test_sla_triton_gpu.py tests/ops/test_sla_triton.py > "$out/grid.log" 2>&1
   echo "grid exit $? after ${SECONDS}s: $(grep -c PASSED "$out/grid.log") passed"
