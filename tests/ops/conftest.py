@@ -27,6 +27,7 @@ def tf32_like_the_gpu():
 
     builder = interpreter.InterpreterBuilder
     exact_dot = builder.create_dot
+    builder.exact_create_dot = exact_dot  # for `exact_products`
 
     def create_dot(self, a, b, d, input_precision, *rest):
         if str(input_precision).upper().endswith("TF32"):  # not TF32x3 or IEEE
@@ -37,3 +38,15 @@ def tf32_like_the_gpu():
     builder.create_dot = create_dot
     yield
     builder.create_dot = exact_dot
+
+
+@pytest.fixture
+def exact_products():
+    """For one test: the interpreter's tf32 products exact again (see the module docstring)."""
+    from triton.runtime import interpreter
+
+    builder = interpreter.InterpreterBuilder
+    truncating = builder.create_dot
+    builder.create_dot = builder.exact_create_dot
+    yield
+    builder.create_dot = truncating

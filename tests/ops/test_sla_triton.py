@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from slatte.ops import sparse_linear_attention
-from slatte.ops.sla import interface
+from slatte.ops.sla import interface, triton_op
 
 from .sla_check import check_sla, make_inputs
 
@@ -48,6 +48,21 @@ def test_wide_head_tiles():
     check_sla(
         *make_inputs(1, 2, 200, 128, torch.float32, DEVICE, seed=3),
         opts(critical=0.25, negligible=0.25, block_q=128, block_k=64),
+    )
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="fp32 stands in for bf16 only in the interpreter")
+@pytest.mark.parametrize("d,block_q", [(32, 32), (128, 128)])
+def test_bf16_pair_path(monkeypatch, exact_products, d, block_q):
+    """bf16 inputs take H_i and dH^(j) as (hi, lo) bf16 pairs in the backward
+    (`triton_op._bf16_pairs`). The interpreter cannot run bf16 products, so fp32 inputs take
+    that path here with exact products: the pair's halves (fp32 holding bf16 values) must give
+    the fp32 gradients; a lost or misplaced lo half would be off by ~2^-9."""
+    monkeypatch.setattr(triton_op, "_bf16_pairs", lambda dtype: True)
+    n, block_k = (200, 16) if d == 32 else (130, 64)
+    check_sla(
+        *make_inputs(1, 2, n, d, torch.float32, DEVICE, seed=4),
+        opts(block_q=block_q, block_k=block_k),
     )
 
 

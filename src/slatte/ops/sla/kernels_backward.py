@@ -23,6 +23,7 @@ def sla_bwd_dq_kernel(
     DEN,
     DELTA_L,
     HBLK,
+    HBLK_LO,
     ZBLK,
     CRIT_LUT,
     DQ,
@@ -52,12 +53,14 @@ def sla_bwd_dq_kernel(
     LINEAR: tl.constexpr,
     DOT_PREC: tl.constexpr,
     SPLIT: tl.constexpr,
+    PAIR: tl.constexpr,
 ):
     """dq for BLOCK_M query rows of one head. Grid: (cdiv(N, BLOCK_M), B * H).
 
     Sparse: dS = P o (dO V^T - Delta_s), dq = scale dS K over the critical blocks. Linear:
     with G = dO_l H_i^T, Delta_l = dO_l . O_l = rowsum(phi(q) o G) / den (stored in DELTA_L for
     the key side), d phi(q) = (G - Delta_l Z_i^T) / den, then the chain rule through phi.
+    H_i is fp32 (HBLK), or with PAIR (bf16 activations) a bf16 pair HBLK + HBLK_LO.
     Delta_l is taken from the same G and phi(q) it cancels against (not from the forward's O_l):
     where S(i) holds one key row, d phi(q) is ~0 and any mismatch between the two terms would be
     all that is left.
@@ -98,12 +101,16 @@ def sla_bwd_dq_kernel(
     if LINEAR:
         do_l = load_rows(DO_L, rows, D, offs_d, row_ok)
         den = tl.load(DEN + rows, mask=row_ok, other=1.0)
-        h_i = tl.load(HBLK + q_block * D * D + offs_d[:, None] * D + offs_d[None, :])
+        offs_h = q_block * D * D + offs_d[:, None] * D + offs_d[None, :]
         z_i = tl.load(ZBLK + q_block * D + offs_d)
-        g = dot_exact_b(
-            do_l.to(tl.float32), tl.trans(h_i), tl.zeros([BLOCK_M, D], dtype=tl.float32),
-            SPLIT, DOT_PREC,
-        )  # fmt: skip
+        if PAIR:  # H_i as a bf16 pair: exact products with the bf16 dO_l
+            g = tl.dot(do_l, tl.trans(tl.load(HBLK + offs_h)))
+            g = tl.dot(do_l, tl.trans(tl.load(HBLK_LO + offs_h)), g)
+        else:
+            g = dot_exact_b(
+                do_l.to(tl.float32), tl.trans(tl.load(HBLK + offs_h)),
+                tl.zeros([BLOCK_M, D], dtype=tl.float32), SPLIT, DOT_PREC,
+            )  # fmt: skip
         q32 = q.to(tl.float32)
         fq = feature_map(q32, FEATURE)
         # phi(q) as the forward rounded it (its den was built from this one).
@@ -228,6 +235,7 @@ def sla_bwd_key_linear_kernel(
     K,
     V,
     DHBLK,
+    DHBLK_LO,
     DZBLK,
     DK_LIN,
     DV_LIN,
@@ -246,11 +254,13 @@ def sla_bwd_key_linear_kernel(
     FEATURE: tl.constexpr,
     DOT_PREC: tl.constexpr,
     SPLIT: tl.constexpr,
+    PAIR: tl.constexpr,
 ):
     """The linear branch's share of dk, dv for BLOCK_N key rows of one head, in fp32, where
     the dk/dv kernel picks it up (dk divided by sm_scale, which that kernel applies at its end).
     Grid: (cdiv(N, BLOCK_N), B * H). With dH^(j), dZ^(j) summed over the query blocks whose S(i)
-    holds this key block: d phi(k) = v dH^T + dZ, dv = phi(k) dH.
+    holds this key block: d phi(k) = v dH^T + dZ, dv = phi(k) dH. dH is fp32 (DHBLK), or with
+    PAIR (bf16 activations) a bf16 pair DHBLK + DHBLK_LO whose products are exact in fp32.
     """
     pid_n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -264,18 +274,27 @@ def sla_bwd_key_linear_kernel(
     v = load_rows(V + b * stride_vb + h * stride_vh, offs_n, stride_vn, offs_d, col_ok)
     k32 = k.to(tl.float32)
     fk = tl.where(col_ok[:, None], feature_map(k32, FEATURE), 0.0)
-    dh = tl.load(DHBLK + k_block * D * D + offs_d[:, None] * D + offs_d[None, :])
+    offs_dh = k_block * D * D + offs_d[:, None] * D + offs_d[None, :]
     dz = tl.load(DZBLK + k_block * D + offs_d)
     # dH unrounded in both products: v dH^T and dZ cancel where the query rows' O_l is close
     # to v, and dv = phi(k) dH sums same-signed terms (relu / softmax features), where the
     # one-sided error of dH truncated by the tensor cores adds up.
     dz_rows = tl.zeros([BLOCK_N, D], dtype=tl.float32) + dz[None, :]
-    dfk = dot_exact_b(v.to(tl.float32), tl.trans(dh), dz_rows, SPLIT, DOT_PREC)
-    # phi(k) rounded as in the forward's sums (exact in tf32).
-    dv = dot_exact_b(
-        fk.to(k.dtype).to(tl.float32), dh, tl.zeros([BLOCK_N, D], dtype=tl.float32),
-        SPLIT, DOT_PREC,
-    )  # fmt: skip
+    # phi(k) rounded as in the forward's sums (exact in tf32 and in bf16).
+    fk_r = fk.to(k.dtype)
+    if PAIR:
+        dh_hi = tl.load(DHBLK + offs_dh)
+        dh_lo = tl.load(DHBLK_LO + offs_dh)
+        dfk = tl.dot(v, tl.trans(dh_hi), dz_rows)
+        dfk = tl.dot(v, tl.trans(dh_lo), dfk)
+        dv = tl.dot(fk_r, dh_hi)
+        dv = tl.dot(fk_r, dh_lo, dv)
+    else:
+        dh = tl.load(DHBLK + offs_dh)
+        dfk = dot_exact_b(v.to(tl.float32), tl.trans(dh), dz_rows, SPLIT, DOT_PREC)
+        dv = dot_exact_b(
+            fk_r.to(tl.float32), dh, tl.zeros([BLOCK_N, D], dtype=tl.float32), SPLIT, DOT_PREC
+        )
     dk = feature_map_grad(k32, fk, dfk, FEATURE) * inv_sm_scale
     lin = (bh * N + offs_n)[:, None] * D + offs_d[None, :]
     tl.store(DK_LIN + lin, dk, mask=col_ok[:, None])

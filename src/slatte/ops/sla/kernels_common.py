@@ -171,6 +171,7 @@ def mask_gemm_kernel(
     X,
     X_LO,
     OUT,
+    OUT_LO,
     stride_mbh,
     stride_mr,
     stride_mc,
@@ -183,8 +184,10 @@ def mask_gemm_kernel(
     BLOCK_COLS: tl.constexpr,
     DOT_PREC: tl.constexpr,
     SPLIT: tl.constexpr,
+    PAIR_OUT: tl.constexpr,
 ):
-    """OUT[bh, r] = sum over c of S(MAP[bh, r, c]) X[bh, c] (fp32), S the linear branch's
+    """OUT[bh, r] = sum over c of S(MAP[bh, r, c]) X[bh, c] (fp32; PAIR_OUT: as a bf16 pair
+    OUT + OUT_LO, within 2^-17 of it, for products on bf16 tensor cores), S the linear branch's
     selection from the block map codes: SCOPE 0 "marginal" (code 0), 1 "noncritical" (codes 0,
     -1), 2 "all". Grid: (cdiv(R, BLOCK_R), COLS / BLOCK_COLS, B*H).
 
@@ -229,6 +232,11 @@ def mask_gemm_kernel(
                 other=0.0,
             )
             acc = tl.dot(w, x_lo, acc, input_precision=DOT_PREC)
-    tl.store(
-        OUT + (bh * R + offs_r[:, None]) * COLS + offs_col[None, :], acc, mask=offs_r[:, None] < R
-    )
+    offs_out = (bh * R + offs_r[:, None]) * COLS + offs_col[None, :]
+    if PAIR_OUT:
+        hi = round_bf16(acc)
+        tl.store(OUT + offs_out, hi.to(OUT.dtype.element_ty), mask=offs_r[:, None] < R)
+        lo = round_bf16(acc - hi).to(OUT_LO.dtype.element_ty)
+        tl.store(OUT_LO + offs_out, lo, mask=offs_r[:, None] < R)
+    else:
+        tl.store(OUT + offs_out, acc, mask=offs_r[:, None] < R)

@@ -37,15 +37,16 @@ def _has_linear(nk: int, n_crit: int, n_negl: int, scope: str, has_proj: bool) -
     return has_proj and n_lin > 0
 
 
-def _configs(d: int, block_q: int, block_k: int, itemsize: int) -> dict[str, int]:
+def _configs(d: int, block_q: int, block_k: int, itemsize: int, pair: bool = False) -> dict[str, int]:
     """Tile sizes and launch shape; tiles divide the map's blocks, so a tile has one LUT row.
 
     Chosen by sweeps on an H100 (benchmarks/NOTES.md, session 5): the dk/dv loop runs fastest
     with one pipeline stage (with two, its tiles leave no shared memory for a second CTA per
     SM); dq takes 128-row tiles on 8 warps where the map's query blocks allow
     (with 64-row tiles 8 warps are 2x slower; with fp32 inputs 128 rows need more shared memory
-    than an H100 has). `CONFIG_OVERRIDES` (key: head dim) lets benchmarks try others without
-    editing code.
+    than an H100 has). The key side's linear share takes 32-row tiles on 8 warps at D > 64 with
+    fp32 dH, 64 rows on 4 warps with the bf16 pair (`pair`). `CONFIG_OVERRIDES` (key: head dim)
+    lets benchmarks try others without editing code.
     """
     wide = d > 64
     dq_tall = wide and block_q >= 128 and itemsize <= 2
@@ -62,8 +63,8 @@ def _configs(d: int, block_q: int, block_k: int, itemsize: int) -> dict[str, int
         "dkdv_n": 64,
         "dkdv_warps": 4,
         "dkdv_stages": 1,
-        "key_linear_n": 32 if wide else 64,
-        "key_linear_warps": 8 if wide else 4,
+        "key_linear_n": 32 if wide and not pair else 64,
+        "key_linear_warps": 8 if wide and not pair else 4,
     }
     cfg.update(CONFIG_OVERRIDES.get(d, {}))
     cfg["fwd_m"], cfg["dq_m"], cfg["dkdv_m"] = (
@@ -125,6 +126,14 @@ def _pair_dtype() -> torch.dtype:
     return torch.float32 if os.environ.get("TRITON_INTERPRET") == "1" else torch.bfloat16
 
 
+def _bf16_pairs(dtype: torch.dtype) -> bool:
+    # bf16 inputs: the backward's H_i and dH^(j) come as bf16 (hi, lo) pairs, so the linear
+    # branch's gradient products run on bf16 tensor cores (the key side 2.4x faster than split
+    # tf32 at D = 128 on an H100, same error against fp64). fp16 activations cannot be multiplied
+    # with bf16 halves (tf32 split there); nor can the interpreter's bf16 (see `_pair_dtype`).
+    return dtype == torch.bfloat16 and _pair_dtype() == torch.bfloat16
+
+
 def _block_outer(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -165,15 +174,18 @@ def _mask_gemm(
     scope: str,
     transpose: bool,
     act_dtype: torch.dtype,
-) -> torch.Tensor:
-    """fp32 (B*H, R, COLS): each row's sum of the x (+ x_lo) rows its S selects (see the kernel).
+    pair_out: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B*H, R, COLS): each row's sum of the x (+ x_lo) rows its S selects (see the kernel), in
+    fp32, or with `pair_out` as a (hi, lo) pair of bf16 values (and None otherwise).
 
     Not transposed: rows are query blocks, x is per key block. Transposed: the other way round.
     """
     nq, nk = bmap.shape[-2:]
     bh, _, cols = x.shape
     r, c, stride_r, stride_c = (nk, nq, 1, nk) if transpose else (nq, nk, nk, 1)
-    out = _new(x, (bh, r, cols), torch.float32)
+    out = _new(x, (bh, r, cols), _pair_dtype() if pair_out else torch.float32)
+    out_lo = _new(x, (bh, r, cols), _pair_dtype()) if pair_out else None
     # Measured on the H100 at 32,760 tokens (benchmarks/NOTES.md, session 4): the forward's sum
     # is faster with 256-wide column tiles and 8 warps (D=128: 0.32 -> 0.26 ms). The backward's
     # transposed split sum was faster alone with 128 x 256 tiles but not inside the whole
@@ -181,12 +193,13 @@ def _mask_gemm(
     block_r, block_cols, warps = (64, min(cols, 128), 4) if transpose else (64, min(cols, 256), 8)
     launch(
         mask_gemm_kernel, (triton.cdiv(r, block_r), cols // block_cols, bh),
-        bmap, x, x_lo if x_lo is not None else x, out, nq * nk, stride_r, stride_c, r, c,
+        bmap, x, x_lo if x_lo is not None else x, out, out_lo if pair_out else out, nq * nk,
+        stride_r, stride_c, r, c,
         COLS=cols, SCOPE=SCOPE_CODES[scope], BLOCK_R=block_r, BLOCK_C=64, BLOCK_COLS=block_cols,
-        DOT_PREC=_dot_prec(act_dtype), SPLIT=x_lo is not None,
+        DOT_PREC=_dot_prec(act_dtype), SPLIT=x_lo is not None, PAIR_OUT=pair_out,
         num_warps=warps, num_stages=3,
     )  # fmt: skip
-    return out
+    return out, out_lo
 
 
 def _linear_sums(
@@ -200,11 +213,13 @@ def _linear_sums(
     exact: bool,
     den: torch.Tensor | None = None,
     c: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    pair_out: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Per-block outer sums of x, y, then summed over S into the other side's blocks.
 
     Forward (x = k, y = v): H_i, Z_i of every query block. Backward (x = q, y = dO_l,
-    transpose): dH^(j), dZ^(j) of every key block. Returns (B*H, blocks, D, D), (B*H, blocks, D).
+    transpose): dH^(j), dZ^(j) of every key block. Returns (B*H, blocks, D, D) in fp32 (or, with
+    `pair_out`, its hi half, then its lo half; else None), and (B*H, blocks, D).
     `exact`: H / dH to ~fp32 accuracy, as the backward's cancellations need (the forward's
     output is fine with sums rounded like the activations).
     """
@@ -212,11 +227,15 @@ def _linear_sums(
     hblk, hblk_lo, zblk = _block_outer(x, y, rows, feature_map, exact, den, c)
     flat = hblk.view(hblk.shape[0], -1, d * d)
     flat_lo = None if hblk_lo is None else hblk_lo.view(flat.shape)
-    hsum = _mask_gemm(bmap, flat, flat_lo, scope, transpose, x.dtype)
+    hsum, hsum_lo = _mask_gemm(bmap, flat, flat_lo, scope, transpose, x.dtype, pair_out)
     # The D-wide z sums are tiny: a plain fp32 product with the 0/1 selection.
     select = linear_mask(bmap, scope).flatten(0, 1).to(torch.float32)
     zsum = (select.transpose(1, 2) if transpose else select) @ zblk
-    return hsum.view(hsum.shape[0], -1, d, d), zsum
+    return (
+        hsum.view(hsum.shape[0], -1, d, d),
+        None if hsum_lo is None else hsum_lo.view(hsum_lo.shape[0], -1, d, d),
+        zsum,
+    )
 
 
 @torch.library.custom_op("slatte::sla_fwd", mutates_args=())
@@ -246,7 +265,7 @@ def sla_fwd(
     aux = _empty_aux(q)
     hsum = zsum = aux
     if linear:
-        hsum, zsum = _linear_sums(k, v, bmap, block_k, linear_scope, False, feature_map, False)
+        hsum, _, zsum = _linear_sums(k, v, bmap, block_k, linear_scope, False, feature_map, False)
     o = _new_like(q)
     o_s = _new(q, (b, h, n, d), q.dtype) if store_aux else aux
     o_l = _new(q, (b, h, n, d), torch.float32) if store_aux and linear else aux
@@ -314,7 +333,8 @@ def sla_bwd(
     no projection / bias."""
     b, h, n, d = q.shape
     linear = _has_linear(bmap.shape[-1], n_crit, n_negl, linear_scope, proj_weight is not None)
-    cfg = _configs(d, block_q, block_k, q.element_size())
+    pair = linear and _bf16_pairs(q.dtype)
+    cfg = _configs(d, block_q, block_k, q.element_size(), pair)
     prec = _dot_prec(q.dtype)
     aux = _empty_aux(q)
     do = do.contiguous()  # (B, H, N, D) in memory order: the kernels index it as (B*H, N, D)
@@ -342,31 +362,34 @@ def sla_bwd(
     # The dq kernel computes Delta_l (from the same rounded terms it cancels against there),
     # which the key side's dZ sums need: dq runs first.
     dq = _new_like(q)
-    delta_l = hsum = zsum = dhsum = dzsum = aux
+    delta_l = hsum = hsum_lo = zsum = aux
     if linear:
         delta_l = _new(q, (b, h, n), torch.float32)
-        hsum, zsum = _linear_sums(k, v, bmap, block_k, linear_scope, False, feature_map, True)
+        hsum, hsum_lo, zsum = _linear_sums(
+            k, v, bmap, block_k, linear_scope, False, feature_map, True, pair_out=pair
+        )
     launch(
         sla_bwd_dq_kernel, (triton.cdiv(n, cfg["dq_m"]), b * h),
-        q, k, v, do, do_l, lse, delta_s, den, delta_l, hsum, zsum, crit_lut, dq,
+        q, k, v, do, do_l, lse, delta_s, den, delta_l, hsum, hsum_lo if pair else hsum, zsum,
+        crit_lut, dq,
         *_bh_strides(q), *_bh_strides(k), *_bh_strides(v), *_bh_strides(dq),
         h, n, n_crit, scale * LOG2E, scale,
         BLOCK_M=cfg["dq_m"], BLOCK_N=cfg["dq_n"], num_warps=cfg["dq_warps"],
-        num_stages=cfg["dq_stages"], **flags,
+        num_stages=cfg["dq_stages"], PAIR=pair, **flags,
     )  # fmt: skip
-    if linear:
-        dhsum, dzsum = _linear_sums(
-            q, do_l, bmap, block_q, linear_scope, True, feature_map, True, den, -delta_l
-        )
     dk_lin = dv_lin = aux
     if linear:
+        dhsum, dhsum_lo, dzsum = _linear_sums(
+            q, do_l, bmap, block_q, linear_scope, True, feature_map, True, den, -delta_l, pair
+        )
         dk_lin, dv_lin = (_new(q, (b, h, n, d), torch.float32) for _ in range(2))
         launch(
             sla_bwd_key_linear_kernel, (triton.cdiv(n, cfg["key_linear_n"]), b * h),
-            k, v, dhsum, dzsum, dk_lin, dv_lin, *_bh_strides(k), *_bh_strides(v), h, n,
-            1.0 / scale,
+            k, v, dhsum, dhsum_lo if pair else dhsum, dzsum, dk_lin, dv_lin,
+            *_bh_strides(k), *_bh_strides(v), h, n, 1.0 / scale,
             D=d, BLOCK_N=cfg["key_linear_n"], LUT_BLOCK_K=block_k, FEATURE=flags["FEATURE"],
-            DOT_PREC=prec, SPLIT=flags["SPLIT"], num_warps=cfg["key_linear_warps"], num_stages=1,
+            DOT_PREC=prec, SPLIT=flags["SPLIT"], PAIR=pair, num_warps=cfg["key_linear_warps"],
+            num_stages=1,
         )  # fmt: skip
     crit_rows, crit_starts = transpose_lists(crit_lut, bmap.shape[-1])
     dk, dv = _new_like(k), _new_like(v)
