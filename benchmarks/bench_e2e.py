@@ -10,23 +10,26 @@ SLA ≈ 327 ms on an H200).
     python benchmarks/bench_e2e.py                          # GPU, full shape
     python benchmarks/bench_e2e.py --official .external/SLA # + the official SLA (git-ignored)
     python benchmarks/bench_e2e.py --smoke                  # tiny shape, any device (dry run)
+    python benchmarks/bench_e2e.py --no-train --profile     # + where each forward's time goes
 
 `--official PATH`: a checkout of github.com/thu-ml/SLA (the folder holding the
 `sparse_linear_attention` package); it is imported from there, never from the project.
 Prints one JSON line (device, versions, every time, speed-ups over the dense eager forward) and
-a table; a variant that fails (e.g. cannot compile here) is recorded with its error.
+a table; a variant that fails (e.g. cannot compile here) is recorded with its error. `--profile`
+adds each forward's GPU time by kind of kernel (`KERNEL_KINDS`) and its slowest kernels.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
 import torch
 
-from common import environment, report
+from common import environment, kernel_ms, report
 from slatte.bench import median_ms
 
 WAN_1_3B = {
@@ -101,6 +104,24 @@ def disable_official(model, originals) -> None:
 # Timing
 # ---------------------------------------------------------------------------------------------
 
+# Kernel name patterns, first match wins: where a forward's GPU time goes. Inductor's kernels
+# come first: their names list the graph nodes they read, "sla_fwd" included.
+KERNEL_KINDS = {
+    "fused_elementwise": r"^triton_",
+    "sla": r"^sla_|mask_gemm|block_outer|classify",  # (its pooling and scores are torch ops)
+    "dense_attention": r"flash|fmha|attention|cudnn",
+    "gemm": r"gemm|nvjet|sm90_xmma|cutlass|cublas",
+}
+
+
+def kernel_kinds(kernels: dict[str, float]) -> dict[str, float]:
+    """ms per forward summed by `KERNEL_KINDS` (the rest under "other")."""
+    kinds = dict.fromkeys([*KERNEL_KINDS, "other"], 0.0)
+    for name, ms in kernels.items():
+        kind = next((k for k, pat in KERNEL_KINDS.items() if re.search(pat, name)), "other")
+        kinds[kind] += ms
+    return {k: round(v, 2) for k, v in kinds.items()}
+
 
 def cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> None:
     """Cast to `dtype` but keep the modules diffusers keeps in fp32 when loading with
@@ -126,6 +147,9 @@ def main() -> None:
         "--no-grad-ckpt", action="store_true", help="train without gradient checkpointing"
     )
     parser.add_argument("--variants", default="dense,slatte,official")
+    parser.add_argument(
+        "--profile", action="store_true", help="GPU time of each forward by kind of kernel"
+    )
     args = parser.parse_args()
 
     import diffusers
@@ -175,6 +199,12 @@ def main() -> None:
                 return run(x, timestep, context, return_dict=False)[0]
 
         row["forward_ms"] = median_ms(forward, device, warmup=args.warmup, repeats=args.reps)
+        if args.profile and device.type == "cuda":
+            kernels = kernel_ms(forward, repeats=2)
+            row["kernel_kinds_ms"] = kernel_kinds(kernels)
+            row["slowest_kernels_ms"] = {
+                n[:90]: round(ms, 2) for n, ms in list(kernels.items())[:12]
+            }
         if not args.no_train:
             model.train()
             if args.no_grad_ckpt:

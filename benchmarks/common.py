@@ -43,6 +43,24 @@ def try_bench(fn: Callable[[], Any], **kwargs: Any) -> float | str:
         return f"error: {type(exc).__name__}: {str(exc)[:120]}"
 
 
+def kernel_ms(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
+    """GPU time per call of every kernel `fn` launches (torch profiler, `repeats` calls after
+    the caller's warm-up), slowest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            fn()
+        torch.cuda.synchronize()
+    times = {
+        e.key: e.self_device_time_total / 1e3 / repeats
+        for e in prof.key_averages()
+        if e.device_type == torch.autograd.DeviceType.CUDA
+    }
+    return dict(sorted(times.items(), key=lambda kv: -kv[1]))
+
+
 def report(record: dict[str, Any], rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
     """Print the record (with `rows`) as one JSON line, then `rows` as a plain-text table."""
     print(json.dumps({**record, "rows": list(rows)}))

@@ -37,7 +37,9 @@ def _has_linear(nk: int, n_crit: int, n_negl: int, scope: str, has_proj: bool) -
     return has_proj and n_lin > 0
 
 
-def _configs(d: int, block_q: int, block_k: int, itemsize: int, pair: bool = False) -> dict[str, int]:
+def _configs(
+    d: int, block_q: int, block_k: int, itemsize: int, pair: bool = False
+) -> dict[str, int]:
     """Tile sizes and launch shape; tiles divide the map's blocks, so a tile has one LUT row.
 
     Chosen by sweeps on an H100 (benchmarks/NOTES.md, session 5): the dk/dv loop runs fastest
