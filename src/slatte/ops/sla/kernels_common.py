@@ -186,8 +186,9 @@ def mask_gemm_kernel(
     SPLIT: tl.constexpr,
     PAIR_OUT: tl.constexpr,
 ):
-    """OUT[bh, r] = sum over c of S(MAP[bh, r, c]) X[bh, c] (fp32; PAIR_OUT: as a bf16 pair
-    OUT + OUT_LO, within 2^-17 of it, for products on bf16 tensor cores), S the linear branch's
+    """OUT[bh, r] = sum over c of S(MAP[bh, r, c]) X[bh, c] (summed in fp32, stored in OUT's
+    dtype; PAIR_OUT: as a bf16 pair OUT + OUT_LO, within 2^-17 of the fp32 sum, for products on
+    bf16 tensor cores), S the linear branch's
     selection from the block map codes: SCOPE 0 "marginal" (code 0), 1 "noncritical" (codes 0,
     -1), 2 "all". Grid: (cdiv(R, BLOCK_R), COLS / BLOCK_COLS, B*H).
 
@@ -239,4 +240,4 @@ def mask_gemm_kernel(
         lo = round_bf16(acc - hi).to(OUT_LO.dtype.element_ty)
         tl.store(OUT_LO + offs_out, lo, mask=offs_r[:, None] < R)
     else:
-        tl.store(OUT + offs_out, acc, mask=offs_r[:, None] < R)
+        tl.store(OUT + offs_out, acc.to(OUT.dtype.element_ty), mask=offs_r[:, None] < R)

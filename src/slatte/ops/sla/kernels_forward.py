@@ -99,21 +99,28 @@ def sla_fwd_kernel(
     out = o_s
 
     if LINEAR:
-        fq = feature_map(q.to(tl.float32), FEATURE).to(q.dtype).to(tl.float32)
         h_i = tl.load(HBLK + q_block * D * D + offs_d[:, None] * D + offs_d[None, :])
         z_i = tl.load(ZBLK + q_block * D + offs_d)
-        den = tl.sum(fq * z_i[None, :], 1) + eps
-        if DOT_PREC == "tf32":
-            # fp32 operands rounded to nearest, not truncated by the tensor cores (a one-sided
-            # error that adds up over the D terms of a row; see `round_tf32`).
-            h_i = round_tf32(h_i)
-        o_l = tl.dot(fq, h_i, input_precision=DOT_PREC) / den[:, None]
         # W is (out, in): proj(o_l) = o_l W^T.
         w_t = tl.load(W + offs_d[None, :] * D + offs_d[:, None])
-        if DOT_PREC == "tf32":
-            out = tl.dot(round_tf32(o_l), round_tf32(w_t), out, input_precision=DOT_PREC)
+        fq = feature_map(q.to(tl.float32), FEATURE).to(q.dtype)
+        den = tl.sum(fq.to(tl.float32) * z_i[None, :], 1) + eps
+        if HBLK.dtype.element_ty == tl.bfloat16:
+            # bf16 activations: H_i and W rounded to bf16, both products on bf16 tensor cores
+            # (fp32 operands here made the compiler spill: benchmarks/NOTES.md, session 6).
+            o_l = tl.dot(fq, h_i) / den[:, None]
+            out = tl.dot(o_l.to(tl.bfloat16), w_t.to(tl.bfloat16), out)
         else:
-            out = tl.dot(o_l, w_t, out, input_precision=DOT_PREC)
+            fq = fq.to(tl.float32)
+            if DOT_PREC == "tf32":
+                # fp32 operands rounded to nearest, not truncated by the tensor cores (a
+                # one-sided error that adds up over the D terms of a row; see `round_tf32`).
+                h_i = round_tf32(h_i)
+            o_l = tl.dot(fq, h_i, input_precision=DOT_PREC) / den[:, None]
+            if DOT_PREC == "tf32":
+                out = tl.dot(round_tf32(o_l), round_tf32(w_t), out, input_precision=DOT_PREC)
+            else:
+                out = tl.dot(o_l, w_t, out, input_precision=DOT_PREC)
     if HAS_BIAS:
         out += tl.load(BIAS + offs_d)[None, :]
     tl.store(

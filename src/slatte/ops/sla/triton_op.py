@@ -122,6 +122,13 @@ def _block_sum_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
+def _forward_sum_dtype(dtype: torch.dtype) -> torch.dtype:
+    # H_i summed over S(i), as the forward multiplies it with phi(q): bf16 for bf16 activations
+    # (bf16 tensor cores, half the bytes, rounded once like the reference's sums; bf16 has fp32's
+    # range), else fp32 (an fp16 sum over up to N rows could overflow).
+    return _block_sum_dtype(dtype) if dtype == torch.bfloat16 else torch.float32
+
+
 def _pair_dtype() -> torch.dtype:
     # The exact sums' (hi, lo) halves: bf16 values, stored as such on the GPU; as fp32 under
     # Triton's interpreter, whose bf16 arithmetic is unreliable (the values are the same).
@@ -176,17 +183,18 @@ def _mask_gemm(
     scope: str,
     transpose: bool,
     act_dtype: torch.dtype,
+    out_dtype: torch.dtype = torch.float32,
     pair_out: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(B*H, R, COLS): each row's sum of the x (+ x_lo) rows its S selects (see the kernel), in
-    fp32, or with `pair_out` as a (hi, lo) pair of bf16 values (and None otherwise).
+    `out_dtype`, or with `pair_out` as a (hi, lo) pair of bf16 values (and None otherwise).
 
     Not transposed: rows are query blocks, x is per key block. Transposed: the other way round.
     """
     nq, nk = bmap.shape[-2:]
     bh, _, cols = x.shape
     r, c, stride_r, stride_c = (nk, nq, 1, nk) if transpose else (nq, nk, nk, 1)
-    out = _new(x, (bh, r, cols), _pair_dtype() if pair_out else torch.float32)
+    out = _new(x, (bh, r, cols), _pair_dtype() if pair_out else out_dtype)
     out_lo = _new(x, (bh, r, cols), _pair_dtype()) if pair_out else None
     # Measured on the H100 at 32,760 tokens (benchmarks/NOTES.md, session 4): the forward's sum
     # is faster with 256-wide column tiles and 8 warps (D=128: 0.32 -> 0.26 ms). The backward's
@@ -229,7 +237,8 @@ def _linear_sums(
     hblk, hblk_lo, zblk = _block_outer(x, y, rows, feature_map, exact, den, c)
     flat = hblk.view(hblk.shape[0], -1, d * d)
     flat_lo = None if hblk_lo is None else hblk_lo.view(flat.shape)
-    hsum, hsum_lo = _mask_gemm(bmap, flat, flat_lo, scope, transpose, x.dtype, pair_out)
+    out_dtype = torch.float32 if exact else _forward_sum_dtype(x.dtype)
+    hsum, hsum_lo = _mask_gemm(bmap, flat, flat_lo, scope, transpose, x.dtype, out_dtype, pair_out)
     # The D-wide z sums are tiny: a plain fp32 product with the 0/1 selection.
     select = linear_mask(bmap, scope).flatten(0, 1).to(torch.float32)
     zsum = (select.transpose(1, 2) if transpose else select) @ zblk
