@@ -17,7 +17,7 @@ Run without torchrun; it launches itself under `torchrun --standalone` once per 
    1-GPU time over N-GPU time.
 
 NVLink multicast (NVLS) stays off: NCCL_NVLS_ENABLE=0 is set before the process group exists.
-Prints one JSON object and a table.
+Prints one JSON object and a table (`--profile`: and each attention call's slowest kernels).
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ os.environ["NCCL_NVLS_ENABLE"] = "0"  # before torch.distributed initialises NCC
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+
+from common import kernel_ms  # noqa: E402
 
 
 # --------------------------------------------------------------------------- timing
@@ -131,6 +133,9 @@ def attention_times(args: argparse.Namespace, world: int) -> list[dict]:
             try:
                 with torch.no_grad():
                     row["forward_ms"] = round(_time_ms(call, warmup=2, repeats=args.repeats), 3)
+                    if args.profile:  # this process's kernels (rank 0's are reported)
+                        kernels = kernel_ms(call, repeats=3)
+                        row["kernels_ms"] = {n[:80]: round(ms, 3) for n, ms in kernels.items()}
             except Exception as err:  # report, keep measuring the other shapes
                 row["error"] = f"{type(err).__name__}: {err}"[:300]
             rows.append(row)
@@ -220,6 +225,12 @@ def print_table(report: dict, counts: list[int]) -> None:
                 ratio = report["speedup"].get(str(gpus), {}).get(key, 1.0)
                 ms = row.get("forward_ms", row.get("error", "?"))
                 print(f"| {row['backend']} | {row['seq_len']} | {gpus} | {ms} | {ratio}× |")
+    for gpus in counts:  # --profile: the slowest kernels of each call
+        for row in runs[gpus].get("attention", []):
+            if "kernels_ms" in row:
+                print(f"\n{row['backend']}, {row['seq_len']} tokens, {gpus} GPUs (rank 0):")
+                for name, ms in list(row["kernels_ms"].items())[:10]:
+                    print(f"  {ms:8.3f} ms  {name}")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -239,6 +250,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-attention", action="store_true")
+    p.add_argument("--profile", action="store_true", help="GPU time per kernel of each call")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -49,11 +49,32 @@ def check_heads(num_heads: int, size: int) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+# Word sizes (bytes) and dtypes that a permuting copy can move its rows in.
+_WORDS = ((16, torch.complex128), (8, torch.int64), (4, torch.int32))
+
+
+def _contiguous_by_rows(x: torch.Tensor) -> torch.Tensor:
+    """`x.contiguous()` for a permuted view whose last dim is contiguous, moving each row in
+    16-, 8- or 4-byte words instead of element by element: PyTorch copies a permuted bf16 tensor
+    one 2-byte element per thread, at about a quarter of the memory bandwidth (0.25 ms per 134 MB
+    tensor on an H200, benchmarks/NOTES.md, session 6)."""
+    if x.is_contiguous():
+        return x
+    row_bytes = x.shape[-1] * x.element_size()
+    byte_strides = [s * x.element_size() for s in x.stride()[:-1]]
+    offset = x.storage_offset() * x.element_size()
+    for word, dtype in _WORDS:
+        aligned = all(b % word == 0 for b in [row_bytes, offset, *byte_strides])
+        if x.stride(-1) == 1 and word > x.element_size() and aligned:
+            return x.view(dtype).contiguous().view(x.dtype)
+    return x.contiguous()
+
+
 def _exchange(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
     """all_to_all_single over dim 0, which must have one slice per process."""
     # Contiguous first: empty_like copies the strides of a permuted view, but the collective
     # reads and writes flat memory.
-    x = x.contiguous()
+    x = _contiguous_by_rows(x)
     out = torch.empty_like(x)
     dist.all_to_all_single(out, x, group=group)
     return out
