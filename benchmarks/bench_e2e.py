@@ -1,6 +1,7 @@
 """End to end: one forward (and one training step) of a Wan2.1-1.3B-shaped diffusers
 `WanTransformer3DModel`, self-attention through diffusers' default dispatch vs slatte SLA
-(95% sparsity) vs the official SLA (if `--official PATH` is given), eager and `torch.compile`.
+(95% sparsity; "slatte_fused": also the feed-forward's GEMM + GELU fused) vs the official SLA
+(if `--official PATH` is given), eager and `torch.compile`.
 
 Shape (shared/BENCHMARKS.md): 30 blocks, 12 heads × 128, FFN 8960, text 512 × 4096, latents
 (1, 16, 21, 60, 104) = 480p × 81 frames → 21 × 30 × 52 = 32,760 tokens; random weights; bf16.
@@ -146,7 +147,12 @@ def main() -> None:
     parser.add_argument(
         "--no-grad-ckpt", action="store_true", help="train without gradient checkpointing"
     )
-    parser.add_argument("--variants", default="dense,slatte,official")
+    parser.add_argument(
+        "--variants",
+        default="dense,slatte,slatte_fused,official",
+        help="dense: diffusers' attention; slatte: enable_sla; slatte_fused: enable_sla and "
+        "enable_fused_gelu (the FFN's GEMM + GELU in one call, inference); official: its SLA",
+    )
     parser.add_argument(
         "--profile", action="store_true", help="GPU time of each forward by kind of kernel"
     )
@@ -155,6 +161,7 @@ def main() -> None:
     import diffusers
     from diffusers import WanTransformer3DModel
 
+    from slatte.integrations.diffusers_gelu import disable_fused_gelu, enable_fused_gelu
     from slatte.integrations.diffusers_sla import disable_sla, enable_sla
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -182,9 +189,12 @@ def main() -> None:
 
     def switch(variant: str) -> None:
         disable_sla(model)
+        disable_fused_gelu(model)
         disable_official(model, originals)
-        if variant == "slatte":
+        if variant in ("slatte", "slatte_fused"):
             enable_sla(model, critical=args.critical, block_q=args.block_q, block_k=args.block_k)
+        if variant == "slatte_fused":
+            enable_fused_gelu(model)
         elif variant == "official":
             enable_official(model, args.official, args.critical)
         model.to(device)

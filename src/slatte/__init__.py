@@ -2,7 +2,14 @@
 
 __version__ = "0.1.0"
 
-_INTEGRATIONS = ("enable_sla", "disable_sla", "enable_stg", "disable_stg")
+_INTEGRATIONS = (
+    "enable_sla",
+    "disable_sla",
+    "enable_stg",
+    "disable_stg",
+    "enable_fused_gelu",
+    "disable_fused_gelu",
+)
 
 
 def __getattr__(name: str):

@@ -5,11 +5,13 @@ LTX-Video, Latte), Latte checkpoint conversion, SLA fine-tuning of diffusers tra
     si.enable_sla(pipe.transformer, critical=0.05)           # SLA self-attention
     with si.enable_stg(pipe, scale=1.0, blocks=[19]):        # STG for the calls inside
         video = pipe(prompt).frames
+    si.enable_fused_gelu(pipe.transformer)                   # GEMM + GELU fused (inference)
 
 diffusers itself is imported only where needed.
 """
 
 from .diffusers_common import SUPPORTED
+from .diffusers_gelu import disable_fused_gelu, enable_fused_gelu
 from .diffusers_sla import (
     SLAAttnProcessor,
     disable_sla,
@@ -30,8 +32,10 @@ __all__ = [
     "STGHandle",
     "convert_diffusers_latte",
     "convert_official_latte",
+    "disable_fused_gelu",
     "disable_sla",
     "disable_stg",
+    "enable_fused_gelu",
     "enable_sla",
     "enable_stg",
     "finetune",
