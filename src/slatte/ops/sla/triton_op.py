@@ -44,9 +44,9 @@ def _configs(
 
     Chosen by sweeps on an H100 (benchmarks/NOTES.md, session 5): the dk/dv loop runs fastest
     with one pipeline stage (with two, its tiles leave no shared memory for a second CTA per
-    SM); dq takes 128-row tiles on 8 warps where the map's query blocks allow
-    (with 64-row tiles 8 warps are 2x slower; with fp32 inputs 128 rows need more shared memory
-    than an H100 has). The key side's linear share takes 32-row tiles on 8 warps at D > 64 with
+    SM); the forward and dq take 128-row tiles on 8 warps where the map's query blocks allow
+    (with 64-row tiles 8 warps are 2x slower; with fp32 inputs dq's 128 rows need more shared
+    memory than an H100 has). The key side's linear share takes 32-row tiles on 8 warps at D > 64 with
     fp32 dH, 64 rows on 4 warps with the bf16 pair (`pair`). `CONFIG_OVERRIDES` (key: head dim)
     lets benchmarks try others without editing code.
     """
@@ -55,7 +55,7 @@ def _configs(
     cfg = {
         "fwd_m": 128,
         "fwd_n": 64,
-        "fwd_warps": 8 if wide else 4,
+        "fwd_warps": 8 if wide and block_q >= 128 else 4,
         "fwd_stages": 3,
         "dq_m": 128 if dq_tall else 64,
         "dq_n": 64,
