@@ -195,7 +195,7 @@ def main() -> None:
             enable_sla(model, critical=args.critical, block_q=args.block_q, block_k=args.block_k)
         if variant == "slatte_fused":
             enable_fused_gelu(model)
-        elif variant == "official":
+        if variant == "official":
             enable_official(model, args.official, args.critical)
         model.to(device)
 

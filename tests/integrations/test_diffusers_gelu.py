@@ -47,12 +47,22 @@ def test_op_compiles_without_graph_breaks():
 
 
 @pytest.mark.parametrize("name", ["wan", "ltx"])
-def test_fused_model_matches_and_undoes(name):
+def test_fused_model_matches_and_undoes(name, monkeypatch):
+    import slatte.integrations.diffusers_gelu as module
+
     model, inputs = MODELS[name](), model_inputs(name)
     before = _run(model, inputs)
     fused = enable_fused_gelu(model)
     assert fused == sum(1 for m in model.modules() if "forward" in vars(m)) > 0
+    calls = []
+
+    def counted(*args):
+        calls.append(1)
+        return linear_gelu_tanh(*args)
+
+    monkeypatch.setattr(module, "linear_gelu_tanh", counted)
     torch.testing.assert_close(_run(model, inputs), before, atol=1e-5, rtol=1e-5)
+    assert len(calls) == fused  # every fused layer ran through the op, once per forward
     assert disable_fused_gelu(model) == fused
     assert not any("forward" in vars(m) for m in model.modules())
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..ops.linear_gelu import linear_gelu_tanh
+from .diffusers_common import diffusers_version
 
 
 def _fused_forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -29,6 +30,7 @@ def _fused_forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor
 
 
 def _tanh_gelu_layers(model: nn.Module) -> list[nn.Module]:
+    diffusers_version()  # a clear ImportError without diffusers
     from diffusers.models.activations import GELU
 
     return [

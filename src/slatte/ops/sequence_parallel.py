@@ -49,25 +49,33 @@ def check_heads(num_heads: int, size: int) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-# Word sizes (bytes) and dtypes that a permuting copy can move its rows in.
+# Word sizes (bytes) and dtypes that a permuting copy can move its rows in, widest first.
 _WORDS = ((16, torch.complex128), (8, torch.int64), (4, torch.int32))
 
 
-def _contiguous_by_rows(x: torch.Tensor) -> torch.Tensor:
-    """`x.contiguous()` for a permuted view whose last dim is contiguous, moving each row in
-    16-, 8- or 4-byte words instead of element by element: PyTorch copies a permuted bf16 tensor
-    one 2-byte element per thread, at about a quarter of the memory bandwidth (0.25 ms per 134 MB
-    tensor on an H200, benchmarks/NOTES.md, session 6)."""
-    if x.is_contiguous():
-        return x
-    row_bytes = x.shape[-1] * x.element_size()
-    byte_strides = [s * x.element_size() for s in x.stride()[:-1]]
-    offset = x.storage_offset() * x.element_size()
+def _row_word(x: torch.Tensor) -> torch.dtype | None:
+    """The widest word dtype that tiles every row of `x` (last dim contiguous) and that its
+    offset and strides keep aligned; None when none is wider than an element."""
+    if x.stride(-1) != 1:
+        return None
+    size = x.element_size()
+    byte_counts = [x.shape[-1] * size, x.storage_offset() * size]
+    byte_counts += [s * size for s in x.stride()[:-1]]
     for word, dtype in _WORDS:
-        aligned = all(b % word == 0 for b in [row_bytes, offset, *byte_strides])
-        if x.stride(-1) == 1 and word > x.element_size() and aligned:
-            return x.view(dtype).contiguous().view(x.dtype)
-    return x.contiguous()
+        if word > size and all(b % word == 0 for b in byte_counts):
+            return dtype
+    return None
+
+
+def _contiguous_by_rows(x: torch.Tensor) -> torch.Tensor:
+    """`x.contiguous()` for a permuted view, moving each row in the widest word `_row_word`
+    allows instead of element by element: PyTorch copies a permuted bf16 tensor one 2-byte
+    element per thread, at about a quarter of the memory bandwidth (0.25 ms per 134 MB tensor
+    on an H200, benchmarks/NOTES.md, session 6)."""
+    word = None if x.is_contiguous() else _row_word(x)
+    if word is None:
+        return x.contiguous()
+    return x.view(word).contiguous().view(x.dtype)
 
 
 def _exchange(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:

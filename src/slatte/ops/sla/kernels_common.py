@@ -188,9 +188,9 @@ def mask_gemm_kernel(
 ):
     """OUT[bh, r] = sum over c of S(MAP[bh, r, c]) X[bh, c] (summed in fp32, stored in OUT's
     dtype; PAIR_OUT: as a bf16 pair OUT + OUT_LO, within 2^-17 of the fp32 sum, for products on
-    bf16 tensor cores), S the linear branch's
-    selection from the block map codes: SCOPE 0 "marginal" (code 0), 1 "noncritical" (codes 0,
-    -1), 2 "all". Grid: (cdiv(R, BLOCK_R), COLS / BLOCK_COLS, B*H).
+    bf16 tensor cores), S the linear branch's selection from the block map codes: SCOPE 0
+    "marginal" (code 0), 1 "noncritical" (codes 0, -1), 2 "all".
+    Grid: (cdiv(R, BLOCK_R), COLS / BLOCK_COLS, B*H).
 
     Forward: rows = query blocks, c = key blocks, X = h_j flattened (D*D): the H_i of every query
     block as one dense GEMM with a 0/1 matrix read straight from the map. Backward: the same with

@@ -42,13 +42,13 @@ def _configs(
 ) -> dict[str, int]:
     """Tile sizes and launch shape; tiles divide the map's blocks, so a tile has one LUT row.
 
-    Chosen by sweeps on an H100 (benchmarks/NOTES.md, session 5): the dk/dv loop runs fastest
-    with one pipeline stage (with two, its tiles leave no shared memory for a second CTA per
-    SM); the forward and dq take 128-row tiles on 8 warps where the map's query blocks allow
-    (with 64-row tiles 8 warps are 2x slower; with fp32 inputs dq's 128 rows need more shared
-    memory than an H100 has). The key side's linear share takes 32-row tiles on 8 warps at D > 64 with
-    fp32 dH, 64 rows on 4 warps with the bf16 pair (`pair`). `CONFIG_OVERRIDES` (key: head dim)
-    lets benchmarks try others without editing code.
+    Chosen by sweeps on an H100 (benchmarks/NOTES.md, sessions 5 and 6): the dk/dv loop runs
+    fastest with one pipeline stage (with two, its tiles leave no shared memory for a second CTA
+    per SM); the forward and dq take 128-row tiles on 8 warps where the map's query blocks
+    allow (with 64-row tiles 8 warps are 2x slower; with fp32 inputs dq's 128 rows need more
+    shared memory than an H100 has). The key side's linear share takes 32-row tiles on 8 warps
+    at D > 64 with fp32 dH, 64 rows on 4 warps with the bf16 pair (`pair`).
+    `CONFIG_OVERRIDES` (key: head dim) lets benchmarks try others without editing code.
     """
     wide = d > 64
     dq_tall = wide and block_q >= 128 and itemsize <= 2
@@ -228,8 +228,9 @@ def _linear_sums(
     """Per-block outer sums of x, y, then summed over S into the other side's blocks.
 
     Forward (x = k, y = v): H_i, Z_i of every query block. Backward (x = q, y = dO_l,
-    transpose): dH^(j), dZ^(j) of every key block. Returns (B*H, blocks, D, D) in fp32 (or, with
-    `pair_out`, its hi half, then its lo half; else None), and (B*H, blocks, D).
+    transpose): dH^(j), dZ^(j) of every key block. Returns (B*H, blocks, D, D) (fp32 when
+    `exact`, else `_forward_sum_dtype`; with `pair_out` its hi half), its lo half (`pair_out`;
+    else None), and (B*H, blocks, D).
     `exact`: H / dH to ~fp32 accuracy, as the backward's cancellations need (the forward's
     output is fine with sums rounded like the activations).
     """
