@@ -1,7 +1,8 @@
 """End to end: one forward (and one training step) of a Wan2.1-1.3B-shaped diffusers
 `WanTransformer3DModel`, self-attention through diffusers' default dispatch vs slatte SLA
 (95% sparsity; "slatte_fused": also the feed-forward's GEMM + GELU fused) vs the official SLA
-(if `--official PATH` is given), eager and `torch.compile`.
+(if `--official PATH` is given), eager and `torch.compile` (`--compile-modes`, e.g.
+`default,reduce-overhead` for CUDA graphs too).
 
 Shape (shared/BENCHMARKS.md): 30 blocks, 12 heads × 128, FFN 8960, text 512 × 4096, latents
 (1, 16, 21, 60, 104) = 480p × 81 frames → 21 × 30 × 52 = 32,760 tokens; random weights; bf16.
@@ -145,6 +146,12 @@ def main() -> None:
     parser.add_argument("--no-train", action="store_true", help="skip the training step")
     parser.add_argument("--no-compile", action="store_true", help="eager only")
     parser.add_argument(
+        "--compile-modes",
+        default="default",
+        help="comma list of torch.compile modes to time (default, reduce-overhead: CUDA graphs, "
+        "max-autotune-no-cudagraphs, max-autotune)",
+    )
+    parser.add_argument(
         "--no-grad-ckpt", action="store_true", help="train without gradient checkpointing"
     )
     parser.add_argument(
@@ -185,7 +192,9 @@ def main() -> None:
     variants = [v for v in args.variants.split(",") if v]
     if "official" in variants and (args.official is None or device.type != "cuda"):
         variants.remove("official")
-    modes = ["eager"] if args.no_compile else ["eager", "compile"]
+    compile_modes = [] if args.no_compile else [m for m in args.compile_modes.split(",") if m]
+    # Row names: "compile" for the default mode (as in earlier reports), else "compile:<mode>".
+    modes = ["eager"] + ["compile" if m == "default" else f"compile:{m}" for m in compile_modes]
 
     def switch(variant: str) -> None:
         disable_sla(model)
@@ -202,7 +211,10 @@ def main() -> None:
     def measure(variant: str, mode: str) -> dict:
         row: dict = {"variant": variant, "mode": mode}
         torch._dynamo.reset()
-        run = torch.compile(model) if mode == "compile" else model
+        if mode == "eager":
+            run = model
+        else:
+            run = torch.compile(model, mode=mode.partition(":")[2] or "default")
 
         def forward():
             with torch.no_grad():

@@ -148,3 +148,29 @@ def test_bad_inputs_give_clear_errors(tmp_path):
         from slatte.ops import SLAConfig
 
         enable_sla(tiny_wan(), SLAConfig(), critical=0.1)
+
+
+def test_wan_qk_norms_and_rotation_run_fused_in_inference_only(monkeypatch):
+    """Inference takes the fused RMS-norm + rotary op (the whole-model test above compares its
+    output with diffusers' own processor); with gradients the modules run, as the op has no
+    backward."""
+    from slatte.integrations import diffusers_sla
+
+    calls = []
+    fused = diffusers_sla.rms_norm_rotary_qk
+
+    def counting(*args):
+        calls.append(1)
+        return fused(*args)
+
+    monkeypatch.setattr(diffusers_sla, "rms_norm_rotary_qk", counting)
+    model, inputs = tiny_wan(), model_inputs("wan")
+    enable_sla(model, critical=0.5, **SMALL_BLOCKS)
+    out = _run(model, inputs)
+    assert len(calls) == len(model.blocks)
+    calls.clear()
+    model(**inputs).sample.square().mean().backward()
+    assert not calls
+    assert model.blocks[0].attn1.norm_q.weight.grad.abs().sum() > 0
+    monkeypatch.setattr(diffusers_sla, "_fused_wan_qk", lambda *args: None)
+    torch.testing.assert_close(_run(model, inputs), out, atol=1e-5, rtol=1e-5)

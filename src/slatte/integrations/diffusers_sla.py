@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..nn.sla import SparseLinearAttention
+from ..ops.rms_norm_rotary import rms_norm_rotary_qk, rotate_pairs
 from ..ops.sla import SLAConfig, sparse_linear_attention
 from ..ops.sla.interface import TRITON_HEAD_DIMS
 from .diffusers_common import (
@@ -45,17 +46,6 @@ SLA_BACKENDS = ("sla", "sla_reference")
 # ---------------------------------------------------------------------------------------------
 
 
-def _rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Wan's rotary embedding: rotate the feature pairs (2i, 2i+1) of x (B, N, H, D).
-
-    Wan's tables (1, N, 1, D) hold each pair's angle twice (repeat-interleaved), so one of the
-    two columns per pair is enough.
-    """
-    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)  # each (B, N, H, D/2)
-    c, s = cos[..., 0::2], sin[..., 0::2]
-    return torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2).type_as(x)
-
-
 def qkv_projections(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     if getattr(attn, "fused_projections", False) and hasattr(attn, "to_qkv"):
         return attn.to_qkv(x).chunk(3, dim=-1)
@@ -67,6 +57,10 @@ def project_qkv(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x (B, N, C) → q, k, v (B, N, H, D): projections, qk norms and rotary as the model does."""
     q, k, v = qkv_projections(attn, x)  # each (B, N, H·D)
+    if rotary_style == "wan":
+        fused = _fused_wan_qk(attn, q, k, rotary)
+        if fused is not None:
+            return *fused, v.unflatten(2, (attn.heads, -1))
     if getattr(attn, "norm_q", None) is not None:
         q = attn.norm_q(q)
     if getattr(attn, "norm_k", None) is not None:
@@ -82,8 +76,39 @@ def project_qkv(
                 f"diffusers {diffusers_version()} passes Wan's rotary embedding as "
                 f"{type(rotary).__name__}; slatte expects the (cos, sin) pair of diffusers >= 0.36"
             )
-        q, k = _rotate_pairs(q, *rotary), _rotate_pairs(k, *rotary)
+        q, k = rotate_pairs(q, *rotary), rotate_pairs(k, *rotary)
     return q, k, v
+
+
+def _fused_wan_qk(
+    attn: nn.Module, q: torch.Tensor, k: torch.Tensor, rotary: Any
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Wan's qk RMS norms and rotation as one kernel (`ops.rms_norm_rotary`) where that is the
+    same computation: inference (no gradients), the modules Wan builds (`torch.nn.RMSNorm` over
+    H·D with weights of q's dtype, one eps), fp32 (cos, sin) tables. None otherwise."""
+    norms = (getattr(attn, "norm_q", None), getattr(attn, "norm_k", None))
+    if not all(isinstance(m, nn.RMSNorm) and m.weight is not None for m in norms):
+        return None
+    norm_q, norm_k = norms
+    if norm_q.eps is None or norm_q.eps != norm_k.eps:
+        return None
+    if not (isinstance(rotary, tuple) and len(rotary) == 2):
+        return None  # project_qkv's own path says what is wrong
+    cos, sin = rotary
+    heads, (_, n, c) = attn.heads, q.shape
+    table_shape = (1, n, 1, c // heads)
+    if (
+        c % heads
+        or k.shape != q.shape
+        or any(t.shape != table_shape or t.dtype != torch.float32 for t in (cos, sin))
+        or any(m.weight.dtype != q.dtype or m.weight.shape != (c,) for m in norms)
+    ):
+        return None
+    if torch.is_grad_enabled() and any(
+        t.requires_grad for t in (q, k, norm_q.weight, norm_k.weight)
+    ):
+        return None  # the fused op has no backward
+    return rms_norm_rotary_qk(q, k, norm_q.weight, norm_k.weight, cos, sin, heads, norm_q.eps)
 
 
 def output_projection(attn: nn.Module, out: torch.Tensor) -> torch.Tensor:
