@@ -42,9 +42,12 @@ def test_forward_backward_sizes(n, d):
     check_sla(*make_inputs(1, 2, n, d, dtype, DEVICE, seed=n + d), opts())
 
 
-def test_wide_head_tiles():
-    """D = 128 with 128-row query blocks takes other tiles (`triton_op._configs`): dq on 128-row
-    tiles, the key side's linear share on 32-row tiles, two per 64-row key block."""
+@pytest.mark.parametrize("tma", [True, False])
+def test_wide_head_tiles(monkeypatch, tma):
+    """D = 128 with 128-row query blocks takes other tiles (`triton_op._configs`): the forward
+    on 128-row tiles with pointer loads, 64-row ones with TMA; the key side's linear share on
+    32-row tiles, two per 64-row key block."""
+    monkeypatch.setattr(triton_op, "USE_TMA", tma)
     check_sla(
         *make_inputs(1, 2, 200, 128, torch.float32, DEVICE, seed=3),
         opts(critical=0.25, negligible=0.25, block_q=128, block_k=64),
@@ -64,6 +67,29 @@ def test_bf16_pair_path(monkeypatch, exact_products, d, block_q):
         *make_inputs(1, 2, n, d, torch.float32, DEVICE, seed=4),
         opts(block_q=block_q, block_k=block_k),
     )
+
+
+@pytest.mark.parametrize("tma", [True, False])
+@pytest.mark.parametrize("layout", ["bhnd", "bnhd"])
+def test_key_tiles_by_tma_and_by_pointers(monkeypatch, tma, layout):
+    """The forward and dq kernels read key blocks through TMA descriptors where the GPU has the
+    copy engine (and under the interpreter), else through pointers (`triton_op._use_tma`):
+    both paths, both layouts, a ragged last key block (rows past N must read as zero)."""
+    monkeypatch.setattr(triton_op, "USE_TMA", tma)
+    taken = []
+    choose = triton_op._use_tma
+
+    def spy(k, v):
+        taken.append(choose(k, v))
+        return taken[-1]
+
+    monkeypatch.setattr(triton_op, "_use_tma", spy)
+    check_sla(
+        *make_inputs(1, 2, 75, 32, torch.float32, DEVICE, seed=5, layout=layout),
+        opts(block_q=32, block_k=16),
+        layout=layout,
+    )
+    assert taken and all(t == tma for t in taken)
 
 
 @pytest.mark.parametrize("seed", [1, 2])

@@ -8,7 +8,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .kernels_common import dot_exact_b, feature_map, feature_map_grad, load_rows, round_tf32
+from .kernels_common import (
+    dot_exact_b,
+    feature_map,
+    feature_map_grad,
+    load_block,
+    load_rows,
+    round_tf32,
+)
 
 
 @triton.jit(do_not_specialize=["N", "N_CRIT"])
@@ -16,6 +23,8 @@ def sla_bwd_dq_kernel(
     Q,
     K,
     V,
+    K_TMA,
+    V_TMA,
     DO,
     DO_L,
     LSE,
@@ -54,6 +63,7 @@ def sla_bwd_dq_kernel(
     DOT_PREC: tl.constexpr,
     SPLIT: tl.constexpr,
     PAIR: tl.constexpr,
+    KV_TMA: tl.constexpr,
 ):
     """dq for BLOCK_M query rows of one head. Grid: (cdiv(N, BLOCK_M), B * H).
 
@@ -65,6 +75,7 @@ def sla_bwd_dq_kernel(
     where S(i) holds one key row, d phi(q) is ~0 and any mismatch between the two terms would be
     all that is left.
     DO, DO_L and the per-row LSE / DELTA / DEN buffers are contiguous (B*H, N, ...).
+    K_TMA, V_TMA: as in `sla_fwd_kernel`.
     """
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -87,10 +98,11 @@ def sla_bwd_dq_kernel(
     for t in range(N_CRIT):
         block = tl.load(CRIT_LUT + q_block * N_CRIT + t)
         for sub in tl.static_range(LUT_BLOCK_K // BLOCK_N):
-            offs_k = block * LUT_BLOCK_K + sub * BLOCK_N + offs_n
+            first = block * LUT_BLOCK_K + sub * BLOCK_N
+            offs_k = first + offs_n
             col_ok = offs_k < N
-            k = load_rows(k_base, offs_k, stride_kn, offs_d, col_ok)
-            v = load_rows(v_base, offs_k, stride_vn, offs_d, col_ok)
+            k = load_block(K_TMA, k_base, b, h, first, offs_k, stride_kn, offs_d, col_ok, KV_TMA)
+            v = load_block(V_TMA, v_base, b, h, first, offs_k, stride_vn, offs_d, col_ok, KV_TMA)
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
             p = tl.where(col_ok[None, :], tl.math.exp2(s - lse[:, None]), 0.0)
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)

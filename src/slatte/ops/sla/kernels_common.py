@@ -43,6 +43,17 @@ def load_rows(base, rows, stride_n, offs_d, ok):
 
 
 @triton.jit
+def load_block(src, base, b, h, first, rows, stride_n, offs_d, ok, TMA: tl.constexpr):
+    """Rows [first, first + len(rows)) of head (b, h): with TMA, one bulk copy through the
+    tensor descriptor `src` over (B, H, N, D) (rows past N read as 0); else `load_rows` from
+    `base`, that head's first row."""
+    if TMA:
+        tile = src.load([b.to(tl.int32), h.to(tl.int32), first, 0])
+        return tl.reshape(tile, (tile.shape[2], tile.shape[3]))
+    return load_rows(base, rows, stride_n, offs_d, ok)
+
+
+@triton.jit
 def round_tf32(x):
     """x (fp32) rounded to the nearest tf32 value (10 mantissa bits), as an fp32 tile. The tensor
     cores take an fp32 operand by dropping its low bits (truncation, a one-sided error that adds

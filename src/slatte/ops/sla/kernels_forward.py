@@ -6,7 +6,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .kernels_common import feature_map, load_rows, round_tf32
+from .kernels_common import feature_map, load_block, load_rows, round_tf32
 
 LOG2E = 1.4426950408889634
 
@@ -16,6 +16,8 @@ def sla_fwd_kernel(
     Q,
     K,
     V,
+    K_TMA,
+    V_TMA,
     W,
     BIAS,
     HBLK,
@@ -53,8 +55,11 @@ def sla_fwd_kernel(
     HAS_BIAS: tl.constexpr,
     STORE_AUX: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    KV_TMA: tl.constexpr,
 ):
     """One program per (BLOCK_M query rows, head). Grid: (cdiv(N, BLOCK_M), B * H).
+    K_TMA, V_TMA: with KV_TMA, tensor descriptors of K and V for BLOCK_N-row tiles (the key
+    blocks come as bulk copies); otherwise unused.
 
     Sparse branch: online softmax over the N_CRIT key blocks that CRIT_LUT lists for this row's
     query block (LSE kept in log2 units). Linear branch (LINEAR): O_l = phi(q) H_i /
@@ -82,10 +87,11 @@ def sla_fwd_kernel(
     for t in range(N_CRIT):
         block = tl.load(CRIT_LUT + q_block * N_CRIT + t)
         for sub in tl.static_range(LUT_BLOCK_K // BLOCK_N):
-            offs_k = block * LUT_BLOCK_K + sub * BLOCK_N + offs_n
+            first = block * LUT_BLOCK_K + sub * BLOCK_N
+            offs_k = first + offs_n
             col_ok = offs_k < N
-            k = load_rows(k_base, offs_k, stride_kn, offs_d, col_ok)
-            v = load_rows(v_base, offs_k, stride_vn, offs_d, col_ok)
+            k = load_block(K_TMA, k_base, b, h, first, offs_k, stride_kn, offs_d, col_ok, KV_TMA)
+            v = load_block(V_TMA, v_base, b, h, first, offs_k, stride_vn, offs_d, col_ok, KV_TMA)
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
             s = tl.where(col_ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))

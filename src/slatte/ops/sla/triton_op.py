@@ -7,11 +7,13 @@ kernels read strides. Only the feature dim must be contiguous.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
 import torch
 import triton
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .block_map import block_scores, classify, linear_mask, transpose_lists
 from .kernels_backward import (
@@ -38,7 +40,7 @@ def _has_linear(nk: int, n_crit: int, n_negl: int, scope: str, has_proj: bool) -
 
 
 def _configs(
-    d: int, block_q: int, block_k: int, itemsize: int, pair: bool = False
+    d: int, block_q: int, block_k: int, itemsize: int, pair: bool = False, tma: bool = False
 ) -> dict[str, int]:
     """Tile sizes and launch shape; tiles divide the map's blocks, so a tile has one LUT row.
 
@@ -46,16 +48,18 @@ def _configs(
     fastest with one pipeline stage (with two, its tiles leave no shared memory for a second CTA
     per SM); the forward and dq take 128-row tiles on 8 warps where the map's query blocks
     allow (with 64-row tiles 8 warps are 2x slower; with fp32 inputs dq's 128 rows need more
-    shared memory than an H100 has). The key side's linear share takes 32-row tiles on 8 warps
+    shared memory than an H100 has). With key tiles through TMA (`tma`, session 7) both take
+    64-row tiles on 4 warps at D > 64 instead: 1.60 -> 1.56 ms forward, 8.53 -> 8.27 forward +
+    backward at the reference shape. The key side's linear share takes 32-row tiles on 8 warps
     at D > 64 with fp32 dH, 64 rows on 4 warps with the bf16 pair (`pair`).
     `CONFIG_OVERRIDES` (key: head dim) lets benchmarks try others without editing code.
     """
     wide = d > 64
-    dq_tall = wide and block_q >= 128 and itemsize <= 2
+    dq_tall = wide and block_q >= 128 and itemsize <= 2 and not tma
     cfg = {
-        "fwd_m": 128,
+        "fwd_m": 64 if wide and tma else 128,
         "fwd_n": 64,
-        "fwd_warps": 8 if wide and block_q >= 128 else 4,
+        "fwd_warps": 8 if wide and block_q >= 128 and not tma else 4,
         "fwd_stages": 3,
         "dq_m": 128 if dq_tall else 64,
         "dq_n": 64,
@@ -79,6 +83,38 @@ def _configs(
 
 
 CONFIG_OVERRIDES: dict[int, dict[str, int]] = {}
+
+
+@functools.cache
+def _has_tma(device: torch.device) -> bool:
+    return torch.cuda.get_device_capability(device)[0] >= 9
+
+
+# Tests switch this off to check the pointer path, which GPUs before Hopper run.
+USE_TMA = True
+
+
+def _use_tma(k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether kernels read tiles of k and v (B, H, N, D) through TMA tensor descriptors: where
+    the GPU has the copy engine (Hopper and later; also under Triton's interpreter) and both
+    tensors' strides suit it (16-byte multiples). Measured on the H100 (benchmarks/NOTES.md,
+    session 7): with their key blocks as bulk copies, the forward and dq kernels run fastest on
+    64-row query tiles (`_configs`), the forward 7% faster than before at D = 128."""
+    if not USE_TMA or not (
+        os.environ.get("TRITON_INTERPRET") == "1" or (k.is_cuda and _has_tma(k.device))
+    ):
+        return False
+    size = k.element_size()
+    for x in (k, v):
+        aligned = x.data_ptr() % 16 == 0 and all(s * size % 16 == 0 for s in x.stride()[:-1])
+        if x.stride(-1) != 1 or not aligned or x.shape[-1] * size < 16:
+            return False
+    return True
+
+
+def _tiles(x: torch.Tensor, rows: int) -> TensorDescriptor:
+    """A TMA descriptor of x (B, H, N, D) for tiles of `rows` rows of one head."""
+    return TensorDescriptor(x, list(x.shape), list(x.stride()), [1, 1, rows, x.shape[-1]])
 
 
 def _dot_prec(dtype: torch.dtype) -> str:
@@ -273,7 +309,8 @@ def sla_fwd(
     b, h, n, d = q.shape
     bmap, crit_lut = classify(block_scores(q, k, block_q, block_k), n_crit, n_negl)
     linear = _has_linear(bmap.shape[-1], n_crit, n_negl, linear_scope, proj_weight is not None)
-    cfg = _configs(d, block_q, block_k, q.element_size())
+    tma = _use_tma(k, v)
+    cfg = _configs(d, block_q, block_k, q.element_size(), tma=tma)
     aux = _empty_aux(q)
     hsum = zsum = aux
     if linear:
@@ -283,9 +320,11 @@ def sla_fwd(
     o_l = _new(q, (b, h, n, d), torch.float32) if store_aux and linear else aux
     lse = _new(q, (b, h, n), torch.float32) if store_aux else aux
     den = _new(q, (b, h, n), torch.float32) if store_aux and linear else aux
+    k_tiles, v_tiles = (_tiles(x, cfg["fwd_n"]) for x in (k, v)) if tma else (k, v)
     launch(
         sla_fwd_kernel, (triton.cdiv(n, cfg["fwd_m"]), b * h),
         q, k, v,
+        k_tiles, v_tiles,
         proj_weight if proj_weight is not None else aux,
         proj_bias if proj_bias is not None else aux,
         hsum, zsum, crit_lut,
@@ -296,7 +335,7 @@ def sla_fwd(
         D=d, BLOCK_M=cfg["fwd_m"], BLOCK_N=cfg["fwd_n"], LUT_BLOCK_Q=block_q,
         LUT_BLOCK_K=block_k, FEATURE=FEATURE_CODES[feature_map], LINEAR=linear,
         HAS_BIAS=proj_bias is not None, STORE_AUX=store_aux, DOT_PREC=_dot_prec(q.dtype),
-        num_warps=cfg["fwd_warps"], num_stages=cfg["fwd_stages"],
+        KV_TMA=tma, num_warps=cfg["fwd_warps"], num_stages=cfg["fwd_stages"],
     )  # fmt: skip
     # A custom op's outputs may not alias one another: each unused one is its own empty tensor.
     outs = (o, bmap, crit_lut, o_s, o_l, lse, den)
@@ -346,7 +385,8 @@ def sla_bwd(
     b, h, n, d = q.shape
     linear = _has_linear(bmap.shape[-1], n_crit, n_negl, linear_scope, proj_weight is not None)
     pair = linear and _bf16_pairs(q.dtype)
-    cfg = _configs(d, block_q, block_k, q.element_size(), pair)
+    tma = _use_tma(k, v)
+    cfg = _configs(d, block_q, block_k, q.element_size(), pair, tma)
     prec = _dot_prec(q.dtype)
     aux = _empty_aux(q)
     do = do.contiguous()  # (B, H, N, D) in memory order: the kernels index it as (B*H, N, D)
@@ -380,14 +420,16 @@ def sla_bwd(
         hsum, hsum_lo, zsum = _linear_sums(
             k, v, bmap, block_k, linear_scope, False, feature_map, True, pair_out=pair
         )
+    k_tiles, v_tiles = (_tiles(x, cfg["dq_n"]) for x in (k, v)) if tma else (k, v)
     launch(
         sla_bwd_dq_kernel, (triton.cdiv(n, cfg["dq_m"]), b * h),
-        q, k, v, do, do_l, lse, delta_s, den, delta_l, hsum, hsum_lo if pair else hsum, zsum,
+        q, k, v, k_tiles, v_tiles,
+        do, do_l, lse, delta_s, den, delta_l, hsum, hsum_lo if pair else hsum, zsum,
         crit_lut, dq,
         *_bh_strides(q), *_bh_strides(k), *_bh_strides(v), *_bh_strides(dq),
         h, n, n_crit, scale * LOG2E, scale,
         BLOCK_M=cfg["dq_m"], BLOCK_N=cfg["dq_n"], num_warps=cfg["dq_warps"],
-        num_stages=cfg["dq_stages"], PAIR=pair, **flags,
+        num_stages=cfg["dq_stages"], PAIR=pair, KV_TMA=tma, **flags,
     )  # fmt: skip
     dk_lin = dv_lin = aux
     if linear:
