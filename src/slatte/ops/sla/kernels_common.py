@@ -176,11 +176,29 @@ def block_outer_kernel(
     tl.store(ZBLK + part * D + offs_d, acc_z)
 
 
+@triton.jit
+def _sum_rows(
+    X, X_TMA, bh, c0, cols_c, pid_col, offs_col, C, COLS: tl.constexpr, TMA: tl.constexpr
+):
+    """The (len(cols_c), len(offs_col)) tile of X (B*H, C, COLS) at rows c0.. of head bh, rows
+    past C as 0: one bulk copy through the descriptor X_TMA with TMA, else pointer loads."""
+    if TMA:
+        tile = X_TMA.load([bh.to(tl.int32), c0, pid_col * offs_col.shape[0]])
+        return tl.reshape(tile, (tile.shape[1], tile.shape[2]))
+    return tl.load(
+        X + (bh * C + cols_c[:, None]) * COLS + offs_col[None, :],
+        mask=cols_c[:, None] < C,
+        other=0.0,
+    )
+
+
 @triton.jit(do_not_specialize=["R", "C"])
 def mask_gemm_kernel(
     MAP,
     X,
     X_LO,
+    X_TMA,
+    X_LO_TMA,
     OUT,
     OUT_LO,
     stride_mbh,
@@ -196,6 +214,7 @@ def mask_gemm_kernel(
     DOT_PREC: tl.constexpr,
     SPLIT: tl.constexpr,
     PAIR_OUT: tl.constexpr,
+    TMA: tl.constexpr,
 ):
     """OUT[bh, r] = sum over c of S(MAP[bh, r, c]) X[bh, c] (summed in fp32, stored in OUT's
     dtype; PAIR_OUT: as a bf16 pair OUT + OUT_LO, within 2^-17 of the fp32 sum, for products on
@@ -208,6 +227,8 @@ def mask_gemm_kernel(
     the map transposed (through strides) sums dH_i into each key block's dH^(j). X holds per-block
     sums in the activations' dtype (exact 0/1 weights, fp32 accumulation); SPLIT: X + X_LO, a
     bf16 pair from `block_outer_kernel`, summed with two products of the same selection.
+    X_TMA, X_LO_TMA: with TMA, tensor descriptors of X and X_LO (B*H, C, COLS) for
+    (BLOCK_C, BLOCK_COLS) tiles; otherwise unused.
     """
     pid_r = tl.program_id(0)
     pid_col = tl.program_id(1)
@@ -230,19 +251,11 @@ def mask_gemm_kernel(
             sel = code != 1
         else:
             sel = ok
-        x = tl.load(
-            X + (bh * C + cols_c[:, None]) * COLS + offs_col[None, :],
-            mask=cols_c[:, None] < C,
-            other=0.0,
-        )
+        x = _sum_rows(X, X_TMA, bh, c0, cols_c, pid_col, offs_col, C, COLS, TMA)
         w = sel.to(x.dtype)
         acc = tl.dot(w, x, acc, input_precision=DOT_PREC)
         if SPLIT:
-            x_lo = tl.load(
-                X_LO + (bh * C + cols_c[:, None]) * COLS + offs_col[None, :],
-                mask=cols_c[:, None] < C,
-                other=0.0,
-            )
+            x_lo = _sum_rows(X_LO, X_LO_TMA, bh, c0, cols_c, pid_col, offs_col, C, COLS, TMA)
             acc = tl.dot(w, x_lo, acc, input_precision=DOT_PREC)
     offs_out = (bh * R + offs_r[:, None]) * COLS + offs_col[None, :]
     if PAIR_OUT:

@@ -94,27 +94,27 @@ def _has_tma(device: torch.device) -> bool:
 USE_TMA = True
 
 
-def _use_tma(k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether kernels read tiles of k and v (B, H, N, D) through TMA tensor descriptors: where
-    the GPU has the copy engine (Hopper and later; also under Triton's interpreter) and both
-    tensors' strides suit it (16-byte multiples). Measured on the H100 (benchmarks/NOTES.md,
+def _use_tma(*xs: torch.Tensor) -> bool:
+    """Whether kernels read tiles of the tensors `xs` (last dim contiguous) through TMA tensor
+    descriptors: where the GPU has the copy engine (Hopper and later; also under Triton's
+    interpreter) and every tensor's strides suit it (16-byte multiples). Measured on the H100 (benchmarks/NOTES.md,
     session 7): with their key blocks as bulk copies, the forward and dq kernels run fastest on
     64-row query tiles (`_configs`), the forward 7% faster than before at D = 128."""
     if not USE_TMA or not (
-        os.environ.get("TRITON_INTERPRET") == "1" or (k.is_cuda and _has_tma(k.device))
+        os.environ.get("TRITON_INTERPRET") == "1" or (xs[0].is_cuda and _has_tma(xs[0].device))
     ):
         return False
-    size = k.element_size()
-    for x in (k, v):
+    size = xs[0].element_size()
+    for x in xs:
         aligned = x.data_ptr() % 16 == 0 and all(s * size % 16 == 0 for s in x.stride()[:-1])
         if x.stride(-1) != 1 or not aligned or x.shape[-1] * size < 16:
             return False
     return True
 
 
-def _tiles(x: torch.Tensor, rows: int) -> TensorDescriptor:
-    """A TMA descriptor of x (B, H, N, D) for tiles of `rows` rows of one head."""
-    return TensorDescriptor(x, list(x.shape), list(x.stride()), [1, 1, rows, x.shape[-1]])
+def _descriptor(x: torch.Tensor, block: list[int]) -> TensorDescriptor:
+    """A TMA descriptor of x (its own shape and strides) for tiles of shape `block`."""
+    return TensorDescriptor(x, list(x.shape), list(x.stride()), block)
 
 
 def _dot_prec(dtype: torch.dtype) -> str:
@@ -232,17 +232,27 @@ def _mask_gemm(
     r, c, stride_r, stride_c = (nk, nq, 1, nk) if transpose else (nq, nk, nk, 1)
     out = _new(x, (bh, r, cols), _pair_dtype() if pair_out else out_dtype)
     out_lo = _new(x, (bh, r, cols), _pair_dtype()) if pair_out else None
-    # Measured on the H100 at 32,760 tokens (benchmarks/NOTES.md, session 4): the forward's sum
-    # is faster with 256-wide column tiles and 8 warps (D=128: 0.32 -> 0.26 ms). The backward's
-    # transposed split sum was faster alone with 128 x 256 tiles but not inside the whole
-    # backward, so it keeps 64 x 128 tiles and 4 warps.
-    block_r, block_cols, warps = (64, min(cols, 128), 4) if transpose else (64, min(cols, 256), 8)
+    # Measured on the H100 at 32,760 tokens (benchmarks/NOTES.md, sessions 4 and 7): the
+    # forward's sum is faster with 256-wide column tiles and 8 warps (D=128: 0.32 -> 0.26 ms)
+    # and x through TMA (0.24 -> 0.21); the backward's H sums (a split pair) with 128-row
+    # tiles and x through TMA (0.89 -> 0.41 ms). The backward's transposed split sum was faster alone with 128 x 256 tiles but not
+    # inside the whole backward, so it keeps 64 x 128 tiles and 4 warps.
+    split = x_lo is not None
+    if transpose:
+        block_r, block_cols, warps = 64, min(cols, 128), 4
+    else:
+        block_r, block_cols, warps = 128 if split else 64, min(cols, 256), 8
+    x_lo = x if x_lo is None else x_lo  # (unused without SPLIT)
+    tma = _use_tma(x, x_lo)
+    x_tiles, x_lo_tiles = (
+        (_descriptor(t, [1, 64, block_cols]) for t in (x, x_lo)) if tma else (x, x_lo)
+    )
     launch(
         mask_gemm_kernel, (triton.cdiv(r, block_r), cols // block_cols, bh),
-        bmap, x, x_lo if x_lo is not None else x, out, out_lo if pair_out else out, nq * nk,
+        bmap, x, x_lo, x_tiles, x_lo_tiles, out, out_lo if pair_out else out, nq * nk,
         stride_r, stride_c, r, c,
         COLS=cols, SCOPE=SCOPE_CODES[scope], BLOCK_R=block_r, BLOCK_C=64, BLOCK_COLS=block_cols,
-        DOT_PREC=_dot_prec(act_dtype), SPLIT=x_lo is not None, PAIR_OUT=pair_out,
+        DOT_PREC=_dot_prec(act_dtype), SPLIT=split, PAIR_OUT=pair_out, TMA=tma,
         num_warps=warps, num_stages=3,
     )  # fmt: skip
     return out, out_lo
@@ -320,7 +330,8 @@ def sla_fwd(
     o_l = _new(q, (b, h, n, d), torch.float32) if store_aux and linear else aux
     lse = _new(q, (b, h, n), torch.float32) if store_aux else aux
     den = _new(q, (b, h, n), torch.float32) if store_aux and linear else aux
-    k_tiles, v_tiles = (_tiles(x, cfg["fwd_n"]) for x in (k, v)) if tma else (k, v)
+    kv_block = [1, 1, cfg["fwd_n"], d]
+    k_tiles, v_tiles = (_descriptor(x, kv_block) for x in (k, v)) if tma else (k, v)
     launch(
         sla_fwd_kernel, (triton.cdiv(n, cfg["fwd_m"]), b * h),
         q, k, v,
@@ -420,7 +431,8 @@ def sla_bwd(
         hsum, hsum_lo, zsum = _linear_sums(
             k, v, bmap, block_k, linear_scope, False, feature_map, True, pair_out=pair
         )
-    k_tiles, v_tiles = (_tiles(x, cfg["dq_n"]) for x in (k, v)) if tma else (k, v)
+    kv_block = [1, 1, cfg["dq_n"], d]
+    k_tiles, v_tiles = (_descriptor(x, kv_block) for x in (k, v)) if tma else (k, v)
     launch(
         sla_bwd_dq_kernel, (triton.cdiv(n, cfg["dq_m"]), b * h),
         q, k, v, k_tiles, v_tiles,
