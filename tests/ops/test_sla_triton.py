@@ -72,9 +72,10 @@ def test_bf16_pair_path(monkeypatch, exact_products, d, block_q):
 @pytest.mark.parametrize("tma", [True, False])
 @pytest.mark.parametrize("layout", ["bhnd", "bnhd"])
 def test_key_tiles_by_tma_and_by_pointers(monkeypatch, tma, layout):
-    """The forward and dq kernels read key blocks through TMA descriptors where the GPU has the
-    copy engine (and under the interpreter), else through pointers (`triton_op._use_tma`):
-    both paths, both layouts, a ragged last key block (rows past N must read as zero)."""
+    """The forward and dq kernels read key blocks, the block-map GEMM its per-block sums,
+    through TMA descriptors where the GPU has the copy engine (and under the interpreter), else
+    through pointers (`triton_op._use_tma`): both paths, both layouts, ragged last blocks (rows
+    past the end must read as zero)."""
     monkeypatch.setattr(triton_op, "USE_TMA", tma)
     taken = []
     choose = triton_op._use_tma
