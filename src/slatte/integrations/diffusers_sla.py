@@ -83,9 +83,10 @@ def project_qkv(
 def _fused_wan_qk(
     attn: nn.Module, q: torch.Tensor, k: torch.Tensor, rotary: Any
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Wan's qk RMS norms and rotation as one kernel (`ops.rms_norm_rotary`) where that is the
-    same computation: inference (no gradients), the modules Wan builds (`torch.nn.RMSNorm` over
-    H·D with weights of q's dtype, one eps), fp32 (cos, sin) tables. None otherwise."""
+    """Wan's qk RMS norms and rotation as one kernel (`ops.rms_norm_rotary`, the same steps up
+    to bf16 rounding) where it applies: inference (no gradients), the modules Wan builds
+    (`torch.nn.RMSNorm` over H·D with weights of q's dtype, one eps), fp32 (cos, sin) tables.
+    None otherwise, and the modules run."""
     norms = (getattr(attn, "norm_q", None), getattr(attn, "norm_k", None))
     if not all(isinstance(m, nn.RMSNorm) and m.weight is not None for m in norms):
         return None

@@ -177,7 +177,7 @@ def block_outer_kernel(
 
 
 @triton.jit
-def _sum_rows(
+def _load_x_tile(
     X, X_TMA, bh, c0, cols_c, pid_col, offs_col, C, COLS: tl.constexpr, TMA: tl.constexpr
 ):
     """The (len(cols_c), len(offs_col)) tile of X (B*H, C, COLS) at rows c0.. of head bh, rows
@@ -251,11 +251,11 @@ def mask_gemm_kernel(
             sel = code != 1
         else:
             sel = ok
-        x = _sum_rows(X, X_TMA, bh, c0, cols_c, pid_col, offs_col, C, COLS, TMA)
+        x = _load_x_tile(X, X_TMA, bh, c0, cols_c, pid_col, offs_col, C, COLS, TMA)
         w = sel.to(x.dtype)
         acc = tl.dot(w, x, acc, input_precision=DOT_PREC)
         if SPLIT:
-            x_lo = _sum_rows(X_LO, X_LO_TMA, bh, c0, cols_c, pid_col, offs_col, C, COLS, TMA)
+            x_lo = _load_x_tile(X_LO, X_LO_TMA, bh, c0, cols_c, pid_col, offs_col, C, COLS, TMA)
             acc = tl.dot(w, x_lo, acc, input_precision=DOT_PREC)
     offs_out = (bh * R + offs_r[:, None]) * COLS + offs_col[None, :]
     if PAIR_OUT:

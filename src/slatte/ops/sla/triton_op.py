@@ -244,9 +244,10 @@ def _mask_gemm(
         block_r, block_cols, warps = 128 if split else 64, min(cols, 256), 8
     x_lo = x if x_lo is None else x_lo  # (unused without SPLIT)
     tma = _use_tma(x, x_lo)
-    x_tiles, x_lo_tiles = (
-        (_descriptor(t, [1, 64, block_cols]) for t in (x, x_lo)) if tma else (x, x_lo)
-    )
+    x_tiles, x_lo_tiles = x, x_lo
+    if tma:
+        x_tiles = _descriptor(x, [1, 64, block_cols])
+        x_lo_tiles = _descriptor(x_lo, [1, 64, block_cols]) if split else x_tiles
     launch(
         mask_gemm_kernel, (triton.cdiv(r, block_r), cols // block_cols, bh),
         bmap, x, x_lo, x_tiles, x_lo_tiles, out, out_lo if pair_out else out, nq * nk,
