@@ -68,7 +68,7 @@ def fwd_and_fwdbwd(fn, n: int) -> tuple[float | str, float | str]:
     def fwdbwd():
         fn(qg, kg, vg).backward(do)
 
-    return try_bench(fwd), try_bench(fwdbwd)
+    return try_bench(fwd), try_bench(fwdbwd, grad_to_none=[qg, kg, vg])
 
 
 def ours(critical: float, block_q: int, scope: str):

@@ -28,11 +28,22 @@ def environment() -> dict[str, Any]:
     return env
 
 
-def bench_ms(fn: Callable[[], Any], warmup_ms: int = 100, rep_ms: int = 500) -> float:
-    """Median milliseconds of `fn` on the GPU (CUDA events, after warm-up) via Triton's do_bench."""
+def bench_ms(
+    fn: Callable[[], Any],
+    warmup_ms: int = 100,
+    rep_ms: int = 500,
+    grad_to_none: Sequence[torch.Tensor] | None = None,
+) -> float:
+    """Median milliseconds of `fn` on the GPU (CUDA events, after warm-up) via Triton's do_bench.
+
+    `grad_to_none`: leaves whose `.grad` is reset (untimed) before each call, so that a timed
+    backward writes fresh gradients instead of adding into the last call's (an extra read and
+    write of each gradient that no training step pays)."""
     from triton.testing import do_bench
 
-    return float(do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+    return float(
+        do_bench(fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=grad_to_none, return_mode="median")
+    )
 
 
 def try_bench(fn: Callable[[], Any], **kwargs: Any) -> float | str:

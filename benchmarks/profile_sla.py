@@ -42,6 +42,8 @@ def main() -> None:
     proj = torch.nn.Linear(args.d, args.d, device="cuda")
 
     def step() -> None:
+        # Fresh gradients each call (as bench_attention.py times them): no accumulation kernel.
+        q.grad = k.grad = v.grad = None
         with torch.set_grad_enabled(not args.forward_only):
             out = sparse_linear_attention(
                 q, k, v, proj.weight, proj.bias, block_q=args.block_q, block_k=64

@@ -66,7 +66,7 @@ def main() -> None:
     best_fwd = min(timed, key=lambda r: r["ms"])["cfg"] if timed else {}
     for cfg in BWD:
         triton_op.CONFIG_OVERRIDES[d] = {**best_fwd, **cfg}
-        rows.append(dict(kind="fwd+bwd", cfg=cfg, ms=try_bench(fwdbwd)))
+        rows.append(dict(kind="fwd+bwd", cfg=cfg, ms=try_bench(fwdbwd, grad_to_none=[qg, kg, vg])))
     triton_op.CONFIG_OVERRIDES.clear()
     rows.sort(key=lambda r: (r["kind"], -r["ms"] if isinstance(r["ms"], float) else 0))
     report({"benchmark": "tune_sla", "d": d, "block_q": args.block_q, **environment()}, rows,
