@@ -14,6 +14,7 @@ from .kernels_common import (
     feature_map_grad,
     load_block,
     load_rows,
+    round_bf16,
     round_tf32,
 )
 
@@ -332,6 +333,7 @@ def sla_bwd_preprocess_kernel(
     HAS_BIAS: tl.constexpr,
     DOT_PREC: tl.constexpr,
     W_PREC: tl.constexpr,
+    PAIR: tl.constexpr,
 ):
     """One pass over dO before the main backward kernels, per ROWS rows of one head
     (grid: cdiv(N, ROWS), B*H; all row buffers contiguous (B*H, N, ...)):
@@ -340,7 +342,10 @@ def sla_bwd_preprocess_kernel(
     this chunk's share of dW = dO^T O_l; db's share = sum dO. (Delta_l comes from the dq kernel.)
     The caller sums the shares, so the result does not depend on scheduling. W_PREC: the
     precision of dW, a sum over all B*H*N rows: "tf32x3" for half inputs, since plain tf32
-    would add an error of the size of the inputs' own rounding.
+    would add an error of the size of the inputs' own rounding. PAIR (bf16 activations): W and
+    O_l as pairs of bf16 values, which hold them to 2^-16 (far below dO's own bf16 rounding),
+    in two bf16 products each with the bf16 dO instead of tf32 / tf32x3 ones (D = 64 on an
+    H100: 0.20 -> 0.13 ms; benchmarks/NOTES.md, session 8).
     """
     chunk = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -349,7 +354,11 @@ def sla_bwd_preprocess_kernel(
     db = tl.zeros([D], dtype=tl.float32)
     if LINEAR:
         w = tl.load(W + offs_d[:, None] * D + offs_d[None, :])
-        if DOT_PREC == "tf32":
+        if PAIR:
+            w_hi = round_bf16(w)
+            w_lo = round_bf16(w - w_hi).to(DO.dtype.element_ty)
+            w_hi = w_hi.to(DO.dtype.element_ty)
+        elif DOT_PREC == "tf32":
             w = round_tf32(w)
     start = chunk * ROWS
     for r0 in range(start, tl.minimum(start + ROWS, N), BLOCK_M):
@@ -365,10 +374,18 @@ def sla_bwd_preprocess_kernel(
             db += tl.sum(do32, 0)
         if LINEAR:
             # proj(o_l) = o_l W^T, W (out, in): dO_l = dO W, dW = dO^T O_l.
-            do_l = tl.dot(do32, w, input_precision=DOT_PREC)
             o_l = tl.load(O_L + ptrs, mask=row_ok[:, None], other=0.0)
+            if PAIR:
+                do_l = tl.dot(do, w_hi, input_precision=DOT_PREC)
+                do_l = tl.dot(do, w_lo, do_l, input_precision=DOT_PREC)
+                o_hi = round_bf16(o_l)
+                o_lo = round_bf16(o_l - o_hi).to(do.dtype)
+                dw = tl.dot(tl.trans(do), o_hi.to(do.dtype), dw, input_precision=DOT_PREC)
+                dw = tl.dot(tl.trans(do), o_lo, dw, input_precision=DOT_PREC)
+            else:
+                do_l = tl.dot(do32, w, input_precision=DOT_PREC)
+                dw = tl.dot(tl.trans(do32), o_l, dw, input_precision=W_PREC)
             tl.store(DO_L + ptrs, do_l.to(DO_L.dtype.element_ty), mask=row_ok[:, None])
-            dw = tl.dot(tl.trans(do32), o_l, dw, input_precision=W_PREC)
     part = bh * tl.num_programs(0) + chunk
     if LINEAR:
         tl.store(DW_PART + part * D * D + offs_d[:, None] * D + offs_d[None, :], dw)

@@ -111,6 +111,7 @@ def block_outer_kernel(
     HAS_C: tl.constexpr,
     DOT_PREC: tl.constexpr,
     SPLIT: tl.constexpr,
+    U_PAIR: tl.constexpr,
 ):
     """Per block of ROWS rows of one head (grid: cdiv(N, ROWS), B*H):
 
@@ -119,6 +120,8 @@ def block_outer_kernel(
     need the sums to ~fp32 accuracy): the fp32 sum is stored as a pair of bf16 values,
     HBLK = hi and HBLK_LO = lo, hi + lo within 2^-17 of it, so that `mask_gemm_kernel` sums it
     with two bf16 products (cheaper than tf32 ones, and exact) instead of fp32 operands.
+    U_PAIR (with HAS_DEN, bf16 activations): u = phi / den as a pair of bf16 values, multiplied
+    with the bf16 y in two bf16 products (exact in fp32) instead of one tf32 product.
     Forward: x = k, y = v, den = c = 1 gives each key block's h_j = phi(K_j)^T V_j and z_j.
     Backward: x = q, y = dO_l, den = the forward's denominator, c = -Delta_l gives each query
     block's dH_i and dZ_i.
@@ -152,9 +155,18 @@ def block_outer_kernel(
             # and the same u goes into the z sum, so that dH and dZ cancel exactly where they
             # must (d phi(k) = v dH^T + dZ). fp32 keeps 1 / den in range.
             u = u / den[:, None]
-            if DOT_PREC == "tf32":
-                u = round_tf32(u)
-            acc_h = tl.dot(tl.trans(u), y.to(tl.float32), acc_h, input_precision=DOT_PREC)
+            if U_PAIR:
+                # Two bf16 halves hold u to 2^-16 (tf32: 2^-11) and run at twice tf32's rate:
+                # 0.41 -> 0.28 ms at the reference shape on an H100 (benchmarks/NOTES.md, s. 8).
+                u_hi = round_bf16(u)
+                u_lo = round_bf16(u - u_hi)
+                acc_h = tl.dot(tl.trans(u_hi.to(y.dtype)), y, acc_h, input_precision=DOT_PREC)
+                acc_h = tl.dot(tl.trans(u_lo.to(y.dtype)), y, acc_h, input_precision=DOT_PREC)
+                u = u_hi + u_lo
+            else:
+                if DOT_PREC == "tf32":
+                    u = round_tf32(u)
+                acc_h = tl.dot(tl.trans(u), y.to(tl.float32), acc_h, input_precision=DOT_PREC)
         else:
             # Operands in the activations' dtype (exact products), fp32 accumulation.
             acc_h = tl.dot(tl.trans(u.to(y.dtype)), y, acc_h, input_precision=DOT_PREC)

@@ -187,11 +187,16 @@ def _block_outer(
     exact: bool,
     den: torch.Tensor | None = None,
     c: torch.Tensor | None = None,
+    pair: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Per block of `rows` rows: (sum u^T y, its low half or None, sum c u) with
     u = phi(x) / den; see the kernel. `exact` (the backward's sums): with half inputs the D x D
     sums come as a (hi, lo) pair of bf16 values; with fp32 inputs in fp32. Otherwise in the
-    activations' dtype."""
+    activations' dtype. `pair` (bf16 activations, `_bf16_pairs`): u / den as a bf16 pair.
+
+    Tiles measured on the H100 at the reference shape (benchmarks/NOTES.md, session 8): at
+    D >= 128 the forward's sums run fastest on 64-row steps with 8 warps (0.20 ms), the exact
+    ones on 32-row steps with 4 warps (k, v: 0.34 -> 0.31 ms; q, dO_l with the u pair: 0.28)."""
     b, h, n, d = x.shape
     n_blocks = triton.cdiv(n, rows)
     split = exact and _dot_prec(x.dtype) == "tf32"
@@ -200,14 +205,16 @@ def _block_outer(
     hblk = _new(x, (2 if split else 1, b * h, n_blocks, d, d), hdtype)
     zblk = _new(x, (b * h, n_blocks, d), torch.float32)
     aux = _empty_aux(x)
+    wide_exact = exact and d >= 128
     launch(
         block_outer_kernel, (n_blocks, b * h),
         x, y, den if den is not None else aux, c if c is not None else aux,
         hblk[0], hblk[1] if split else aux, zblk,
         *_bh_strides(x), *_bh_strides(y), h, n,
-        D=d, ROWS=rows, BLOCK_R=min(rows, 64), FEATURE=FEATURE_CODES[feature_map],
-        HAS_DEN=den is not None, HAS_C=c is not None, DOT_PREC=_dot_prec(x.dtype), SPLIT=split,
-        num_warps=8 if d >= 128 else 4, num_stages=3,
+        D=d, ROWS=rows, BLOCK_R=min(rows, 32 if wide_exact else 64),
+        FEATURE=FEATURE_CODES[feature_map], HAS_DEN=den is not None, HAS_C=c is not None,
+        DOT_PREC=_dot_prec(x.dtype), SPLIT=split, U_PAIR=pair and den is not None,
+        num_warps=8 if d >= 128 and not wide_exact else 4, num_stages=3,
     )  # fmt: skip
     return hblk[0], hblk[1] if split else None, zblk
 
@@ -232,11 +239,12 @@ def _mask_gemm(
     r, c, stride_r, stride_c = (nk, nq, 1, nk) if transpose else (nq, nk, nk, 1)
     out = _new(x, (bh, r, cols), _pair_dtype() if pair_out else out_dtype)
     out_lo = _new(x, (bh, r, cols), _pair_dtype()) if pair_out else None
-    # Measured on the H100 at 32,760 tokens (benchmarks/NOTES.md, sessions 4 and 7): the
+    # Measured on the H100 at 32,760 tokens (benchmarks/NOTES.md, sessions 4, 7, 8): the
     # forward's sum is faster with 256-wide column tiles and 8 warps (D=128: 0.32 -> 0.26 ms)
     # and x through TMA (0.24 -> 0.21); the backward's H sums (a split pair) with 128-row
-    # tiles and x through TMA (0.89 -> 0.41 ms). The backward's transposed split sum was faster alone with 128 x 256 tiles but not
-    # inside the whole backward, so it keeps 64 x 128 tiles and 4 warps.
+    # tiles and x through TMA (0.89 -> 0.41 ms). The backward's transposed split sum keeps
+    # 64 x 128 tiles on 4 warps: of the faster configs, 128-row tiles spill and 2 stages
+    # (0.47 -> 0.41 ms alone) gave NaN sums with fp16 inputs at 75,600 tokens (session 8).
     split = x_lo is not None
     if transpose:
         block_r, block_cols, warps = 64, min(cols, 128), 4
@@ -282,7 +290,7 @@ def _linear_sums(
     output is fine with sums rounded like the activations).
     """
     d = x.shape[-1]
-    hblk, hblk_lo, zblk = _block_outer(x, y, rows, feature_map, exact, den, c)
+    hblk, hblk_lo, zblk = _block_outer(x, y, rows, feature_map, exact, den, c, pair_out)
     flat = hblk.view(hblk.shape[0], -1, d * d)
     flat_lo = None if hblk_lo is None else hblk_lo.view(flat.shape)
     out_dtype = torch.float32 if exact else _forward_sum_dtype(x.dtype)
@@ -412,7 +420,7 @@ def sla_bwd(
         do, o_s, o_l, proj_weight if linear else aux, delta_s, do_l, dw_part, db_part,
         h, n,
         D=d, ROWS=PREPROCESS_ROWS, BLOCK_M=64, LINEAR=linear, HAS_BIAS=has_bias, DOT_PREC=prec,
-        W_PREC="ieee" if q.dtype == torch.float32 else "tf32x3",
+        W_PREC="ieee" if q.dtype == torch.float32 else "tf32x3", PAIR=pair,
         num_warps=8 if d >= 128 else 4, num_stages=3,
     )  # fmt: skip
     dw = dw_part.sum(0) if linear else aux
