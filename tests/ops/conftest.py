@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slatte.ops.sla import interface
+from slatte.ops.triton_interpreter import triton_interpreting
 
 
 def _truncate_tf32(x: np.ndarray) -> np.ndarray:
@@ -20,7 +20,7 @@ def _truncate_tf32(x: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(autouse=True, scope="session")
 def tf32_like_the_gpu():
-    if not interface._TRITON_INTERPRET:
+    if not triton_interpreting():
         yield
         return
     from triton.runtime import interpreter

@@ -11,13 +11,13 @@ import torch
 
 from slatte.ops import sla_block_map
 from slatte.ops.sla import block_map as block_map_module
-from slatte.ops.sla import interface
 from slatte.ops.sla.block_map import block_map, block_scores, classify, mean_pool
 from slatte.ops.sla.config import block_counts
+from slatte.ops.triton_interpreter import triton_interpreting
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 needs_kernel = pytest.mark.skipif(
-    DEVICE == "cpu" and not interface._TRITON_INTERPRET,
+    DEVICE == "cpu" and not triton_interpreting(),
     reason="needs CUDA or TRITON_INTERPRET=1 (set by tests/conftest.py)",
 )
 

@@ -10,14 +10,15 @@ import pytest
 import torch
 
 from slatte.ops import sparse_linear_attention
-from slatte.ops.sla import interface, triton_op
+from slatte.ops.sla import triton_op
+from slatte.ops.triton_interpreter import triton_interpreting
 
 from .sla_check import check_sla, make_inputs
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float16, torch.float32] + ([torch.bfloat16] if DEVICE == "cuda" else [])
 pytestmark = pytest.mark.skipif(
-    DEVICE == "cpu" and not interface._TRITON_INTERPRET,
+    DEVICE == "cpu" and not triton_interpreting(),
     reason="needs CUDA or TRITON_INTERPRET=1 (set by tests/conftest.py)",
 )
 

@@ -13,13 +13,11 @@ inference only (no autograd formula: callers fall back to the modules when gradi
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-_TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+from .triton_interpreter import triton_interpreting
 
 
 def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -134,7 +132,7 @@ def rms_norm_rotary_qk(
     _check(q, k, q_weight, k_weight, cos, sin, heads)
     d = q.shape[-1] // heads
     triton_ok = d >= 2 and d & (d - 1) == 0 and q.stride(-1) == 1 and k.stride(-1) == 1
-    if not (triton_ok and (q.is_cuda or _TRITON_INTERPRET)):
+    if not (triton_ok and (q.is_cuda or triton_interpreting())):
         return _reference(q, q_weight, cos, sin, heads, eps), _reference(
             k, k_weight, cos, sin, heads, eps
         )

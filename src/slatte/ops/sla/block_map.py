@@ -8,10 +8,9 @@ reference path never needs it.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
+from ..triton_interpreter import triton_interpreting
 from .config import block_counts
 
 CRITICAL, MARGINAL, NEGLIGIBLE = 1, 0, -1
@@ -77,7 +76,7 @@ def classify(
     if use_kernel is None:
         # Under torch.compile the sort (same result) spares Dynamo tracing a Triton launch.
         use_kernel = scores.is_cuda and not torch.compiler.is_compiling()
-    if use_kernel and not scores.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+    if use_kernel and not scores.is_cuda and not triton_interpreting():
         raise ValueError(
             "classify's kernel needs a CUDA tensor or TRITON_INTERPRET=1, "
             f"got device {scores.device}"

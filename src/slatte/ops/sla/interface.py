@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
+from ..triton_interpreter import triton_interpreting
 from . import block_map as _block_map
 from .config import BLOCK_SIZES, FEATURE_MAPS, LINEAR_SCOPES, block_counts, validate_fractions
 from .reference import sla_reference
@@ -15,8 +15,6 @@ from .reference import sla_reference
 # Triton to be importable).
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 TRITON_HEAD_DIMS = (16, 32, 64, 128)
-# Under Triton's interpreter (CI without a GPU) the kernels run on CPU tensors.
-_TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 LAYOUTS = ("bhnd", "bnhd")
 BACKENDS = ("auto", "triton", "reference")
@@ -143,7 +141,7 @@ def _use_triton(q: torch.Tensor, backend: str, block_q: int, block_k: int) -> bo
     if backend == "reference":
         return False
     problem = None
-    if q.device.type != "cuda" and (backend == "auto" or not _TRITON_INTERPRET):
+    if q.device.type != "cuda" and (backend == "auto" or not triton_interpreting()):
         problem = f"needs a CUDA tensor, got device {q.device}"
     elif q.dtype not in TRITON_DTYPES:
         problem = f"supports dtypes {TRITON_DTYPES}, got {q.dtype}"

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import torch
 import triton
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from ..triton_interpreter import triton_interpreting
 from .block_map import block_scores, classify, linear_mask, transpose_lists
 from .kernels_backward import (
     sla_bwd_dkdv_kernel,
@@ -100,9 +100,7 @@ def _use_tma(*xs: torch.Tensor) -> bool:
     interpreter) and every tensor's strides suit it (16-byte multiples). Measured on the H100 (benchmarks/NOTES.md,
     session 7): with their key blocks as bulk copies, the forward and dq kernels run fastest on
     64-row query tiles (`_configs`), the forward 7% faster than before at D = 128."""
-    if not USE_TMA or not (
-        os.environ.get("TRITON_INTERPRET") == "1" or (xs[0].is_cuda and _has_tma(xs[0].device))
-    ):
+    if not USE_TMA or not (triton_interpreting() or (xs[0].is_cuda and _has_tma(xs[0].device))):
         return False
     size = xs[0].element_size()
     for x in xs:
@@ -153,7 +151,7 @@ def _block_sum_dtype(dtype: torch.dtype) -> torch.dtype:
     # Per-block D x D sums (over one block's rows, so no overflow risk) go through the tensor
     # cores in the activations' dtype; fp32 for bf16 under Triton's interpreter, whose bf16
     # arithmetic is unreliable.
-    if dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
+    if dtype == torch.bfloat16 and triton_interpreting():
         return torch.float32
     return dtype
 
@@ -168,7 +166,7 @@ def _forward_sum_dtype(dtype: torch.dtype) -> torch.dtype:
 def _pair_dtype() -> torch.dtype:
     # The exact sums' (hi, lo) halves: bf16 values, stored as such on the GPU; as fp32 under
     # Triton's interpreter, whose bf16 arithmetic is unreliable (the values are the same).
-    return torch.float32 if os.environ.get("TRITON_INTERPRET") == "1" else torch.bfloat16
+    return torch.float32 if triton_interpreting() else torch.bfloat16
 
 
 def _bf16_pairs(dtype: torch.dtype) -> bool:
