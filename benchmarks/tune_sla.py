@@ -23,13 +23,14 @@ FWD = [dict(fwd_m=m, fwd_warps=w, fwd_stages=s) for m, w, s in
 # configs differently from the full forward+backward).
 BWD = [
     {},
-    dict(dq_stages=2),
+    dict(dq_stages=1),
+    dict(dq_stages=3),
+    dict(dq_m=128, dq_warps=8, dq_stages=3),
     dict(dkdv_stages=2),
-    dict(dq_stages=2, dkdv_stages=2),
-    dict(dq_m=64, dq_warps=4, dq_stages=2),
     dict(dkdv_m=32),
-    dict(key_linear_n=64),
+    dict(key_linear_n=64, key_linear_warps=4),
     dict(key_linear_n=32, key_linear_warps=8),
+    dict(key_linear_n=32, key_linear_warps=4),
 ]
 
 
