@@ -9,12 +9,12 @@ import triton
 import triton.language as tl
 
 from .kernels_common import (
+    bf16_pair,
     dot_exact_b,
     feature_map,
     feature_map_grad,
     load_block,
     load_rows,
-    round_bf16,
     round_tf32,
 )
 
@@ -355,9 +355,8 @@ def sla_bwd_preprocess_kernel(
     if LINEAR:
         w = tl.load(W + offs_d[:, None] * D + offs_d[None, :])
         if PAIR:
-            w_hi = round_bf16(w)
-            w_lo = round_bf16(w - w_hi).to(DO.dtype.element_ty)
-            w_hi = w_hi.to(DO.dtype.element_ty)
+            w_hi, w_lo = bf16_pair(w)
+            w_hi, w_lo = w_hi.to(DO.dtype.element_ty), w_lo.to(DO.dtype.element_ty)
         elif DOT_PREC == "tf32":
             w = round_tf32(w)
     start = chunk * ROWS
@@ -378,10 +377,9 @@ def sla_bwd_preprocess_kernel(
             if PAIR:
                 do_l = tl.dot(do, w_hi, input_precision=DOT_PREC)
                 do_l = tl.dot(do, w_lo, do_l, input_precision=DOT_PREC)
-                o_hi = round_bf16(o_l)
-                o_lo = round_bf16(o_l - o_hi).to(do.dtype)
+                o_hi, o_lo = bf16_pair(o_l)
                 dw = tl.dot(tl.trans(do), o_hi.to(do.dtype), dw, input_precision=DOT_PREC)
-                dw = tl.dot(tl.trans(do), o_lo, dw, input_precision=DOT_PREC)
+                dw = tl.dot(tl.trans(do), o_lo.to(do.dtype), dw, input_precision=DOT_PREC)
             else:
                 do_l = tl.dot(do32, w, input_precision=DOT_PREC)
                 dw = tl.dot(tl.trans(do32), o_l, dw, input_precision=W_PREC)

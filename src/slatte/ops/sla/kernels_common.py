@@ -70,6 +70,16 @@ def round_bf16(x):
 
 
 @triton.jit
+def bf16_pair(x):
+    """x (fp32) as (hi, lo), two fp32 tiles holding bf16 values, hi + lo within 2^-17 of x:
+    operands that bf16 tensor cores multiply exactly, or sums stored in half the bytes of two
+    fp32 ones. Rounded in fp32 bits, so the pair is the same whether it is then stored as bf16
+    (on the GPU) or as fp32 (under the interpreter, whose bf16 arithmetic is unreliable)."""
+    hi = round_bf16(x)
+    return hi, round_bf16(x - hi)
+
+
+@triton.jit
 def dot_exact_b(a, b, acc, SPLIT: tl.constexpr, DOT_PREC: tl.constexpr):
     """acc + a @ b for fp32 tiles where `a` holds values exact in tf32 (activations) and `b` is
     a full-precision fp32 sum (H_i, dH^(j)). SPLIT: b = hi + lo with hi exact in tf32, two
@@ -158,8 +168,7 @@ def block_outer_kernel(
             if U_PAIR:
                 # Two bf16 halves hold u to 2^-16 (tf32: 2^-11) and run at twice tf32's rate:
                 # 0.41 -> 0.28 ms at the reference shape on an H100 (benchmarks/NOTES.md, s. 8).
-                u_hi = round_bf16(u)
-                u_lo = round_bf16(u - u_hi)
+                u_hi, u_lo = bf16_pair(u)
                 acc_h = tl.dot(tl.trans(u_hi.to(y.dtype)), y, acc_h, input_precision=DOT_PREC)
                 acc_h = tl.dot(tl.trans(u_lo.to(y.dtype)), y, acc_h, input_precision=DOT_PREC)
                 u = u_hi + u_lo
@@ -178,11 +187,9 @@ def block_outer_kernel(
     part = bh * tl.num_programs(0) + blk
     offs_h = part * D * D + offs_d[:, None] * D + offs_d[None, :]
     if SPLIT:
-        # Rounded in fp32 bits, so that the pair is the same whether it is stored as bf16 (on
-        # the GPU) or as fp32 (under the interpreter, whose bf16 arithmetic is unreliable).
-        hi = round_bf16(acc_h)
+        hi, lo = bf16_pair(acc_h)
         tl.store(HBLK + offs_h, hi.to(HBLK.dtype.element_ty))
-        tl.store(HBLK_LO + offs_h, round_bf16(acc_h - hi).to(HBLK.dtype.element_ty))
+        tl.store(HBLK_LO + offs_h, lo.to(HBLK.dtype.element_ty))
     else:
         tl.store(HBLK + offs_h, acc_h.to(HBLK.dtype.element_ty))
     tl.store(ZBLK + part * D + offs_d, acc_z)
@@ -271,9 +278,8 @@ def mask_gemm_kernel(
             acc = tl.dot(w, x_lo, acc, input_precision=DOT_PREC)
     offs_out = (bh * R + offs_r[:, None]) * COLS + offs_col[None, :]
     if PAIR_OUT:
-        hi = round_bf16(acc)
+        hi, lo = bf16_pair(acc)
         tl.store(OUT + offs_out, hi.to(OUT.dtype.element_ty), mask=offs_r[:, None] < R)
-        lo = round_bf16(acc - hi).to(OUT_LO.dtype.element_ty)
-        tl.store(OUT_LO + offs_out, lo, mask=offs_r[:, None] < R)
+        tl.store(OUT_LO + offs_out, lo.to(OUT_LO.dtype.element_ty), mask=offs_r[:, None] < R)
     else:
         tl.store(OUT + offs_out, acc.to(OUT.dtype.element_ty), mask=offs_r[:, None] < R)
