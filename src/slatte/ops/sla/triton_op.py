@@ -97,9 +97,9 @@ USE_TMA = True
 def _use_tma(*xs: torch.Tensor) -> bool:
     """Whether kernels read tiles of the tensors `xs` (last dim contiguous) through TMA tensor
     descriptors: where the GPU has the copy engine (Hopper and later; also under Triton's
-    interpreter) and every tensor's strides suit it (16-byte multiples). Measured on the H100 (benchmarks/NOTES.md,
-    session 7): with their key blocks as bulk copies, the forward and dq kernels run fastest on
-    64-row query tiles (`_configs`), the forward 7% faster than before at D = 128."""
+    interpreter) and every tensor's strides suit it (16-byte multiples). Measured on the H100
+    (benchmarks/NOTES.md, session 7): with their key blocks as bulk copies, the forward and dq
+    kernels run fastest on 64-row query tiles (`_configs`), the forward 7% faster at D = 128."""
     if not USE_TMA or not (triton_interpreting() or (xs[0].is_cuda and _has_tma(xs[0].device))):
         return False
     size = xs[0].element_size()
@@ -203,16 +203,18 @@ def _block_outer(
     hblk = _new(x, (2 if split else 1, b * h, n_blocks, d, d), hdtype)
     zblk = _new(x, (b * h, n_blocks, d), torch.float32)
     aux = _empty_aux(x)
-    wide_exact = exact and d >= 128
+    if d >= 128:  # the tiles the docstring's measurements chose
+        block_r, warps = (32, 4) if exact else (64, 8)
+    else:
+        block_r, warps = 64, 4
     launch(
         block_outer_kernel, (n_blocks, b * h),
         x, y, den if den is not None else aux, c if c is not None else aux,
         hblk[0], hblk[1] if split else aux, zblk,
         *_bh_strides(x), *_bh_strides(y), h, n,
-        D=d, ROWS=rows, BLOCK_R=min(rows, 32 if wide_exact else 64),
-        FEATURE=FEATURE_CODES[feature_map], HAS_DEN=den is not None, HAS_C=c is not None,
-        DOT_PREC=_dot_prec(x.dtype), SPLIT=split, U_PAIR=pair and den is not None,
-        num_warps=8 if d >= 128 and not wide_exact else 4, num_stages=3,
+        D=d, ROWS=rows, BLOCK_R=min(rows, block_r), FEATURE=FEATURE_CODES[feature_map],
+        HAS_DEN=den is not None, HAS_C=c is not None, DOT_PREC=_dot_prec(x.dtype), SPLIT=split,
+        U_PAIR=pair and den is not None, num_warps=warps, num_stages=3,
     )  # fmt: skip
     return hblk[0], hblk[1] if split else None, zblk
 
