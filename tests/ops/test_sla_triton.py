@@ -167,6 +167,27 @@ def test_triton_refuses_what_it_cannot_run():
         sparse_linear_attention(q, q, q, backend="triton")
 
 
+def test_backward_fills_no_gradient_for_saved_outputs():
+    """`sla_fwd` returns its saved state (o_s, o_l, the linear sums, ...) as outputs that no
+    loss uses; unless the op opts out, autograd fills a zero gradient of each one's size before
+    every backward (a pass over their bytes). Only zeros the backward op makes itself may run."""
+    q, k, v, w, b = (x.requires_grad_() for x in make_inputs(1, 2, 64, 32, torch.float32, DEVICE))
+    out = sparse_linear_attention(q, k, v, w, b, block_q=16, block_k=16, backend="triton")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out.backward(torch.randn_like(out))
+
+    def inside_backward_op(event):
+        while event is not None:
+            if event.name == "slatte::sla_bwd":
+                return True
+            event = event.cpu_parent
+        return False
+
+    fills = [e for e in prof.events() if e.name == "aten::zeros" and not inside_backward_op(e)]
+    assert not fills, f"{len(fills)} zero gradients filled outside the backward op"
+    assert q.grad is not None and w.grad is not None
+
+
 def test_opcheck_and_compile_fullgraph():
     q, k, v, w, b = make_inputs(1, 2, 48, 32, torch.float32, DEVICE, seed=7)
     args = (q, k, v, w, b, 1, 1, 16, 16, "softmax", "marginal", 32**-0.5, True)

@@ -21,6 +21,7 @@ def sla_fwd_kernel(
     W,
     BIAS,
     HBLK,
+    HBLK_LO,
     ZBLK,
     CRIT_LUT,
     OUT,
@@ -53,6 +54,7 @@ def sla_fwd_kernel(
     FEATURE: tl.constexpr,
     LINEAR: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    H_PAIR: tl.constexpr,
     STORE_AUX: tl.constexpr,
     DOT_PREC: tl.constexpr,
     KV_TMA: tl.constexpr,
@@ -65,6 +67,7 @@ def sla_fwd_kernel(
     query block (LSE kept in log2 units). Linear branch (LINEAR): O_l = phi(q) H_i /
     (phi(q) Z_i + eps) with H_i (D x D) and Z_i (D) of this query block pre-summed over S(i)
     (HBLK, ZBLK: `mask_gemm_kernel`); an empty S(i) gives H_i = Z_i = 0, hence O_l = 0.
+    H_PAIR (bf16, training): H_i is the bf16 pair HBLK + HBLK_LO of the backward's exact sum.
     Output O = O_s + O_l W^T + bias, in one pass: no O(N^2) buffer.
     """
     pid_m = tl.program_id(0)
@@ -105,19 +108,26 @@ def sla_fwd_kernel(
     out = o_s
 
     if LINEAR:
-        h_i = tl.load(HBLK + q_block * D * D + offs_d[:, None] * D + offs_d[None, :])
+        offs_h = q_block * D * D + offs_d[:, None] * D + offs_d[None, :]
+        h_i = tl.load(HBLK + offs_h)
         z_i = tl.load(ZBLK + q_block * D + offs_d)
         # W is (out, in): proj(o_l) = o_l W^T.
         w_t = tl.load(W + offs_d[None, :] * D + offs_d[:, None])
         fq = feature_map(q.to(tl.float32), FEATURE).to(q.dtype)
         den = tl.sum(fq.to(tl.float32) * z_i[None, :], 1) + eps
         if HBLK.dtype.element_ty == tl.bfloat16:
-            # bf16 activations: H_i and W rounded to bf16, both products on bf16 tensor cores
-            # (fp32 operands here made the compiler spill: benchmarks/NOTES.md, session 6).
-            o_l = tl.dot(fq, h_i) / den[:, None]
+            # bf16 activations: W rounded to bf16, H_i too (or an exact pair, H_PAIR), the
+            # products on bf16 tensor cores (fp32 operands here made the compiler spill:
+            # benchmarks/NOTES.md, session 6).
+            o_l = tl.dot(fq, h_i)
+            if H_PAIR:
+                o_l = tl.dot(fq, tl.load(HBLK_LO + offs_h), o_l)
+            o_l = o_l / den[:, None]
             out = tl.dot(o_l.to(tl.bfloat16), w_t.to(tl.bfloat16), out)
         else:
             fq = fq.to(tl.float32)
+            if H_PAIR:  # (under the interpreter the pair's halves are fp32 tensors)
+                h_i += tl.load(HBLK_LO + offs_h)
             if DOT_PREC == "tf32":
                 # fp32 operands rounded to nearest, not truncated by the tensor cores (a
                 # one-sided error that adds up over the D terms of a row; see `round_tf32`).

@@ -188,7 +188,7 @@ def _block_outer(
     pair: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Per block of `rows` rows: (sum u^T y, its low half or None, sum c u) with
-    u = phi(x) / den; see the kernel. `exact` (the backward's sums): with half inputs the D x D
+    u = phi(x) / den; see the kernel. `exact` (sums the backward uses): with half inputs the D x D
     sums come as a (hi, lo) pair of bf16 values; with fp32 inputs in fp32. Otherwise in the
     activations' dtype. `pair` (bf16 activations, `_bf16_pairs`): u / den as a bf16 pair.
 
@@ -286,8 +286,8 @@ def _linear_sums(
     transpose): dH^(j), dZ^(j) of every key block. Returns (B*H, blocks, D, D) (fp32 when
     `exact`, else `_forward_sum_dtype`; with `pair_out` its hi half), its lo half (`pair_out`;
     else None), and (B*H, blocks, D).
-    `exact`: H / dH to ~fp32 accuracy, as the backward's cancellations need (the forward's
-    output is fine with sums rounded like the activations).
+    `exact`: H / dH to ~fp32 accuracy, as the backward's cancellations need (the inference
+    forward's output is fine with sums rounded like the activations).
     """
     d = x.shape[-1]
     hblk, hblk_lo, zblk = _block_outer(x, y, rows, feature_map, exact, den, c, pair_out)
@@ -321,19 +321,31 @@ def sla_fwd(
     scale: float,
     store_aux: bool,
 ) -> tuple[
-    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
-]:
-    """Returns (o, bmap, crit_lut, o_s, o_l, lse, den); all but o are saved for the backward,
-    the last four empty unless `store_aux` (o_l and den also without a linear branch)."""
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+]:  # fmt: skip
+    """Returns (o, bmap, crit_lut, o_s, o_l, lse, den, hsum, hsum_lo, zsum); all but o are saved
+    for the backward, the last seven empty unless `store_aux` (o_l, den and the sums also
+    without a linear branch, hsum_lo also without bf16 pairs).
+
+    With `store_aux` the linear branch's H_i, Z_i are summed to the backward's accuracy (an
+    exact bf16 pair for bf16 activations, fp32 otherwise) and kept: the forward multiplies
+    phi(q) with both halves, the backward takes them instead of summing them again. Measured on the H100 at the reference shape (benchmarks/NOTES.md,
+    session 9): the exact sums cost the forward 0.3 ms more and save the backward 0.7. Extra
+    memory: D x D per query block and head, D / block_q times the bytes of q per half.
+    """
     b, h, n, d = q.shape
     bmap, crit_lut = classify(block_scores(q, k, block_q, block_k), n_crit, n_negl)
     linear = _has_linear(bmap.shape[-1], n_crit, n_negl, linear_scope, proj_weight is not None)
+    pair = store_aux and linear and _bf16_pairs(q.dtype)
     tma = _use_tma(k, v)
     cfg = _configs(d, block_q, block_k, q.element_size(), tma=tma)
     aux = _empty_aux(q)
-    hsum = zsum = aux
+    hsum = hsum_lo = zsum = aux
     if linear:
-        hsum, _, zsum = _linear_sums(k, v, bmap, block_k, linear_scope, False, feature_map, False)
+        hsum, hsum_lo, zsum = _linear_sums(
+            k, v, bmap, block_k, linear_scope, False, feature_map, store_aux, pair_out=pair
+        )
     o = _new_like(q)
     o_s = _new(q, (b, h, n, d), q.dtype) if store_aux else aux
     o_l = _new(q, (b, h, n, d), torch.float32) if store_aux and linear else aux
@@ -347,18 +359,21 @@ def sla_fwd(
         k_tiles, v_tiles,
         proj_weight if proj_weight is not None else aux,
         proj_bias if proj_bias is not None else aux,
-        hsum, zsum, crit_lut,
+        hsum, hsum_lo if pair else hsum, zsum, crit_lut,
         o, o_s, o_l, lse, den,
         *_bh_strides(q), *_bh_strides(k), *_bh_strides(v), *_bh_strides(o),
         h, n, n_crit,
         scale * LOG2E, LINEAR_EPS,
         D=d, BLOCK_M=cfg["fwd_m"], BLOCK_N=cfg["fwd_n"], LUT_BLOCK_Q=block_q,
         LUT_BLOCK_K=block_k, FEATURE=FEATURE_CODES[feature_map], LINEAR=linear,
-        HAS_BIAS=proj_bias is not None, STORE_AUX=store_aux, DOT_PREC=_dot_prec(q.dtype),
+        HAS_BIAS=proj_bias is not None, H_PAIR=pair, STORE_AUX=store_aux,
+        DOT_PREC=_dot_prec(q.dtype),
         KV_TMA=tma, num_warps=cfg["fwd_warps"], num_stages=cfg["fwd_stages"],
     )  # fmt: skip
+    if not store_aux:
+        hsum = zsum = aux
     # A custom op's outputs may not alias one another: each unused one is its own empty tensor.
-    outs = (o, bmap, crit_lut, o_s, o_l, lse, den)
+    outs = (o, bmap, crit_lut, o_s, o_l, lse, den, hsum, aux if hsum_lo is None else hsum_lo, zsum)
     return tuple(_empty_aux(q) if x is aux else x for x in outs)
 
 
@@ -375,7 +390,15 @@ def _(q, k, v, proj_weight, proj_bias, n_crit, n_negl, block_q, block_k, feature
     o_l = q.new_empty(b, h, n, d, dtype=f32) if store_aux and linear else _empty_aux(q)
     lse = q.new_empty(b, h, n, dtype=f32) if store_aux else _empty_aux(q)
     den = q.new_empty(b, h, n, dtype=f32) if store_aux and linear else _empty_aux(q)
-    return torch.empty_like(q), bmap, crit_lut, o_s, o_l, lse, den
+    nq = math.ceil(n / block_q)
+    pair = store_aux and linear and _bf16_pairs(q.dtype)
+    hsum = hsum_lo = zsum = _empty_aux(q)
+    if store_aux and linear:
+        hsum = q.new_empty(b * h, nq, d, d, dtype=_pair_dtype() if pair else f32)
+        zsum = q.new_empty(b * h, nq, d, dtype=f32)
+    if pair:
+        hsum_lo = torch.empty_like(hsum)
+    return torch.empty_like(q), bmap, crit_lut, o_s, o_l, lse, den, hsum, hsum_lo, zsum
 
 
 @torch.library.custom_op("slatte::sla_bwd", mutates_args=())
@@ -392,6 +415,9 @@ def sla_bwd(
     o_l: torch.Tensor,
     lse: torch.Tensor,
     den: torch.Tensor,
+    hsum: torch.Tensor,
+    hsum_lo: torch.Tensor,
+    zsum: torch.Tensor,
     n_crit: int,
     n_negl: int,
     block_q: int,
@@ -401,7 +427,7 @@ def sla_bwd(
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (dq, dk, dv, d proj_weight, d proj_bias); the last two are empty when there is
-    no projection / bias."""
+    no projection / bias. hsum, hsum_lo, zsum: the forward's exact H_i (pair), Z_i."""
     b, h, n, d = q.shape
     linear = _has_linear(bmap.shape[-1], n_crit, n_negl, linear_scope, proj_weight is not None)
     pair = linear and _bf16_pairs(q.dtype)
@@ -434,12 +460,7 @@ def sla_bwd(
     # The dq kernel computes Delta_l (from the same rounded terms it cancels against there),
     # which the key side's dZ sums need: dq runs first.
     dq = _new_like(q)
-    delta_l = hsum = hsum_lo = zsum = aux
-    if linear:
-        delta_l = _new(q, (b, h, n), torch.float32)
-        hsum, hsum_lo, zsum = _linear_sums(
-            k, v, bmap, block_k, linear_scope, False, feature_map, True, pair_out=pair
-        )
+    delta_l = _new(q, (b, h, n), torch.float32) if linear else aux
     kv_block = [1, 1, cfg["dq_n"], d]
     k_tiles, v_tiles = (_descriptor(x, kv_block) for x in (k, v)) if tma else (k, v)
     launch(
@@ -481,8 +502,8 @@ def sla_bwd(
 
 
 @sla_bwd.register_fake
-def _(do, q, k, v, proj_weight, has_bias, bmap, crit_lut, o_s, o_l, lse, den, n_crit, n_negl, block_q,
-      block_k, feature_map, linear_scope, scale):  # fmt: skip
+def _(do, q, k, v, proj_weight, has_bias, bmap, crit_lut, o_s, o_l, lse, den, hsum, hsum_lo, zsum,
+      n_crit, n_negl, block_q, block_k, feature_map, linear_scope, scale):  # fmt: skip
     dw = torch.empty_like(proj_weight) if proj_weight is not None else _empty_aux(q)
     db = q.new_empty(q.shape[-1], dtype=torch.float32) if has_bias else _empty_aux(q)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dw, db
@@ -493,17 +514,21 @@ _FWD_ARGS = ("n_crit", "n_negl", "block_q", "block_k", "feature_map", "linear_sc
 
 def _setup_context(ctx, inputs, output) -> None:
     q, k, v, proj_weight, proj_bias, *opts, _store_aux = inputs
-    _o, bmap, crit_lut, o_s, o_l, lse, den = output
-    ctx.save_for_backward(q, k, v, proj_weight, bmap, crit_lut, o_s, o_l, lse, den)
+    _o, *saved = output
+    ctx.save_for_backward(q, k, v, proj_weight, *saved)
     ctx.opts = dict(zip(_FWD_ARGS, opts, strict=True))
     ctx.has_bias = proj_bias is not None
+    # The outputs after o are saved state, never differentiated: without this autograd would
+    # fill a zero gradient for each of them (their bytes again, 0.16 ms per backward at the
+    # reference shape on an H100, benchmarks/NOTES.md session 9).
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, do, *_unused_grads):
-    q, k, v, proj_weight, bmap, crit_lut, o_s, o_l, lse, den = ctx.saved_tensors
-    dq, dk, dv, dw, db = sla_bwd(
-        do, q, k, v, proj_weight, ctx.has_bias, bmap, crit_lut, o_s, o_l, lse, den, **ctx.opts
-    )
+    if do is None:  # o itself took no part in the loss
+        return (None,) * 13
+    q, k, v, proj_weight, *saved = ctx.saved_tensors
+    dq, dk, dv, dw, db = sla_bwd(do, q, k, v, proj_weight, ctx.has_bias, *saved, **ctx.opts)
     return (
         dq, dk, dv,
         dw if proj_weight is not None else None,
