@@ -330,9 +330,9 @@ def sla_fwd(
 
     With `store_aux` the linear branch's H_i, Z_i are summed to the backward's accuracy (an
     exact bf16 pair for bf16 activations, fp32 otherwise) and kept: the forward multiplies
-    phi(q) with both halves, the backward takes them instead of summing them again. Measured on the H100 at the reference shape (benchmarks/NOTES.md,
-    session 9): the exact sums cost the forward 0.3 ms more and save the backward 0.7. Extra
-    memory: D x D per query block and head, D / block_q times the bytes of q per half.
+    phi(q) with both halves, the backward takes them instead of summing them again
+    (forward+backward -0.21 ms at the reference shape on an H100, benchmarks/NOTES.md session
+    9). Extra memory: D x D per query block and head, D / block_q times the bytes of q per half.
     """
     b, h, n, d = q.shape
     bmap, crit_lut = classify(block_scores(q, k, block_q, block_k), n_crit, n_negl)
@@ -525,8 +525,6 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _backward(ctx, do, *_unused_grads):
-    if do is None:  # o itself took no part in the loss
-        return (None,) * 13
     q, k, v, proj_weight, *saved = ctx.saved_tensors
     dq, dk, dv, dw, db = sla_bwd(do, q, k, v, proj_weight, ctx.has_bias, *saved, **ctx.opts)
     return (
