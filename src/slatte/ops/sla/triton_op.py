@@ -370,11 +370,12 @@ def sla_fwd(
         DOT_PREC=_dot_prec(q.dtype),
         KV_TMA=tma, num_warps=cfg["fwd_warps"], num_stages=cfg["fwd_stages"],
     )  # fmt: skip
-    if not store_aux:
-        hsum = zsum = aux
-    # A custom op's outputs may not alias one another: each unused one is its own empty tensor.
-    outs = (o, bmap, crit_lut, o_s, o_l, lse, den, hsum, aux if hsum_lo is None else hsum_lo, zsum)
-    return tuple(_empty_aux(q) if x is aux else x for x in outs)
+    # The sums are saved state only when training (inference's are rounded for the forward).
+    sums = (hsum, hsum_lo, zsum) if store_aux else (aux, aux, aux)
+    # A custom op's outputs may not alias one another: each unused one (aux, or a lo half that
+    # is None without bf16 pairs) is its own empty tensor.
+    outs = (o, bmap, crit_lut, o_s, o_l, lse, den, *sums)
+    return tuple(_empty_aux(q) if x is aux or x is None else x for x in outs)
 
 
 @sla_fwd.register_fake
