@@ -1,8 +1,13 @@
 """The SLA block map (spec section 1) and the block lists the kernels walk.
 
-PyTorch on any device: the pooled scores are tiny (Nq x Nk per head), so after one pass over q
-and k the rest costs little next to attention itself. On CUDA the classification runs as one
-Triton kernel (`kernels_block_map`) rather than two sorts; Triton is imported only there, so the
+PyTorch on any device. The pooled scores are tiny (Nq x Nk per head), so on the GPU the map
+costs little next to attention itself, but its many small torch ops cost about as much host time
+per call as attention's kernels take on the GPU. So on CUDA each step is one Triton launch: the
+pooling of q and k (`kernels_block_pool`, then one matmul), the classification
+(`kernels_block_map`, rather than two sorts) and the backward's transposed lists
+(`kernels_block_lists`, rather than a sort and a scatter). Each gives what its torch code gives
+(the pooling to fp32 rounding, the rest bit for bit), and every caller on a device takes the
+same path, so the kernels and the reference see one map. Triton is imported only there, so the
 reference path never needs it.
 """
 
@@ -41,15 +46,81 @@ def mean_pool(x: torch.Tensor, block: int) -> torch.Tensor:
     return out.permute(1, 2, 0, 3)
 
 
-def block_scores(q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int) -> torch.Tensor:
-    """Pooled attention logits (B, H, Nq, Nk).
+def _kernel_wanted(x: torch.Tensor, use_kernel: bool | None, op: str) -> bool:
+    """Whether `op` takes its Triton kernel: `use_kernel`, where None means "on CUDA". True also
+    runs it on the CPU under TRITON_INTERPRET=1 (tests), and raises a ValueError on the CPU
+    without it."""
+    if use_kernel is None:
+        # Under torch.compile the torch code (same result) spares Dynamo tracing a Triton launch.
+        return x.is_cuda and not torch.compiler.is_compiling()
+    if use_kernel and not x.is_cuda and not triton_interpreting():
+        raise ValueError(
+            f"{op}'s kernel needs a CUDA tensor or TRITON_INTERPRET=1, got device {x.device}"
+        )
+    return use_kernel
+
+
+_POOL_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def block_scores(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    block_q: int,
+    block_k: int,
+    *,
+    use_kernel: bool | None = None,
+) -> torch.Tensor:
+    """Pooled attention logits (B, H, Nq, Nk), fp32 (fp64 for fp64 input).
 
     The spec ranks `softmax(qb kb^T / sqrt(D))`; softmax is monotone along a row, so ranking the
     logits picks the same blocks (and breaks ties that softmax underflow would create).
+
+    `use_kernel`: pool q and k with one Triton launch (`kernels_block_pool`) instead of
+    `mean_pool`; None means "on CUDA". True also runs it on the CPU under TRITON_INTERPRET=1
+    (tests). Both pool to fp32 rounding (the sums' order differs); fp64, and q and k of
+    different (B, H) or D, always go through `mean_pool`.
     """
-    qb = mean_pool(q, block_q)
-    kb = mean_pool(k, block_k)
+    if (
+        _kernel_wanted(q, use_kernel, "block_scores")
+        and q.dtype in _POOL_KERNEL_DTYPES
+        and k.dtype in _POOL_KERNEL_DTYPES
+        and q.shape[:2] == k.shape[:2]
+        and q.shape[-1] == k.shape[-1]
+    ):
+        qb, kb = _pool_qk_kernel(q, k, block_q, block_k)
+    else:
+        qb, kb = mean_pool(q, block_q), mean_pool(k, block_k)
     return qb @ kb.transpose(-1, -2)
+
+
+def _pool_qk_kernel(
+    q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`mean_pool` of q and of k in one launch: fp32 (B, H, Nq, D) and (B, H, Nk, D),
+    contiguous (the matmul takes them, and kb transposed, as they are)."""
+    import triton
+
+    from .kernels_block_pool import pool_qk_kernel
+    from .launch import launch
+
+    b, h, n_q, d = q.shape
+    n_k = k.shape[2]
+    nb_q, nb_k = triton.cdiv(n_q, block_q), triton.cdiv(n_k, block_k)
+    qb = torch.empty(b, h, nb_q, d, dtype=torch.float32, device=q.device)
+    kb = torch.empty(b, h, nb_k, d, dtype=torch.float32, device=k.device)
+    block_d = triton.next_power_of_2(d)
+    # One warp per block, 2,048 elements a step: with more warps the partial sums meet in
+    # shared memory (slower on the H100 in a short sweep at D = 64 and 128, bf16).
+    chunk = min(triton.next_power_of_2(max(block_q, block_k)), max(1, 2048 // block_d))
+    if b * h and max(nb_q, nb_k):
+        launch(
+            pool_qk_kernel, (max(nb_q, nb_k), b * h, 2),
+            q, k, qb, kb, *q.stride(), *k.stride(),
+            h, n_q, n_k, block_q, block_k, nb_q, nb_k, d,
+            CHUNK=chunk, BLOCK_D=block_d, num_warps=1, num_stages=1,
+        )  # fmt: skip
+    return qb, kb
 
 
 def classify(
@@ -73,15 +144,7 @@ def classify(
     """
     n_blocks = scores.shape[-1]
     n_crit, n_negl = block_counts(critical, negligible, n_blocks)
-    if use_kernel is None:
-        # Under torch.compile the sort (same result) spares Dynamo tracing a Triton launch.
-        use_kernel = scores.is_cuda and not torch.compiler.is_compiling()
-    if use_kernel and not scores.is_cuda and not triton_interpreting():
-        raise ValueError(
-            "classify's kernel needs a CUDA tensor or TRITON_INTERPRET=1, "
-            f"got device {scores.device}"
-        )
-    if use_kernel and scores.dtype == torch.float32:
+    if _kernel_wanted(scores, use_kernel, "classify") and scores.dtype == torch.float32:
         from .kernels_block_map import MAX_BLOCK
 
         if 0 < n_blocks <= MAX_BLOCK:
@@ -156,13 +219,22 @@ def linear_mask(bmap: torch.Tensor, linear_scope: str) -> torch.Tensor:
     )
 
 
-def transpose_lists(lut: torch.Tensor, n_cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+def transpose_lists(
+    lut: torch.Tensor, n_cols: int, *, use_kernel: bool | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For each column j, the rows i whose list `lut` (B, H, R, n) holds j, ascending.
 
+    Each row of `lut` holds n distinct ascending columns in [0, n_cols) (`classify`'s LUT).
     Returns (rows, starts), int32: the rows of column j are
     rows[..., starts[..., j] : starts[..., j + 1]] (rows: (B, H, R * n), starts: (B, H, n_cols + 1)).
     The backward's key-block programs walk these.
+
+    `use_kernel`: build them with one Triton launch (`kernels_block_lists`) instead of a sort
+    and a scatter; None means "on CUDA". True also runs it on the CPU under TRITON_INTERPRET=1
+    (tests). Both give the same lists bit for bit.
     """
+    if _kernel_wanted(lut, use_kernel, "transpose_lists"):
+        return _transpose_lists_kernel(lut, n_cols)
     n_rows = lut.shape[-2]
     row_ids = torch.arange(n_rows, device=lut.device)[:, None]
     # One key per (row, entry): sorting by column then row groups each column's rows in order.
@@ -171,3 +243,30 @@ def transpose_lists(lut: torch.Tensor, n_cols: int) -> tuple[torch.Tensor, torch
     counts = torch.zeros(*lut.shape[:-2], n_cols + 1, dtype=torch.int32, device=lut.device)
     counts.scatter_add_(-1, lut.flatten(-2).long() + 1, torch.ones_like(lut.flatten(-2)))
     return rows.contiguous(), counts.cumsum(-1, dtype=torch.int32).contiguous()
+
+
+def _transpose_lists_kernel(lut: torch.Tensor, n_cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    import triton
+
+    from .kernels_block_lists import transpose_lists_kernel
+    from .launch import launch
+
+    *batch, n_rows, n = lut.shape
+    lists = lut.reshape(-1, n_rows * n).contiguous()  # (B, H, R, n) -> (heads, R * n)
+    heads = lists.shape[0]
+    rows = torch.empty(*batch, n_rows * n, dtype=torch.int32, device=lut.device)
+    starts = torch.empty(*batch, n_cols + 1, dtype=torch.int32, device=lut.device)
+    # 64 columns per program: at 512 columns and 12 heads about one program per SM. Each
+    # program reads all its head's entries, so wider tiles would only pay off for lists much
+    # longer than a few percent of the columns. (On the H100 at the reference shape, tiles of
+    # 32 to 128 columns and 2 to 8 warps all ran in less GPU time than the launch's host time.)
+    cols = 64
+    tiles = triton.cdiv(n_cols + 1, cols)
+    member = torch.empty(heads * tiles, n_rows, cols, dtype=torch.int8, device=lut.device)
+    if heads:
+        launch(
+            transpose_lists_kernel, (tiles, heads),
+            lists, rows, starts, member, n_rows, n, n_cols,
+            COLS=cols, ROW_TILE=64, ENTRY_TILE=2048, num_warps=4, num_stages=1,
+        )  # fmt: skip
+    return rows, starts
