@@ -12,9 +12,13 @@ out=${OUT:-gpu_logs}
 mkdir -p "$out"
 export PYTHONPATH=$PWD/src:$PWD/benchmarks:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 official=(--official-main .external/sla_official_main --official-sla1 .external/sla_official_sla_1)
+# The SLA tests that run their kernels on the GPU.
+grid_tests=(tests/ops/test_sla_triton_gpu.py tests/ops/test_sla_triton.py
+  tests/ops/test_sla_block_map_kernel.py tests/ops/test_sla_block_pool_kernel.py
+  tests/ops/test_sla_block_lists_kernel.py)
 if [[ $what == grid || $what == all ]]; then
-  timeout 480 python3 -m pytest -q --tb=line -n 8 -p no:cacheprovider tests/ops/test_sla_triton_gpu.py \
-    tests/ops/test_sla_triton.py 2>&1 | tee "$out/grid.log" | tail -n 40
+  timeout 480 python3 -m pytest -q --tb=line -n 8 -p no:cacheprovider "${grid_tests[@]}" 2>&1 |
+    tee "$out/grid.log" | tail -n 40
 fi
 if [[ $what == compare || $what == all ]]; then
   timeout 120 python3 benchmarks/compare_official_sla.py "${official[@]}" 2>&1 | tee "$out/compare.log" | tail -n 12
@@ -46,7 +50,7 @@ if [[ $what == versus ]]; then
   python3 -c "import xdist" 2>/dev/null && xdist=(-n 8)
   left=$((${BUDGET:-450} - SECONDS))
   timeout $((left > 30 ? left : 30)) python3 -m pytest -v --tb=line ${xdist[@]+"${xdist[@]}"} -p no:cacheprovider \
-    tests/ops/test_sla_triton_gpu.py tests/ops/test_sla_triton.py > "$out/grid.log" 2>&1
+    "${grid_tests[@]}" > "$out/grid.log" 2>&1
   echo "grid exit $? after ${SECONDS}s: $(grep -c PASSED "$out/grid.log") passed"
   grep -E "FAILED|ERROR|^E  |[0-9]+ (passed|failed)" "$out/grid.log" | tail -n 40
 fi

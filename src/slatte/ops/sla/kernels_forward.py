@@ -58,6 +58,7 @@ def sla_fwd_kernel(
     STORE_AUX: tl.constexpr,
     DOT_PREC: tl.constexpr,
     KV_TMA: tl.constexpr,
+    LIN_CHUNK: tl.constexpr,
 ):
     """One program per (BLOCK_M query rows, head). Grid: (cdiv(N, BLOCK_M), B * H).
     K_TMA, V_TMA: with KV_TMA, tensor descriptors of K and V for BLOCK_N-row tiles (the key
@@ -68,7 +69,8 @@ def sla_fwd_kernel(
     (phi(q) Z_i + eps) with H_i (D x D) and Z_i (D) of this query block pre-summed over S(i)
     (HBLK, ZBLK: `mask_gemm_kernel`); an empty S(i) gives H_i = Z_i = 0, hence O_l = 0.
     H_PAIR (bf16, training): H_i is the bf16 pair HBLK + HBLK_LO of the backward's exact sum.
-    Output O = O_s + O_l W^T + bias, in one pass: no O(N^2) buffer.
+    Output O = O_s + O_l W^T + bias, in one pass: no O(N^2) buffer. LIN_CHUNK (divides D):
+    columns of O_l per step of the linear epilogue.
     """
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -80,6 +82,7 @@ def sla_fwd_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
     row_ok = offs_m < N
+    rows = bh * N + offs_m  # (rows of the contiguous (B*H, N, ...) saved state)
     q = load_rows(Q + b * stride_qb + h * stride_qh, offs_m, stride_qn, offs_d, row_ok)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
@@ -108,35 +111,45 @@ def sla_fwd_kernel(
     out = o_s
 
     if LINEAR:
-        offs_h = q_block * D * D + offs_d[:, None] * D + offs_d[None, :]
-        h_i = tl.load(HBLK + offs_h)
         z_i = tl.load(ZBLK + q_block * D + offs_d)
-        # W is (out, in): proj(o_l) = o_l W^T.
-        w_t = tl.load(W + offs_d[None, :] * D + offs_d[:, None])
         fq = feature_map(q.to(tl.float32), FEATURE).to(q.dtype)
         den = tl.sum(fq.to(tl.float32) * z_i[None, :], 1) + eps
-        if HBLK.dtype.element_ty == tl.bfloat16:
-            # bf16 activations: W rounded to bf16, H_i too (or an exact pair, H_PAIR), the
-            # products on bf16 tensor cores (fp32 operands here made the compiler spill:
-            # benchmarks/NOTES.md, session 6).
-            o_l = tl.dot(fq, h_i)
-            if H_PAIR:
-                o_l = tl.dot(fq, tl.load(HBLK_LO + offs_h), o_l)
-            o_l = o_l / den[:, None]
-            out = tl.dot(o_l.to(tl.bfloat16), w_t.to(tl.bfloat16), out)
-        else:
-            fq = fq.to(tl.float32)
-            if H_PAIR:  # (under the interpreter the pair's halves are fp32 tensors)
-                h_i += tl.load(HBLK_LO + offs_h)
-            if DOT_PREC == "tf32":
-                # fp32 operands rounded to nearest, not truncated by the tensor cores (a
-                # one-sided error that adds up over the D terms of a row; see `round_tf32`).
-                h_i = round_tf32(h_i)
-            o_l = tl.dot(fq, h_i, input_precision=DOT_PREC) / den[:, None]
-            if DOT_PREC == "tf32":
-                out = tl.dot(round_tf32(o_l), round_tf32(w_t), out, input_precision=DOT_PREC)
+        # O_l and its projection LIN_CHUNK columns of O_l at a time: with all D = 128 columns of
+        # H_i, its lo half and W at once, the training epilogue spilled 788 bytes a thread
+        # (sm_90 compile; 184 in 32-column chunks, benchmarks/NOTES.md session 10).
+        for c in tl.static_range(D // LIN_CHUNK):
+            offs_c = c * LIN_CHUNK + tl.arange(0, LIN_CHUNK)
+            offs_h = q_block * D * D + offs_d[:, None] * D + offs_c[None, :]
+            h_i = tl.load(HBLK + offs_h)
+            # W is (out, in): proj(o_l) = o_l W^T; these are the rows offs_c of W^T.
+            w_t = tl.load(W + offs_d[None, :] * D + offs_c[:, None])
+            if HBLK.dtype.element_ty == tl.bfloat16:
+                # bf16 activations: W rounded to bf16, H_i too (or an exact pair, H_PAIR), the
+                # products on bf16 tensor cores (fp32 operands here made the compiler spill:
+                # benchmarks/NOTES.md, session 6).
+                o_l = tl.dot(fq, h_i)
+                if H_PAIR:
+                    o_l = tl.dot(fq, tl.load(HBLK_LO + offs_h), o_l)
+                o_l = o_l / den[:, None]
+                out = tl.dot(o_l.to(tl.bfloat16), w_t.to(tl.bfloat16), out)
             else:
-                out = tl.dot(o_l, w_t, out, input_precision=DOT_PREC)
+                if H_PAIR:  # (under the interpreter the pair's halves are fp32 tensors)
+                    h_i += tl.load(HBLK_LO + offs_h)
+                if DOT_PREC == "tf32":
+                    # fp32 operands rounded to nearest, not truncated by the tensor cores (a
+                    # one-sided error that adds up over the D terms of a row; see `round_tf32`).
+                    h_i = round_tf32(h_i)
+                o_l = tl.dot(fq.to(tl.float32), h_i, input_precision=DOT_PREC) / den[:, None]
+                if DOT_PREC == "tf32":
+                    out = tl.dot(round_tf32(o_l), round_tf32(w_t), out, input_precision=DOT_PREC)
+                else:
+                    out = tl.dot(o_l, w_t, out, input_precision=DOT_PREC)
+            if STORE_AUX:
+                tl.store(
+                    O_L + rows[:, None] * D + offs_c[None, :],
+                    o_l.to(O_L.dtype.element_ty),
+                    mask=row_ok[:, None],
+                )
     if HAS_BIAS:
         out += tl.load(BIAS + offs_d)[None, :]
     tl.store(
@@ -145,7 +158,6 @@ def sla_fwd_kernel(
         mask=row_ok[:, None],
     )
     if STORE_AUX:
-        rows = bh * N + offs_m
         tl.store(LSE + rows, m_i + tl.math.log2(l_i), mask=row_ok)
         tl.store(
             O_S + rows[:, None] * D + offs_d[None, :],
@@ -154,8 +166,3 @@ def sla_fwd_kernel(
         )
         if LINEAR:
             tl.store(DEN + rows, den, mask=row_ok)
-            tl.store(
-                O_L + rows[:, None] * D + offs_d[None, :],
-                o_l.to(O_L.dtype.element_ty),
-                mask=row_ok[:, None],
-            )
