@@ -18,11 +18,13 @@ from slatte.ops.sla import triton_op
 
 FWD = [dict(fwd_m=m, fwd_warps=w, fwd_stages=s) for m, w, s in
        [(64, 4, 2), (64, 4, 3), (128, 8, 2), (128, 8, 3), (128, 8, 4), (128, 4, 3)]]  # fmt: skip
-# Backward candidates: each changes a few knobs of `_configs`' defaults ({} = the defaults), so
-# every kernel is tried in context (the isolated sweeps of NOTES.md session 5 ranked D=64
-# configs differently from the full forward+backward).
+# Training candidates, timed forward+backward: each changes a few knobs of `_configs`' defaults
+# ({} = the defaults), so every kernel is tried in context (the isolated sweeps of NOTES.md
+# session 5 ranked D=64 configs differently from the full forward+backward).
 BWD = [
     {},
+    dict(fwd_lin_chunk=16),
+    dict(fwd_lin_chunk=64),
     dict(dq_stages=1),
     dict(dq_stages=3),
     dict(dq_m=128, dq_warps=8, dq_stages=3),
