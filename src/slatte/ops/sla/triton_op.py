@@ -15,7 +15,7 @@ import triton
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ..triton_interpreter import triton_interpreting
-from .block_map import block_scores, classify, linear_mask, transpose_lists
+from .block_map import block_scores, classify, transpose_lists
 from .kernels_backward import (
     sla_bwd_dkdv_kernel,
     sla_bwd_dq_kernel,
@@ -298,9 +298,9 @@ def _linear_sums(
     flat_lo = None if hblk_lo is None else hblk_lo.view(flat.shape)
     out_dtype = torch.float32 if exact else _forward_sum_dtype(x.dtype)
     hsum, hsum_lo = _mask_gemm(bmap, flat, flat_lo, scope, transpose, x.dtype, out_dtype, pair_out)
-    # The D-wide z sums are tiny: a plain fp32 product with the 0/1 selection.
-    select = linear_mask(bmap, scope).flatten(0, 1).to(torch.float32)
-    zsum = (select.transpose(1, 2) if transpose else select) @ zblk
+    # The D-wide z sums through the same kernel, in fp32 ("ieee" products with the 0/1
+    # weights): one launch instead of the mask, its cast and a matmul (host time, session 10).
+    zsum, _ = _mask_gemm(bmap, zblk, None, scope, transpose, torch.float32)
     return (
         hsum.view(hsum.shape[0], -1, d, d),
         None if hsum_lo is None else hsum_lo.view(hsum_lo.shape[0], -1, d, d),
