@@ -21,7 +21,7 @@ FWD = [dict(fwd_m=m, fwd_warps=w, fwd_stages=s) for m, w, s in
 # Training candidates, timed forward+backward: each changes a few knobs of `_configs`' defaults
 # ({} = the defaults), so every kernel is tried in context (the isolated sweeps of NOTES.md
 # session 5 ranked D=64 configs differently from the full forward+backward).
-BWD = [
+TRAIN = [
     {},
     dict(fwd_lin_chunk=16),
     dict(fwd_lin_chunk=64),
@@ -67,7 +67,7 @@ def main() -> None:
         rows.append(dict(kind="fwd", cfg=cfg, ms=try_bench(fwd)))
     timed = [r for r in rows if isinstance(r["ms"], float)]
     best_fwd = min(timed, key=lambda r: r["ms"])["cfg"] if timed else {}
-    for cfg in BWD:
+    for cfg in TRAIN:
         triton_op.CONFIG_OVERRIDES[d] = {**best_fwd, **cfg}
         rows.append(dict(kind="fwd+bwd", cfg=cfg, ms=try_bench(fwdbwd, grad_to_none=[qg, kg, vg])))
     triton_op.CONFIG_OVERRIDES.clear()
