@@ -30,9 +30,6 @@ TRAIN = [
     dict(dq_m=128, dq_warps=8, dq_stages=3),
     dict(dkdv_stages=2),
     dict(dkdv_m=32),
-    dict(key_linear_n=64, key_linear_warps=4),
-    dict(key_linear_n=32, key_linear_warps=8),
-    dict(key_linear_n=32, key_linear_warps=4),
 ]
 
 

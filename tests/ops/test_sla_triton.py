@@ -70,6 +70,15 @@ def test_bf16_pair_path(monkeypatch, exact_products, d, block_q):
     )
 
 
+@pytest.mark.parametrize("prologue", [True, False])
+def test_key_linear_share_in_either_kernel(monkeypatch, prologue):
+    """The key side's linear share is computed in the dk/dv kernel's prologue or in a kernel of
+    its own (`_configs`' `key_linear_prologue`): both places give the same gradients, here with
+    an fp32 dH (the defaults take the prologue only with the bf16 pair)."""
+    monkeypatch.setitem(triton_op.CONFIG_OVERRIDES, 32, {"key_linear_prologue": prologue})
+    check_sla(*make_inputs(1, 2, 75, 32, torch.float32, DEVICE, seed=5), opts(feature_map="elu"))
+
+
 @pytest.mark.parametrize("tma", [True, False])
 @pytest.mark.parametrize("layout", ["bhnd", "bnhd"])
 def test_key_tiles_by_tma_and_by_pointers(monkeypatch, tma, layout):

@@ -1,7 +1,8 @@
 """The SLA backward kernels: FlashAttention-2 style dq (over each query block's critical list)
 and dk/dv (over each key block's transposed list), with the linear branch's gradients from the
-per-block sums H_i, Z_i (query side, in the dq kernel) and dH^(j), dZ^(j) (key side, in a kernel
-of its own whose fp32 result seeds the dk/dv accumulators)."""
+per-block sums H_i, Z_i (query side, the dq kernel's epilogue) and dH^(j), dZ^(j) (key side,
+`key_linear_share`, whose result seeds the dk/dv loop's accumulators: computed in that kernel's
+prologue, or in a kernel of its own where that is faster)."""
 
 from __future__ import annotations
 
@@ -139,6 +140,45 @@ def sla_bwd_dq_kernel(
     )
 
 
+@triton.jit
+def key_linear_share(
+    k, v, col_ok, DHBLK, DHBLK_LO, DZBLK, k_block, offs_d, sm_scale,
+    FEATURE: tl.constexpr, DOT_PREC: tl.constexpr, SPLIT: tl.constexpr, PAIR: tl.constexpr,
+):  # fmt: skip
+    """The linear branch's share of (dk, dv) for the key rows k, v (rows not `col_ok` are
+    padding) of key block `k_block` (its index over all heads), fp32, dk's in units of 1 /
+    sm_scale (the dk/dv kernel applies sm_scale at its end). With dH^(j), dZ^(j) summed over
+    the query blocks whose S(i) holds this key block: d phi(k) = v dH^T + dZ, dv = phi(k) dH.
+    dH is fp32 (DHBLK), or with PAIR (bf16 activations) a bf16 pair DHBLK + DHBLK_LO whose
+    products are exact in fp32.
+    """
+    k32 = k.to(tl.float32)
+    fk = tl.where(col_ok[:, None], feature_map(k32, FEATURE), 0.0)
+    d = offs_d.shape[0]
+    offs_dh = k_block * d * d + offs_d[:, None] * d + offs_d[None, :]
+    dz = tl.load(DZBLK + k_block * d + offs_d)
+    # dH unrounded in both products: v dH^T and dZ cancel where the query rows' O_l is close
+    # to v, and dv = phi(k) dH sums same-signed terms (relu / softmax features), where the
+    # one-sided error of dH truncated by the tensor cores adds up.
+    dz_rows = tl.zeros(k.shape, dtype=tl.float32) + dz[None, :]
+    # phi(k) rounded as in the forward's sums (exact in tf32 and in bf16).
+    fk_r = fk.to(k.dtype)
+    if PAIR:
+        dh_hi = tl.load(DHBLK + offs_dh)
+        dh_lo = tl.load(DHBLK_LO + offs_dh)
+        dfk = tl.dot(v, tl.trans(dh_hi), dz_rows)
+        dfk = tl.dot(v, tl.trans(dh_lo), dfk)
+        dv = tl.dot(fk_r, dh_hi)
+        dv = tl.dot(fk_r, dh_lo, dv)
+    else:
+        dh = tl.load(DHBLK + offs_dh)
+        dfk = dot_exact_b(v.to(tl.float32), tl.trans(dh), dz_rows, SPLIT, DOT_PREC)
+        dv = dot_exact_b(
+            fk_r.to(tl.float32), dh, tl.zeros(k.shape, dtype=tl.float32), SPLIT, DOT_PREC
+        )
+    return feature_map_grad(k32, fk, dfk, FEATURE) / sm_scale, dv
+
+
 @triton.jit(do_not_specialize=["N", "N_CRIT"])
 def sla_bwd_dkdv_kernel(
     Q,
@@ -147,6 +187,9 @@ def sla_bwd_dkdv_kernel(
     DO,
     LSE,
     DELTA_S,
+    DHBLK,
+    DHBLK_LO,
+    DZBLK,
     DK_LIN,
     DV_LIN,
     CRIT_ROWS,
@@ -178,18 +221,24 @@ def sla_bwd_dkdv_kernel(
     BLOCK_N: tl.constexpr,
     LUT_BLOCK_Q: tl.constexpr,
     LUT_BLOCK_K: tl.constexpr,
+    FEATURE: tl.constexpr,
     LINEAR: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    SPLIT: tl.constexpr,
+    PAIR: tl.constexpr,
+    LIN_PROLOGUE: tl.constexpr,
 ):
     """dk, dv for BLOCK_N key rows of one head. Grid: (cdiv(N, BLOCK_N), B * H).
 
     Walks the query blocks for which this key block is critical (this head's
     CRIT_ROWS[CRIT_STARTS[j] : CRIT_STARTS[j + 1]], the transposed critical lists). LINEAR: the
-    accumulators start from the linear branch's share (DK_LIN, DV_LIN, fp32, contiguous
-    (B*H, N, D), dk's in units of 1 / sm_scale, from `sla_bwd_key_linear_kernel`) instead of
-    zero. That share has a kernel of its own because its D x D tiles, live next to this loop's
-    two accumulators, made the compiler spill inside the loop (2.6 ms of 5.0 at D = 128 on an
-    H100).
+    accumulators start from the linear branch's share instead of zero. LIN_PROLOGUE: the share
+    is computed here before the loop (`key_linear_share` from dH^(j) in DHBLK (+ DHBLK_LO with
+    PAIR) and dZ^(j) in DZBLK), where its D x D tiles are dead by the time the loop's state is
+    live; else it is read from DK_LIN, DV_LIN (fp32, contiguous (B*H, N, D), from
+    `sla_bwd_key_linear_kernel`). Which is faster depends on the tiles (`triton_op._configs`).
+    After the loop, next to the accumulators, the share made the loop spill (2.6 ms of 5.0 at
+    D = 128 on an H100, benchmarks/NOTES.md session 5).
     """
     pid_n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -205,7 +254,12 @@ def sla_bwd_dkdv_kernel(
     k = load_rows(K + b * stride_kb + h * stride_kh, offs_n, stride_kn, offs_d, col_ok)
     v = load_rows(V + b * stride_vb + h * stride_vh, offs_n, stride_vn, offs_d, col_ok)
     q_base = Q + b * stride_qb + h * stride_qh
-    if LINEAR:
+    if LINEAR and LIN_PROLOGUE:
+        dk, dv = key_linear_share(
+            k, v, col_ok, DHBLK, DHBLK_LO, DZBLK, k_block, offs_d, sm_scale, FEATURE, DOT_PREC,
+            SPLIT, PAIR,
+        )  # fmt: skip
+    elif LINEAR:
         dk = load_rows(DK_LIN + bh * N * D, offs_n, D, offs_d, col_ok)
         dv = load_rows(DV_LIN + bh * N * D, offs_n, D, offs_d, col_ok)
     else:
@@ -260,7 +314,7 @@ def sla_bwd_key_linear_kernel(
     stride_vn,
     H,
     N,
-    inv_sm_scale,
+    sm_scale,
     D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     LUT_BLOCK_K: tl.constexpr,
@@ -269,11 +323,8 @@ def sla_bwd_key_linear_kernel(
     SPLIT: tl.constexpr,
     PAIR: tl.constexpr,
 ):
-    """The linear branch's share of dk, dv for BLOCK_N key rows of one head, in fp32, where
-    the dk/dv kernel picks it up (dk divided by sm_scale, which that kernel applies at its end).
-    Grid: (cdiv(N, BLOCK_N), B * H). With dH^(j), dZ^(j) summed over the query blocks whose S(i)
-    holds this key block: d phi(k) = v dH^T + dZ, dv = phi(k) dH. dH is fp32 (DHBLK), or with
-    PAIR (bf16 activations) a bf16 pair DHBLK + DHBLK_LO whose products are exact in fp32.
+    """`key_linear_share` for BLOCK_N key rows of one head, stored in fp32 DK_LIN, DV_LIN
+    (contiguous (B*H, N, D)) where the dk/dv kernel picks it up. Grid: (cdiv(N, BLOCK_N), B * H).
     """
     pid_n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -285,30 +336,10 @@ def sla_bwd_key_linear_kernel(
     col_ok = offs_n < N
     k = load_rows(K + b * stride_kb + h * stride_kh, offs_n, stride_kn, offs_d, col_ok)
     v = load_rows(V + b * stride_vb + h * stride_vh, offs_n, stride_vn, offs_d, col_ok)
-    k32 = k.to(tl.float32)
-    fk = tl.where(col_ok[:, None], feature_map(k32, FEATURE), 0.0)
-    offs_dh = k_block * D * D + offs_d[:, None] * D + offs_d[None, :]
-    dz = tl.load(DZBLK + k_block * D + offs_d)
-    # dH unrounded in both products: v dH^T and dZ cancel where the query rows' O_l is close
-    # to v, and dv = phi(k) dH sums same-signed terms (relu / softmax features), where the
-    # one-sided error of dH truncated by the tensor cores adds up.
-    dz_rows = tl.zeros([BLOCK_N, D], dtype=tl.float32) + dz[None, :]
-    # phi(k) rounded as in the forward's sums (exact in tf32 and in bf16).
-    fk_r = fk.to(k.dtype)
-    if PAIR:
-        dh_hi = tl.load(DHBLK + offs_dh)
-        dh_lo = tl.load(DHBLK_LO + offs_dh)
-        dfk = tl.dot(v, tl.trans(dh_hi), dz_rows)
-        dfk = tl.dot(v, tl.trans(dh_lo), dfk)
-        dv = tl.dot(fk_r, dh_hi)
-        dv = tl.dot(fk_r, dh_lo, dv)
-    else:
-        dh = tl.load(DHBLK + offs_dh)
-        dfk = dot_exact_b(v.to(tl.float32), tl.trans(dh), dz_rows, SPLIT, DOT_PREC)
-        dv = dot_exact_b(
-            fk_r.to(tl.float32), dh, tl.zeros([BLOCK_N, D], dtype=tl.float32), SPLIT, DOT_PREC
-        )
-    dk = feature_map_grad(k32, fk, dfk, FEATURE) * inv_sm_scale
+    dk, dv = key_linear_share(
+        k, v, col_ok, DHBLK, DHBLK_LO, DZBLK, k_block, offs_d, sm_scale, FEATURE, DOT_PREC, SPLIT,
+        PAIR,
+    )  # fmt: skip
     lin = (bh * N + offs_n)[:, None] * D + offs_d[None, :]
     tl.store(DK_LIN + lin, dk, mask=col_ok[:, None])
     tl.store(DV_LIN + lin, dv, mask=col_ok[:, None])

@@ -50,9 +50,13 @@ def _configs(
     allow (with 64-row tiles 8 warps are 2x slower; with fp32 inputs dq's 128 rows need more
     shared memory than an H100 has). With key tiles through TMA (`tma`, session 7) both take
     64-row tiles on 4 warps at D > 64 instead: 1.60 -> 1.56 ms forward, 8.53 -> 8.27 forward +
-    backward at the reference shape. The key side's linear share takes 32-row tiles on 8 warps
-    at D > 64 with fp32 dH, 64 rows on 4 warps with the bf16 pair (`pair`). The forward's
-    linear epilogue goes through O_l's columns 32 at a time at D > 64 (session 10: training
+    backward at the reference shape. The key side's linear share is computed in the dk/dv
+    kernel's prologue with the bf16 pair (`pair`) at D > 64 or with 128-row query blocks
+    (session 12, dk/dv with the share alone at the reference shape: D=128 2.34 -> 1.95 ms,
+    D=64 1.13 -> 1.01; with 64-row query blocks D=64 0.98 -> 1.03, and with an fp32 dH at
+    D=128 its split products spill); elsewhere in a kernel of its own, on 32-row tiles with 8
+    warps at D > 64 with fp32 dH, 64 rows on 4 warps with the pair. The forward's linear
+    epilogue goes through O_l's columns 32 at a time at D > 64 (session 10: training
     forward+backward -0.17 ms at the reference shape; 16 at a time -0.10).
     `CONFIG_OVERRIDES` (key: head dim) lets benchmarks try others without editing code.
     """
@@ -72,6 +76,7 @@ def _configs(
         "dkdv_n": 64,
         "dkdv_warps": 4,
         "dkdv_stages": 1,
+        "key_linear_prologue": pair and (wide or block_q >= 128),
         "key_linear_n": 32 if wide and not pair else 64,
         "key_linear_warps": 8 if wide and not pair else 4,
     }
@@ -478,16 +483,18 @@ def sla_bwd(
         BLOCK_M=cfg["dq_m"], BLOCK_N=cfg["dq_n"], num_warps=cfg["dq_warps"],
         num_stages=cfg["dq_stages"], PAIR=pair, KV_TMA=tma, **flags,
     )  # fmt: skip
-    dk_lin = dv_lin = aux
+    dhsum = dhsum_lo = dzsum = dk_lin = dv_lin = aux
     if linear:
         dhsum, dhsum_lo, dzsum = _linear_sums(
             q, do_l, bmap, block_q, linear_scope, True, feature_map, True, den, -delta_l, pair
         )
+    dhsum_lo = dhsum_lo if pair else dhsum
+    if linear and not cfg["key_linear_prologue"]:
         dk_lin, dv_lin = (_new(q, (b, h, n, d), torch.float32) for _ in range(2))
         launch(
             sla_bwd_key_linear_kernel, (triton.cdiv(n, cfg["key_linear_n"]), b * h),
-            k, v, dhsum, dhsum_lo if pair else dhsum, dzsum, dk_lin, dv_lin,
-            *_bh_strides(k), *_bh_strides(v), h, n, 1.0 / scale,
+            k, v, dhsum, dhsum_lo, dzsum, dk_lin, dv_lin,
+            *_bh_strides(k), *_bh_strides(v), h, n, scale,
             D=d, BLOCK_N=cfg["key_linear_n"], LUT_BLOCK_K=block_k, FEATURE=flags["FEATURE"],
             DOT_PREC=prec, SPLIT=flags["SPLIT"], PAIR=pair, num_warps=cfg["key_linear_warps"],
             num_stages=1,
@@ -496,12 +503,13 @@ def sla_bwd(
     dk, dv = _new_like(k), _new_like(v)
     launch(
         sla_bwd_dkdv_kernel, (triton.cdiv(n, cfg["dkdv_n"]), b * h),
-        q, k, v, do, lse, delta_s, dk_lin, dv_lin, crit_rows, crit_starts, dk, dv,
+        q, k, v, do, lse, delta_s, dhsum, dhsum_lo, dzsum, dk_lin, dv_lin, crit_rows, crit_starts,
+        dk, dv,
         *_bh_strides(q), *_bh_strides(k), *_bh_strides(v), *_bh_strides(dk), *_bh_strides(dv),
         h, n, n_crit, scale * LOG2E, scale,
-        D=d, BLOCK_M=cfg["dkdv_m"], BLOCK_N=cfg["dkdv_n"], LUT_BLOCK_Q=block_q,
-        LUT_BLOCK_K=block_k, LINEAR=linear, DOT_PREC=prec, num_warps=cfg["dkdv_warps"],
-        num_stages=cfg["dkdv_stages"],
+        BLOCK_M=cfg["dkdv_m"], BLOCK_N=cfg["dkdv_n"], PAIR=pair,
+        LIN_PROLOGUE=cfg["key_linear_prologue"], num_warps=cfg["dkdv_warps"],
+        num_stages=cfg["dkdv_stages"], **flags,
     )  # fmt: skip
     return dq, dk, dv, dw, db
 
