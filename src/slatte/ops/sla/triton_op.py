@@ -488,7 +488,7 @@ def sla_bwd(
         dhsum, dhsum_lo, dzsum = _linear_sums(
             q, do_l, bmap, block_q, linear_scope, True, feature_map, True, den, -delta_l, pair
         )
-    dhsum_lo = dhsum_lo if pair else dhsum
+        dhsum_lo = dhsum if dhsum_lo is None else dhsum_lo  # (unread without the pair)
     if linear and not cfg["key_linear_prologue"]:
         dk_lin, dv_lin = (_new(q, (b, h, n, d), torch.float32) for _ in range(2))
         launch(
