@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 import slatte
 from common import environment, report, try_bench
-from slatte.ops import sla_block_map, sparse_linear_attention
+from slatte.ops import SLAConfig, sla_block_map, sparse_linear_attention
 
 B, H, N = 1, 12, 32760
 D = 128  # --d
@@ -73,12 +73,10 @@ def fwd_and_fwdbwd(fn, n: int) -> tuple[float | str, float | str]:
 
 def ours(critical: float, block_q: int, scope: str):
     proj = torch.nn.Linear(D, D, device="cuda")  # nonzero, so the linear branch is all there
+    config = SLAConfig(critical=critical, block_q=block_q, block_k=64, linear_scope=scope)
 
     def fn(q, k, v):
-        return sparse_linear_attention(
-            q, k, v, proj.weight, proj.bias, critical=critical, negligible=0.10,
-            block_q=block_q, block_k=64, linear_scope=scope,
-        )  # fmt: skip
+        return sparse_linear_attention(q, k, v, proj.weight, proj.bias, config)
 
     return fn
 
@@ -98,7 +96,7 @@ def flex_with_our_map(n: int, critical: float, block_q: int):
     from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
     q, k, _, _ = inputs(n, grad=False)
-    bmap = sla_block_map(q, k, critical=critical, negligible=0.10, block_q=block_q, block_k=64)
+    bmap = sla_block_map(q, k, SLAConfig(critical=critical, block_q=block_q, block_k=64))
     crit = bmap == 1
     counts = crit.sum(-1, dtype=torch.int32)
     indices = torch.sort((~crit).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)

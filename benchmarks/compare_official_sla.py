@@ -47,7 +47,7 @@ def compare(cls, name: str, scope: str, n: int, d: int, ratio: float, block_q: i
         theirs_out = official(q, k, v).float()
         ours_out = ours(q, k, v).float()
         their_map = sys.modules[f"{name}.utils"].get_block_map(q, k, ratio, block_q, 64)[0]
-    our_map = sla_block_map(q, k, critical=count, negligible=0, block_q=block_q, block_k=64)
+    our_map = sla_block_map(q, k, config)
     agree = ((our_map == 1) == (their_map == 1)).all(-1)  # (B, H, Nq)
     rows = agree.repeat_interleave(block_q, dim=-1)[..., :n, None]
     diff = (ours_out - theirs_out) * rows

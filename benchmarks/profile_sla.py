@@ -18,7 +18,7 @@ import torch
 
 import slatte
 from common import environment, kernel_ms
-from slatte.ops import sparse_linear_attention
+from slatte.ops import SLAConfig, sparse_linear_attention
 
 
 def main() -> None:
@@ -40,14 +40,13 @@ def main() -> None:
     )
     grad = torch.randn_like(q)
     proj = torch.nn.Linear(args.d, args.d, device="cuda")
+    config = SLAConfig(block_q=args.block_q, block_k=64)
 
     def step() -> None:
         # Fresh gradients each call (as bench_attention.py times them): no accumulation kernel.
         q.grad = k.grad = v.grad = None
         with torch.set_grad_enabled(not args.forward_only):
-            out = sparse_linear_attention(
-                q, k, v, proj.weight, proj.bias, block_q=args.block_q, block_k=64
-            )
+            out = sparse_linear_attention(q, k, v, proj.weight, proj.bias, config)
         if not args.forward_only:
             out.backward(grad)
 

@@ -1,7 +1,8 @@
 """Try tile sizes / warps / pipeline depths of the SLA kernels at the reference shape.
 
-Prints the forward (with `--forward`) and forward+backward time of each candidate (through
-`triton_op.CONFIG_OVERRIDES`), best last; the winners become `_configs`' defaults.
+Prints the forward (with `--forward`) and forward+backward time of each candidate (a
+`LaunchPolicy` with `tile_overrides`), best last; the winners become the defaults of
+`slatte.ops.sla.triton.tiles.tiles`.
 
     python benchmarks/tune_sla.py --d 128 --block-q 128
 """
@@ -9,16 +10,17 @@ Prints the forward (with `--forward`) and forward+backward time of each candidat
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 import torch
 
 from common import environment, report, try_bench
-from slatte.ops import sparse_linear_attention
-from slatte.ops.sla import triton_op
+from slatte.ops import SLAConfig, sparse_linear_attention
+from slatte.ops.sla import LaunchPolicy
 
 FWD = [dict(fwd_m=m, fwd_warps=w, fwd_stages=s) for m, w, s in
        [(64, 4, 2), (64, 4, 3), (128, 8, 2), (128, 8, 3), (128, 8, 4), (128, 4, 3)]]  # fmt: skip
-# Training candidates, timed forward+backward: each changes a few knobs of `_configs`' defaults
+# Training candidates, timed forward+backward: each changes a few knobs of the tiles' defaults
 # ({} = the defaults), so every kernel is tried in context (the isolated sweeps of NOTES.md
 # session 5 ranked D=64 configs differently from the full forward+backward).
 TRAIN = [
@@ -46,28 +48,27 @@ def main() -> None:
     qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
     do = torch.randn_like(q)
 
-    def call(q, k, v):
-        return sparse_linear_attention(
-            q, k, v, proj.weight, proj.bias, block_q=args.block_q, block_k=64
-        )
+    config = SLAConfig(block_q=args.block_q, block_k=64)
 
-    def fwd():
+    def call(q, k, v, tiles):
+        policy = LaunchPolicy(kernels="triton", tile_overrides={d: tiles})
+        return sparse_linear_attention(q, k, v, proj.weight, proj.bias, config, policy=policy)
+
+    def fwd(tiles):
         with torch.no_grad():
-            call(q, k, v)
+            call(q, k, v, tiles)
 
-    def fwdbwd():
-        call(qg, kg, vg).backward(do)
+    def fwdbwd(tiles):
+        call(qg, kg, vg, tiles).backward(do)
 
     rows = []
     for cfg in FWD if args.forward else []:
-        triton_op.CONFIG_OVERRIDES[d] = cfg
-        rows.append(dict(kind="fwd", cfg=cfg, ms=try_bench(fwd)))
+        rows.append(dict(kind="fwd", cfg=cfg, ms=try_bench(partial(fwd, cfg))))
     timed = [r for r in rows if isinstance(r["ms"], float)]
     best_fwd = min(timed, key=lambda r: r["ms"])["cfg"] if timed else {}
     for cfg in TRAIN:
-        triton_op.CONFIG_OVERRIDES[d] = {**best_fwd, **cfg}
-        rows.append(dict(kind="fwd+bwd", cfg=cfg, ms=try_bench(fwdbwd, grad_to_none=[qg, kg, vg])))
-    triton_op.CONFIG_OVERRIDES.clear()
+        ms = try_bench(partial(fwdbwd, {**best_fwd, **cfg}), grad_to_none=[qg, kg, vg])
+        rows.append(dict(kind="fwd+bwd", cfg=cfg, ms=ms))
     rows.sort(key=lambda r: (r["kind"], -r["ms"] if isinstance(r["ms"], float) else 0))
     report({"benchmark": "tune_sla", "d": d, "block_q": args.block_q, **environment()}, rows,
            ["kind", "cfg", "ms"])  # fmt: skip

@@ -14,6 +14,7 @@ from slatte.models import VideoDiT, model_config
 from slatte.ops import sparse_linear_attention
 from slatte.ops.attention import attention
 from slatte.ops.sequence_parallel import check_heads, sequence_parallel, ulysses_attention
+from slatte.ops.sla import LaunchPolicy
 from slatte.ops.sla.config import SLAConfig
 
 WORLD = 2
@@ -38,10 +39,8 @@ def _attention_case(rank: int, b: int, backend: str) -> dict[str, float]:
 
     def attend(q_, k_, v_):
         if backend == "sla_triton":
-            return sparse_linear_attention(
-                q_, k_, v_, proj, critical=SLA.critical, negligible=SLA.negligible,
-                block_q=SLA.block_q, block_k=SLA.block_k, backend="triton",
-            )  # fmt: skip
+            policy = LaunchPolicy(kernels="triton")
+            return sparse_linear_attention(q_, k_, v_, proj, config=SLA, policy=policy)
         return attention(q_, k_, v_, backend=backend, sla=SLA, proj_weight=proj)
 
     full = [t.clone().requires_grad_() for t in (q, k, v)]

@@ -15,7 +15,7 @@ from slatte.integrations.diffusers_sla import (
     project_qkv,
     save_pretrained_sla,
 )
-from slatte.ops import sla_block_map
+from slatte.ops import SLAConfig, sla_block_map
 
 # 48 tokens in blocks of 16: three query blocks and three key blocks per sequence.
 SMALL_BLOCKS = {"block_q": 16, "block_k": 16}
@@ -71,7 +71,8 @@ def test_zero_projection_equals_block_masked_dense_attention():
     with torch.no_grad():
         sla_out = attn(x, None, None, rotary)
         q, k, _ = project_qkv(attn, x, "wan", rotary)
-        block_map = sla_block_map(q, k, critical=1, negligible=1, layout="bnhd", **SMALL_BLOCKS)
+        config = SLAConfig(critical=1, negligible=1, **SMALL_BLOCKS)
+        block_map = sla_block_map(q, k, config, layout="bnhd")
         token_mask = (block_map == 1).repeat_interleave(16, 2).repeat_interleave(16, 3)
         masked = original(attn, x, None, token_mask, rotary)
     assert (block_map == 1).sum(-1).eq(1).all()  # the mask really is sparse: 1 of 3 blocks

@@ -8,10 +8,12 @@ The kernel's buffers are poisoned with NaN first, so an element left unwritten f
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from slatte.ops import sla_block_map, sparse_linear_attention
-from slatte.ops.sla import triton_op
+from slatte.ops import SLAConfig, sla_block_map, sparse_linear_attention
+from slatte.ops.sla import LaunchPolicy
 from slatte.ops.sla.reference import sla_reference
 
 FACTOR = 2.0
@@ -35,23 +37,19 @@ def _bhnd(x, layout):
     return x.transpose(1, 2) if layout == "bnhd" else x
 
 
-def check_sla(q, k, v, w, bias, opts, layout="bhnd", rows=None, grads=True):
+def check_sla(
+    q, k, v, w, bias, config: SLAConfig, layout="bhnd", rows=None, grads=True, policy=None
+):
     """Run the Triton path and the two references; assert the rule; return the errors.
 
     `rows`: check only these query rows (the upstream gradient is zero elsewhere), for sequences
-    too long for the reference's N x N matrices.
+    too long for the reference's N x N matrices. `policy`: the launch policy (its kernels are
+    forced to "triton" and its outputs poisoned).
     """
     dtype = q.dtype
     n = _bhnd(q, layout).shape[2]
     rows_all = torch.arange(n, device=q.device) if rows is None else rows
-    bmap = sla_block_map(
-        _bhnd(q, layout),
-        _bhnd(k, layout),
-        critical=opts["critical"],
-        negligible=opts["negligible"],
-        block_q=opts["block_q"],
-        block_k=opts["block_k"],
-    )
+    bmap = sla_block_map(_bhnd(q, layout), _bhnd(k, layout), config)
     g = torch.Generator(device="cpu").manual_seed(1234)
     do_rows = torch.randn(*_bhnd(q, layout).shape[:2], len(rows_all), q.shape[-1], generator=g)
     do_rows = do_rows.to(q.device)
@@ -59,23 +57,20 @@ def check_sla(q, k, v, w, bias, opts, layout="bhnd", rows=None, grads=True):
     def leaves(cast):
         return [x.detach().to(cast(x)).requires_grad_() for x in (q, k, v, w, bias)]
 
-    triton_op.POISON_OUTPUTS = True
-    try:
-        xs = leaves(lambda x: x.dtype)
-        out = sparse_linear_attention(*xs, layout=layout, backend="triton", **opts)
-        out_rows = _bhnd(out, layout)[:, :, rows_all]
-        results = {"out": out_rows.detach()}
-        if grads:
-            out_rows.backward(do_rows.to(dtype))
-            dq_rows = _bhnd(xs[0].grad, layout)[:, :, rows_all]
-            results.update(dq=dq_rows, dk=xs[1].grad, dv=xs[2].grad, dw=xs[3].grad, db=xs[4].grad)
-    finally:
-        triton_op.POISON_OUTPUTS = False
+    policy = replace(policy or LaunchPolicy(), kernels="triton", poison_outputs=True)
+    xs = leaves(lambda x: x.dtype)
+    out = sparse_linear_attention(*xs, config, layout=layout, policy=policy)
+    out_rows = _bhnd(out, layout)[:, :, rows_all]
+    results = {"out": out_rows.detach()}
+    if grads:
+        out_rows.backward(do_rows.to(dtype))
+        dq_rows = _bhnd(xs[0].grad, layout)[:, :, rows_all]
+        results.update(dq=dq_rows, dk=xs[1].grad, dv=xs[2].grad, dw=xs[3].grad, db=xs[4].grad)
 
     def reference(cast):
         ys = leaves(cast)
         qb, kb, vb = (_bhnd(y, layout) for y in ys[:3])
-        o = sla_reference(qb, kb, vb, ys[3], ys[4], bmap=bmap, query_rows=rows, **opts)
+        o = sla_reference(qb, kb, vb, ys[3], ys[4], config, bmap=bmap, query_rows=rows)
         res = {"out": o.detach()}
         if grads:
             o.backward(do_rows.to(o.dtype))
@@ -96,6 +91,6 @@ def check_sla(q, k, v, w, bias, opts, layout="bhnd", rows=None, grads=True):
         bound = FACTOR * err_low + FLOOR[dtype] * max(scale, 1.0)
         assert err_fast <= bound, (
             f"{name}: kernel error {err_fast:.3g} > {FACTOR} x reference error {err_low:.3g} "
-            f"+ floor (|truth| {scale:.3g}); opts={opts}, layout={layout}"
+            f"+ floor (|truth| {scale:.3g}); {config}, layout={layout}"
         )
     return errors

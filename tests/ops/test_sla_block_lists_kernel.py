@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slatte.ops.sla import block_map as block_map_module
 from slatte.ops.sla.block_map import block_scores, classify, transpose_lists
+from slatte.ops.sla.triton import block_map_launchers
 from slatte.ops.triton_interpreter import triton_interpreting
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -30,7 +30,7 @@ def assert_same(lut: torch.Tensor, n_cols: int) -> None:
     want_rows, want_starts = transpose_lists(lut, n_cols, use_kernel=False)
     # The kernel itself, not the dispatch: a dispatch that fell back to the sort would make
     # this comparison pass without running the kernel (test_transpose_lists_dispatch).
-    got_rows, got_starts = block_map_module._transpose_lists_kernel(lut, n_cols)
+    got_rows, got_starts = block_map_launchers.transpose_lists(lut, n_cols)
     assert got_rows.dtype == got_starts.dtype == torch.int32
     assert got_rows.shape == want_rows.shape and got_starts.shape == want_starts.shape
     assert torch.equal(got_starts, want_starts), (tuple(lut.shape), n_cols)
@@ -48,7 +48,7 @@ def test_torch_lists_by_hand():
 @needs_kernel
 def test_kernel_by_hand():
     lut = torch.tensor([[[[0, 2], [1, 2], [0, 1]]]], dtype=torch.int32, device=DEVICE)
-    rows, starts = block_map_module._transpose_lists_kernel(lut, 4)
+    rows, starts = block_map_launchers.transpose_lists(lut, 4)
     assert rows.tolist() == [[[0, 2, 1, 2, 0, 1]]]
     assert starts.tolist() == [[[0, 2, 4, 6, 6]]]
 
@@ -87,13 +87,13 @@ def test_kernel_on_the_classified_lut(n):
 def test_transpose_lists_dispatch(monkeypatch):
     """True runs the kernel, False the sort, None the kernel exactly on CUDA."""
     launched = []
-    kernel = block_map_module._transpose_lists_kernel
+    kernel = block_map_launchers.transpose_lists
 
     def spy(*args):
         launched.append(True)
         return kernel(*args)
 
-    monkeypatch.setattr(block_map_module, "_transpose_lists_kernel", spy)
+    monkeypatch.setattr(block_map_launchers, "transpose_lists", spy)
     lut = random_lut(1, 1, 3, 2, 5, seed=3)
     transpose_lists(lut, 5, use_kernel=True)
     assert launched == [True]

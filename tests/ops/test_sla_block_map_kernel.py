@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from slatte.ops import sla_block_map
-from slatte.ops.sla import block_map as block_map_module
 from slatte.ops.sla.block_map import block_map, block_scores, classify, mean_pool
-from slatte.ops.sla.config import block_counts
+from slatte.ops.sla.config import SLAConfig, block_counts
+from slatte.ops.sla.triton import block_map_launchers
 from slatte.ops.triton_interpreter import triton_interpreting
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -45,7 +45,7 @@ def assert_same(scores: torch.Tensor, critical: float | int, negligible: float |
     # The kernel itself, not `classify`'s dispatch: a dispatch that fell back to the sort would
     # make this comparison pass without running the kernel (test_classify_dispatches_...).
     n_crit, n_negl = block_counts(critical, negligible, scores.shape[-1])
-    got_map, got_lut = block_map_module._classify_kernel(scores, n_crit, n_negl)
+    got_map, got_lut = block_map_launchers.classify_blocks(scores, n_crit, n_negl)
     assert got_map.dtype == torch.int8 and got_lut.dtype == torch.int32
     assert torch.equal(got_map, want_map), (critical, negligible)
     assert torch.equal(got_lut, want_lut), (critical, negligible)
@@ -117,7 +117,7 @@ def test_public_map_on_device_equals_sort():
     q, k = (torch.randn(1, 2, 200, 32, generator=g).to(DEVICE) for _ in range(2))
     want = classify(block_scores(q, k, 32, 16), 0.2, 0.3, use_kernel=False)[0]
     assert torch.equal(
-        sla_block_map(q, k, critical=0.2, negligible=0.3, block_q=32, block_k=16), want
+        sla_block_map(q, k, SLAConfig(critical=0.2, negligible=0.3, block_q=32, block_k=16)), want
     )
 
 
@@ -125,13 +125,13 @@ def test_public_map_on_device_equals_sort():
 def test_classify_dispatches_to_the_kernel(monkeypatch):
     """use_kernel=True runs the kernel (fp32 rows up to MAX_BLOCK); other dtypes take the sort."""
     launched = []
-    kernel = block_map_module._classify_kernel
+    kernel = block_map_launchers.classify_blocks
 
     def spy(*args):
         launched.append(args[0].dtype)
         return kernel(*args)
 
-    monkeypatch.setattr(block_map_module, "_classify_kernel", spy)
+    monkeypatch.setattr(block_map_launchers, "classify_blocks", spy)
     scores = make_scores((1, 1, 2, 9), "random", seed=7)
     classify(scores, 0.3, 0.2, use_kernel=True)
     classify(scores.double(), 0.3, 0.2, use_kernel=True)
@@ -165,8 +165,8 @@ def test_block_map_compiles_fullgraph():
     with inputs that require grad (the map passes none), and gives the eager map."""
     g = torch.Generator().manual_seed(6)
     q, k = (torch.randn(2, 2, 100, 16, generator=g, requires_grad=True) for _ in range(2))
-    opts = dict(critical=0.2, negligible=0.2, block_q=32, block_k=16)
+    config = SLAConfig(critical=0.2, negligible=0.2, block_q=32, block_k=16)
     compiled = torch.compile(
-        lambda q, k: block_map(q, k, **opts), fullgraph=True, backend="aot_eager"
+        lambda q, k: block_map(q, k, config), fullgraph=True, backend="aot_eager"
     )
-    assert torch.equal(compiled(q, k), block_map(q, k, **opts))
+    assert torch.equal(compiled(q, k), block_map(q, k, config))

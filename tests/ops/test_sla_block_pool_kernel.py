@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slatte.ops.sla import block_map as block_map_module
 from slatte.ops.sla.block_map import block_scores, mean_pool
+from slatte.ops.sla.triton import block_map_launchers
 from slatte.ops.triton_interpreter import triton_interpreting
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -43,7 +43,7 @@ def assert_pooled(got: torch.Tensor, x: torch.Tensor, block: int) -> None:
 def test_kernel_equals_mean_pool(n, dtype):
     q, k = make_qk(n, 24, dtype, seed=n)  # D = 24: a feature tile wider than the features
     for block_q, block_k in [(16, 64), (64, 16)]:
-        qb, kb = block_map_module._pool_qk_kernel(q, k, block_q, block_k)
+        qb, kb = block_map_launchers.pool_qk(q, k, block_q, block_k)
         assert_pooled(qb, q, block_q)
         assert_pooled(kb, k, block_k)
 
@@ -52,7 +52,7 @@ def test_kernel_equals_mean_pool(n, dtype):
 def test_kernel_k_strided_q_contiguous():
     """The other way round, at a power-of-2 head dim and 128-row blocks (pooled in steps)."""
     k, q = make_qk(300, 64, torch.bfloat16, seed=1)
-    qb, kb = block_map_module._pool_qk_kernel(q, k, 128, 32)
+    qb, kb = block_map_launchers.pool_qk(q, k, 128, 32)
     assert_pooled(qb, q, 128)
     assert_pooled(kb, k, 32)
 
@@ -72,13 +72,13 @@ def test_block_scores_dispatch(monkeypatch):
     """True pools with the kernel (fp16, bf16, fp32), fp64 with `mean_pool`; None takes the
     kernel exactly on CUDA."""
     launched = []
-    kernel = block_map_module._pool_qk_kernel
+    kernel = block_map_launchers.pool_qk
 
     def spy(q, k, *args):
         launched.append(q.dtype)
         return kernel(q, k, *args)
 
-    monkeypatch.setattr(block_map_module, "_pool_qk_kernel", spy)
+    monkeypatch.setattr(block_map_launchers, "pool_qk", spy)
     for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         q, k = make_qk(20, 8, dtype, seed=3)
         block_scores(q, k, 16, 16, use_kernel=True)

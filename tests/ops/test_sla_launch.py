@@ -7,8 +7,9 @@ import pytest
 import torch
 from triton.runtime.errors import OutOfResources
 
-from slatte.ops.sla import launch as launch_module
-from slatte.ops.sla import triton_op
+from slatte.ops.sla import LaunchPolicy
+from slatte.ops.sla.triton import launch as launch_module
+from slatte.ops.sla.triton import launchers
 
 from .sla_check import check_sla, make_inputs
 from .test_sla_triton import DEVICE, opts, pytestmark  # noqa: F401  (same skip rule)
@@ -55,8 +56,8 @@ def test_nothing_fits_is_a_clear_error():
 
 def test_sla_backward_runs_with_fewer_stages(monkeypatch):
     """The real dq kernel behind a device that fits one stage: same results as the reference."""
-    small = SmallSharedMemory(fits=1, inner=triton_op.sla_bwd_dq_kernel, name="dq_one_stage")
-    monkeypatch.setattr(triton_op, "sla_bwd_dq_kernel", small)
-    monkeypatch.setitem(triton_op.CONFIG_OVERRIDES, 32, {"dq_stages": 3})
-    check_sla(*make_inputs(1, 2, 70, 32, torch.float32, DEVICE, seed=4), opts())
+    small = SmallSharedMemory(fits=1, inner=launchers.sla_bwd_dq_kernel, name="dq_one_stage")
+    monkeypatch.setattr(launchers, "sla_bwd_dq_kernel", small)
+    policy = LaunchPolicy(tile_overrides={32: {"dq_stages": 3}})
+    check_sla(*make_inputs(1, 2, 70, 32, torch.float32, DEVICE, seed=4), opts(), policy=policy)
     assert small.attempts[:3] == [3, 2, 1] and set(small.attempts[3:]) <= {1}

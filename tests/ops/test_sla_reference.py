@@ -41,7 +41,7 @@ def token_mask_by_loops(bmap, n, bq, bk, value):
 def test_block_map_counts_and_choice(n):
     q, k, _ = qkv(2, 2, n, 32, seed=n)
     bq, bk = 32, 16
-    bmap = sla_block_map(q, k, critical=0.2, negligible=0.3, block_q=bq, block_k=bk)
+    bmap = sla_block_map(q, k, SLAConfig(critical=0.2, negligible=0.3, block_q=bq, block_k=bk))
     nq, nk = math.ceil(n / bq), math.ceil(n / bk)
     assert bmap.shape == (2, 2, nq, nk) and bmap.dtype == torch.int8
     n_crit, n_negl = block_counts(0.2, 0.3, nk)
@@ -58,9 +58,7 @@ def test_block_map_counts_and_choice(n):
         negl_max = probs.masked_fill(bmap != -1, float("-inf")).amax(-1)
         marg_min = probs.masked_fill(bmap != 0, float("inf")).amin(-1)
         assert (negl_max <= marg_min).all()
-    assert torch.equal(
-        bmap, sla_block_map(q, k, critical=0.2, negligible=0.3, block_q=bq, block_k=bk)
-    )
+    assert torch.equal(bmap, sla_block_map(q, k, SLAConfig(0.2, 0.3, block_q=bq, block_k=bk)))
 
 
 def test_block_counts_rules():
@@ -74,7 +72,7 @@ def test_block_counts_rules():
 def test_critical_one_is_dense_attention():
     q, k, v = qkv(1, 2, 130, 32)
     w, b = torch.randn(32, 32, dtype=F64), torch.randn(32, dtype=F64)
-    out = sparse_linear_attention(q, k, v, w, b, critical=1.0, negligible=0.0)
+    out = sparse_linear_attention(q, k, v, w, b, SLAConfig(critical=1.0, negligible=0.0))
     # With every block critical the linear branch is empty: O_l = 0, so only the bias remains.
     torch.testing.assert_close(out, dense(q, k, v) + b, rtol=1e-10, atol=1e-10)
 
@@ -82,13 +80,12 @@ def test_critical_one_is_dense_attention():
 @pytest.mark.parametrize("n,bq,bk", [(200, 64, 64), (65, 16, 32), (1, 64, 64)])
 def test_zero_projection_is_masked_dense(n, bq, bk):
     q, k, v = qkv(2, 2, n, 32, seed=1)
-    bmap = sla_block_map(q, k, critical=0.3, negligible=0.2, block_q=bq, block_k=bk)
+    config = SLAConfig(critical=0.3, negligible=0.2, block_q=bq, block_k=bk)
+    bmap = sla_block_map(q, k, config)
     expect = dense(q, k, v, token_mask_by_loops(bmap, n, bq, bk, 1))
     zero_w, zero_b = torch.zeros(32, 32, dtype=F64), torch.zeros(32, dtype=F64)
     for w, b in ((None, None), (zero_w, zero_b)):
-        out = sparse_linear_attention(
-            q, k, v, w, b, critical=0.3, negligible=0.2, block_q=bq, block_k=bk
-        )
+        out = sparse_linear_attention(q, k, v, w, b, config)
         torch.testing.assert_close(out, expect, rtol=1e-10, atol=1e-10)
 
 
@@ -97,12 +94,10 @@ def test_zero_projection_is_masked_dense(n, bq, bk):
 def test_linear_branch_is_block_formula(scope, feature):
     n, d, bq, bk = 150, 16, 32, 16
     q, k, v = qkv(1, 2, n, d, seed=2)
-    bmap = sla_block_map(q, k, critical=0.2, negligible=0.3, block_q=bq, block_k=bk)
-    kwargs = dict(critical=0.2, negligible=0.3, block_q=bq, block_k=bk, feature_map=feature)
+    bmap = sla_block_map(q, k, SLAConfig(critical=0.2, negligible=0.3, block_q=bq, block_k=bk))
+    config = SLAConfig(0.2, 0.3, bq, bk, feature_map=feature, linear_scope=scope)
     eye = torch.eye(d, dtype=F64)
-    o_l = sla_reference(q, k, v, eye, None, linear_scope=scope, **kwargs) - sla_reference(
-        q, k, v, None, None, **kwargs
-    )
+    o_l = sla_reference(q, k, v, eye, None, config) - sla_reference(q, k, v, None, None, config)
     # Spec formula: H_i = sum_{j in S(i)} phi(K_j)^T V_j, Z_i = sum phi(K_j), per block.
     fq, fk = feature_map(q, feature), feature_map(k, feature)
     nk = math.ceil(n / bk)
@@ -129,22 +124,24 @@ def test_negligible_blocks_change_nothing():
     q, k, v = qkv(1, 1, n, d, seed=3)
     w, b = torch.randn(d, d, dtype=F64), torch.randn(d, dtype=F64)
     kwargs = dict(critical=0.25, negligible=0.25, block_q=128, block_k=16)
-    bmap = sla_block_map(q, k, **kwargs)
+    bmap = sla_block_map(q, k, SLAConfig(**kwargs))
     rows = token_mask_by_loops(bmap, n, 128, 16, -1)[0, 0, 0]
     v2 = v.clone()
     v2[:, :, rows] += 100.0  # v does not enter the block map
     for scope, same in (("marginal", True), ("noncritical", False)):
-        o1 = sparse_linear_attention(q, k, v, w, b, linear_scope=scope, **kwargs)
-        o2 = sparse_linear_attention(q, k, v2, w, b, linear_scope=scope, **kwargs)
+        config = SLAConfig(linear_scope=scope, **kwargs)
+        o1 = sparse_linear_attention(q, k, v, w, b, config)
+        o2 = sparse_linear_attention(q, k, v2, w, b, config)
         assert torch.allclose(o1, o2, rtol=1e-10, atol=1e-10) == same
 
 
 def test_bnhd_layout_matches_bhnd():
     q, k, v = qkv(2, 3, 70, 16, seed=4)
     w, b = torch.randn(16, 16, dtype=F64), torch.randn(16, dtype=F64)
-    out = sparse_linear_attention(q, k, v, w, b, block_q=32, block_k=16)
+    config = SLAConfig(block_q=32, block_k=16)
+    out = sparse_linear_attention(q, k, v, w, b, config)
     t = [x.transpose(1, 2).contiguous() for x in (q, k, v)]
-    out2 = sparse_linear_attention(*t, w, b, block_q=32, block_k=16, layout="bnhd")
+    out2 = sparse_linear_attention(*t, w, b, config, layout="bnhd")
     torch.testing.assert_close(out2, out.transpose(1, 2), rtol=1e-12, atol=1e-12)
 
 
@@ -161,7 +158,7 @@ def test_returns_caller_dtype_and_gradients_flow():
 def test_module_zero_init_and_official_state_dict():
     q, k, v = qkv(1, 2, 96, 32, seed=6, dtype=torch.float32)
     module = SparseLinearAttention(32, SLAConfig(block_q=32, block_k=32, critical=0.3))
-    sparse_only = sparse_linear_attention(q, k, v, None, None, block_q=32, block_k=32, critical=0.3)
+    sparse_only = sparse_linear_attention(q, k, v, None, None, module.config)
     torch.testing.assert_close(module(q, k, v), sparse_only)
     official = {"blocks.0.attn.proj_l.weight": torch.randn(32, 32).bfloat16(), "blocks.0.attn.proj_l.bias": torch.randn(32)}  # fmt: skip
     module.load_official_state_dict(official, prefix="blocks.0.attn.")
@@ -179,7 +176,7 @@ def test_identity_projection_adds_the_linear_branch_as_it_is_and_is_not_trained(
     opts = dict(block_q=32, block_k=32, critical=0.3, negligible=0.2)
     identity = SparseLinearAttention(32, SLAConfig(projection="identity", **opts))
     learned = SparseLinearAttention(32, SLAConfig(**opts))  # zero projection: sparse only
-    bmap = sla_block_map(q, k, critical=0.3, negligible=0.2, block_q=32, block_k=32)
+    bmap = sla_block_map(q, k, SLAConfig(**opts))
     mask = linear_mask(bmap, "marginal")
     tokens = mask.repeat_interleave(32, dim=-2).repeat_interleave(32, dim=-1)
     linear = linear_branch(q, k, v, tokens, "softmax")  # the spec's O_l, independently
@@ -197,21 +194,15 @@ def test_identity_projection_adds_the_linear_branch_as_it_is_and_is_not_trained(
         (dict(k=torch.randn(1, 2, 50, 16)), "cross-attention"),
         (dict(k=torch.randn(1, 3, 40, 16)), "same"),
         (dict(v=torch.randn(1, 2, 40, 8)), "v must"),
-        (dict(critical=0.0), "critical"),
-        (dict(critical=1.5), "critical"),
-        (dict(critical=0), "critical"),
-        (dict(negligible=1.0), "negligible"),
-        (dict(block_q=48), "block_q"),
-        (dict(block_k=256), "block_k"),
-        (dict(feature_map="tanh"), "feature_map"),
-        (dict(linear_scope="some"), "linear_scope"),
         (dict(layout="nhd"), "layout"),
-        (dict(backend="cuda"), "backend"),
+        (dict(config=dict(critical=0.1)), "config must be an SLAConfig"),
+        (dict(policy="reference"), "policy must be a LaunchPolicy"),
         (dict(proj_weight=torch.zeros(8, 8)), "proj_weight"),
         (dict(q=torch.randn(2, 40, 16)), "4-D"),
     ],
 )
 def test_bad_input_names_the_argument(change, match):
+    # (bad SLA options are refused by SLAConfig itself: tests/ops/test_sla_config.py)
     args = dict(
         q=torch.randn(1, 2, 40, 16), k=torch.randn(1, 2, 40, 16), v=torch.randn(1, 2, 40, 16)
     )
@@ -224,5 +215,6 @@ def test_bad_input_names_the_argument(change, match):
 def test_nan_input_gives_nan_output():
     q, k, v = qkv(1, 1, 64, 16, seed=7)
     q[0, 0, 3, 2] = float("nan")
-    out = sparse_linear_attention(q, k, v, torch.eye(16, dtype=F64), None, block_q=16, block_k=16)
+    config = SLAConfig(block_q=16, block_k=16)
+    out = sparse_linear_attention(q, k, v, torch.eye(16, dtype=F64), None, config)
     assert out.isnan().any()

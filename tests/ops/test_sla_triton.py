@@ -9,13 +9,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slatte.ops import sparse_linear_attention
-from slatte.ops.sla import triton_op
+from slatte.ops import SLAConfig, sparse_linear_attention
+from slatte.ops.sla import LaunchPolicy, op
+from slatte.ops.sla.triton import launchers
 from slatte.ops.triton_interpreter import triton_interpreting
 
 from .sla_check import check_sla, make_inputs
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TRITON = LaunchPolicy(kernels="triton")
+REFERENCE = LaunchPolicy(kernels="reference")
 DTYPES = [torch.float16, torch.float32] + ([torch.bfloat16] if DEVICE == "cuda" else [])
 pytestmark = pytest.mark.skipif(
     DEVICE == "cpu" and not triton_interpreting(),
@@ -33,7 +36,7 @@ def opts(**kw):
         linear_scope="marginal",
     )
     base.update(kw)
-    return base
+    return SLAConfig(**base)
 
 
 @pytest.mark.parametrize("n", [1, 63, 64, 65, 200])
@@ -44,14 +47,14 @@ def test_forward_backward_sizes(n, d):
 
 
 @pytest.mark.parametrize("tma", [True, False])
-def test_wide_head_tiles(monkeypatch, tma):
-    """D = 128 with 128-row query blocks takes other tiles (`triton_op._configs`): the forward
+def test_wide_head_tiles(tma):
+    """D = 128 with 128-row query blocks takes other tiles (`triton.tiles.tiles`): the forward
     on 128-row tiles with pointer loads, 64-row ones with TMA; the key side's linear share on
     32-row tiles, two per 64-row key block."""
-    monkeypatch.setattr(triton_op, "USE_TMA", tma)
     check_sla(
         *make_inputs(1, 2, 200, 128, torch.float32, DEVICE, seed=3),
         opts(critical=0.25, negligible=0.25, block_q=128, block_k=64),
+        policy=LaunchPolicy(tma=tma),
     )
 
 
@@ -59,10 +62,10 @@ def test_wide_head_tiles(monkeypatch, tma):
 @pytest.mark.parametrize("d,block_q", [(32, 32), (128, 128)])
 def test_bf16_pair_path(monkeypatch, exact_products, d, block_q):
     """bf16 inputs take H_i and dH^(j) as (hi, lo) bf16 pairs in the backward
-    (`triton_op._bf16_pairs`). The interpreter cannot run bf16 products, so fp32 inputs take
+    (`launchers.bf16_pairs`). The interpreter cannot run bf16 products, so fp32 inputs take
     that path here with exact products: the pair's halves (fp32 holding bf16 values) must give
     the fp32 gradients; a lost or misplaced lo half would be off by ~2^-9."""
-    monkeypatch.setattr(triton_op, "_bf16_pairs", lambda dtype: True)
+    monkeypatch.setattr(launchers, "bf16_pairs", lambda dtype: True)
     n, block_k = (200, 16) if d == 32 else (130, 64)
     check_sla(
         *make_inputs(1, 2, n, d, torch.float32, DEVICE, seed=4),
@@ -71,12 +74,15 @@ def test_bf16_pair_path(monkeypatch, exact_products, d, block_q):
 
 
 @pytest.mark.parametrize("prologue", [True, False])
-def test_key_linear_share_in_either_kernel(monkeypatch, prologue):
+def test_key_linear_share_in_either_kernel(prologue):
     """The key side's linear share is computed in the dk/dv kernel's prologue or in a kernel of
-    its own (`_configs`' `key_linear_prologue`): both places give the same gradients, here with
+    its own (the tiles' `key_linear_prologue`): both places give the same gradients, here with
     an fp32 dH (the defaults take the prologue only with the bf16 pair)."""
-    monkeypatch.setitem(triton_op.CONFIG_OVERRIDES, 32, {"key_linear_prologue": prologue})
-    check_sla(*make_inputs(1, 2, 75, 32, torch.float32, DEVICE, seed=5), opts(feature_map="elu"))
+    check_sla(
+        *make_inputs(1, 2, 75, 32, torch.float32, DEVICE, seed=5),
+        opts(feature_map="elu"),
+        policy=LaunchPolicy(tile_overrides={32: {"key_linear_prologue": prologue}}),
+    )
 
 
 @pytest.mark.parametrize("tma", [True, False])
@@ -84,21 +90,21 @@ def test_key_linear_share_in_either_kernel(monkeypatch, prologue):
 def test_key_tiles_by_tma_and_by_pointers(monkeypatch, tma, layout):
     """The forward and dq kernels read key blocks, the block-map GEMM its per-block sums,
     through TMA descriptors where the GPU has the copy engine (and under the interpreter), else
-    through pointers (`triton_op._use_tma`): both paths, both layouts, ragged last blocks (rows
+    through pointers (`launchers._use_tma`): both paths, both layouts, ragged last blocks (rows
     past the end must read as zero)."""
-    monkeypatch.setattr(triton_op, "USE_TMA", tma)
     taken = []
-    choose = triton_op._use_tma
+    choose = launchers._use_tma
 
-    def spy(k, v):
-        taken.append(choose(k, v))
+    def spy(policy, *xs):
+        taken.append(choose(policy, *xs))
         return taken[-1]
 
-    monkeypatch.setattr(triton_op, "_use_tma", spy)
+    monkeypatch.setattr(launchers, "_use_tma", spy)
     check_sla(
         *make_inputs(1, 2, 75, 32, torch.float32, DEVICE, seed=5, layout=layout),
         opts(block_q=32, block_k=16),
         layout=layout,
+        policy=LaunchPolicy(tma=tma),
     )
     assert taken and all(t == tma for t in taken)
 
@@ -154,26 +160,26 @@ def test_bnhd_layout_and_batch():
 
 def test_without_projection_is_sparse_only():
     q, k, v, _, _ = make_inputs(1, 2, 96, 32, torch.float32, DEVICE, seed=5)
-    kwargs = dict(critical=0.25, negligible=0.25, block_q=32, block_k=16)
-    out = sparse_linear_attention(q, k, v, backend="triton", **kwargs)
-    ref = sparse_linear_attention(q, k, v, backend="reference", **kwargs)
+    config = SLAConfig(critical=0.25, negligible=0.25, block_q=32, block_k=16)
+    out = sparse_linear_attention(q, k, v, config=config, policy=TRITON)
+    ref = sparse_linear_attention(q, k, v, config=config, policy=REFERENCE)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_nan_input_gives_nan_output():
     q, k, v, w, b = make_inputs(1, 1, 64, 32, torch.float32, DEVICE, seed=6)
     q[0, 0, 5, 0] = float("nan")
-    out = sparse_linear_attention(q, k, v, w, b, block_q=32, block_k=16, backend="triton")
+    out = sparse_linear_attention(q, k, v, w, b, SLAConfig(block_q=32, block_k=16), policy=TRITON)
     assert out.isnan().any()
 
 
 def test_triton_refuses_what_it_cannot_run():
     q = torch.randn(1, 1, 40, 48, device=DEVICE, dtype=torch.float16)
     with pytest.raises(ValueError, match="head dims"):
-        sparse_linear_attention(q, q, q, backend="triton", block_q=16, block_k=16)
+        sparse_linear_attention(q, q, q, config=SLAConfig(block_q=16, block_k=16), policy=TRITON)
     q = torch.randn(1, 1, 40, 32, device=DEVICE, dtype=torch.float64)
     with pytest.raises(ValueError, match="dtypes"):
-        sparse_linear_attention(q, q, q, backend="triton")
+        sparse_linear_attention(q, q, q, policy=TRITON)
 
 
 def test_backward_fills_no_gradient_for_saved_outputs():
@@ -181,7 +187,7 @@ def test_backward_fills_no_gradient_for_saved_outputs():
     loss uses; unless the op opts out, autograd fills a zero gradient of each one's size before
     every backward (a pass over their bytes). Only zeros the backward op makes itself may run."""
     q, k, v, w, b = (x.requires_grad_() for x in make_inputs(1, 2, 64, 32, torch.float32, DEVICE))
-    out = sparse_linear_attention(q, k, v, w, b, block_q=16, block_k=16, backend="triton")
+    out = sparse_linear_attention(q, k, v, w, b, SLAConfig(block_q=16, block_k=16), policy=TRITON)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         out.backward(torch.randn_like(out))
 
@@ -199,13 +205,31 @@ def test_backward_fills_no_gradient_for_saved_outputs():
 
 def test_opcheck_and_compile_fullgraph():
     q, k, v, w, b = make_inputs(1, 2, 48, 32, torch.float32, DEVICE, seed=7)
-    args = (q, k, v, w, b, 1, 1, 16, 16, "softmax", "marginal", 32**-0.5, True)
+    args = (
+        q,
+        k,
+        v,
+        w,
+        b,
+        1,
+        1,
+        16,
+        16,
+        "softmax",
+        "marginal",
+        32**-0.5,
+        True,
+        "triton",
+        TRITON.switches,
+    )
     torch.library.opcheck(
-        torch.ops.slatte.sla_fwd.default, args, test_utils=("test_schema", "test_faketensor")
+        op.sla_fwd._opoverload, args, test_utils=("test_schema", "test_faketensor")
     )
 
     def f(q, k, v, w, b):
-        out = sparse_linear_attention(q, k, v, w, b, block_q=16, block_k=16, backend="triton")
+        out = sparse_linear_attention(
+            q, k, v, w, b, SLAConfig(block_q=16, block_k=16), policy=TRITON
+        )
         return out.square().sum()
 
     leaves = [x.clone().requires_grad_() for x in (q, k, v, w, b)]

@@ -15,6 +15,8 @@ import itertools
 import pytest
 import torch
 
+from slatte.ops import SLAConfig
+
 from .sla_check import check_sla, make_inputs
 
 pytestmark = [
@@ -45,12 +47,5 @@ def test_grid(n, d, block_q, dtype, scope, feature):
         n_q = -(-n // block_q)
         starts = (0, (n_q // 2) * block_q, (n_q - 1) * block_q)
         rows = torch.cat([torch.arange(s, min(s + block_q, n)) for s in starts]).cuda()
-    opts = dict(
-        critical=0.05,
-        negligible=0.10,
-        block_q=block_q,
-        block_k=64,
-        feature_map=feature,
-        linear_scope=scope,
-    )
-    check_sla(*inputs, opts, rows=rows)
+    config = SLAConfig(block_q=block_q, block_k=64, feature_map=feature, linear_scope=scope)
+    check_sla(*inputs, config, rows=rows)

@@ -25,9 +25,10 @@ import torch
 from torch import nn
 
 from ..nn.sla import SparseLinearAttention
+from ..ops.attention import SLA_POLICIES
 from ..ops.rms_norm_rotary import rms_norm_rotary_qk, rotate_pairs
 from ..ops.sla import SLAConfig, sparse_linear_attention
-from ..ops.sla.interface import TRITON_HEAD_DIMS
+from ..ops.sla.launch_policy import TRITON_HEAD_DIMS
 from .diffusers_common import (
     SUPPORTED,
     diffusers_version,
@@ -38,7 +39,7 @@ from .diffusers_common import (
 )
 
 SLA_CONFIG_NAME = "slatte_sla.json"
-SLA_BACKENDS = ("sla", "sla_reference")
+SLA_BACKENDS = tuple(SLA_POLICIES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +155,6 @@ class SLAAttnProcessor:
                 f"SLAAttnProcessor expects hidden_states (B, N, C), got {tuple(hidden_states.shape)}"
             )
         sla: SparseLinearAttention = attn.sla
-        cfg = sla.config
         q, k, v = project_qkv(attn, hidden_states, self.rotary_style, rotary_emb)
         out = sparse_linear_attention(
             q,
@@ -162,14 +162,9 @@ class SLAAttnProcessor:
             v,
             sla.proj_l.weight,
             sla.proj_l.bias,
-            critical=cfg.critical,
-            negligible=cfg.negligible,
-            block_q=cfg.block_q,
-            block_k=cfg.block_k,
-            feature_map=cfg.feature_map,
-            linear_scope=cfg.linear_scope,
+            sla.config,
             layout="bnhd",
-            backend="auto" if sla.backend == "sla" else "reference",
+            policy=SLA_POLICIES[sla.backend],
         )  # (B, N, H, D)
         return output_projection(attn, out.flatten(2).type_as(hidden_states))
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ..ops.attention import attention
+from ..ops.attention import SLA_POLICIES, attention
 from ..ops.sla.config import SLAConfig
 
 
@@ -18,13 +18,14 @@ class SparseLinearAttention(nn.Module):
     `proj_l.weight` / `proj_l.bias` load directly. A zero projection makes a fresh module
     compute sparse-only attention, so a dense model switched to SLA starts close to where it was.
     With `config.projection == "identity"` the projection is the identity and is not trained.
-    `backend`: "sla" (fused kernel on CUDA, reference elsewhere) or "sla_reference".
+    `backend`: "sla" (fused kernel on CUDA, reference elsewhere) or "sla_reference" (the
+    attention seam's names, `ops.attention.SLA_POLICIES`).
     """
 
     def __init__(self, head_dim: int, config: SLAConfig | None = None, *, backend: str = "sla"):
         super().__init__()
-        if backend not in ("sla", "sla_reference"):
-            raise ValueError(f"backend must be 'sla' or 'sla_reference', got {backend!r}")
+        if backend not in SLA_POLICIES:
+            raise ValueError(f"backend must be one of {tuple(SLA_POLICIES)}, got {backend!r}")
         self.head_dim = head_dim
         self.config = config if config is not None else SLAConfig()
         self.backend = backend

@@ -7,8 +7,12 @@ import torch
 from .dense import dense_attention
 from .linear_attention import linear_attention
 from .sla.config import SLAConfig
+from .sla.launch_policy import LaunchPolicy
 
 BACKENDS = ("sdpa", "sla", "sla_reference", "linear")
+# The SLA backends as launch policies of the SLA op: "sla" lets it choose its kernels (the
+# fused ones where they apply), "sla_reference" forces the plain PyTorch reference.
+SLA_POLICIES = {"sla": LaunchPolicy(), "sla_reference": LaunchPolicy(kernels="reference")}
 
 
 def check_backend(backend: str) -> None:
@@ -32,7 +36,7 @@ def attention(
 
     "sdpa": dense softmax attention (any Nq, Nk; `attn_mask` allowed).
     "sla": SLA through the fused Triton kernel on CUDA, the reference elsewhere.
-    "sla_reference": SLA through the plain PyTorch reference.
+    "sla_reference": SLA through the plain PyTorch reference (`SLA_POLICIES`).
     "linear": linear attention over all keys with `sla.feature_map` (SLA's linear branch alone;
     the "linear only" baseline). It ignores `proj_weight`, `proj_bias` and `scale`.
     The SLA backends are self-attention only (Nq == Nk) and use `sla` (defaults if None) with the
@@ -52,17 +56,5 @@ def attention(
     from .sla import sparse_linear_attention
 
     return sparse_linear_attention(
-        q,
-        k,
-        v,
-        proj_weight,
-        proj_bias,
-        critical=cfg.critical,
-        negligible=cfg.negligible,
-        block_q=cfg.block_q,
-        block_k=cfg.block_k,
-        feature_map=cfg.feature_map,
-        linear_scope=cfg.linear_scope,
-        scale=scale,
-        backend="auto" if backend == "sla" else "reference",
+        q, k, v, proj_weight, proj_bias, cfg, scale=scale, policy=SLA_POLICIES[backend]
     )

@@ -1,6 +1,7 @@
-"""SLA sparse-linear attention: reference, block map, fused Triton kernels, public op."""
+"""SLA sparse-linear attention: reference, block map, kernel families, public op."""
 
 from .config import SLAConfig
 from .interface import sla_block_map, sparse_linear_attention
+from .launch_policy import LaunchPolicy
 
-__all__ = ["SLAConfig", "sla_block_map", "sparse_linear_attention"]
+__all__ = ["LaunchPolicy", "SLAConfig", "sla_block_map", "sparse_linear_attention"]

@@ -2,13 +2,12 @@
 
 PyTorch on any device. The pooled scores are tiny (Nq x Nk per head), so on the GPU the map
 costs little next to attention itself, but its many small torch ops cost about as much host time
-per call as attention's kernels take on the GPU. So on CUDA each step is one Triton launch: the
-pooling of q and k (`kernels_block_pool`, then one matmul), the classification
-(`kernels_block_map`, rather than two sorts) and the backward's transposed lists
-(`kernels_block_lists`, rather than a sort and a scatter). Each gives what its torch code gives
-(the pooling to fp32 rounding, the rest bit for bit), and every caller on a device takes the
-same path, so the kernels and the reference see one map. Triton is imported only there, so the
-reference path never needs it.
+per call as attention's kernels take on the GPU. So on CUDA each step is one Triton launch
+(`triton/block_map_launchers.py`): the pooling of q and k (then one matmul), the classification
+(rather than two sorts) and the backward's transposed lists (rather than a sort and a scatter).
+Each gives what its torch code gives (the pooling to fp32 rounding, the rest bit for bit), and
+every caller on a device takes the same path, so the kernels and the reference see one map.
+Triton is imported only there, so the reference path never needs it.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..triton_interpreter import triton_interpreting
-from .config import block_counts
+from .config import SLAConfig, block_counts
 
 CRITICAL, MARGINAL, NEGLIGIBLE = 1, 0, -1
 
@@ -76,7 +75,7 @@ def block_scores(
     The spec ranks `softmax(qb kb^T / sqrt(D))`; softmax is monotone along a row, so ranking the
     logits picks the same blocks (and breaks ties that softmax underflow would create).
 
-    `use_kernel`: pool q and k with one Triton launch (`kernels_block_pool`) instead of
+    `use_kernel`: pool q and k with one Triton launch (`triton/kernels_block_pool.py`) instead of
     `mean_pool`; None means "on CUDA". True also runs it on the CPU under TRITON_INTERPRET=1
     (tests). Both pool to fp32 rounding (the sums' order differs); fp64, and q and k of
     different (B, H) or D, always go through `mean_pool`.
@@ -88,39 +87,12 @@ def block_scores(
         and q.shape[:2] == k.shape[:2]
         and q.shape[-1] == k.shape[-1]
     ):
-        qb, kb = _pool_qk_kernel(q, k, block_q, block_k)
+        from .triton.block_map_launchers import pool_qk
+
+        qb, kb = pool_qk(q, k, block_q, block_k)
     else:
         qb, kb = mean_pool(q, block_q), mean_pool(k, block_k)
     return qb @ kb.transpose(-1, -2)
-
-
-def _pool_qk_kernel(
-    q: torch.Tensor, k: torch.Tensor, block_q: int, block_k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`mean_pool` of q and of k in one launch: fp32 (B, H, Nq, D) and (B, H, Nk, D),
-    contiguous (the matmul takes them, and kb transposed, as they are)."""
-    import triton
-
-    from .kernels_block_pool import pool_qk_kernel
-    from .launch import launch
-
-    b, h, n_q, d = q.shape
-    n_k = k.shape[2]
-    nb_q, nb_k = triton.cdiv(n_q, block_q), triton.cdiv(n_k, block_k)
-    qb = torch.empty(b, h, nb_q, d, dtype=torch.float32, device=q.device)
-    kb = torch.empty(b, h, nb_k, d, dtype=torch.float32, device=k.device)
-    block_d = triton.next_power_of_2(d)
-    # One warp per block, 2,048 elements a step: with more warps the partial sums meet in
-    # shared memory (slower on the H100 in a short sweep at D = 64 and 128, bf16).
-    chunk = min(triton.next_power_of_2(max(block_q, block_k)), max(1, 2048 // block_d))
-    if b * h and max(nb_q, nb_k):
-        launch(
-            pool_qk_kernel, (max(nb_q, nb_k), b * h, 2),
-            q, k, qb, kb, *q.stride(), *k.stride(),
-            h, n_q, n_k, block_q, block_k, nb_q, nb_k, d,
-            CHUNK=chunk, BLOCK_D=block_d, num_warps=1, num_stages=1,
-        )  # fmt: skip
-    return qb, kb
 
 
 def classify(
@@ -137,7 +109,7 @@ def classify(
     (the forward kernel's loop). Ties go as in a stable descending sort: a critical one to the
     lower block index, a negligible one to the higher, so the map is deterministic.
 
-    `use_kernel`: pick the blocks with the Triton kernel (`kernels_block_map`) instead of
+    `use_kernel`: pick the blocks with the Triton kernel (`triton/kernels_block_map.py`) instead of
     sorting; None means "on CUDA". True also runs it on the CPU under TRITON_INTERPRET=1 (tests).
     Both give the same map and LUT bit for bit; fp32 rows wider than the kernel's tile, and other
     dtypes, always go through the sort.
@@ -145,10 +117,11 @@ def classify(
     n_blocks = scores.shape[-1]
     n_crit, n_negl = block_counts(critical, negligible, n_blocks)
     if _kernel_wanted(scores, use_kernel, "classify") and scores.dtype == torch.float32:
-        from .kernels_block_map import MAX_BLOCK
+        from .triton.block_map_launchers import classify_blocks
+        from .triton.kernels_block_map import MAX_BLOCK
 
         if 0 < n_blocks <= MAX_BLOCK:
-            return _classify_kernel(scores, n_crit, n_negl)
+            return classify_blocks(scores, n_crit, n_negl)
     order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
     bmap = torch.zeros(scores.shape, dtype=torch.int8, device=scores.device)
     bmap.scatter_(-1, order[..., :n_crit], CRITICAL)
@@ -158,52 +131,10 @@ def classify(
     return bmap, lut
 
 
-def _launch_shape(n_rows: int, block: int, on_gpu: bool) -> tuple[int, int]:
-    """(rows per program, warps per program)."""
-    if not on_gpu:
-        # Triton's interpreter pays per operation, not per element: one program takes many rows.
-        return min(1 << max(n_rows - 1, 0).bit_length(), max(1, 16384 // block)), 1
-    # One row per program. Measured on the H100 (3,072 rows, kernel time): 512 columns 25 us
-    # with 1 warp (its counts stay in the warp), 28-30 with 2 or 4, 39 with 2 rows per warp;
-    # 1,024 columns 54 us with 4 warps (62 with 1); 4,096 columns 340 us with 4 (420 with 8).
-    return 1, 1 if block <= 512 else 4
-
-
-def _classify_kernel(
-    scores: torch.Tensor, n_crit: int, n_negl: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    import triton
-
-    from .kernels_block_map import classify_kernel
-    from .launch import launch
-
-    n_blocks = scores.shape[-1]
-    rows = scores.reshape(-1, n_blocks).contiguous()
-    bmap = torch.empty(scores.shape, dtype=torch.int8, device=scores.device)
-    lut = torch.empty(*scores.shape[:-1], n_crit, dtype=torch.int32, device=scores.device)
-    n_rows = rows.shape[0]
-    block = triton.next_power_of_2(n_blocks)
-    per_program, warps = _launch_shape(n_rows, block, scores.is_cuda)
-    if n_rows:
-        launch(
-            classify_kernel, (triton.cdiv(n_rows, per_program),),
-            rows, bmap, lut, n_rows, n_blocks, n_crit, n_negl,
-            ROWS=per_program, BLOCK=block, num_warps=warps, num_stages=3,
-        )  # fmt: skip
-    return bmap, lut
-
-
-def block_map(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    *,
-    critical: float | int = 0.05,
-    negligible: float | int = 0.10,
-    block_q: int = 64,
-    block_k: int = 64,
-) -> torch.Tensor:
+def block_map(q: torch.Tensor, k: torch.Tensor, config: SLAConfig) -> torch.Tensor:
     """int8 (B, H, Nq, Nk): 1 critical, 0 marginal, -1 negligible. q, k: (B, H, N, D)."""
-    return classify(block_scores(q, k, block_q, block_k), critical, negligible)[0]
+    scores = block_scores(q, k, config.block_q, config.block_k)
+    return classify(scores, config.critical, config.negligible)[0]
 
 
 def linear_mask(bmap: torch.Tensor, linear_scope: str) -> torch.Tensor:
@@ -229,12 +160,14 @@ def transpose_lists(
     rows[..., starts[..., j] : starts[..., j + 1]] (rows: (B, H, R * n), starts: (B, H, n_cols + 1)).
     The backward's key-block programs walk these.
 
-    `use_kernel`: build them with one Triton launch (`kernels_block_lists`) instead of a sort
-    and a scatter; None means "on CUDA". True also runs it on the CPU under TRITON_INTERPRET=1
-    (tests). Both give the same lists bit for bit.
+    `use_kernel`: build them with one Triton launch (`triton/kernels_block_lists.py`) instead
+    of a sort and a scatter; None means "on CUDA". True also runs it on the CPU under
+    TRITON_INTERPRET=1 (tests). Both give the same lists bit for bit.
     """
     if _kernel_wanted(lut, use_kernel, "transpose_lists"):
-        return _transpose_lists_kernel(lut, n_cols)
+        from .triton.block_map_launchers import transpose_lists as transpose_lists_kernel
+
+        return transpose_lists_kernel(lut, n_cols)
     n_rows = lut.shape[-2]
     row_ids = torch.arange(n_rows, device=lut.device)[:, None]
     # One key per (row, entry): sorting by column then row groups each column's rows in order.
@@ -243,30 +176,3 @@ def transpose_lists(
     counts = torch.zeros(*lut.shape[:-2], n_cols + 1, dtype=torch.int32, device=lut.device)
     counts.scatter_add_(-1, lut.flatten(-2).long() + 1, torch.ones_like(lut.flatten(-2)))
     return rows.contiguous(), counts.cumsum(-1, dtype=torch.int32).contiguous()
-
-
-def _transpose_lists_kernel(lut: torch.Tensor, n_cols: int) -> tuple[torch.Tensor, torch.Tensor]:
-    import triton
-
-    from .kernels_block_lists import transpose_lists_kernel
-    from .launch import launch
-
-    *batch, n_rows, n = lut.shape
-    lists = lut.reshape(-1, n_rows * n).contiguous()  # (B, H, R, n) -> (heads, R * n)
-    heads = lists.shape[0]
-    rows = torch.empty(*batch, n_rows * n, dtype=torch.int32, device=lut.device)
-    starts = torch.empty(*batch, n_cols + 1, dtype=torch.int32, device=lut.device)
-    # 64 columns per program: at 512 columns and 12 heads about one program per SM. Each
-    # program reads all its head's entries, so wider tiles would only pay off for lists much
-    # longer than a few percent of the columns. (On the H100 at the reference shape, tiles of
-    # 32 to 128 columns and 2 to 8 warps all ran in less GPU time than the launch's host time.)
-    cols = 64
-    tiles = triton.cdiv(n_cols + 1, cols)
-    member = torch.empty(heads * tiles, n_rows, cols, dtype=torch.int8, device=lut.device)
-    if heads:
-        launch(
-            transpose_lists_kernel, (tiles, heads),
-            lists, rows, starts, member, n_rows, n, n_cols,
-            COLS=cols, ROW_TILE=64, ENTRY_TILE=2048, num_warps=4, num_stages=1,
-        )  # fmt: skip
-    return rows, starts

@@ -1,23 +1,15 @@
-"""Public SLA functions: input validation, layout handling and backend dispatch."""
+"""Public SLA functions: input validation, layout handling and the choice of kernels."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from ..triton_interpreter import triton_interpreting
 from . import block_map as _block_map
-from .config import BLOCK_SIZES, FEATURE_MAPS, LINEAR_SCOPES, block_counts, validate_fractions
+from .config import SLAConfig
+from .launch_policy import DEFAULT_POLICY, LaunchPolicy, select_kernels
 from .reference import sla_reference
 
-# The Triton kernels' dtypes and head dims (kept here so that the reference path never needs
-# Triton to be importable).
-TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-TRITON_HEAD_DIMS = (16, 32, 64, 128)
-
 LAYOUTS = ("bhnd", "bnhd")
-BACKENDS = ("auto", "triton", "reference")
 
 
 def _is_compiling() -> bool:
@@ -27,6 +19,11 @@ def _is_compiling() -> bool:
 def _to_bhnd(x: torch.Tensor, layout: str) -> torch.Tensor:
     # (B, N, H, D) -> (B, H, N, D) as a view: the kernels read strides, the reference does not care.
     return x.transpose(1, 2) if layout == "bnhd" else x
+
+
+def _check_config(config: SLAConfig | None) -> None:
+    if config is not None and not isinstance(config, SLAConfig):
+        raise ValueError(f"config must be an SLAConfig or None, got {type(config).__name__}")
 
 
 def _check_qk(q: torch.Tensor, k: torch.Tensor, layout: str) -> None:
@@ -51,40 +48,25 @@ def _check_qk(q: torch.Tensor, k: torch.Tensor, layout: str) -> None:
         )
 
 
-def _check_blocks(block_q: int, block_k: int) -> None:
-    for name, value in (("block_q", block_q), ("block_k", block_k)):
-        if isinstance(value, bool) or value not in BLOCK_SIZES:
-            raise ValueError(f"{name} must be one of {BLOCK_SIZES}, got {value!r}")
-
-
 def sla_block_map(
     q: torch.Tensor,
     k: torch.Tensor,
+    config: SLAConfig | None = None,
     *,
-    critical: float | int = 0.05,
-    negligible: float | int = 0.10,
-    block_q: int = 64,
-    block_k: int = 64,
     layout: str = "bhnd",
 ) -> torch.Tensor:
     """SLA's block classification, int8 (B, H, Nq, Nk): 1 critical, 0 marginal, -1 negligible.
 
-    q, k: (B, H, N, D) (or (B, N, H, D) with `layout="bnhd"`); Nq = ceil(N / block_q),
-    Nk = ceil(N / block_k). `critical` / `negligible`: a float is a fraction of Nk, an int a count
-    of key blocks. See `shared/specs/SLA.md`, section 1.
+    q, k: (B, H, N, D) (or (B, N, H, D) with `layout="bnhd"`). `config` (`SLAConfig()` if None)
+    gives the blocks: Nq = ceil(N / block_q), Nk = ceil(N / block_k), and `critical` /
+    `negligible` (a float is a fraction of Nk, an int a count of key blocks). See
+    `shared/specs/SLA.md`, section 1.
     """
     if not _is_compiling():
         _check_qk(q, k, layout)
-        _check_blocks(block_q, block_k)
-        validate_fractions(critical, negligible)
-    return _block_map.block_map(
-        _to_bhnd(q, layout),
-        _to_bhnd(k, layout),
-        critical=critical,
-        negligible=negligible,
-        block_q=block_q,
-        block_k=block_k,
-    )
+        _check_config(config)
+    config = SLAConfig() if config is None else config
+    return _block_map.block_map(_to_bhnd(q, layout), _to_bhnd(k, layout), config)
 
 
 def _check_inputs(
@@ -93,15 +75,9 @@ def _check_inputs(
     v: torch.Tensor,
     proj_weight: torch.Tensor | None,
     proj_bias: torch.Tensor | None,
-    critical: float | int,
-    negligible: float | int,
-    block_q: int,
-    block_k: int,
-    feature_map: str,
-    linear_scope: str,
     scale: float | None,
     layout: str,
-    backend: str,
+    policy: LaunchPolicy,
 ) -> None:
     _check_qk(q, k, layout)
     if v.shape != k.shape:
@@ -124,68 +100,10 @@ def _check_inputs(
     for name, p in (("proj_weight", proj_weight), ("proj_bias", proj_bias)):
         if p is not None and p.device != q.device:
             raise ValueError(f"{name} must be on q's device {q.device}, got {p.device}")
-    validate_fractions(critical, negligible)
-    _check_blocks(block_q, block_k)
-    if feature_map not in FEATURE_MAPS:
-        raise ValueError(f"feature_map must be one of {FEATURE_MAPS}, got {feature_map!r}")
-    if linear_scope not in LINEAR_SCOPES:
-        raise ValueError(f"linear_scope must be one of {LINEAR_SCOPES}, got {linear_scope!r}")
     if scale is not None and not scale > 0:
         raise ValueError(f"scale must be a positive number or None, got {scale!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-
-
-def _use_triton(q: torch.Tensor, backend: str, block_q: int, block_k: int) -> bool:
-    """Whether to run the Triton kernels; raises for a "triton" request they cannot serve."""
-    if backend == "reference":
-        return False
-    problem = None
-    if q.device.type != "cuda" and (backend == "auto" or not triton_interpreting()):
-        problem = f"needs a CUDA tensor, got device {q.device}"
-    elif q.dtype not in TRITON_DTYPES:
-        problem = f"supports dtypes {TRITON_DTYPES}, got {q.dtype}"
-    elif q.shape[-1] not in TRITON_HEAD_DIMS:
-        problem = f"supports head dims {TRITON_HEAD_DIMS}, got D={q.shape[-1]}"
-    elif min(block_q, block_k) < 16:
-        problem = f"needs block_q, block_k >= 16, got {block_q}, {block_k}"
-    if problem is None:
-        return True
-    if backend == "triton":
-        raise ValueError(f"backend='triton' {problem}; use backend='reference' instead")
-    return False
-
-
-def _triton_forward(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    proj_weight: torch.Tensor | None,
-    proj_bias: torch.Tensor | None,
-    critical: float | int,
-    negligible: float | int,
-    block_q: int,
-    block_k: int,
-    feature_map: str,
-    linear_scope: str,
-    scale: float | None,
-) -> torch.Tensor:
-    from .triton_op import sla_fwd
-
-    n, d = q.shape[-2], q.shape[-1]
-    n_crit, n_negl = block_counts(critical, negligible, -(-n // block_k))
-    # The kernels index the feature dim with stride 1 and the projection as a dense fp32 matrix.
-    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
-    if proj_weight is not None:
-        proj_weight = proj_weight.float().contiguous()
-    if proj_bias is not None:
-        proj_bias = proj_bias.float().contiguous()
-    grads = (q, k, v, proj_weight, proj_bias)
-    store_aux = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in grads)
-    return sla_fwd(
-        q, k, v, proj_weight, proj_bias, n_crit, n_negl, block_q, block_k, feature_map,
-        linear_scope, 1.0 / math.sqrt(d) if scale is None else float(scale), store_aux,
-    )[0]  # fmt: skip
+    if not isinstance(policy, LaunchPolicy):
+        raise ValueError(f"policy must be a LaunchPolicy or None, got {type(policy).__name__}")
 
 
 def sparse_linear_attention(
@@ -194,16 +112,11 @@ def sparse_linear_attention(
     v: torch.Tensor,
     proj_weight: torch.Tensor | None = None,
     proj_bias: torch.Tensor | None = None,
+    config: SLAConfig | None = None,
     *,
-    critical: float | int = 0.05,
-    negligible: float | int = 0.10,
-    block_q: int = 64,
-    block_k: int = 64,
-    feature_map: str = "softmax",
-    linear_scope: str = "marginal",
     scale: float | None = None,
     layout: str = "bhnd",
-    backend: str = "auto",
+    policy: LaunchPolicy | None = None,
 ) -> torch.Tensor:
     """SLA sparse-linear attention (self-attention), `shared/specs/SLA.md`.
 
@@ -212,46 +125,32 @@ def sparse_linear_attention(
             copy on the Triton path). One dtype for all three.
         proj_weight, proj_bias: the linear branch's projection, (D, D) and (D,), kept in fp32 by
             its owner. `proj_weight=None` skips the linear branch: O = O_s.
-        critical, negligible: a float is a fraction of the Nk = ceil(N / block_k) key blocks of
-            each query-block row, an int a count of blocks.
-        block_q, block_k: rows of a query / key block.
-        feature_map: "softmax" (over D), "elu" (elu + 1) or "relu".
-        linear_scope: which key blocks feed the linear branch: "marginal" (the paper),
-            "noncritical" (official SLA-1 kernel) or "all" (official main / TurboDiffusion).
+        config: the SLA options (`SLAConfig()` if None): `critical`, `negligible` (a float is a
+            fraction of the Nk = ceil(N / block_k) key blocks of each query-block row, an int a
+            count of blocks), `block_q`, `block_k`, `feature_map` and `linear_scope` ("marginal"
+            as the paper, "noncritical" as the official SLA-1 kernel, "all" as official main /
+            TurboDiffusion). Its `projection` belongs to the module that owns `proj_weight`.
         scale: softmax scale, 1/sqrt(D) if None.
-        backend: "triton" (CUDA; bf16, fp16, or fp32 with exact fp32 products; head dims 16,
-            32, 64, 128; blocks >= 16), "reference" (plain PyTorch with N x N matrices, any
-            float dtype and device) or "auto" (Triton where it applies, else the reference).
+        policy: how to launch (`LaunchPolicy()` if None). Its `kernels` picks the kernel family:
+            "auto" (the fused Triton kernels where they apply, else the reference), "triton"
+            (CUDA, or the CPU under TRITON_INTERPRET=1; bf16, fp16, or fp32 with exact fp32
+            products; head dims 16, 32, 64, 128; an error elsewhere) or "reference" (plain
+            PyTorch with N x N matrices, any float dtype and device).
 
     Returns:
         O = O_s + proj(O_l), shaped and laid out like q, in q's dtype.
     """
+    policy = DEFAULT_POLICY if policy is None else policy
     if not _is_compiling():
-        _check_inputs(
-            q, k, v, proj_weight, proj_bias, critical, negligible, block_q, block_k,
-            feature_map, linear_scope, scale, layout, backend,
-        )  # fmt: skip
-    if _use_triton(q, backend, block_q, block_k):
-        return _to_bhnd(
-            _triton_forward(
-                _to_bhnd(q, layout), _to_bhnd(k, layout), _to_bhnd(v, layout), proj_weight,
-                proj_bias, critical, negligible, block_q, block_k, feature_map, linear_scope,
-                scale,
-            ),
-            layout,
-        )  # fmt: skip
-    out = sla_reference(
-        _to_bhnd(q, layout),
-        _to_bhnd(k, layout),
-        _to_bhnd(v, layout),
-        proj_weight,
-        proj_bias,
-        critical=critical,
-        negligible=negligible,
-        block_q=block_q,
-        block_k=block_k,
-        feature_map=feature_map,
-        linear_scope=linear_scope,
-        scale=scale,
-    )
+        _check_config(config)
+        _check_inputs(q, k, v, proj_weight, proj_bias, scale, layout, policy)
+    config = SLAConfig() if config is None else config
+    q, k, v = (_to_bhnd(x, layout) for x in (q, k, v))
+    kernels = select_kernels(q, policy)
+    if kernels == "reference":
+        out = sla_reference(q, k, v, proj_weight, proj_bias, config, scale=scale)
+    else:
+        from .op import fused_sla
+
+        out = fused_sla(q, k, v, proj_weight, proj_bias, config, scale, kernels, policy)
     return _to_bhnd(out, layout)

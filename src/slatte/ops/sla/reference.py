@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .block_map import CRITICAL, block_map, linear_mask
+from .config import SLAConfig
 
 # Added to the linear branch's denominator, as in the official SLA code.
 LINEAR_EPS = 1e-5
@@ -77,18 +78,14 @@ def sla_reference(
     v: torch.Tensor,
     proj_weight: torch.Tensor | None = None,
     proj_bias: torch.Tensor | None = None,
+    config: SLAConfig | None = None,
     *,
-    critical: float | int = 0.05,
-    negligible: float | int = 0.10,
-    block_q: int = 64,
-    block_k: int = 64,
-    feature_map: str = "softmax",
-    linear_scope: str = "marginal",
     scale: float | None = None,
     bmap: torch.Tensor | None = None,
     query_rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """SLA output (B, H, N, D) in q's dtype for q, k, v of shape (B, H, N, D).
+    """SLA output (B, H, N, D) in q's dtype for q, k, v of shape (B, H, N, D), with the
+    options `config` (`SLAConfig()` if None; its `projection` is the caller's business).
 
     `bmap`: a precomputed block map (B, H, Nq, Nk) to use instead of computing one from q and k
     (tests pass the map of the low-precision inputs to a float64 run so both choose the same
@@ -96,20 +93,21 @@ def sla_reference(
     long sequences can be checked without N x N matrices. Without a projection
     (`proj_weight=None`) the linear branch is skipped: O = O_s.
     """
+    config = SLAConfig() if config is None else config
+    block_q, block_k = config.block_q, config.block_k
     n, d = q.shape[-2], q.shape[-1]
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     if bmap is None:
-        bmap = block_map(
-            q, k, critical=critical, negligible=negligible, block_q=block_q, block_k=block_k
-        )
+        bmap = block_map(q, k, config)
     if query_rows is not None:
         q = q[:, :, query_rows]
     critical_tokens = expand_blocks(bmap == CRITICAL, n, block_q, block_k, query_rows)
     out = sparse_branch(q, k, v, critical_tokens, scale)
     if proj_weight is None:
         return out
-    linear_tokens = expand_blocks(linear_mask(bmap, linear_scope), n, block_q, block_k, query_rows)
-    out_l = linear_branch(q, k, v, linear_tokens, feature_map)
+    in_linear = linear_mask(bmap, config.linear_scope)
+    linear_tokens = expand_blocks(in_linear, n, block_q, block_k, query_rows)
+    out_l = linear_branch(q, k, v, linear_tokens, config.feature_map)
     # The projection is kept in fp32 (fp64 for a float64 run) whatever the activations' dtype.
     proj_dtype = torch.promote_types(q.dtype, torch.float32)
     bias = None if proj_bias is None else proj_bias.to(proj_dtype)

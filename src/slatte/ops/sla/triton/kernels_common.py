@@ -166,8 +166,7 @@ def block_outer_kernel(
             # must (d phi(k) = v dH^T + dZ). fp32 keeps 1 / den in range.
             u = u / den[:, None]
             if U_PAIR:
-                # Two bf16 halves hold u to 2^-16 (tf32: 2^-11) and run at twice tf32's rate:
-                # 0.41 -> 0.28 ms at the reference shape on an H100 (benchmarks/NOTES.md, s. 8).
+                # Two bf16 halves hold u to 2^-16 (tf32: 2^-11) and run at twice tf32's rate.
                 u_hi, u_lo = bf16_pair(u)
                 acc_h = tl.dot(tl.trans(u_hi.to(y.dtype)), y, acc_h, input_precision=DOT_PREC)
                 acc_h = tl.dot(tl.trans(u_lo.to(y.dtype)), y, acc_h, input_precision=DOT_PREC)

@@ -1,5 +1,5 @@
-"""The Triton path of SLA as registered PyTorch ops (`slatte::sla_fwd`, `slatte::sla_bwd`) with
-autograd, so that `torch.compile(fullgraph=True)` sees one opaque node per direction.
+"""Launchers of the Triton SLA kernels: the forward and backward that the registered op
+(`ops/sla/op.py`) runs for the "triton" kernel family, with their buffers, dtypes and tiles.
 
 Everything here works on (B, H, N, D) tensors that may be strided views (the bnhd layout); the
 kernels read strides. Only the feature dim must be contiguous.
@@ -8,14 +8,15 @@ kernels read strides. Only the feature dim must be contiguous.
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 import triton
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from ..triton_interpreter import triton_interpreting
-from .block_map import block_scores, classify, transpose_lists
+from ...triton_interpreter import triton_interpreting
+from ..block_map import block_scores, classify, transpose_lists
+from ..launch_policy import LaunchPolicy
+from ..reference import LINEAR_EPS
 from .kernels_backward import (
     sla_bwd_dkdv_kernel,
     sla_bwd_dq_kernel,
@@ -25,7 +26,7 @@ from .kernels_backward import (
 from .kernels_common import FEATURE_CODES, block_outer_kernel, mask_gemm_kernel
 from .kernels_forward import LOG2E, sla_fwd_kernel
 from .launch import launch
-from .reference import LINEAR_EPS
+from .tiles import tiles
 
 # Rows of one program of the backward's preprocessing: few partial dW sums to add up, enough
 # programs to fill the GPU.
@@ -33,64 +34,10 @@ PREPROCESS_ROWS = 1024
 SCOPE_CODES = {"marginal": 0, "noncritical": 1, "all": 2}
 
 
-def _has_linear(nk: int, n_crit: int, n_negl: int, scope: str, has_proj: bool) -> bool:
+def has_linear(nk: int, n_crit: int, n_negl: int, scope: str, has_proj: bool) -> bool:
     """Whether any query block has a linear branch (every row has |S(i)| blocks alike)."""
     n_lin = {"marginal": nk - n_crit - n_negl, "noncritical": nk - n_crit, "all": nk}[scope]
     return has_proj and n_lin > 0
-
-
-def _configs(
-    d: int, block_q: int, block_k: int, itemsize: int, pair: bool = False, tma: bool = False
-) -> dict[str, int]:
-    """Tile sizes and launch shape; tiles divide the map's blocks, so a tile has one LUT row.
-
-    Chosen by sweeps on an H100 (benchmarks/NOTES.md, sessions 5 and 6): the dk/dv loop runs
-    fastest with one pipeline stage (with two, its tiles leave no shared memory for a second CTA
-    per SM); the forward and dq take 128-row tiles on 8 warps where the map's query blocks
-    allow (with 64-row tiles 8 warps are 2x slower; with fp32 inputs dq's 128 rows need more
-    shared memory than an H100 has). With key tiles through TMA (`tma`, session 7) both take
-    64-row tiles on 4 warps at D > 64 instead: 1.60 -> 1.56 ms forward, 8.53 -> 8.27 forward +
-    backward at the reference shape. The key side's linear share is computed in the dk/dv
-    kernel's prologue with the bf16 pair (`pair`) at D > 64 or with 128-row query blocks
-    (session 12, dk/dv with the share alone at the reference shape: D=128 2.34 -> 1.95 ms,
-    D=64 1.13 -> 1.01; with 64-row query blocks D=64 0.98 -> 1.03, and with an fp32 dH at
-    D=128 its split products spill); elsewhere in a kernel of its own, on 32-row tiles with 8
-    warps at D > 64 with fp32 dH, 64 rows on 4 warps with the pair. The forward's linear
-    epilogue goes through O_l's columns 32 at a time at D > 64 (session 10: training
-    forward+backward -0.17 ms at the reference shape; 16 at a time -0.10).
-    `CONFIG_OVERRIDES` (key: head dim) lets benchmarks try others without editing code.
-    """
-    wide = d > 64
-    dq_tall = wide and block_q >= 128 and itemsize <= 2 and not tma
-    cfg = {
-        "fwd_m": 64 if wide and tma else 128,
-        "fwd_n": 64,
-        "fwd_warps": 8 if wide and block_q >= 128 and not tma else 4,
-        "fwd_stages": 3,
-        "fwd_lin_chunk": 32 if wide else d,
-        "dq_m": 128 if dq_tall else 64,
-        "dq_n": 64,
-        "dq_warps": 8 if dq_tall else 4,
-        "dq_stages": 2 if wide and not dq_tall else 3,
-        "dkdv_m": 64,
-        "dkdv_n": 64,
-        "dkdv_warps": 4,
-        "dkdv_stages": 1,
-        "key_linear_prologue": pair and (wide or block_q >= 128),
-        "key_linear_n": 32 if wide and not pair else 64,
-        "key_linear_warps": 8 if wide and not pair else 4,
-    }
-    cfg.update(CONFIG_OVERRIDES.get(d, {}))
-    cfg["fwd_m"], cfg["dq_m"], cfg["dkdv_m"] = (
-        min(cfg[x], block_q) for x in ("fwd_m", "dq_m", "dkdv_m")
-    )
-    cfg["fwd_n"], cfg["dq_n"], cfg["dkdv_n"], cfg["key_linear_n"] = (
-        min(cfg[x], block_k) for x in ("fwd_n", "dq_n", "dkdv_n", "key_linear_n")
-    )
-    return cfg
-
-
-CONFIG_OVERRIDES: dict[int, dict[str, int]] = {}
 
 
 @functools.cache
@@ -98,17 +45,13 @@ def _has_tma(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device)[0] >= 9
 
 
-# Tests switch this off to check the pointer path, which GPUs before Hopper run.
-USE_TMA = True
-
-
-def _use_tma(*xs: torch.Tensor) -> bool:
+def _use_tma(policy: LaunchPolicy, *xs: torch.Tensor) -> bool:
     """Whether kernels read tiles of the tensors `xs` (last dim contiguous) through TMA tensor
-    descriptors: where the GPU has the copy engine (Hopper and later; also under Triton's
-    interpreter) and every tensor's strides suit it (16-byte multiples). Measured on the H100
-    (benchmarks/NOTES.md, session 7): with their key blocks as bulk copies, the forward and dq
-    kernels run fastest on 64-row query tiles (`_configs`), the forward 7% faster at D = 128."""
-    if not USE_TMA or not (triton_interpreting() or (xs[0].is_cuda and _has_tma(xs[0].device))):
+    descriptors: where the policy allows it, the GPU has the copy engine (Hopper and later; also
+    under Triton's interpreter) and every tensor's strides suit it (16-byte multiples). With
+    their key blocks as bulk copies the forward and dq kernels take other tiles (`tiles`)."""
+    on_device = triton_interpreting() or (xs[0].is_cuda and _has_tma(xs[0].device))
+    if not policy.tma or not on_device:
         return False
     size = xs[0].element_size()
     for x in xs:
@@ -134,24 +77,21 @@ def _bh_strides(x: torch.Tensor) -> tuple[int, int, int]:
     return x.stride(0), x.stride(1), x.stride(2)
 
 
-# Tests set this to fill every buffer a kernel must write with NaN first, so that an element a
-# kernel leaves unwritten fails the comparison instead of passing on stale memory.
-POISON_OUTPUTS = False
-
-
-def _new(x: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    if POISON_OUTPUTS:
+def _new(
+    policy: LaunchPolicy, x: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype
+) -> torch.Tensor:
+    if policy.poison_outputs:
         return torch.full(shape, float("nan"), dtype=dtype, device=x.device)
     return x.new_empty(shape, dtype=dtype)
 
 
-def _new_like(x: torch.Tensor) -> torch.Tensor:
+def _new_like(policy: LaunchPolicy, x: torch.Tensor) -> torch.Tensor:
     # Keeps x's strides: outputs come back in the caller's layout (bhnd or bnhd).
     out = torch.empty_like(x)
-    return out.fill_(float("nan")) if POISON_OUTPUTS else out
+    return out.fill_(float("nan")) if policy.poison_outputs else out
 
 
-def _empty_aux(q: torch.Tensor) -> torch.Tensor:
+def empty_aux(q: torch.Tensor) -> torch.Tensor:
     return q.new_empty(0, dtype=torch.float32)
 
 
@@ -171,21 +111,22 @@ def _forward_sum_dtype(dtype: torch.dtype) -> torch.dtype:
     return _block_sum_dtype(dtype) if dtype == torch.bfloat16 else torch.float32
 
 
-def _pair_dtype() -> torch.dtype:
+def pair_dtype() -> torch.dtype:
     # The exact sums' (hi, lo) halves: bf16 values, stored as such on the GPU; as fp32 under
     # Triton's interpreter, whose bf16 arithmetic is unreliable (the values are the same).
     return torch.float32 if triton_interpreting() else torch.bfloat16
 
 
-def _bf16_pairs(dtype: torch.dtype) -> bool:
+def bf16_pairs(dtype: torch.dtype) -> bool:
     # bf16 inputs: the backward's H_i and dH^(j) come as bf16 (hi, lo) pairs, so the linear
-    # branch's gradient products run on bf16 tensor cores (the key side 2.4x faster than split
-    # tf32 at D = 128 on an H100, same error against fp64). fp16 activations cannot be multiplied
-    # with bf16 halves (tf32 split there); nor can the interpreter's bf16 (see `_pair_dtype`).
-    return dtype == torch.bfloat16 and _pair_dtype() == torch.bfloat16
+    # branch's gradient products run on bf16 tensor cores (faster than split tf32, same error
+    # against fp64). fp16 activations cannot be multiplied with bf16 halves (tf32 split there);
+    # nor can the interpreter's bf16 (see `pair_dtype`).
+    return dtype == torch.bfloat16 and pair_dtype() == torch.bfloat16
 
 
 def _block_outer(
+    policy: LaunchPolicy,
     x: torch.Tensor,
     y: torch.Tensor,
     rows: int,
@@ -198,20 +139,19 @@ def _block_outer(
     """Per block of `rows` rows: (sum u^T y, its low half or None, sum c u) with
     u = phi(x) / den; see the kernel. `exact` (sums the backward uses): with half inputs the D x D
     sums come as a (hi, lo) pair of bf16 values; with fp32 inputs in fp32. Otherwise in the
-    activations' dtype. `pair` (bf16 activations, `_bf16_pairs`): u / den as a bf16 pair.
+    activations' dtype. `pair` (bf16 activations, `bf16_pairs`): u / den as a bf16 pair.
 
-    Tiles measured on the H100 at the reference shape (benchmarks/NOTES.md, session 8): at
-    D >= 128 the forward's sums run fastest on 64-row steps with 8 warps (0.20 ms), the exact
-    ones on 32-row steps with 4 warps (k, v: 0.34 -> 0.31 ms; q, dO_l with the u pair: 0.28)."""
+    At D >= 128 the forward's sums take 64-row steps with 8 warps, the exact ones 32-row steps
+    with 4 warps (the fastest on an H100)."""
     b, h, n, d = x.shape
     n_blocks = triton.cdiv(n, rows)
     split = exact and _dot_prec(x.dtype) == "tf32"
-    exact_dtype = _pair_dtype() if split else torch.float32
+    exact_dtype = pair_dtype() if split else torch.float32
     hdtype = exact_dtype if exact else _block_sum_dtype(x.dtype)
-    hblk = _new(x, (2 if split else 1, b * h, n_blocks, d, d), hdtype)
-    zblk = _new(x, (b * h, n_blocks, d), torch.float32)
-    aux = _empty_aux(x)
-    if d >= 128:  # the tiles the docstring's measurements chose
+    hblk = _new(policy, x, (2 if split else 1, b * h, n_blocks, d, d), hdtype)
+    zblk = _new(policy, x, (b * h, n_blocks, d), torch.float32)
+    aux = empty_aux(x)
+    if d >= 128:
         block_r, warps = (32, 4) if exact else (64, 8)
     else:
         block_r, warps = 64, 4
@@ -228,6 +168,7 @@ def _block_outer(
 
 
 def _mask_gemm(
+    policy: LaunchPolicy,
     bmap: torch.Tensor,
     x: torch.Tensor,
     x_lo: torch.Tensor | None,
@@ -245,21 +186,19 @@ def _mask_gemm(
     nq, nk = bmap.shape[-2:]
     bh, _, cols = x.shape
     r, c, stride_r, stride_c = (nk, nq, 1, nk) if transpose else (nq, nk, nk, 1)
-    out = _new(x, (bh, r, cols), _pair_dtype() if pair_out else out_dtype)
-    out_lo = _new(x, (bh, r, cols), _pair_dtype()) if pair_out else None
-    # Measured on the H100 at 32,760 tokens (benchmarks/NOTES.md, sessions 4, 7, 8): the
-    # forward's sum is faster with 256-wide column tiles and 8 warps (D=128: 0.32 -> 0.26 ms)
-    # and x through TMA (0.24 -> 0.21); the backward's H sums (a split pair) with 128-row
-    # tiles and x through TMA (0.89 -> 0.41 ms). The backward's transposed split sum keeps
-    # 64 x 128 tiles on 4 warps: of the faster configs, 128-row tiles spill and 2 stages
-    # (0.47 -> 0.41 ms alone) gave NaN sums with fp16 inputs at 75,600 tokens (session 8).
+    out = _new(policy, x, (bh, r, cols), pair_dtype() if pair_out else out_dtype)
+    out_lo = _new(policy, x, (bh, r, cols), pair_dtype()) if pair_out else None
+    # The forward's sum takes 256-wide column tiles on 8 warps, the backward's H sums (a split
+    # pair) 128-row tiles, both with x through TMA where it applies. The backward's transposed
+    # split sum keeps 64 x 128 tiles on 4 warps: 128-row tiles spill there, and 2 stages gave
+    # NaN sums with fp16 inputs at 75,600 tokens.
     split = x_lo is not None
     if transpose:
         block_r, block_cols, warps = 64, min(cols, 128), 4
     else:
         block_r, block_cols, warps = 128 if split else 64, min(cols, 256), 8
     x_lo = x if x_lo is None else x_lo  # (unused without SPLIT)
-    tma = _use_tma(x, x_lo)
+    tma = _use_tma(policy, x, x_lo)
     x_tiles, x_lo_tiles = x, x_lo
     if tma:
         x_tiles = _descriptor(x, [1, 64, block_cols])
@@ -276,6 +215,7 @@ def _mask_gemm(
 
 
 def _linear_sums(
+    policy: LaunchPolicy,
     x: torch.Tensor,
     y: torch.Tensor,
     bmap: torch.Tensor,
@@ -298,14 +238,16 @@ def _linear_sums(
     forward's output is fine with sums rounded like the activations).
     """
     d = x.shape[-1]
-    hblk, hblk_lo, zblk = _block_outer(x, y, rows, feature_map, exact, den, c, pair_out)
+    hblk, hblk_lo, zblk = _block_outer(policy, x, y, rows, feature_map, exact, den, c, pair_out)
     flat = hblk.view(hblk.shape[0], -1, d * d)
     flat_lo = None if hblk_lo is None else hblk_lo.view(flat.shape)
     out_dtype = torch.float32 if exact else _forward_sum_dtype(x.dtype)
-    hsum, hsum_lo = _mask_gemm(bmap, flat, flat_lo, scope, transpose, x.dtype, out_dtype, pair_out)
+    hsum, hsum_lo = _mask_gemm(
+        policy, bmap, flat, flat_lo, scope, transpose, x.dtype, out_dtype, pair_out
+    )
     # The D-wide z sums through the same kernel, in fp32 ("ieee" products with the 0/1
-    # weights): one launch instead of the mask, its cast and a matmul (host time, session 10).
-    zsum, _ = _mask_gemm(bmap, zblk, None, scope, transpose, torch.float32)
+    # weights): one launch instead of the mask, its cast and a matmul (less host time).
+    zsum, _ = _mask_gemm(policy, bmap, zblk, None, scope, transpose, torch.float32)
     return (
         hsum.view(hsum.shape[0], -1, d, d),
         None if hsum_lo is None else hsum_lo.view(hsum_lo.shape[0], -1, d, d),
@@ -313,8 +255,7 @@ def _linear_sums(
     )
 
 
-@torch.library.custom_op("slatte::sla_fwd", mutates_args=())
-def sla_fwd(
+def forward(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -328,37 +269,35 @@ def sla_fwd(
     linear_scope: str,
     scale: float,
     store_aux: bool,
+    policy: LaunchPolicy,
 ) -> tuple[
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
 ]:  # fmt: skip
-    """Returns (o, bmap, crit_lut, o_s, o_l, lse, den, hsum, hsum_lo, zsum); all but o are saved
-    for the backward, the last seven empty unless `store_aux` (o_l, den and the sums also
-    without a linear branch, hsum_lo also without bf16 pairs).
+    """The op `slatte::sla_fwd` (`op.py`) on the Triton kernels; see its docstring.
 
     With `store_aux` the linear branch's H_i, Z_i are summed to the backward's accuracy (an
     exact bf16 pair for bf16 activations, fp32 otherwise) and kept: the forward multiplies
-    phi(q) with both halves, the backward takes them instead of summing them again
-    (forward+backward -0.21 ms at the reference shape on an H100, benchmarks/NOTES.md session
-    9). Extra memory: D x D per query block and head, D / block_q times the bytes of q per half.
+    phi(q) with both halves, the backward takes them instead of summing them again. Extra
+    memory: D x D per query block and head, D / block_q times the bytes of q per half.
     """
     b, h, n, d = q.shape
     bmap, crit_lut = classify(block_scores(q, k, block_q, block_k), n_crit, n_negl)
-    linear = _has_linear(bmap.shape[-1], n_crit, n_negl, linear_scope, proj_weight is not None)
-    pair = store_aux and linear and _bf16_pairs(q.dtype)
-    tma = _use_tma(k, v)
-    cfg = _configs(d, block_q, block_k, q.element_size(), tma=tma)
-    aux = _empty_aux(q)
+    linear = has_linear(bmap.shape[-1], n_crit, n_negl, linear_scope, proj_weight is not None)
+    pair = store_aux and linear and bf16_pairs(q.dtype)
+    tma = _use_tma(policy, k, v)
+    cfg = tiles(d, block_q, block_k, q.element_size(), policy, tma=tma)
+    aux = empty_aux(q)
     hsum = hsum_lo = zsum = aux
     if linear:
         hsum, hsum_lo, zsum = _linear_sums(
-            k, v, bmap, block_k, linear_scope, False, feature_map, store_aux, pair_out=pair
+            policy, k, v, bmap, block_k, linear_scope, False, feature_map, store_aux, pair_out=pair
         )
-    o = _new_like(q)
-    o_s = _new(q, (b, h, n, d), q.dtype) if store_aux else aux
-    o_l = _new(q, (b, h, n, d), torch.float32) if store_aux and linear else aux
-    lse = _new(q, (b, h, n), torch.float32) if store_aux else aux
-    den = _new(q, (b, h, n), torch.float32) if store_aux and linear else aux
+    o = _new_like(policy, q)
+    o_s = _new(policy, q, (b, h, n, d), q.dtype) if store_aux else aux
+    o_l = _new(policy, q, (b, h, n, d), torch.float32) if store_aux and linear else aux
+    lse = _new(policy, q, (b, h, n), torch.float32) if store_aux else aux
+    den = _new(policy, q, (b, h, n), torch.float32) if store_aux and linear else aux
     kv_block = [1, 1, cfg["fwd_n"], d]
     k_tiles, v_tiles = (_descriptor(x, kv_block) for x in (k, v)) if tma else (k, v)
     launch(
@@ -384,35 +323,10 @@ def sla_fwd(
     # A custom op's outputs may not alias one another: each unused one (aux, or a lo half that
     # is None without bf16 pairs) is its own empty tensor.
     outs = (o, bmap, crit_lut, o_s, o_l, lse, den, *sums)
-    return tuple(_empty_aux(q) if x is aux or x is None else x for x in outs)
+    return tuple(empty_aux(q) if x is aux or x is None else x for x in outs)
 
 
-@sla_fwd.register_fake
-def _(q, k, v, proj_weight, proj_bias, n_crit, n_negl, block_q, block_k, feature_map,
-      linear_scope, scale, store_aux):  # fmt: skip
-    b, h, n, d = q.shape
-    nk = math.ceil(n / block_k)
-    linear = _has_linear(nk, n_crit, n_negl, linear_scope, proj_weight is not None)
-    bmap = q.new_empty(b, h, math.ceil(n / block_q), nk, dtype=torch.int8)
-    crit_lut = q.new_empty(b, h, math.ceil(n / block_q), min(n_crit, nk), dtype=torch.int32)
-    f32 = torch.float32
-    o_s = q.new_empty(b, h, n, d) if store_aux else _empty_aux(q)
-    o_l = q.new_empty(b, h, n, d, dtype=f32) if store_aux and linear else _empty_aux(q)
-    lse = q.new_empty(b, h, n, dtype=f32) if store_aux else _empty_aux(q)
-    den = q.new_empty(b, h, n, dtype=f32) if store_aux and linear else _empty_aux(q)
-    nq = math.ceil(n / block_q)
-    pair = store_aux and linear and _bf16_pairs(q.dtype)
-    hsum = hsum_lo = zsum = _empty_aux(q)
-    if store_aux and linear:
-        hsum = q.new_empty(b * h, nq, d, d, dtype=_pair_dtype() if pair else f32)
-        zsum = q.new_empty(b * h, nq, d, dtype=f32)
-    if pair:
-        hsum_lo = torch.empty_like(hsum)
-    return torch.empty_like(q), bmap, crit_lut, o_s, o_l, lse, den, hsum, hsum_lo, zsum
-
-
-@torch.library.custom_op("slatte::sla_bwd", mutates_args=())
-def sla_bwd(
+def backward(
     do: torch.Tensor,
     q: torch.Tensor,
     k: torch.Tensor,
@@ -435,22 +349,22 @@ def sla_bwd(
     feature_map: str,
     linear_scope: str,
     scale: float,
+    policy: LaunchPolicy,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns (dq, dk, dv, d proj_weight, d proj_bias); the last two are empty when there is
-    no projection / bias. hsum, hsum_lo, zsum: the forward's exact H_i (pair), Z_i."""
+    """The op `slatte::sla_bwd` (`op.py`) on the Triton kernels; see its docstring."""
     b, h, n, d = q.shape
-    linear = _has_linear(bmap.shape[-1], n_crit, n_negl, linear_scope, proj_weight is not None)
-    pair = linear and _bf16_pairs(q.dtype)
-    tma = _use_tma(k, v)
-    cfg = _configs(d, block_q, block_k, q.element_size(), pair, tma)
+    linear = has_linear(bmap.shape[-1], n_crit, n_negl, linear_scope, proj_weight is not None)
+    pair = linear and bf16_pairs(q.dtype)
+    tma = _use_tma(policy, k, v)
+    cfg = tiles(d, block_q, block_k, q.element_size(), policy, pair, tma)
     prec = _dot_prec(q.dtype)
-    aux = _empty_aux(q)
+    aux = empty_aux(q)
     do = do.contiguous()  # (B, H, N, D) in memory order: the kernels index it as (B*H, N, D)
     chunks = triton.cdiv(n, PREPROCESS_ROWS)
-    delta_s = _new(q, (b, h, n), torch.float32)
-    do_l = _new(q, (b, h, n, d), q.dtype) if linear else aux
-    dw_part = _new(q, (b * h * chunks, d, d), torch.float32) if linear else aux
-    db_part = _new(q, (b * h * chunks, d), torch.float32) if has_bias else aux
+    delta_s = _new(policy, q, (b, h, n), torch.float32)
+    do_l = _new(policy, q, (b, h, n, d), q.dtype) if linear else aux
+    dw_part = _new(policy, q, (b * h * chunks, d, d), torch.float32) if linear else aux
+    db_part = _new(policy, q, (b * h * chunks, d), torch.float32) if has_bias else aux
     launch(
         sla_bwd_preprocess_kernel, (chunks, b * h),
         do, o_s, o_l, proj_weight if linear else aux, delta_s, do_l, dw_part, db_part,
@@ -462,15 +376,15 @@ def sla_bwd(
     dw = dw_part.sum(0) if linear else aux
     if proj_weight is not None and not linear:
         dw = torch.zeros_like(proj_weight)  # nothing feeds the linear branch
-    db = db_part.sum(0) if has_bias else _empty_aux(q)
+    db = db_part.sum(0) if has_bias else empty_aux(q)
     flags = dict(
         D=d, LUT_BLOCK_Q=block_q, LUT_BLOCK_K=block_k, FEATURE=FEATURE_CODES[feature_map],
         LINEAR=linear, DOT_PREC=prec, SPLIT=prec == "tf32",
     )  # fmt: skip
     # The dq kernel computes Delta_l (from the same rounded terms it cancels against there),
     # which the key side's dZ sums need: dq runs first.
-    dq = _new_like(q)
-    delta_l = _new(q, (b, h, n), torch.float32) if linear else aux
+    dq = _new_like(policy, q)
+    delta_l = _new(policy, q, (b, h, n), torch.float32) if linear else aux
     kv_block = [1, 1, cfg["dq_n"], d]
     k_tiles, v_tiles = (_descriptor(x, kv_block) for x in (k, v)) if tma else (k, v)
     launch(
@@ -486,11 +400,12 @@ def sla_bwd(
     dhsum = dhsum_lo = dzsum = dk_lin = dv_lin = aux
     if linear:
         dhsum, dhsum_lo, dzsum = _linear_sums(
-            q, do_l, bmap, block_q, linear_scope, True, feature_map, True, den, -delta_l, pair
-        )
+            policy, q, do_l, bmap, block_q, linear_scope, True, feature_map, True, den, -delta_l,
+            pair,
+        )  # fmt: skip
         dhsum_lo = dhsum if dhsum_lo is None else dhsum_lo  # (unread without the pair)
     if linear and not cfg["key_linear_prologue"]:
-        dk_lin, dv_lin = (_new(q, (b, h, n, d), torch.float32) for _ in range(2))
+        dk_lin, dv_lin = (_new(policy, q, (b, h, n, d), torch.float32) for _ in range(2))
         launch(
             sla_bwd_key_linear_kernel, (triton.cdiv(n, cfg["key_linear_n"]), b * h),
             k, v, dhsum, dhsum_lo, dzsum, dk_lin, dv_lin,
@@ -500,7 +415,7 @@ def sla_bwd(
             num_stages=1,
         )  # fmt: skip
     crit_rows, crit_starts = transpose_lists(crit_lut, bmap.shape[-1])
-    dk, dv = _new_like(k), _new_like(v)
+    dk, dv = _new_like(policy, k), _new_like(policy, v)
     launch(
         sla_bwd_dkdv_kernel, (triton.cdiv(n, cfg["dkdv_n"]), b * h),
         q, k, v, do, lse, delta_s, dhsum, dhsum_lo, dzsum, dk_lin, dv_lin, crit_rows, crit_starts,
@@ -512,40 +427,3 @@ def sla_bwd(
         num_stages=cfg["dkdv_stages"], **flags,
     )  # fmt: skip
     return dq, dk, dv, dw, db
-
-
-@sla_bwd.register_fake
-def _(do, q, k, v, proj_weight, has_bias, bmap, crit_lut, o_s, o_l, lse, den, hsum, hsum_lo, zsum,
-      n_crit, n_negl, block_q, block_k, feature_map, linear_scope, scale):  # fmt: skip
-    dw = torch.empty_like(proj_weight) if proj_weight is not None else _empty_aux(q)
-    db = q.new_empty(q.shape[-1], dtype=torch.float32) if has_bias else _empty_aux(q)
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dw, db
-
-
-_FWD_ARGS = ("n_crit", "n_negl", "block_q", "block_k", "feature_map", "linear_scope", "scale")
-
-
-def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, proj_weight, proj_bias, *opts, _store_aux = inputs
-    _o, *saved = output
-    ctx.save_for_backward(q, k, v, proj_weight, *saved)
-    ctx.opts = dict(zip(_FWD_ARGS, opts, strict=True))
-    ctx.has_bias = proj_bias is not None
-    # The outputs after o are saved state, never differentiated: without this autograd would
-    # fill a zero gradient for each of them (their bytes again, 0.16 ms per backward at the
-    # reference shape on an H100, benchmarks/NOTES.md session 9).
-    ctx.set_materialize_grads(False)
-
-
-def _backward(ctx, do, *_unused_grads):
-    q, k, v, proj_weight, *saved = ctx.saved_tensors
-    dq, dk, dv, dw, db = sla_bwd(do, q, k, v, proj_weight, ctx.has_bias, *saved, **ctx.opts)
-    return (
-        dq, dk, dv,
-        dw if proj_weight is not None else None,
-        db if ctx.has_bias else None,
-        None, None, None, None, None, None, None, None,
-    )  # fmt: skip
-
-
-sla_fwd.register_autograd(_backward, setup_context=_setup_context)

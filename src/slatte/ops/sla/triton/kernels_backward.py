@@ -236,9 +236,8 @@ def sla_bwd_dkdv_kernel(
     is computed here before the loop (`key_linear_share` from dH^(j) in DHBLK (+ DHBLK_LO with
     PAIR) and dZ^(j) in DZBLK), where its D x D tiles are dead by the time the loop's state is
     live; else it is read from DK_LIN, DV_LIN (fp32, contiguous (B*H, N, D), from
-    `sla_bwd_key_linear_kernel`). Which is faster depends on the tiles (`triton_op._configs`).
-    After the loop, next to the accumulators, the share made the loop spill (2.6 ms of 5.0 at
-    D = 128 on an H100, benchmarks/NOTES.md session 5).
+    `sla_bwd_key_linear_kernel`). Which is faster depends on the tiles (`tiles.tiles`).
+    After the loop, next to the accumulators, the share made the loop spill.
     """
     pid_n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -375,8 +374,7 @@ def sla_bwd_preprocess_kernel(
     precision of dW, a sum over all B*H*N rows: "tf32x3" for half inputs, since plain tf32
     would add an error of the size of the inputs' own rounding. PAIR (bf16 activations): W and
     O_l as pairs of bf16 values, which hold them to 2^-16 (far below dO's own bf16 rounding),
-    in two bf16 products each with the bf16 dO instead of tf32 / tf32x3 ones (D = 64 on an
-    H100: 0.20 -> 0.13 ms; benchmarks/NOTES.md, session 8).
+    in two bf16 products each with the bf16 dO instead of tf32 / tf32x3 ones (faster).
     """
     chunk = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)

@@ -2,8 +2,7 @@
 q and of k, both in one launch, so that the pooled scores cost one kernel and one matmul.
 
 The torch reductions it replaces (`block_map.mean_pool`, four of them for q and k) cost more
-host time per forward than the GPU spends on them (170-210 us on the H100's host, against
-45-150 us for one Triton launch; benchmarks/NOTES.md, session 10).
+host time per forward than the GPU spends on them, and more than one Triton launch.
 """
 
 from __future__ import annotations

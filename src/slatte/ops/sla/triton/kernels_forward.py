@@ -115,8 +115,7 @@ def sla_fwd_kernel(
         fq = feature_map(q.to(tl.float32), FEATURE).to(q.dtype)
         den = tl.sum(fq.to(tl.float32) * z_i[None, :], 1) + eps
         # O_l and its projection LIN_CHUNK columns of O_l at a time: with all D = 128 columns of
-        # H_i, its lo half and W at once, the training epilogue spilled 788 bytes a thread
-        # (sm_90 compile; 184 in 32-column chunks, benchmarks/NOTES.md session 10).
+        # H_i, its lo half and W at once, the training epilogue spills (far less in chunks).
         for c in tl.static_range(D // LIN_CHUNK):
             offs_c = c * LIN_CHUNK + tl.arange(0, LIN_CHUNK)
             offs_h = q_block * D * D + offs_d[:, None] * D + offs_c[None, :]
@@ -125,8 +124,7 @@ def sla_fwd_kernel(
             w_t = tl.load(W + offs_d[None, :] * D + offs_c[:, None])
             if HBLK.dtype.element_ty == tl.bfloat16:
                 # bf16 activations: W rounded to bf16, H_i too (or an exact pair, H_PAIR), the
-                # products on bf16 tensor cores (fp32 operands here made the compiler spill:
-                # benchmarks/NOTES.md, session 6).
+                # products on bf16 tensor cores (fp32 operands here made the compiler spill).
                 o_l = tl.dot(fq, h_i)
                 if H_PAIR:
                     o_l = tl.dot(fq, tl.load(HBLK_LO + offs_h), o_l)

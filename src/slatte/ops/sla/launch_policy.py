@@ -1,0 +1,105 @@
+"""How the SLA op launches: which kernel family runs it, and the family's launch switches.
+
+A `LaunchPolicy` is a frozen value that callers pass to `sparse_linear_attention`; tests and
+benchmarks build their own (force a family, switch TMA off, poison outputs, try other tiles)
+instead of setting module globals. `select_kernels` is the one place where a family is chosen.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import torch
+
+from ..triton_interpreter import triton_interpreting
+
+# "auto": the fastest family that serves the call, else the reference. "triton": the fused Triton
+# kernels (an error where they cannot serve the call). "reference": plain PyTorch with N x N
+# matrices (`reference.py`), any float dtype, head dim and device.
+KERNELS = ("auto", "triton", "reference")
+
+# What the Triton kernels serve.
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+TRITON_HEAD_DIMS = (16, 32, 64, 128)
+
+
+@dataclass(frozen=True)
+class LaunchPolicy:
+    """How to run the SLA op.
+
+    `kernels`: one of `KERNELS`. `tma`: let the Triton kernels read tiles through TMA tensor
+    descriptors where the GPU and the strides allow (off: the pointer path that GPUs before Hopper
+    run). `poison_outputs`: fill every buffer a kernel must write with NaN first, so that an
+    element a kernel leaves unwritten fails a comparison instead of passing on stale memory
+    (tests). `tile_overrides`: per head dim, values that replace the Triton tiles' defaults
+    (keys of `triton.tiles.tiles`; benchmarks try others without editing code).
+    `switches`: all but `kernels` as a string, which is how they cross the registered op's schema
+    (made here, once: under torch.compile the op's caller only reads it).
+    """
+
+    kernels: str = "auto"
+    tma: bool = True
+    poison_outputs: bool = False
+    tile_overrides: Mapping[int, Mapping[str, int | bool]] = field(default_factory=dict)
+    switches: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kernels not in KERNELS:
+            raise ValueError(f"kernels must be one of {KERNELS}, got {self.kernels!r}")
+        for name in ("tma", "poison_outputs"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        overrides = {int(d): MappingProxyType(dict(v)) for d, v in self.tile_overrides.items()}
+        object.__setattr__(self, "tile_overrides", MappingProxyType(overrides))
+        switches = {"tma": self.tma, "poison_outputs": self.poison_outputs}
+        switches["tile_overrides"] = {str(d): dict(v) for d, v in overrides.items()}
+        object.__setattr__(self, "switches", json.dumps(switches, sort_keys=True))
+
+    def __hash__(self) -> int:  # (the read-only mappings are not hashable themselves)
+        return hash((self.kernels, self.switches))
+
+    @staticmethod
+    @functools.cache
+    def from_switches(kernels: str, switches: str) -> LaunchPolicy:
+        """The policy of `kernels` with the `switches` of another."""
+        data = json.loads(switches)
+        data["tile_overrides"] = {int(d): v for d, v in data["tile_overrides"].items()}
+        return LaunchPolicy(kernels, **data)
+
+
+DEFAULT_POLICY = LaunchPolicy()
+
+
+def select_kernels(q: torch.Tensor, policy: LaunchPolicy) -> str:
+    """The kernel family that runs SLA on `q` (B, H, N, D): "triton" or "reference".
+
+    Raises a ValueError when the policy forces a family that cannot serve the call.
+    """
+    if policy.kernels == "reference":
+        return "reference"
+    problem = None
+    if q.device.type != "cuda" and (policy.kernels == "auto" or not triton_interpreting()):
+        problem = f"needs a CUDA tensor, got device {q.device}"
+    elif q.dtype not in TRITON_DTYPES:
+        problem = f"supports dtypes {TRITON_DTYPES}, got {q.dtype}"
+    elif q.shape[-1] not in TRITON_HEAD_DIMS:
+        problem = f"supports head dims {TRITON_HEAD_DIMS}, got D={q.shape[-1]}"
+    if problem is None:
+        return "triton"
+    if policy.kernels == "triton":
+        raise ValueError(f"kernels='triton' {problem}; use LaunchPolicy(kernels='reference')")
+    return "reference"
+
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "KERNELS",
+    "TRITON_DTYPES",
+    "TRITON_HEAD_DIMS",
+    "LaunchPolicy",
+    "select_kernels",
+]
