@@ -38,13 +38,25 @@ def _bhnd(x, layout):
 
 
 def check_sla(
-    q, k, v, w, bias, config: SLAConfig, layout="bhnd", rows=None, grads=True, policy=None
+    q,
+    k,
+    v,
+    w,
+    bias,
+    config: SLAConfig,
+    layout="bhnd",
+    rows=None,
+    grads=True,
+    policy=None,
+    kernels="triton",
+    fast=sparse_linear_attention,
 ):
-    """Run the Triton path and the two references; assert the rule; return the errors.
+    """Run a fast path and the two references; assert the rule; return the errors.
 
     `rows`: check only these query rows (the upstream gradient is zero elsewhere), for sequences
     too long for the reference's N x N matrices. `policy`: the launch policy (its kernels are
-    forced to "triton" and its outputs poisoned).
+    forced to `kernels` and its outputs poisoned). `fast`: the function under test, called as
+    `sparse_linear_attention` is.
     """
     dtype = q.dtype
     n = _bhnd(q, layout).shape[2]
@@ -57,9 +69,9 @@ def check_sla(
     def leaves(cast):
         return [x.detach().to(cast(x)).requires_grad_() for x in (q, k, v, w, bias)]
 
-    policy = replace(policy or LaunchPolicy(), kernels="triton", poison_outputs=True)
+    policy = replace(policy or LaunchPolicy(), kernels=kernels, poison_outputs=True)
     xs = leaves(lambda x: x.dtype)
-    out = sparse_linear_attention(*xs, config, layout=layout, policy=policy)
+    out = fast(*xs, config, layout=layout, policy=policy)
     out_rows = _bhnd(out, layout)[:, :, rows_all]
     results = {"out": out_rows.detach()}
     if grads:

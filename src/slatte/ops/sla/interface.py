@@ -146,11 +146,14 @@ def sparse_linear_attention(
         _check_inputs(q, k, v, proj_weight, proj_bias, scale, layout, policy)
     config = SLAConfig() if config is None else config
     q, k, v = (_to_bhnd(x, layout) for x in (q, k, v))
-    kernels = select_kernels(q, policy)
+    training = torch.is_grad_enabled() and any(
+        x is not None and x.requires_grad for x in (q, k, v, proj_weight, proj_bias)
+    )
+    kernels = select_kernels(q, policy, (config.block_q, config.block_k), training)
     if kernels == "reference":
         out = sla_reference(q, k, v, proj_weight, proj_bias, config, scale=scale)
     else:
         from .op import fused_sla
 
-        out = fused_sla(q, k, v, proj_weight, proj_bias, config, scale, kernels, policy)
+        out = fused_sla(q, k, v, proj_weight, proj_bias, config, scale, kernels, policy, training)
     return _to_bhnd(out, layout)

@@ -17,14 +17,23 @@ import torch
 
 from ..triton_interpreter import triton_interpreting
 
-# "auto": the fastest family that serves the call, else the reference. "triton": the fused Triton
-# kernels (an error where they cannot serve the call). "reference": plain PyTorch with N x N
-# matrices (`reference.py`), any float dtype, head dim and device.
-KERNELS = ("auto", "triton", "reference")
+# "auto": the fastest family that serves the call, else the reference. "hopper": FlashAttention-4's
+# block-sparse kernels for the sparse branch, the Triton kernels for the rest (`hopper/`).
+# "triton": the fused Triton kernels. Either is an error where it cannot serve the call.
+# "reference": plain PyTorch with N x N matrices (`reference.py`), any float dtype, head dim and
+# device.
+KERNELS = ("auto", "hopper", "triton", "reference")
 
 # What the Triton kernels serve.
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 TRITON_HEAD_DIMS = (16, 32, 64, 128)
+
+# What the Hopper family serves besides that: half precision, and (block_q, block_k) that
+# FlashAttention-4's SM90 kernels tile exactly; its backward only 128 x 128 blocks.
+HOPPER_DTYPES = (torch.float16, torch.bfloat16)
+HOPPER_HEAD_DIMS = (64, 128)
+HOPPER_FORWARD_BLOCKS = ((128, 128), (128, 64))
+HOPPER_TRAINING_BLOCKS = ((128, 128),)
 
 
 @dataclass(frozen=True)
@@ -74,20 +83,60 @@ class LaunchPolicy:
 DEFAULT_POLICY = LaunchPolicy()
 
 
-def select_kernels(q: torch.Tensor, policy: LaunchPolicy) -> str:
-    """The kernel family that runs SLA on `q` (B, H, N, D): "triton" or "reference".
+def _hopper_problem(q: torch.Tensor, blocks: tuple[int, int], training: bool) -> str | None:
+    """Why the Hopper family cannot serve this call, or None when it can."""
+    from .hopper.fa4 import INSTALL_HINT, fa4_version
 
-    Raises a ValueError when the policy forces a family that cannot serve the call.
+    allowed = HOPPER_TRAINING_BLOCKS if training else HOPPER_FORWARD_BLOCKS
+    if q.device.type != "cuda":
+        return f"needs a CUDA tensor, got device {q.device}"
+    if torch.cuda.get_device_capability(q.device)[0] != 9:
+        return f"needs a Hopper GPU (sm_90), got {torch.cuda.get_device_name(q.device)}"
+    if q.dtype not in HOPPER_DTYPES:
+        return f"supports dtypes {HOPPER_DTYPES}, got {q.dtype}"
+    if q.shape[-1] not in HOPPER_HEAD_DIMS:
+        return f"supports head dims {HOPPER_HEAD_DIMS}, got D={q.shape[-1]}"
+    if blocks not in allowed:
+        what = "with gradients" if training else "without gradients"
+        return f"supports (block_q, block_k) in {allowed} {what}, got {blocks}"
+    if fa4_version() is None:
+        return f"needs FlashAttention-4: {INSTALL_HINT}"
+    return None
+
+
+def _triton_problem(q: torch.Tensor, forced: bool) -> str | None:
+    """Why the Triton family cannot serve this call, or None when it can."""
+    if q.device.type != "cuda" and not (forced and triton_interpreting()):
+        return f"needs a CUDA tensor, got device {q.device}"
+    if q.dtype not in TRITON_DTYPES:
+        return f"supports dtypes {TRITON_DTYPES}, got {q.dtype}"
+    if q.shape[-1] not in TRITON_HEAD_DIMS:
+        return f"supports head dims {TRITON_HEAD_DIMS}, got D={q.shape[-1]}"
+    return None
+
+
+def select_kernels(
+    q: torch.Tensor, policy: LaunchPolicy, blocks: tuple[int, int], training: bool
+) -> str:
+    """The kernel family that runs SLA on `q` (B, H, N, D) with (block_q, block_k) `blocks`,
+    `training` when a gradient will be needed: "hopper", "triton" or "reference".
+
+    "auto" takes the first of them that serves the call. Raises a ValueError when the policy
+    forces a family that cannot serve it.
     """
     if policy.kernels == "reference":
         return "reference"
-    problem = None
-    if q.device.type != "cuda" and (policy.kernels == "auto" or not triton_interpreting()):
-        problem = f"needs a CUDA tensor, got device {q.device}"
-    elif q.dtype not in TRITON_DTYPES:
-        problem = f"supports dtypes {TRITON_DTYPES}, got {q.dtype}"
-    elif q.shape[-1] not in TRITON_HEAD_DIMS:
-        problem = f"supports head dims {TRITON_HEAD_DIMS}, got D={q.shape[-1]}"
+    if policy.kernels in ("auto", "hopper"):
+        problem = (
+            _hopper_problem(q, blocks, training)
+            if _triton_problem(q, False) is None
+            else (_triton_problem(q, False))
+        )
+        if problem is None:
+            return "hopper"
+        if policy.kernels == "hopper":
+            raise ValueError(f"kernels='hopper' {problem}; use LaunchPolicy(kernels='auto')")
+    problem = _triton_problem(q, policy.kernels == "triton")
     if problem is None:
         return "triton"
     if policy.kernels == "triton":
@@ -97,6 +146,10 @@ def select_kernels(q: torch.Tensor, policy: LaunchPolicy) -> str:
 
 __all__ = [
     "DEFAULT_POLICY",
+    "HOPPER_DTYPES",
+    "HOPPER_FORWARD_BLOCKS",
+    "HOPPER_HEAD_DIMS",
+    "HOPPER_TRAINING_BLOCKS",
     "KERNELS",
     "TRITON_DTYPES",
     "TRITON_HEAD_DIMS",

@@ -19,11 +19,14 @@ from .launch_policy import LaunchPolicy
 
 
 def _launchers(kernels: str) -> ModuleType:
-    """The launchers of a kernel family (imported here: Triton is optional)."""
-    if kernels != "triton":
-        raise ValueError(f"the SLA op runs a kernel family ('triton'), got {kernels!r}")
-    from .triton import launchers
-
+    """The launchers of a kernel family (imported here: Triton and FlashAttention-4 are
+    optional)."""
+    if kernels == "triton":
+        from .triton import launchers
+    elif kernels == "hopper":
+        from .hopper import launchers
+    else:
+        raise ValueError(f"the SLA op runs a kernel family ('triton', 'hopper'), got {kernels!r}")
     return launchers
 
 
@@ -37,9 +40,11 @@ def fused_sla(
     scale: float | None,
     kernels: str,
     policy: LaunchPolicy,
+    training: bool,
 ) -> torch.Tensor:
     """SLA of (B, H, N, D) q, k, v through the op, on the kernel family `kernels` (chosen by
-    `launch_policy.select_kernels`) with `policy`'s switches."""
+    `launch_policy.select_kernels`) with `policy`'s switches; `training`: a gradient will be
+    needed, so the forward keeps what the backward reads."""
     n, d = q.shape[-2], q.shape[-1]
     n_crit, n_negl = block_counts(config.critical, config.negligible, -(-n // config.block_k))
     # The kernels index the feature dim with stride 1 and the projection as a dense fp32 matrix.
@@ -48,12 +53,10 @@ def fused_sla(
         proj_weight = proj_weight.float().contiguous()
     if proj_bias is not None:
         proj_bias = proj_bias.float().contiguous()
-    grads = (q, k, v, proj_weight, proj_bias)
-    store_aux = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in grads)
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     return sla_fwd(
         q, k, v, proj_weight, proj_bias, n_crit, n_negl, config.block_q, config.block_k,
-        config.feature_map, config.linear_scope, scale, store_aux, kernels, policy.switches,
+        config.feature_map, config.linear_scope, scale, training, kernels, policy.switches,
     )[0]  # fmt: skip
 
 

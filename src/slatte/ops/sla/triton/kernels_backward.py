@@ -66,6 +66,7 @@ def sla_bwd_dq_kernel(
     SPLIT: tl.constexpr,
     PAIR: tl.constexpr,
     KV_TMA: tl.constexpr,
+    SPARSE_DONE: tl.constexpr,
 ):
     """dq for BLOCK_M query rows of one head. Grid: (cdiv(N, BLOCK_M), B * H).
 
@@ -77,7 +78,8 @@ def sla_bwd_dq_kernel(
     where S(i) holds one key row, d phi(q) is ~0 and any mismatch between the two terms would be
     all that is left.
     DO, DO_L and the per-row LSE / DELTA / DEN buffers are contiguous (B*H, N, ...).
-    K_TMA, V_TMA: as in `sla_fwd_kernel`.
+    K_TMA, V_TMA: as in `sla_fwd_kernel`. SPARSE_DONE: another kernel family wrote the sparse
+    branch's dq into DQ; this kernel adds the linear branch's share to it.
     """
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -96,21 +98,30 @@ def sla_bwd_dq_kernel(
     delta_s = tl.load(DELTA_S + rows, mask=row_ok, other=0.0)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
-    dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-    for t in range(N_CRIT):
-        block = tl.load(CRIT_LUT + q_block * N_CRIT + t)
-        for sub in tl.static_range(LUT_BLOCK_K // BLOCK_N):
-            first = block * LUT_BLOCK_K + sub * BLOCK_N
-            offs_k = first + offs_n
-            col_ok = offs_k < N
-            k = load_block(K_TMA, k_base, b, h, first, offs_k, stride_kn, offs_d, col_ok, KV_TMA)
-            v = load_block(V_TMA, v_base, b, h, first, offs_k, stride_vn, offs_d, col_ok, KV_TMA)
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
-            p = tl.where(col_ok[None, :], tl.math.exp2(s - lse[:, None]), 0.0)
-            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
-            ds = p * (dp - delta_s[:, None])
-            dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PREC)
-    dq = dq * sm_scale
+    dq_ptrs = DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqn + offs_d[None, :]
+    if SPARSE_DONE:
+        # Another kernel family (`ops/sla/hopper`) wrote the sparse branch's dq into DQ.
+        dq = tl.load(dq_ptrs, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    else:
+        dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+        for t in range(N_CRIT):
+            block = tl.load(CRIT_LUT + q_block * N_CRIT + t)
+            for sub in tl.static_range(LUT_BLOCK_K // BLOCK_N):
+                first = block * LUT_BLOCK_K + sub * BLOCK_N
+                offs_k = first + offs_n
+                col_ok = offs_k < N
+                k = load_block(
+                    K_TMA, k_base, b, h, first, offs_k, stride_kn, offs_d, col_ok, KV_TMA
+                )
+                v = load_block(
+                    V_TMA, v_base, b, h, first, offs_k, stride_vn, offs_d, col_ok, KV_TMA
+                )
+                s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+                p = tl.where(col_ok[None, :], tl.math.exp2(s - lse[:, None]), 0.0)
+                dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+                ds = p * (dp - delta_s[:, None])
+                dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PREC)
+        dq = dq * sm_scale
 
     if LINEAR:
         do_l = load_rows(DO_L, rows, D, offs_d, row_ok)
@@ -133,11 +144,7 @@ def sla_bwd_dq_kernel(
         dfq = (g - delta_l[:, None] * z_i[None, :]) / den[:, None]
         dq += feature_map_grad(q32, fq, dfq, FEATURE)
 
-    tl.store(
-        DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqn + offs_d[None, :],
-        dq.to(DQ.dtype.element_ty),
-        mask=row_ok[:, None],
-    )
+    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
 
 @triton.jit
@@ -227,6 +234,7 @@ def sla_bwd_dkdv_kernel(
     SPLIT: tl.constexpr,
     PAIR: tl.constexpr,
     LIN_PROLOGUE: tl.constexpr,
+    SPARSE_DONE: tl.constexpr,
 ):
     """dk, dv for BLOCK_N key rows of one head. Grid: (cdiv(N, BLOCK_N), B * H).
 
@@ -238,6 +246,8 @@ def sla_bwd_dkdv_kernel(
     live; else it is read from DK_LIN, DV_LIN (fp32, contiguous (B*H, N, D), from
     `sla_bwd_key_linear_kernel`). Which is faster depends on the tiles (`tiles.tiles`).
     After the loop, next to the accumulators, the share made the loop spill.
+    SPARSE_DONE: another kernel family wrote the sparse branch's dk, dv into DK, DV; the loop is
+    skipped and the linear share is added to them.
     """
     pid_n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -264,36 +274,33 @@ def sla_bwd_dkdv_kernel(
     else:
         dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
-    start = tl.load(CRIT_STARTS + k_block + bh)
-    end = tl.load(CRIT_STARTS + k_block + bh + 1)
-    for t in range(start, end):
-        block = tl.load(CRIT_ROWS + bh * n_q_blocks * N_CRIT + t)
-        for sub in tl.static_range(LUT_BLOCK_Q // BLOCK_M):
-            offs_q = block * LUT_BLOCK_Q + sub * BLOCK_M + offs_m
-            row_ok = offs_q < N
-            rows = bh * N + offs_q
-            q = load_rows(q_base, offs_q, stride_qn, offs_d, row_ok)
-            do = load_rows(DO, rows, D, offs_d, row_ok)
-            lse = tl.load(LSE + rows, mask=row_ok, other=float("inf"))
-            delta_s = tl.load(DELTA_S + rows, mask=row_ok, other=0.0)
-            s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale
-            p_t = tl.math.exp2(s_t - lse[None, :])
-            dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PREC)
-            dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
-            ds_t = p_t * (dp_t - delta_s[None, :])
-            dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PREC)
+    if not SPARSE_DONE:
+        start = tl.load(CRIT_STARTS + k_block + bh)
+        end = tl.load(CRIT_STARTS + k_block + bh + 1)
+        for t in range(start, end):
+            block = tl.load(CRIT_ROWS + bh * n_q_blocks * N_CRIT + t)
+            for sub in tl.static_range(LUT_BLOCK_Q // BLOCK_M):
+                offs_q = block * LUT_BLOCK_Q + sub * BLOCK_M + offs_m
+                row_ok = offs_q < N
+                rows = bh * N + offs_q
+                q = load_rows(q_base, offs_q, stride_qn, offs_d, row_ok)
+                do = load_rows(DO, rows, D, offs_d, row_ok)
+                lse = tl.load(LSE + rows, mask=row_ok, other=float("inf"))
+                delta_s = tl.load(DELTA_S + rows, mask=row_ok, other=0.0)
+                s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale
+                p_t = tl.math.exp2(s_t - lse[None, :])
+                dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PREC)
+                dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+                ds_t = p_t * (dp_t - delta_s[None, :])
+                dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PREC)
     dk = dk * sm_scale
-
-    tl.store(
-        DK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :],
-        dk.to(DK.dtype.element_ty),
-        mask=col_ok[:, None],
-    )
-    tl.store(
-        DV + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :],
-        dv.to(DV.dtype.element_ty),
-        mask=col_ok[:, None],
-    )
+    dk_ptrs = DK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :]
+    dv_ptrs = DV + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :]
+    if SPARSE_DONE:  # the sparse branch's dk, dv, written by another kernel family
+        dk += tl.load(dk_ptrs, mask=col_ok[:, None], other=0.0).to(tl.float32)
+        dv += tl.load(dv_ptrs, mask=col_ok[:, None], other=0.0).to(tl.float32)
+    tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=col_ok[:, None])
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
 
 
 @triton.jit(do_not_specialize=["N"])

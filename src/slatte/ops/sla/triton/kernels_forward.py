@@ -59,6 +59,7 @@ def sla_fwd_kernel(
     DOT_PREC: tl.constexpr,
     KV_TMA: tl.constexpr,
     LIN_CHUNK: tl.constexpr,
+    SPARSE_DONE: tl.constexpr,
 ):
     """One program per (BLOCK_M query rows, head). Grid: (cdiv(N, BLOCK_M), B * H).
     K_TMA, V_TMA: with KV_TMA, tensor descriptors of K and V for BLOCK_N-row tiles (the key
@@ -71,6 +72,9 @@ def sla_fwd_kernel(
     H_PAIR (bf16, training): H_i is the bf16 pair HBLK + HBLK_LO of the backward's exact sum.
     Output O = O_s + O_l W^T + bias, in one pass: no O(N^2) buffer. LIN_CHUNK (divides D):
     columns of O_l per step of the linear epilogue.
+    SPARSE_DONE: the sparse branch ran in another kernel family, which wrote O_s into O_S
+    (contiguous (B*H, N, D)); this kernel reads it, adds the linear branch and stores neither
+    O_S nor LSE.
     """
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -87,27 +91,35 @@ def sla_fwd_kernel(
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
 
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-    for t in range(N_CRIT):
-        block = tl.load(CRIT_LUT + q_block * N_CRIT + t)
-        for sub in tl.static_range(LUT_BLOCK_K // BLOCK_N):
-            first = block * LUT_BLOCK_K + sub * BLOCK_N
-            offs_k = first + offs_n
-            col_ok = offs_k < N
-            k = load_block(K_TMA, k_base, b, h, first, offs_k, stride_kn, offs_d, col_ok, KV_TMA)
-            v = load_block(V_TMA, v_base, b, h, first, offs_k, stride_vn, offs_d, col_ok, KV_TMA)
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
-            s = tl.where(col_ok[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.math.exp2(s - m_new[:, None])
-            alpha = tl.math.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None]
-            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
-            m_i = m_new
-    o_s = acc / l_i[:, None]
+    if SPARSE_DONE:
+        # Another kernel family (`ops/sla/hopper`) ran the sparse branch and wrote O_s.
+        o_s = load_rows(O_S, rows, D, offs_d, row_ok).to(tl.float32)
+    else:
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+        for t in range(N_CRIT):
+            block = tl.load(CRIT_LUT + q_block * N_CRIT + t)
+            for sub in tl.static_range(LUT_BLOCK_K // BLOCK_N):
+                first = block * LUT_BLOCK_K + sub * BLOCK_N
+                offs_k = first + offs_n
+                col_ok = offs_k < N
+                k = load_block(
+                    K_TMA, k_base, b, h, first, offs_k, stride_kn, offs_d, col_ok, KV_TMA
+                )
+                v = load_block(
+                    V_TMA, v_base, b, h, first, offs_k, stride_vn, offs_d, col_ok, KV_TMA
+                )
+                s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+                s = tl.where(col_ok[None, :], s, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                p = tl.math.exp2(s - m_new[:, None])
+                alpha = tl.math.exp2(m_i - m_new)
+                l_i = l_i * alpha + tl.sum(p, 1)
+                acc = acc * alpha[:, None]
+                acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+                m_i = m_new
+        o_s = acc / l_i[:, None]
     out = o_s
 
     if LINEAR:
@@ -156,11 +168,12 @@ def sla_fwd_kernel(
         mask=row_ok[:, None],
     )
     if STORE_AUX:
-        tl.store(LSE + rows, m_i + tl.math.log2(l_i), mask=row_ok)
-        tl.store(
-            O_S + rows[:, None] * D + offs_d[None, :],
-            o_s.to(O_S.dtype.element_ty),
-            mask=row_ok[:, None],
-        )
+        if not SPARSE_DONE:
+            tl.store(LSE + rows, m_i + tl.math.log2(l_i), mask=row_ok)
+            tl.store(
+                O_S + rows[:, None] * D + offs_d[None, :],
+                o_s.to(O_S.dtype.element_ty),
+                mask=row_ok[:, None],
+            )
         if LINEAR:
             tl.store(DEN + rows, den, mask=row_ok)

@@ -8,6 +8,8 @@ kernels read strides. Only the feature dim must be contiguous.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import triton
@@ -32,6 +34,20 @@ from .tiles import tiles
 # programs to fill the GPU.
 PREPROCESS_ROWS = 1024
 SCOPE_CODES = {"marginal": 0, "noncritical": 1, "all": 2}
+
+
+class SparseBranch(NamedTuple):
+    """The sparse branch (spec section 2) run by another kernel family; these launchers then
+    run the block map and the linear branch around it (`SPARSE_DONE` in the kernels).
+
+    `forward(q, k, v, crit_lut, bmap, block_q, block_k, scale, o_s, lse)` writes O_s into o_s
+    (B, H, N, D, contiguous) and its log-sum-exp, in the family's own units, into lse (B, H, N);
+    `backward(do, q, k, v, o_s, lse, crit_lut, bmap, block_q, block_k, scale, dq, dk, dv)`
+    writes the sparse branch's gradients into dq, dk, dv (shaped like q, k, v).
+    """
+
+    forward: Callable[..., None]
+    backward: Callable[..., None]
 
 
 def has_linear(nk: int, n_crit: int, n_negl: int, scope: str, has_proj: bool) -> bool:
@@ -270,11 +286,13 @@ def forward(
     scale: float,
     store_aux: bool,
     policy: LaunchPolicy,
+    sparse_branch: SparseBranch | None = None,
 ) -> tuple[
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
 ]:  # fmt: skip
     """The op `slatte::sla_fwd` (`op.py`) on the Triton kernels; see its docstring.
+    `sparse_branch`: another family's sparse branch, run before the kernels add the linear one.
 
     With `store_aux` the linear branch's H_i, Z_i are summed to the backward's accuracy (an
     exact bf16 pair for bf16 activations, fp32 otherwise) and kept: the forward multiplies
@@ -293,35 +311,43 @@ def forward(
         hsum, hsum_lo, zsum = _linear_sums(
             policy, k, v, bmap, block_k, linear_scope, False, feature_map, store_aux, pair_out=pair
         )
+    sparse_done = sparse_branch is not None
     o = _new_like(policy, q)
-    o_s = _new(policy, q, (b, h, n, d), q.dtype) if store_aux else aux
+    o_s = _new(policy, q, (b, h, n, d), q.dtype) if store_aux or sparse_done else aux
     o_l = _new(policy, q, (b, h, n, d), torch.float32) if store_aux and linear else aux
-    lse = _new(policy, q, (b, h, n), torch.float32) if store_aux else aux
+    lse = _new(policy, q, (b, h, n), torch.float32) if store_aux or sparse_done else aux
     den = _new(policy, q, (b, h, n), torch.float32) if store_aux and linear else aux
-    kv_block = [1, 1, cfg["fwd_n"], d]
-    k_tiles, v_tiles = (_descriptor(x, kv_block) for x in (k, v)) if tma else (k, v)
-    launch(
-        sla_fwd_kernel, (triton.cdiv(n, cfg["fwd_m"]), b * h),
-        q, k, v,
-        k_tiles, v_tiles,
-        proj_weight if proj_weight is not None else aux,
-        proj_bias if proj_bias is not None else aux,
-        hsum, hsum_lo if pair else hsum, zsum, crit_lut,
-        o, o_s, o_l, lse, den,
-        *_bh_strides(q), *_bh_strides(k), *_bh_strides(v), *_bh_strides(o),
-        h, n, n_crit,
-        scale * LOG2E, LINEAR_EPS,
-        D=d, BLOCK_M=cfg["fwd_m"], BLOCK_N=cfg["fwd_n"], LUT_BLOCK_Q=block_q,
-        LUT_BLOCK_K=block_k, FEATURE=FEATURE_CODES[feature_map], LINEAR=linear,
-        HAS_BIAS=proj_bias is not None, H_PAIR=pair, STORE_AUX=store_aux,
-        DOT_PREC=_dot_prec(q.dtype),
-        KV_TMA=tma, LIN_CHUNK=min(cfg["fwd_lin_chunk"], d), num_warps=cfg["fwd_warps"],
-        num_stages=cfg["fwd_stages"],
-    )  # fmt: skip
+    if sparse_done:
+        sparse_branch.forward(q, k, v, crit_lut, bmap, block_q, block_k, scale, o_s, lse)
+    if sparse_done and not linear:
+        o.copy_(o_s)  # (in q's layout; o may not alias the saved o_s)
+    else:
+        kv_block = [1, 1, cfg["fwd_n"], d]
+        k_tiles, v_tiles = (_descriptor(x, kv_block) for x in (k, v)) if tma else (k, v)
+        launch(
+            sla_fwd_kernel, (triton.cdiv(n, cfg["fwd_m"]), b * h),
+            q, k, v,
+            k_tiles, v_tiles,
+            proj_weight if proj_weight is not None else aux,
+            proj_bias if proj_bias is not None else aux,
+            hsum, hsum_lo if pair else hsum, zsum, crit_lut,
+            o, o_s, o_l, lse, den,
+            *_bh_strides(q), *_bh_strides(k), *_bh_strides(v), *_bh_strides(o),
+            h, n, n_crit,
+            scale * LOG2E, LINEAR_EPS,
+            D=d, BLOCK_M=cfg["fwd_m"], BLOCK_N=cfg["fwd_n"], LUT_BLOCK_Q=block_q,
+            LUT_BLOCK_K=block_k, FEATURE=FEATURE_CODES[feature_map], LINEAR=linear,
+            HAS_BIAS=proj_bias is not None, H_PAIR=pair, STORE_AUX=store_aux,
+            DOT_PREC=_dot_prec(q.dtype),
+            KV_TMA=tma, LIN_CHUNK=min(cfg["fwd_lin_chunk"], d), num_warps=cfg["fwd_warps"],
+            num_stages=cfg["fwd_stages"], SPARSE_DONE=sparse_done,
+        )  # fmt: skip
     # The sums are saved state only when training (inference's are rounded for the forward).
     sums = (hsum, hsum_lo, zsum) if store_aux else (aux, aux, aux)
     # A custom op's outputs may not alias one another: each unused one (aux, or a lo half that
     # is None without bf16 pairs) is its own empty tensor.
+    if not store_aux:
+        o_s = lse = aux  # (the sparse branch's temporaries)
     outs = (o, bmap, crit_lut, o_s, o_l, lse, den, *sums)
     return tuple(empty_aux(q) if x is aux or x is None else x for x in outs)
 
@@ -350,8 +376,10 @@ def backward(
     linear_scope: str,
     scale: float,
     policy: LaunchPolicy,
+    sparse_branch: SparseBranch | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The op `slatte::sla_bwd` (`op.py`) on the Triton kernels; see its docstring."""
+    """The op `slatte::sla_bwd` (`op.py`) on the Triton kernels; see its docstring.
+    `sparse_branch`: the family whose forward ran the sparse branch runs its backward too."""
     b, h, n, d = q.shape
     linear = has_linear(bmap.shape[-1], n_crit, n_negl, linear_scope, proj_weight is not None)
     pair = linear and bf16_pairs(q.dtype)
@@ -383,7 +411,15 @@ def backward(
     )  # fmt: skip
     # The dq kernel computes Delta_l (from the same rounded terms it cancels against there),
     # which the key side's dZ sums need: dq runs first.
+    sparse_done = sparse_branch is not None
     dq = _new_like(policy, q)
+    dk, dv = _new_like(policy, k), _new_like(policy, v)
+    if sparse_done:
+        sparse_branch.backward(
+            do, q, k, v, o_s, lse, crit_lut, bmap, block_q, block_k, scale, dq, dk, dv
+        )
+        if not linear:
+            return dq, dk, dv, dw, db
     delta_l = _new(policy, q, (b, h, n), torch.float32) if linear else aux
     kv_block = [1, 1, cfg["dq_n"], d]
     k_tiles, v_tiles = (_descriptor(x, kv_block) for x in (k, v)) if tma else (k, v)
@@ -395,7 +431,7 @@ def backward(
         *_bh_strides(q), *_bh_strides(k), *_bh_strides(v), *_bh_strides(dq),
         h, n, n_crit, scale * LOG2E, scale,
         BLOCK_M=cfg["dq_m"], BLOCK_N=cfg["dq_n"], num_warps=cfg["dq_warps"],
-        num_stages=cfg["dq_stages"], PAIR=pair, KV_TMA=tma, **flags,
+        num_stages=cfg["dq_stages"], PAIR=pair, KV_TMA=tma, SPARSE_DONE=sparse_done, **flags,
     )  # fmt: skip
     dhsum = dhsum_lo = dzsum = dk_lin = dv_lin = aux
     if linear:
@@ -414,8 +450,9 @@ def backward(
             DOT_PREC=prec, SPLIT=flags["SPLIT"], PAIR=pair, num_warps=cfg["key_linear_warps"],
             num_stages=1,
         )  # fmt: skip
-    crit_rows, crit_starts = transpose_lists(crit_lut, bmap.shape[-1])
-    dk, dv = _new_like(policy, k), _new_like(policy, v)
+    crit_rows, crit_starts = (
+        (aux, aux) if sparse_done else transpose_lists(crit_lut, bmap.shape[-1])
+    )
     launch(
         sla_bwd_dkdv_kernel, (triton.cdiv(n, cfg["dkdv_n"]), b * h),
         q, k, v, do, lse, delta_s, dhsum, dhsum_lo, dzsum, dk_lin, dv_lin, crit_rows, crit_starts,
@@ -424,6 +461,6 @@ def backward(
         h, n, n_crit, scale * LOG2E, scale,
         BLOCK_M=cfg["dkdv_m"], BLOCK_N=cfg["dkdv_n"], PAIR=pair,
         LIN_PROLOGUE=cfg["key_linear_prologue"], num_warps=cfg["dkdv_warps"],
-        num_stages=cfg["dkdv_stages"], **flags,
+        num_stages=cfg["dkdv_stages"], SPARSE_DONE=sparse_done, **flags,
     )  # fmt: skip
     return dq, dk, dv, dw, db

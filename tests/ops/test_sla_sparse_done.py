@@ -1,0 +1,113 @@
+"""The Triton kernels with the sparse branch run elsewhere (`SPARSE_DONE`), as the hopper family
+runs them around FlashAttention-4: here a plain PyTorch sparse branch plays FA4's part, so the
+kernels' linear-branch-only paths (forward epilogue, dq, dk/dv) are checked on the CPU through
+Triton's interpreter, forward and every gradient. FA4 itself is checked on the GPU grid
+(test_sla_triton_gpu.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from slatte.ops import SLAConfig
+from slatte.ops.sla import LaunchPolicy
+from slatte.ops.sla.block_map import CRITICAL, block_scores, classify
+from slatte.ops.sla.config import block_counts
+from slatte.ops.sla.reference import expand_blocks, sparse_branch
+from slatte.ops.sla.triton import launchers
+from slatte.ops.sla.triton.launchers import SparseBranch
+from slatte.ops.triton_interpreter import triton_interpreting
+
+from .sla_check import check_sla, make_inputs
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.skipif(
+    DEVICE == "cpu" and not triton_interpreting(),
+    reason="needs CUDA or TRITON_INTERPRET=1 (set by tests/conftest.py)",
+)
+
+
+def _reference_sparse(q, k, v, bmap, block_q, block_k, scale):
+    tokens = expand_blocks(bmap == CRITICAL, q.shape[2], block_q, block_k)
+    return sparse_branch(q.float(), k.float(), v.float(), tokens, scale)
+
+
+def _forward(q, k, v, crit_lut, bmap, block_q, block_k, scale, o_s, lse):
+    o_s.copy_(_reference_sparse(q, k, v, bmap, block_q, block_k, scale))
+    lse.zero_()  # (read by nobody but this branch's backward, which recomputes)
+
+
+def _backward(do, q, k, v, o_s, lse, crit_lut, bmap, block_q, block_k, scale, dq, dk, dv):
+    with torch.enable_grad():
+        xs = [x.detach().float().requires_grad_() for x in (q, k, v)]
+        _reference_sparse(*xs, bmap, block_q, block_k, scale).backward(do.float())
+    for dst, x in zip((dq, dk, dv), xs, strict=True):
+        dst.copy_(x.grad)
+
+
+REFERENCE_SPARSE = SparseBranch(_forward, _backward)
+
+
+class _SparseDone(torch.autograd.Function):
+    """The launchers' forward and backward with REFERENCE_SPARSE, outside the registered op."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, w, bias, config, policy):
+        n_crit, n_negl = block_counts(
+            config.critical, config.negligible, -(-q.shape[2] // config.block_k)
+        )
+        opts = (n_crit, n_negl, config.block_q, config.block_k, config.feature_map,
+                config.linear_scope, 1.0 / math.sqrt(q.shape[-1]))  # fmt: skip
+        o, *saved = launchers.forward(
+            q, k, v, w, bias, *opts, True, policy, sparse_branch=REFERENCE_SPARSE
+        )
+        ctx.save_for_backward(q, k, v, w, *saved)
+        ctx.opts, ctx.policy = opts, policy
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, w, *saved = ctx.saved_tensors
+        dq, dk, dv, dw, db = launchers.backward(
+            do, q, k, v, w, True, *saved, *ctx.opts, ctx.policy, sparse_branch=REFERENCE_SPARSE
+        )
+        return dq, dk, dv, dw, db, None, None
+
+
+def sparse_done(q, k, v, w, bias, config, layout, policy):
+    t = (lambda x: x.transpose(1, 2)) if layout == "bnhd" else (lambda x: x)
+    return t(_SparseDone.apply(t(q), t(k), t(v), w.float(), bias.float(), config, policy))
+
+
+@pytest.mark.parametrize(
+    "n, d, dtype, scope, layout",
+    [
+        (65, 32, torch.float32, "marginal", "bhnd"),
+        (200, 64, torch.float16, "all", "bnhd"),
+        (130, 32, torch.float16, "noncritical", "bhnd"),
+    ],
+)
+def test_linear_branch_around_another_sparse_branch(n, d, dtype, scope, layout):
+    config = SLAConfig(critical=0.25, negligible=0.25, block_q=32, block_k=16, linear_scope=scope)
+    check_sla(
+        *make_inputs(1, 2, n, d, dtype, DEVICE, seed=n, layout=layout),
+        config,
+        layout=layout,
+        fast=sparse_done,
+    )
+
+
+def test_sparse_done_uses_the_given_sparse_branch():
+    """A sparse branch that writes zeros must change the output: the kernels read O_s."""
+    q, k, v, w, bias = make_inputs(1, 2, 65, 32, torch.float32, DEVICE, seed=5)
+    zero = SparseBranch(lambda *a: (a[-2].zero_(), a[-1].zero_()), _backward)
+    n_crit, n_negl = block_counts(0.25, 0.25, 5)
+    opts = (n_crit, n_negl, 32, 16, "softmax", "marginal", 32**-0.5, False)
+    policy = LaunchPolicy(poison_outputs=True)
+    real = launchers.forward(q, k, v, w, bias, *opts, policy, sparse_branch=REFERENCE_SPARSE)[0]
+    fake = launchers.forward(q, k, v, w, bias, *opts, policy, sparse_branch=zero)[0]
+    bmap = classify(block_scores(q, k, 32, 16), n_crit, n_negl)[0]
+    expected_o_s = _reference_sparse(q, k, v, bmap, 32, 16, 32**-0.5)
+    torch.testing.assert_close(real - fake, expected_o_s, rtol=1e-4, atol=1e-4)
