@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from safetensors.torch import load_file, save_file
+from test_latte_convert import _diffusers_latte  # the tiny diffusers Latte made there
 
 from slatte.diffusion import create_diffusion, ddim_sample
 from slatte.guidance import guided_model_fn
@@ -243,22 +244,6 @@ _OFFICIAL_ONLY = {
 }
 
 
-def _t2v(**overrides):
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    options = dict(
-        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
-        num_layers=2, sample_size=8, patch_size=2, cross_attention_dim=16, caption_channels=12,
-        video_length=3, norm_type="ada_norm_single", norm_elementwise_affine=False,
-        norm_eps=1e-6, activation_fn="gelu-approximate", attention_bias=True,
-    )  # fmt: skip
-    model = diffusers.LatteTransformer3DModel(**(options | overrides)).eval()
-    with torch.no_grad():
-        for p in model.parameters():  # zero-initialised parts too, so any mismatch shows
-            p.normal_(std=0.2)
-    return model
-
-
 def _write_official_t2v(source, directory: Path, weights: str = "safetensors") -> Path:
     """`source`'s weights as an official Latte-T2V transformer directory."""
     directory.mkdir(parents=True)
@@ -276,16 +261,16 @@ def _write_official_t2v(source, directory: Path, weights: str = "safetensors") -
 def _t2v_inputs(frames: int):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 4, frames, 8, 8, generator=g)  # the official layout (B, C, F, H, W)
-    return x, torch.tensor([10, 700]), torch.randn(2, 5, 12, generator=g)
+    return x, torch.tensor([10, 700]), torch.randn(2, 5, 16, generator=g)
 
 
 @pytest.mark.parametrize("weights", ["safetensors", "pt"])
 def test_official_t2v_directory_converts_to_the_same_function(tmp_path, weights):
-    source = _t2v()
+    source = _diffusers_latte()
     directory = _write_official_t2v(source, tmp_path / "pipe" / "transformer", weights)
     model = _cli_convert(tmp_path / "pipe", tmp_path / "out")
     assert [b.kind for b in model.blocks] == ["spatial", "temporal", "spatial", "temporal"]
-    assert (model.config.text_dim, model.config.num_frames) == (12, 3)
+    assert (model.config.text_dim, model.config.num_frames) == (16, 3)
     for frames in (3, 1):  # one frame: an image, without temporal embedding, as officially
         x, t, text = _t2v_inputs(frames)
         with torch.no_grad():
@@ -298,7 +283,7 @@ def test_official_t2v_directory_converts_to_the_same_function(tmp_path, weights)
 
 def test_latte0_without_temporal_attentions_is_the_official_image_model(tmp_path):
     """Latte-0's text-to-image sampling: `enable_temporal_attentions=False`."""
-    source = _t2v()
+    source = _diffusers_latte()
     directory = _write_official_t2v(source, tmp_path / "t2v")
     models = [
         _cli_convert(directory, tmp_path / "out", "--no-temporal-attentions"),
@@ -330,10 +315,10 @@ class _OfficialT2V(torch.nn.Module):
 @pytest.mark.parametrize("temporal", [True, False])
 def test_converted_t2v_samples_with_text_and_cfg_like_the_official_model(temporal):
     """T5 states in, as Latte's pipeline: the prompt's and the empty prompt's (CFG 4.5)."""
-    source = _t2v()
+    source = _diffusers_latte()
     model = convert_diffusers_latte(source, temporal_attentions=temporal)
     g = torch.Generator().manual_seed(6)
-    text, null_text = torch.randn(1, 5, 12, generator=g), torch.randn(1, 5, 12, generator=g)
+    text, null_text = torch.randn(1, 5, 16, generator=g), torch.randn(1, 5, 16, generator=g)
     diffusion = create_diffusion("ddim4", learn_sigma=True)
     shape = (2, 3, 4, 8, 8)
     noise = torch.randn(shape, generator=g)
@@ -348,7 +333,7 @@ def test_converted_t2v_samples_with_text_and_cfg_like_the_official_model(tempora
 
 
 def test_official_t2v_bad_input_is_a_clear_error(tmp_path):
-    source = _t2v()
+    source = _diffusers_latte()
     directory = _write_official_t2v(source, tmp_path / "t2v")
     with pytest.raises(ValueError, match="num_heads=2 applies to .pt checkpoints"):
         convert_official_checkpoint(directory, num_heads=2)

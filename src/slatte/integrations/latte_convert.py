@@ -22,8 +22,8 @@ is unconditional (`num_classes=0`). The number of heads is not stored in the wei
 from the Latte size with that hidden width (S 6, B 12, L/XL 16) unless given. Latte-img (joint
 video + image training, `use_image_num`) has the same weights and, for a video, the same forward;
 its image frames skip the temporal blocks, which is what the model converted with
-`temporal_attentions=False` computes. `models/latte.py`'s `extras=78` (a pooled CLIP embedding
-added to the timestep) has no VideoDiT counterpart and is refused.
+`temporal_attentions=False` computes. `extras=78` of `models/latte.py` / `latte_img.py` (a
+projected text embedding added to the timestep) has no VideoDiT counterpart and is refused.
 
 **`models/latte_t2v.py`** (Latte-T2V / Latte-1, and Latte-0, its first release, sampled as a
 text-to-image model with `enable_temporal_attentions=False`): PixArt-α-style blocks with T5
@@ -100,8 +100,9 @@ def _load_state(path: Path) -> dict[str, Any]:
 
 
 def load_official_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The model weights of an official Latte `.pt` checkpoint: its "ema" entry if present, else
-    "model", else the file itself; a DDP "module." prefix is removed."""
+    """The model weights of an official Latte checkpoint file (`.pt` / `.bin`, or
+    `.safetensors`): its "ema" entry if present, else "model", else the file itself; a DDP
+    "module." prefix is removed."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Latte checkpoint {path} does not exist")
@@ -156,9 +157,9 @@ def official_config(
         )
     if "text_embedding_projection.1.weight" in state:
         raise ValueError(
-            "this Latte checkpoint adds a pooled text embedding to the timestep (extras=78 of "
-            "models/latte.py), which slatte's VideoDiT does not have; the text-to-video Latte "
-            "that slatte converts is models/latte_t2v.py"
+            "this Latte checkpoint adds a projected text embedding to the timestep (extras=78 of "
+            "models/latte.py / latte_img.py), which slatte's VideoDiT does not have; the "
+            "text-to-video Latte that slatte converts is models/latte_t2v.py"
         )
     conv = _require(state, "x_embedder.proj.weight")  # (D, C, p, p)
     if conv.dim() != 4 or conv.shape[2] != conv.shape[3]:
