@@ -164,10 +164,8 @@ def _convert_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cli_convert(checkpoint, out, *extra):
-    args = _convert_parser().parse_args(
-        ["convert", "latte-official", str(checkpoint), str(out), *extra]
-    )
+def _cli_convert(checkpoint, out, *extra, source="latte-official"):
+    args = _convert_parser().parse_args(["convert", source, str(checkpoint), str(out), *extra])
     assert args.func(args) == 0
     return load_model(out)
 
@@ -285,10 +283,15 @@ def test_latte0_without_temporal_attentions_is_the_official_image_model(tmp_path
     """Latte-0's text-to-image sampling: `enable_temporal_attentions=False`."""
     source = _diffusers_latte()
     directory = _write_official_t2v(source, tmp_path / "t2v")
+    source.save_pretrained(tmp_path / "diffusers")
     models = [
-        _cli_convert(directory, tmp_path / "out", "--no-temporal-attentions"),
+        _cli_convert(directory, tmp_path / "a", "--no-temporal-attentions"),
+        _cli_convert(
+            tmp_path / "diffusers", tmp_path / "b", "--no-temporal-attentions",
+            source="latte-diffusers",
+        ),
         convert_diffusers_latte(source, temporal_attentions=False),
-    ]
+    ]  # fmt: skip
     for model in models:
         assert model.config.block_pattern == "spatial" and len(model.blocks) == 2
         for frames in (3, 1):
