@@ -51,9 +51,12 @@ def test_conversion_rejects_what_it_cannot_convert(fixture, tmp_path):
     state, _ = fixture
     with pytest.raises(ValueError, match="pass num_heads"):
         official_config(state)
-    no_labels = {k: v for k, v in state.items() if not k.startswith("y_embedder")}
-    with pytest.raises(ValueError, match="not class-conditional"):
-        official_config(no_labels, num_heads=2)
+    pooled_text = {**state, "text_embedding_projection.1.weight": torch.zeros(16, 77 * 768)}
+    with pytest.raises(ValueError, match="extras=78 of models/latte.py"):
+        official_config(pooled_text, num_heads=2)
+    t2v = {**state, "adaln_single.linear.weight": torch.zeros(96, 16)}
+    with pytest.raises(ValueError, match="Latte-T2V state dict.*pass the directory"):
+        official_config(t2v, num_heads=2)
     shifted = {**state, "pos_embed": state["pos_embed"] + 0.1}
     with pytest.raises(ValueError, match="pos_embed of the checkpoint differs"):
         convert_official_latte(shifted, num_heads=2)

@@ -18,32 +18,43 @@ CONVERT_SOURCES = ("latte-official", "latte-diffusers")
 
 # --------------------------------------------------------------------------- convert
 def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """`slatte convert latte-official CKPT OUT [--num-heads N]` and
+    """`slatte convert latte-official CKPT OUT [--num-heads N] [--no-temporal-attentions]` and
     `slatte convert latte-diffusers DIR OUT`."""
     p = subparsers.add_parser(
         "convert",
         help="convert a checkpoint of another codebase into a slatte model directory",
         description=(
-            "latte-official: an official Latte class-conditional .pt checkpoint "
-            "(github.com/Vchitect/Latte, models/latte.py, extras=2); latte-diffusers: a local "
-            "diffusers LatteTransformer3DModel directory, or a pipeline directory with it in "
-            "transformer/ (text-to-video). Either becomes a slatte VideoDiT directory "
-            "(config.json + model.safetensors)."
+            "latte-official: an official Latte checkpoint (github.com/Vchitect/Latte): a .pt of "
+            "models/latte.py or latte_img.py (unconditional or class-conditional), or a "
+            "Latte-T2V transformer directory (models/latte_t2v.py: config.json plus "
+            "diffusion_pytorch_model.safetensors/.bin or one .pt; or a pipeline directory with "
+            "it in transformer/); latte-diffusers: a local diffusers LatteTransformer3DModel "
+            "directory, or a pipeline directory with it in transformer/ (text-to-video). Either "
+            "becomes a slatte VideoDiT directory (config.json + model.safetensors)."
         ),
     )
     p.add_argument("source", choices=CONVERT_SOURCES, help="what the checkpoint is")
     p.add_argument(
         "checkpoint",
         type=Path,
-        help="the .pt file (latte-official) or the model directory (latte-diffusers)",
+        help="the .pt file or Latte-T2V directory (latte-official), or the model directory "
+        "(latte-diffusers)",
     )
     p.add_argument("output", type=Path, help="the slatte model directory to write")
     p.add_argument(
         "--num-heads",
         type=int,
         default=None,
-        help="latte-official only: attention heads (default: from the Latte size: S 6, B 12, "
+        help="latte-official .pt only: attention heads (default: from the Latte size: S 6, B 12, "
         "L/XL 16)",
+    )
+    p.add_argument(
+        "--no-temporal-attentions",
+        dest="temporal_attentions",
+        action="store_false",
+        help="keep the spatial blocks only: an image model applied frame by frame (Latte-0 "
+        "text-to-image: the official enable_temporal_attentions=False; Latte-img's image "
+        "frames)",
     )
     p.set_defaults(func=run_convert)
     return p
@@ -53,21 +64,24 @@ def run_convert(args: argparse.Namespace) -> int:
     from ..models import save_model
     from .latte_convert import (
         convert_diffusers_latte,
-        convert_official_latte,
+        convert_official_checkpoint,
         load_diffusers_latte,
-        load_official_checkpoint,
     )
 
     if args.source == "latte-official":
-        model = convert_official_latte(
-            load_official_checkpoint(args.checkpoint), num_heads=args.num_heads
+        model = convert_official_checkpoint(
+            args.checkpoint,
+            num_heads=args.num_heads,
+            temporal_attentions=args.temporal_attentions,
         )
     else:
         if args.num_heads is not None:
             raise ValueError(
                 "--num-heads applies to latte-official only; diffusers configs name their heads"
             )
-        model = convert_diffusers_latte(load_diffusers_latte(args.checkpoint))
+        model = convert_diffusers_latte(
+            load_diffusers_latte(args.checkpoint), temporal_attentions=args.temporal_attentions
+        )
     save_model(model, args.output)
     print(
         json.dumps(

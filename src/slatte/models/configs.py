@@ -8,7 +8,7 @@ from typing import Any
 from ..ops.attention import BACKENDS
 from ..ops.sla.config import SLAConfig
 
-BLOCK_PATTERNS = ("alternating", "full")
+BLOCK_PATTERNS = ("alternating", "full", "spatial")
 MODULATIONS = ("adaln", "table")
 
 
@@ -28,7 +28,10 @@ class VideoDiTConfig:
 
     Inputs are (B, F, C, H, W) with F <= num_frames, C = in_channels, H = W = input_size.
     `block_pattern`: "alternating" (Latte's best variant: spatial, temporal, spatial, ... blocks;
-    depth must be even) or "full" (every block attends over all frames × patches jointly).
+    depth must be even), "full" (every block attends over all frames × patches jointly) or
+    "spatial" (no block mixes frames: an image model applied frame by frame, such as Latte-0
+    text-to-image, i.e. Latte-T2V sampled with `enable_temporal_attentions=False`; no temporal
+    embedding is added).
     `num_classes = 0` makes the model unconditional; otherwise label `num_classes` is the null
     class. `text_dim` enables cross-attention to text embeddings of that width.
     `class_embed_init_std`: the label embedding's initial std; DiT's 0.02 leaves the label a
@@ -142,9 +145,9 @@ class VideoDiTConfig:
         return self.grid_size**2
 
     def block_kinds(self) -> tuple[str, ...]:
-        """The kind of each block: "spatial" / "temporal" (alternating) or "full"."""
-        if self.block_pattern == "full":
-            return ("full",) * self.depth
+        """The kind of each block: "spatial" / "temporal" (alternating), "full" or "spatial"."""
+        if self.block_pattern in ("full", "spatial"):
+            return (self.block_pattern,) * self.depth
         return tuple("spatial" if i % 2 == 0 else "temporal" for i in range(self.depth))
 
     def to_dict(self) -> dict[str, Any]:
