@@ -376,7 +376,8 @@ def _run_sample(args: argparse.Namespace) -> int:
 
     from .guidance.cli_args import guidance_from_args
     from .models import load_model
-    from .ops.sequence_parallel import check_heads, sequence_parallel
+    from .ops.sequence_parallel import check_heads
+    from .parallel import sequence_shard
     from .pretrained import pretrained_dir, sampling_defaults
     from .sampling import SampleOptions, generate, generate_and_save
     from .training.distributed import DistInfo, close_distributed, init_distributed
@@ -417,7 +418,7 @@ def _run_sample(args: argparse.Namespace) -> int:
     )
     check_heads(model.config.num_heads, info.world_size)  # before any sampling starts
     # Every process samples the same videos (same seed), each computing its share of the frames.
-    with sequence_parallel(dist.group.WORLD if info.enabled else None):
+    with model.sequence_parallel(sequence_shard(dist.group.WORLD if info.enabled else None)):
         if info.is_main:
             for path in generate_and_save(model, opts, args.out):
                 print(path)

@@ -13,9 +13,10 @@ from dist_testing import init_gloo, spawn
 from slatte.models import VideoDiT, model_config
 from slatte.ops import sparse_linear_attention
 from slatte.ops.attention import attention
-from slatte.ops.sequence_parallel import check_heads, sequence_parallel, ulysses_attention
+from slatte.ops.sequence_parallel import check_heads, ulysses_attention
 from slatte.ops.sla import LaunchPolicy
 from slatte.ops.sla.config import SLAConfig
+from slatte.parallel import sequence_shard
 
 WORLD = 2
 SLA = SLAConfig(critical=0.25, negligible=0.25, block_q=16, block_k=16)
@@ -90,9 +91,10 @@ def _model_case(rank: int, pattern: str, backend: str) -> dict[str, float]:
     model.zero_grad()
 
     group = dist.group.WORLD
-    with torch.no_grad(), sequence_parallel(group):  # sampling: whole video in and out
+    with torch.no_grad(), model.sequence_parallel(sequence_shard(group)):  # sampling: whole video
         out_sampling = model(x, t, y)
-    with sequence_parallel(group, full_sequence=False) as shard:  # training: own frames
+    shard = sequence_shard(group, full_sequence=False)
+    with model.sequence_parallel(shard):  # training: own frames
         out_local = model(shard.split_frames(x), t, y)
         (out_local * shard.split_frames(weight)).sum().backward()
     grad_err = 0.0
@@ -107,6 +109,23 @@ def _model_case(rank: int, pattern: str, backend: str) -> dict[str, float]:
     }
 
 
+def _shard_is_the_models_own() -> dict[str, object]:
+    """Inside one model's sequence-parallel block another model still runs on whole videos,
+    and the block leaves no shard behind."""
+    model, other = _random_model("full", "sdpa"), _random_model("full", "sdpa")
+    x, t = torch.randn(1, 4, 1, 8, 8, generator=torch.Generator().manual_seed(4)), torch.tensor([9])
+    with torch.no_grad():
+        alone = other(x, t)
+        with model.sequence_parallel(sequence_shard(dist.group.WORLD, full_sequence=False)):
+            sharded = model(x[:, :2], t)
+            inside = other(x, t)
+    return {
+        "sharded_frames": sharded.shape[1],
+        "other_error": _errors(inside, alone),
+        "left_behind": model.sequence,
+    }
+
+
 def _worker(rank: int, world: int, out_path: str) -> None:
     init_gloo()
     results: dict[str, object] = {}
@@ -114,6 +133,7 @@ def _worker(rank: int, world: int, out_path: str) -> None:
         results[f"attention/{backend}/b{b}"] = _attention_case(rank, b, backend)
     for pattern, backend in MODELS:
         results[f"model/{pattern}/{backend}"] = _model_case(rank, pattern, backend)
+    results["per_model"] = _shard_is_the_models_own()
     q = torch.randn(1, 3, 8, 4)  # 3 heads cannot be split over 2 processes
     try:
         ulysses_attention(q, q, q, lambda *a: attention(*a), dist.group.WORLD)
@@ -144,6 +164,13 @@ def test_sequence_parallel_model_matches_one_process(results, pattern, backend):
     for rank_results in results:
         errs = rank_results[f"model/{pattern}/{backend}"]
         assert max(errs.values()) < 1e-4, errs
+
+
+def test_the_shard_is_given_to_one_model(results):
+    for rank_results in results:
+        per_model = rank_results["per_model"]
+        assert per_model["sharded_frames"] == 2  # this process's frames in and out
+        assert per_model["other_error"] == 0.0 and per_model["left_behind"] is None
 
 
 def test_heads_not_divisible_is_a_clear_error(results):

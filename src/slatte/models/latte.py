@@ -15,7 +15,8 @@ travels in the BlockContext. A block can be told per call to apply an STG pertur
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -30,8 +31,8 @@ from ..nn.mlp import Mlp
 from ..nn.norm import FP32LayerNorm
 from ..nn.sla import SparseLinearAttention
 from ..ops.attention import check_backend
-from ..ops.sequence_parallel import SequenceShard, current_sequence_shard
 from ..ops.sla.config import SLAConfig
+from ..parallel import SequenceShard
 from .configs import VideoDiTConfig
 
 PERTURBATION_STRATEGIES = (
@@ -69,7 +70,7 @@ class BlockContext:
     None for models without text; `modulation` (B, 6D) the shared block modulation of a
     `block_modulation="table"` model, else None. Static: `num_frames` (of h, i.e. this process's frames under
     sequence parallelism), `grid_size` (patches per side), and `sequence`: the frame split of a
-    `sequence_parallel` block the model was called in (None outside one).
+    `VideoDiT.sequence_parallel` block the model was called in (None outside one).
     """
 
     c: torch.Tensor
@@ -305,6 +306,8 @@ class VideoDiT(nn.Module):
             raise ValueError(f"config must be a VideoDiTConfig, got {type(config).__name__}")
         self.config = config
         self.gradient_checkpointing = False
+        # The frame shard of the calls inside `sequence_parallel(...)` (None: the whole video).
+        self.sequence: SequenceShard | None = None
         d = config.hidden_size
 
         self.x_embedder = PatchEmbed(config.in_channels, d, config.patch_size)
@@ -410,13 +413,13 @@ class VideoDiT(nn.Module):
         y = None on a class-conditional model means the null class (unconditional); a text model
         given no text cross-attends to nothing (the cross-attention adds zero).
 
-        Inside a `sequence_parallel` block the frames are split over its group: h holds this
-        process's F/P frames (x is either the whole video, split here, or already this
-        process's frames; see `ops.sequence_parallel.SequenceShard.full_sequence`).
+        Inside `self.sequence_parallel(shard)` the frames are split over the shard's group: h
+        holds this process's F/P frames (x is either the whole video, split here, or already
+        this process's frames; see `parallel.SequenceShard.full_sequence`).
         """
         cfg = self.config
         b, f = self._check_inputs(x, t, y, text, text_mask)
-        shard = current_sequence_shard()
+        shard = self.sequence
         if shard is not None:
             if shard.full_sequence:
                 x = shard.split_frames(x)
@@ -571,7 +574,7 @@ class VideoDiT(nn.Module):
 
     def final(self, h: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
         """h (B, F, S, D) → (B, F, out_channels, H, W) (all frames again when the model was
-        given the whole video inside a `sequence_parallel` block)."""
+        given the whole video inside a `VideoDiT.sequence_parallel` block)."""
         out = self.unpatchify(self.final_layer(h, ctx.c), ctx.grid_size)
         if ctx.sequence is not None and ctx.sequence.full_sequence:
             out = ctx.sequence.gather_frames(out)
@@ -601,6 +604,19 @@ class VideoDiT(nn.Module):
         return self.final(h, ctx)
 
     # -- utilities -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def sequence_parallel(self, shard: SequenceShard | None) -> Iterator[None]:
+        """Run this model's calls inside the block on `shard` (`parallel.sequence_shard`; None
+        changes nothing): every process of its group calls the model alike, and attention
+        runs over the whole sequence through Ulysses all-to-alls."""
+        if shard is not None and not isinstance(shard, SequenceShard):
+            raise ValueError(f"shard must be a SequenceShard or None, got {type(shard).__name__}")
+        previous, self.sequence = self.sequence, shard
+        try:
+            yield
+        finally:
+            self.sequence = previous
 
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each block's activations in backward (same gradients, less memory)."""

@@ -10,15 +10,13 @@ Shapes: B batch, H heads, N full sequence length, P group size, D head dim.
     sequence-sharded (B, H, N/P, D)  --seq_to_heads-->  head-sharded (B, H/P, N, D)
     head-sharded (B, H/P, N, D)      --heads_to_seq-->  sequence-sharded (B, H, N/P, D)
 
-The model uses it through `sequence_parallel(group)`, a context manager: inside it, a VideoDiT
-splits its frames over the group (see `SequenceShard`).
+Collectives only: which frames of a video a process holds is `slatte.parallel.SequenceShard`,
+which the trainer and the sampler give the model.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -168,89 +166,10 @@ def ulysses_attention(
     return heads_to_seq(attention_fn(q, k, v), group)
 
 
-# ---------------------------------------------------------------------------------------------
-# Frame sharding of a video model, switched on by a context manager
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SequenceShard:
-    """How the frames of a video are split over a sequence-parallel group.
-
-    `group` P processes; this one holds frames [frame_offset, frame_offset + F/P) of
-    `total_frames`. `full_sequence`: the model takes and returns whole videos (sampling; it
-    splits the input and gathers the output) rather than this process's frames (training, where
-    the loss is computed on the local frames).
-    """
-
-    group: dist.ProcessGroup
-    rank: int
-    size: int
-    full_sequence: bool
-
-    def frame_offset(self, local_frames: int) -> int:
-        return self.rank * local_frames
-
-    def split_frames(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
-        """This process's contiguous slice of `x` along `dim` (the frame axis)."""
-        frames = x.shape[dim]
-        if frames % self.size:
-            raise ValueError(
-                f"sequence parallelism over {self.size} processes splits frames evenly: the "
-                f"number of frames ({frames}) must be divisible by {self.size}"
-            )
-        return x.chunk(self.size, dim=dim)[self.rank]
-
-    def gather_frames(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
-        """Concatenate every process's slice along `dim`, in rank order (not differentiable:
-        training computes its loss on the local frames instead)."""
-        x = x.contiguous()  # see `_exchange`: empty_like must not copy a view's strides
-        parts = [torch.empty_like(x) for _ in range(self.size)]
-        dist.all_gather(parts, x, group=self.group)
-        return torch.cat(parts, dim=dim)
-
-
-# A plain module global rather than a ContextVar: torch.compile can trace (and guard on) a
-# global read, but not ContextVar.get. One process runs one model call at a time anyway.
-_current: SequenceShard | None = None
-
-
-@contextlib.contextmanager
-def sequence_parallel(
-    group: dist.ProcessGroup | None, *, full_sequence: bool = True
-) -> Iterator[SequenceShard | None]:
-    """Run video models inside this block sequence-parallel over `group`.
-
-    Every process of the group must make the same model calls with the same inputs (for
-    `full_sequence=True`) or with its own frame slice (`full_sequence=False`). A `None` group or
-    a group of one process changes nothing.
-    """
-    size = group_size(group)
-    shard = (
-        None
-        if size == 1
-        else SequenceShard(group, dist.get_rank(group), size, full_sequence=full_sequence)
-    )
-    global _current
-    previous, _current = _current, shard
-    try:
-        yield shard
-    finally:
-        _current = previous
-
-
-def current_sequence_shard() -> SequenceShard | None:
-    """The sequence-parallel setting of the enclosing `sequence_parallel` block, if any."""
-    return _current
-
-
 __all__ = [
-    "SequenceShard",
     "check_heads",
-    "current_sequence_shard",
     "group_size",
     "heads_to_seq",
     "seq_to_heads",
-    "sequence_parallel",
     "ulysses_attention",
 ]

@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 from ..data import CachedLatents, MovingDigits, VideoFolder
 from ..diffusion import create_diffusion
 from ..models import VideoDiT, load_model, model_config
-from ..ops.sequence_parallel import check_heads, sequence_parallel
+from ..ops.sequence_parallel import check_heads
+from ..parallel import sequence_shard
 from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from .config import TrainConfig
 from .distributed import (
@@ -318,7 +319,8 @@ class Trainer:
             return self.forward_model(x_t, t_, labels if has_labels else None)
 
         group = self.layout.sequence_group if stream == 0 else None
-        with self._autocast(), sequence_parallel(group, full_sequence=False) as shard:
+        shard = sequence_shard(group, full_sequence=False)
+        with self._autocast(), self.model.sequence_parallel(shard):
             if shard is not None:  # this process's frames; the loss is computed on them
                 x0, noise = shard.split_frames(x0), shard.split_frames(noise)
             return self.diffusion.training_losses(
