@@ -272,9 +272,7 @@ class Trainer:
             picks.append(int(torch.randint(0, videos.shape[1], (1,), generator=gen)))
         return videos[torch.arange(videos.shape[0]), picks].unsqueeze(1)
 
-    def train_step(
-        self, batch: Any, images: dict[str, Any] | None = None
-    ) -> dict[str, float]:
+    def train_step(self, batch: Any, images: dict[str, Any] | None = None) -> dict[str, float]:
         """One optimisation step on a batch of the task's data (and, for joint training, of
         clips to take single frames from)."""
         step = self.step
