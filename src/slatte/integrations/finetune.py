@@ -277,7 +277,7 @@ class DiffusersFinetuneTask:
         self.model.train()
 
     def shard(self, model: nn.Module, precision: str) -> None:
-        shard_model(model, precision=precision)
+        shard_model(model, precision=precision, sla_units=False)
 
     def whole_model(self, state_dict: dict[str, torch.Tensor]) -> nn.Module:
         whole = enable_sla(

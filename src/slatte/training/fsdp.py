@@ -41,6 +41,7 @@ def shard_model(
     precision: str = "fp32",
     mesh: DeviceMesh | None = None,
     reshard_after_forward: bool = True,
+    sla_units: bool = True,
 ) -> nn.Module:
     """Shard `model` in place with FSDP2 (per block, then the root) and return it.
 
@@ -49,6 +50,10 @@ def shard_model(
     way (any precision) gets local shards that line up one to one with the model's, so the EMA
     update stays local. `reshard_after_forward=False` keeps each block's full
     weights from forward to backward (ZeRO-2-like: more memory, one all-gather less per block).
+    `sla_units=False` leaves the SLA projections in their block's unit, for models whose
+    attention reads `sla.proj_l` without calling the SLA module (diffusers' SLA processor):
+    the hooks of a unit of their own would never gather them. Under bf16 they are then
+    gathered in bf16 (the op still computes the projection in fp32).
     """
     if not isinstance(getattr(model, "blocks", None), nn.ModuleList):
         raise ValueError(
@@ -58,7 +63,7 @@ def shard_model(
     policy = mixed_precision_policy(precision)
     # fp32 projections take the layer's (bf16) q, k, v as they are: no input cast.
     fp32_policy = MixedPrecisionPolicy(cast_forward_inputs=False)
-    for module in model.modules():
+    for module in model.modules() if sla_units else ():
         if isinstance(module, SparseLinearAttention):
             fully_shard(
                 module,

@@ -283,15 +283,22 @@ class Trainer:
             frames = {"video": self._single_frames(images["video"]), "label": images["label"]}
             image_losses = self._losses(frames, stream=1)
             losses = {k: torch.cat([losses[k], image_losses[k]]) for k in losses}
-        loss = losses["loss"].float().mean()
-        parts = [
-            losses[k].float().mean() if k in losses else loss.new_zeros(()) for k in ("mse", "vb")
-        ]
+        # The objective's per-sample figures ("loss" and its parts, e.g. "mse" and "vb").
+        names = ["loss", *sorted(k for k in losses if k != "loss")]
+        means = [losses[k].float().mean() for k in names]
+        loss = means[0]
         # Logged figures are means over the global batch (and all frames), as on one process.
-        global_loss, global_mse, global_vb = mean_over_processes(
-            torch.stack([loss.detach(), *parts]).tolist(),
-            self.device,  # one device sync
+        figures = dict(
+            zip(
+                names,
+                mean_over_processes(
+                    torch.stack([m.detach() for m in means]).tolist(),
+                    self.device,  # one device sync
+                ),
+                strict=True,
+            )
         )
+        global_loss = figures["loss"]
         if not math.isfinite(global_loss):
             last = latest_checkpoint(self.run_dir)
             raise TrainingError(
@@ -312,9 +319,7 @@ class Trainer:
         update_ema(self.ema, self.model, ema_decay_at(step, self.cfg.ema_decay))
         self.step += 1
         return {
-            "loss": global_loss,
-            "mse": global_mse,
-            "vb": global_vb,
+            **figures,
             "grad_norm": float(grad_norm),
             "lr": self._lr_at(step),
         }
