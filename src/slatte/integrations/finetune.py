@@ -225,12 +225,19 @@ def collate_clips(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
 # ---------------------------------------------------------------------------------------------
 
 
+def _velocity_fn(model: nn.Module, text: torch.Tensor) -> ModelFn:
+    """`model` called as Wan is: latents (B, C, F, H, W), timesteps, text states → velocity."""
+    return lambda x_t, t: model(x_t, t, text, return_dict=False)[0]
+
+
 class DiffusersFinetuneTask:
-    """The `TrainTask` (`slatte.training.task`) of SLA fine-tuning a diffusers transformer."""
+    """The `TrainTask` (`slatte.training.task`) of SLA fine-tuning a diffusers transformer;
+    `cfg` says everything (the trainer's `train_cfg` is derived from it)."""
 
     collate_fn = staticmethod(collate_clips)
     whole_checkpoints = False  # the model directory is diffusers' format: sharded checkpoints
     label_dropout = 0.0
+    preview = None  # videos need the pipeline's text encoder and VAE, which fine-tuning lacks
 
     def __init__(self, cfg: FinetuneConfig, train_cfg: TrainConfig, device: torch.device):
         self.cfg = cfg
@@ -268,10 +275,10 @@ class DiffusersFinetuneTask:
         return batch["latents"].to(device), batch["text"].to(device)
 
     def model_fn(self, model: nn.Module, cond: torch.Tensor, drop: torch.Tensor) -> ModelFn:
-        return lambda x_t, t: model(x_t, t, cond, return_dict=False)[0]
+        return _velocity_fn(model, cond)  # label_dropout is 0: nothing is ever dropped
 
     def teacher_fn(self, cond: torch.Tensor) -> ModelFn:
-        return self.model_fn(self.teacher, cond, torch.zeros(()))
+        return _velocity_fn(self.teacher, cond)
 
     def train_mode(self) -> None:
         self.model.train()
@@ -294,9 +301,6 @@ class DiffusersFinetuneTask:
         # `model` itself holds the weights unless FSDP shards it.
         sharded = any(isinstance(p, DTensor) for p in model.parameters())
         save_pretrained_sla(self.whole_model(state_dict) if sharded else model, directory)
-
-    def preview(self, ema: nn.Module, out_dir: Path) -> list[Path]:
-        return []  # videos need the pipeline's text encoder and VAE, which fine-tuning lacks
 
 
 def finetune(cfg: FinetuneConfig, *, resume: bool = False) -> dict[str, Any]:

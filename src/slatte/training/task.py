@@ -71,9 +71,9 @@ class TrainTask(Protocol):
         directory that the task's users load."""
         ...
 
-    def preview(self, ema: nn.Module, out_dir: Path) -> list[Path]:
-        """Write preview samples of the whole EMA model under `out_dir`; their paths."""
-        ...
+    #: ``preview(ema, out_dir) -> paths``: write preview samples of the whole EMA model under
+    #: `out_dir`; None when the task makes none (the trainer then never gathers the EMA for it).
+    preview: Callable[[nn.Module, Path], list[Path]] | None
 
 
 __all__ = ["TrainTask"]

@@ -128,11 +128,12 @@ class Trainer:
             )
         # Which samples this process trains on, and with whom it splits their frames.
         self.layout = parallel_layout(self.info, cfg.sequence_parallel)
-        # FSDP runs always write sharded checkpoints (also on one process, where the model
-        # itself stays whole), so a run can move between any numbers of processes.
         self.sharded = cfg.parallel == "fsdp" and self.info.enabled
         torch.manual_seed(cfg.seed)  # the same initial weights in every process and every run
         self.task = task(cfg, self.device)
+        # FSDP runs always write sharded checkpoints (also on one process, where the model
+        # itself stays whole), so a run can move between any numbers of processes; so do tasks
+        # whose model directory is not slatte's (`checkpoint.py` writes slatte's).
         self.sharded_checkpoints = cfg.parallel == "fsdp" or not self.task.whole_checkpoints
         self.model, self.dataset, self.objective = (
             self.task.model,
@@ -341,6 +342,8 @@ class Trainer:
 
     def _sample(self) -> list[Path]:
         """Sample from the EMA on the first process (every process must call this)."""
+        if self.task.preview is None:
+            return []
         ema = self._whole_ema()
         if ema is None:
             return []
