@@ -11,12 +11,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import PixelSpace, write_frame_grid, write_video
-from .diffusion import create_diffusion, ddim_sample, ddpm_sample
+from .diffusion import SAMPLERS, create_diffusion
 from .diffusion.long_video import sample_long_video, seam_frames, seam_report
 from .guidance import STG, guided_model_fn
 from .models import VideoDiT
 
-SAMPLERS = ("ddpm", "ddim")
 FORMATS = ("mp4", "gif", "png")
 
 
@@ -54,7 +53,7 @@ class SampleOptions:
         if self.steps < 1 or self.steps > 1000:
             raise ValueError(f"steps must lie in [1, 1000], got {self.steps}")
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+            raise ValueError(f"sampler must be one of {tuple(SAMPLERS)}, got {self.sampler!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.num_frames is not None and self.num_frames < 1:
@@ -122,10 +121,9 @@ def generate(
         term.validate_for(model)
     cfg = model.config
     device = next(model.parameters()).device
-    diffusion = create_diffusion(
-        f"ddim{opts.steps}" if opts.sampler == "ddim" else str(opts.steps),
-        learn_sigma=cfg.learn_sigma,
-    )
+    sampler = SAMPLERS[opts.sampler]
+    diffusion = create_diffusion(sampler.respacing(opts.steps), learn_sigma=cfg.learn_sigma)
+    sampler_options = {"eta": opts.eta} if sampler.takes_eta else {}
     gen = torch.Generator().manual_seed(opts.seed)
     model.eval()
     videos = []
@@ -140,18 +138,7 @@ def generate(
         shape = (n, frames, cfg.in_channels, cfg.input_size, cfg.input_size)
 
         def sample_window(noise, step_callback=None, model_fn=model_fn, shape=shape):
-            if opts.sampler == "ddim":
-                return ddim_sample(
-                    diffusion,
-                    model_fn,
-                    shape,
-                    noise=noise,
-                    generator=gen,
-                    eta=opts.eta,
-                    progress=opts.progress,
-                    step_callback=step_callback,
-                )
-            return ddpm_sample(
+            return sampler.sample(
                 diffusion,
                 model_fn,
                 shape,
@@ -159,6 +146,7 @@ def generate(
                 generator=gen,
                 progress=opts.progress,
                 step_callback=step_callback,
+                **sampler_options,
             )
 
         if long_video is None:

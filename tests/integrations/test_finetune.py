@@ -41,7 +41,7 @@ def test_distillation_reduces_the_loss_against_the_dense_teacher(tmp_path):
         ema_decay=0.0,
         sla=sla,
         latent_shape=(4, 3, 8, 8),
-        log_every=100,
+        log_every=1,
     )
     assert len(finetune(cfg)["losses"]) == 8
     teacher = from_pretrained_sla(tmp_path / "dense")
@@ -65,7 +65,7 @@ def test_flow_mode_reads_latent_clips_and_bad_configs_fail(tmp_path):
         )
     cfg = FinetuneConfig(
         model_dir=str(tmp_path / "dense"), output_dir=str(tmp_path / "out"), mode="flow",
-        data=str(tmp_path / "clips"), steps=2, batch_size=2, sla=SLA, trainable="sla",
+        data=str(tmp_path / "clips"), steps=2, batch_size=2, sla=SLA, trainable="sla", log_every=1,
     )  # fmt: skip
     losses = finetune(cfg)["losses"]
     assert len(losses) == 2 and all(loss > 0 for loss in losses)

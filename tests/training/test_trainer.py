@@ -64,7 +64,7 @@ def test_nonfinite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
     tmp_path, monkeypatch
 ):
     trainer = Trainer(tiny(tmp_path, steps=6, ckpt_every=2))
-    real = trainer.diffusion.training_losses
+    real = trainer.objective.diffusion.training_losses
 
     def poisoned(model_fn, x0, t, **kwargs):
         out = real(model_fn, x0, t, **kwargs)
@@ -72,7 +72,7 @@ def test_nonfinite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
             out["loss"] = out["loss"] * float("nan")
         return out
 
-    monkeypatch.setattr(trainer.diffusion, "training_losses", poisoned)
+    monkeypatch.setattr(trainer.objective.diffusion, "training_losses", poisoned)
     with pytest.raises(TrainingError, match="non-finite.*step 3"):
         trainer.fit()
     ckpt = latest_checkpoint(tmp_path / "run")

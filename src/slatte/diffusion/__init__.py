@@ -8,11 +8,16 @@ from slatte.diffusion.gaussian import (
     mean_flat,
     normal_kl,
 )
+from slatte.diffusion.objectives import OBJECTIVES, Objective, make_objective
 from slatte.diffusion.respace import SpacedDiffusion, create_diffusion, space_timesteps
-from slatte.diffusion.samplers import ddim_sample, ddpm_sample
+from slatte.diffusion.samplers import SAMPLERS, Sampler, ddim_sample, ddpm_sample
 from slatte.diffusion.schedules import linear_beta_schedule
 
 __all__ = [
+    "OBJECTIVES",
+    "SAMPLERS",
+    "Objective",
+    "Sampler",
     "GaussianDiffusion",
     "PMeanVariance",
     "SpacedDiffusion",
@@ -23,6 +28,7 @@ __all__ = [
     "flow_euler_sample",
     "flow_matching_loss",
     "linear_beta_schedule",
+    "make_objective",
     "mean_flat",
     "normal_kl",
     "shift_sigmas",

@@ -48,6 +48,7 @@ def flow_matching_loss(
     noise: torch.Tensor | None = None,
     *,
     generator: torch.Generator | None = None,
+    target_fn: ModelFn | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-sample velocity-regression loss ``{"loss": (B,)}``.
 
@@ -56,6 +57,8 @@ def flow_matching_loss(
         x0: clean data (B, ...).
         t: noise levels σ ∈ (0, 1), shape (B,); uniform from ``generator`` if None.
         noise: ε of x0's shape; standard normal from ``generator`` if None.
+        target_fn: the velocity to regress onto, ``target_fn(x_σ, 1000·σ)`` (a frozen teacher:
+            distillation, run without gradients); None: the path's own velocity ε − x0.
     """
     batch = x0.shape[0]
     if t is None:
@@ -71,7 +74,13 @@ def flow_matching_loss(
     velocity = model_fn(x_t, t * TIMESTEP_SCALE)
     _check_output(velocity, x0)
     dtype = torch.promote_types(x0.dtype, torch.float32)
-    target = (noise - x0).to(dtype)
+    if target_fn is None:
+        target = (noise - x0).to(dtype)
+    else:
+        with torch.no_grad():
+            target = target_fn(x_t, t * TIMESTEP_SCALE)
+        _check_output(target, x0)
+        target = target.to(dtype)
     return {"loss": mean_flat((velocity.to(dtype) - target) ** 2)}
 
 

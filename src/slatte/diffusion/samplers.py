@@ -11,6 +11,7 @@ gives the same samples on any device.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -161,3 +162,21 @@ def ddim_sample(
             z = randn_cpu(x.shape, generator, x.device, x.dtype)
             x = x + (sigma * z if i > 0 else 0.0)
     return x
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A sampler by name: which of the training steps it walks for a given number of steps
+    (a `space_timesteps` respacing) and the function that walks them, called as
+    ``sample(diffusion, model_fn, shape, **options)`` with `eta` among the options only where
+    `takes_eta` (the other options are those of :func:`ddpm_sample`)."""
+
+    respacing: Callable[[int], str]
+    sample: Callable[..., torch.Tensor]
+    takes_eta: bool
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "ddpm": Sampler(respacing=str, sample=ddpm_sample, takes_eta=False),
+    "ddim": Sampler(respacing=lambda steps: f"ddim{steps}", sample=ddim_sample, takes_eta=True),
+}

@@ -105,7 +105,8 @@ def _shape(text: str) -> tuple[int, ...]:
 
 def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """`slatte finetune MODEL_DIR OUTPUT_DIR [--mode distill|flow] [--data DIR] ...`."""
-    from .finetune import MODES, TRAINABLE, FinetuneConfig
+    from ..training.config import PARALLEL_MODES
+    from .finetune import MODES, PRECISIONS, TRAINABLE, FinetuneConfig
 
     d = FinetuneConfig(model_dir="", output_dir="", latent_shape=(1, 1, 1, 1))
     p = subparsers.add_parser(
@@ -117,7 +118,9 @@ def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
             "flow-matching loss on a folder of pre-encoded clips (*.safetensors with 'latents' "
             "(C, F, H, W) and optionally 'text' (L, text_dim)). Saves the EMA weights in "
             "diffusers format plus slatte_sla.json (load with "
-            "slatte.integrations.from_pretrained_sla)."
+            "slatte.integrations.from_pretrained_sla). Runs on slatte's trainer: checkpoints, "
+            "metrics.jsonl and loss_curve.png in the run folder (--run-dir), exact --resume, "
+            "DDP or FSDP2 under torchrun."
         ),
     )
     p.add_argument("model_dir", help="local diffusers transformer directory (config.json)")
@@ -142,6 +145,25 @@ def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument(
+        "--precision", choices=PRECISIONS, default=None, help="default: bf16 on CUDA, else fp32"
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the forward")
+    p.add_argument(
+        "--parallel",
+        choices=PARALLEL_MODES,
+        default=d.parallel,
+        help="under torchrun: ddp replicates the model, fsdp shards it (FSDP2)",
+    )
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="0 disables clipping")
+    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
+    p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints, help="0: keep all")
+    p.add_argument(
+        "--run-dir", default=None, help="checkpoints and metrics (default: OUTPUT_DIR/training)"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the run folder's latest checkpoint"
+    )
     sla = p.add_argument_group("SLA")
     sla.add_argument("--sla-critical", type=float, default=0.05)
     sla.add_argument("--sla-negligible", type=float, default=0.10)
@@ -187,9 +209,25 @@ def run_finetune(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         log_every=args.log_every,
+        precision=args.precision,
+        compile=args.compile,
+        parallel=args.parallel,
+        grad_clip=args.grad_clip,
+        ckpt_every=args.ckpt_every,
+        keep_checkpoints=args.keep_checkpoints,
+        run_dir=args.run_dir,
     )
-    result = finetune(cfg)
-    print(json.dumps({"output_dir": result["output_dir"], "final_loss": result["losses"][-1]}))
+    result = finetune(cfg, resume=args.resume)
+    if result["losses"]:  # the first process reports
+        print(
+            json.dumps(
+                {
+                    "output_dir": result["output_dir"],
+                    "run_dir": result["run_dir"],
+                    "final_loss": result["losses"][-1],
+                }
+            )
+        )
     return 0
 
 

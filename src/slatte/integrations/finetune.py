@@ -1,7 +1,10 @@
-"""SLA fine-tuning of a local diffusers video transformer (Wan2.1-style flow matching).
+"""SLA fine-tuning of a local diffusers video transformer (Wan2.1-style flow matching) on the
+one trainer (`slatte.training`): its checkpoints, exact resume, metrics, plots, bf16,
+`torch.compile` and DDP / FSDP2 under `torchrun`.
 
-The transformer's self-attention is switched to SLA (`enable_sla`), then trained with one of
-- `"distill"`: match the dense model's output. The teacher is the same weights with dense
+The transformer's self-attention is switched to SLA (`enable_sla`), then trained towards one of
+the objectives of `slatte.diffusion.objectives`, by name (`mode`):
+- `"distill"`: match the dense model's velocity. The teacher is the same weights with dense
   attention, frozen; inputs are flow-matching interpolations x_σ = (1 − σ) x0 + σ ε of latents
   from `data` (or of standard-normal latents of `latent_shape` without data) with the text
   states of each sample (or random ones);
@@ -9,29 +12,41 @@ The transformer's self-attention is switched to SLA (`enable_sla`), then trained
   trains) on a folder of pre-encoded samples.
 A data folder holds one `*.safetensors` file per clip with `latents` (C, F, H, W) — the VAE
 latents of the clip — and optionally `text` (L, text_dim), the text encoder's states.
-Weights stay fp32 (AdamW master weights); on CUDA the forward runs under bf16 autocast. An EMA
-of the weights (`slatte.training.ema`) is what gets saved, in diffusers format with the SLA
-options (`save_pretrained_sla`), so `from_pretrained_sla(output_dir)` loads the result.
+Weights stay fp32 (AdamW master weights); on CUDA the forward runs under bf16 autocast by
+default. The run folder (`run_dir`, default `OUTPUT_DIR/training`) holds the checkpoints,
+`metrics.jsonl` and the loss curve; the EMA of the weights is what gets saved, in diffusers
+format with the SLA options (`save_pretrained_sla`), so `from_pretrained_sla(output_dir)` loads
+the result.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-import math
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
+from torch.utils.data import Dataset
 
+from ..diffusion.gaussian import ModelFn
+from ..diffusion.objectives import make_objective
 from ..ops.sla import SLAConfig
-from ..training.ema import make_ema, update_ema
+from ..training.config import PARALLEL_MODES, TrainConfig
+from ..training.ema import make_ema
+from ..training.fsdp import shard_model
+from ..training.trainer import Trainer
 from .diffusers_sla import disable_sla, enable_sla, from_pretrained_sla, save_pretrained_sla
 
-MODES = ("distill", "flow")
+MODES = ("distill", "flow")  # the objectives (by name) that train a flow-matching velocity
 TRAINABLE = ("all", "sla")
 FINETUNE_CLASSES = ("WanTransformer3DModel",)
+PRECISIONS = ("fp32", "bf16")
+RANDOM_CLIPS = 1 << 16  # random latents without data: this many distinct clips, then repeated
 
 
 @dataclass(frozen=True)
@@ -57,13 +72,21 @@ class FinetuneConfig:
     seed: int = 0
     device: str | None = None
     log_every: int = 10
+    # The trainer's options: precision None is bf16 autocast on CUDA and fp32 elsewhere.
+    precision: str | None = None
+    compile: bool = False
+    parallel: str = "ddp"
+    grad_clip: float = 0.0  # 0: off
+    ckpt_every: int = 500
+    keep_checkpoints: int = 3  # 0: keep all
+    run_dir: str | None = None  # default: OUTPUT_DIR/training
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.trainable not in TRAINABLE:
             raise ValueError(f"trainable must be one of {TRAINABLE}, got {self.trainable!r}")
-        for name in ("steps", "batch_size", "text_length", "log_every"):
+        for name in ("steps", "batch_size", "text_length", "log_every", "ckpt_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -73,6 +96,13 @@ class FinetuneConfig:
             raise ValueError(f"ema_decay must lie in [0, 1) (0 = no EMA), got {self.ema_decay!r}")
         if not self.shift > 0:
             raise ValueError(f"shift must be > 0, got {self.shift!r}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ValueError(
+                f"precision must be one of {PRECISIONS} (or None: bf16 on CUDA, else fp32), "
+                f"got {self.precision!r}"
+            )
+        if self.parallel not in PARALLEL_MODES:
+            raise ValueError(f"parallel must be one of {PARALLEL_MODES}, got {self.parallel!r}")
         if self.mode == "flow" and self.data is None:
             raise ValueError("mode 'flow' needs data: a folder of *.safetensors latents")
         if self.data is None and self.latent_shape is None:
@@ -86,21 +116,61 @@ class FinetuneConfig:
         if not isinstance(self.sla, SLAConfig):
             raise ValueError(f"sla must be an SLAConfig, got {type(self.sla).__name__}")
 
+    def train_config(self) -> TrainConfig:
+        """The trainer's configuration of this fine-tuning run (the model and data fields of
+        `TrainConfig` only record what is trained: the task reads them from here)."""
+        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        on_cuda = torch.device(device).type == "cuda"
+        return TrainConfig(
+            out_dir=self.run_dir or str(Path(self.output_dir) / "training"),
+            model=self.model_dir,
+            data=self.data or "random latents",
+            steps=self.steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            grad_clip=self.grad_clip,
+            ema_decay=self.ema_decay,
+            precision=self.precision or ("bf16" if on_cuda else "fp32"),
+            grad_checkpointing=self.gradient_checkpointing,
+            compile=self.compile,
+            seed=self.seed,
+            parallel=self.parallel,
+            log_every=self.log_every,
+            ckpt_every=self.ckpt_every,
+            keep_checkpoints=self.keep_checkpoints,
+            device=device,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["sla"] = self.sla.to_dict()
+        return data
+
 
 # ---------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------
 
 
-class LatentClips:
-    """A folder of `*.safetensors` clips: `latents` (C, F, H, W), optional `text` (L, D)."""
+def _random_text(seed: int, index: int, length: int, dim: int) -> torch.Tensor:
+    """Text states (length, dim) of clip `index` for clips without any: a pure function of
+    (seed, index), so a resumed run sees the same ones."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
+    return torch.randn((length, dim), generator=generator)
 
-    def __init__(self, root: str | Path):
+
+class LatentClips(Dataset):
+    """A folder of `*.safetensors` clips: `latents` (C, F, H, W), optional `text` (L, D); a clip
+    without text gets random text states of (`text_length`, `text_dim`)."""
+
+    def __init__(self, root: str | Path, *, text_length: int, text_dim: int, seed: int):
         if not Path(root).is_dir():
             raise FileNotFoundError(f"data folder {root} does not exist")
         self.files = sorted(Path(root).glob("*.safetensors"))
         if not self.files:
             raise FileNotFoundError(f"no *.safetensors clips in {root}")
+        self.text_length, self.text_dim, self.seed = text_length, text_dim, seed
 
     def __len__(self) -> int:
         return len(self.files)
@@ -111,117 +181,155 @@ class LatentClips:
         clip = load_file(str(self.files[index]))
         if "latents" not in clip or clip["latents"].dim() != 4:
             raise ValueError(f"{self.files[index]} needs a 'latents' tensor (C, F, H, W)")
+        if "text" not in clip:
+            clip["text"] = _random_text(self.seed, index, self.text_length, self.text_dim)
         return clip
 
 
-def _batch(
-    cfg: FinetuneConfig,
-    clips: LatentClips | None,
-    text_dim: int,
-    generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(latents (B, C, F, H, W), text (B, L, text_dim)) for one step, on the CPU."""
-    if clips is None:
-        x0 = torch.randn((cfg.batch_size, *cfg.latent_shape), generator=generator)
-        text = torch.randn((cfg.batch_size, cfg.text_length, text_dim), generator=generator)
-        return x0, text
-    rows = torch.randint(len(clips), (cfg.batch_size,), generator=generator).tolist()
-    items = [clips[i] for i in rows]
-    x0 = torch.stack([item["latents"].float() for item in items])
-    if all("text" in item for item in items):
-        length = max(item["text"].shape[0] for item in items)
-        # Right-pad with zeros, as diffusers' Wan pipeline pads its 512 text states.
-        text = torch.stack(
-            [nn.functional.pad(item["text"].float(), (0, 0, 0, length - len(item["text"]))) for
-             item in items]
-        )  # fmt: skip
-    else:
-        text = torch.randn((cfg.batch_size, cfg.text_length, text_dim), generator=generator)
-    return x0, text
+class RandomClips(Dataset):
+    """Standard-normal latents (C, F, H, W) and text states (L, D), each clip a pure function of
+    (seed, index): what distillation trains on without data."""
+
+    def __init__(
+        self, latent_shape: tuple[int, ...], *, text_length: int, text_dim: int, seed: int
+    ):
+        self.latent_shape = tuple(int(s) for s in latent_shape)
+        self.text_length, self.text_dim, self.seed = text_length, text_dim, seed
+
+    def __len__(self) -> int:
+        return RANDOM_CLIPS
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.seed * 7_919 + index)
+        latents = torch.randn(self.latent_shape, generator=generator)
+        text = _random_text(self.seed, index, self.text_length, self.text_dim)
+        return {"latents": latents, "text": text}
+
+
+def collate_clips(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """{"latents": (B, C, F, H, W), "text": (B, L, D)}, text right-padded with zeros to the
+    longest in the batch, as diffusers' Wan pipeline pads its 512 text states."""
+    length = max(item["text"].shape[0] for item in items)
+    text = [
+        nn.functional.pad(item["text"].float(), (0, 0, 0, length - item["text"].shape[0]))
+        for item in items
+    ]
+    return {
+        "latents": torch.stack([item["latents"].float() for item in items]),
+        "text": torch.stack(text),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
-# Training
+# The trainer's task
 # ---------------------------------------------------------------------------------------------
 
 
-def _sigmas(batch: int, shift: float, generator: torch.Generator) -> torch.Tensor:
-    sigma = torch.rand(batch, generator=generator)
-    return shift * sigma / (1.0 + (shift - 1.0) * sigma)
+def _velocity_fn(model: nn.Module, text: torch.Tensor) -> ModelFn:
+    """`model` called as Wan is: latents (B, C, F, H, W), timesteps, text states → velocity."""
+    return lambda x_t, t: model(x_t, t, text, return_dict=False)[0]
 
 
-def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
-    """Run the fine-tuning `cfg` describes; returns {"losses": [...], "output_dir": ...}."""
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    clips = LatentClips(cfg.data) if cfg.data is not None else None
+class DiffusersFinetuneTask:
+    """The `TrainTask` (`slatte.training.task`) of SLA fine-tuning a diffusers transformer;
+    `cfg` says everything (the trainer's `train_cfg` is derived from it)."""
 
-    student = from_pretrained_sla(cfg.model_dir, torch_dtype=torch.float32).to(
-        device
-    )  # master weights
-    if type(student).__name__ not in FINETUNE_CLASSES:
-        # The loop calls the model as Wan does (latents (B, C, F, H, W), velocity output).
-        raise ValueError(
-            f"fine-tuning supports {FINETUNE_CLASSES}, got {type(student).__name__} "
-            f"from {cfg.model_dir}"
+    collate_fn = staticmethod(collate_clips)
+    whole_checkpoints = False  # the model directory is diffusers' format: sharded checkpoints
+    label_dropout = 0.0
+    preview = None  # videos need the pipeline's text encoder and VAE, which fine-tuning lacks
+
+    def __init__(self, cfg: FinetuneConfig, train_cfg: TrainConfig, device: torch.device):
+        self.cfg = cfg
+        self.objective = make_objective(cfg.mode, shift=cfg.shift)
+        student = from_pretrained_sla(cfg.model_dir, torch_dtype=torch.float32).to(
+            device
+        )  # master weights
+        if type(student).__name__ not in FINETUNE_CLASSES:
+            # The loop calls the model as Wan does (latents (B, C, F, H, W), velocity output).
+            raise ValueError(
+                f"fine-tuning supports {FINETUNE_CLASSES}, got {type(student).__name__} "
+                f"from {cfg.model_dir}"
+            )
+        text_dim = student.config.text_dim
+        # A frozen dense copy of the same weights.
+        self.teacher = disable_sla(make_ema(student)) if self.objective.needs_teacher else None
+        enable_sla(student, cfg.sla, backend=cfg.sla_backend)
+        if cfg.gradient_checkpointing:
+            student.enable_gradient_checkpointing()
+        if cfg.trainable == "sla":
+            student.requires_grad_(False)
+            for name, param in student.named_parameters():
+                param.requires_grad_(".sla.proj_l." in name)
+        self.model = student
+        texts = {"text_length": cfg.text_length, "text_dim": text_dim, "seed": cfg.seed}
+        self.dataset = (
+            LatentClips(cfg.data, **texts)
+            if cfg.data is not None
+            else RandomClips(cfg.latent_shape, **texts)
         )
-    text_dim = student.config.text_dim
-    teacher = None
-    if cfg.mode == "distill":
-        teacher = disable_sla(make_ema(student))  # a frozen dense copy of the same weights
-    enable_sla(student, cfg.sla, backend=cfg.sla_backend)
-    student.train()
-    if cfg.gradient_checkpointing:
-        student.enable_gradient_checkpointing()
-    if cfg.trainable == "sla":
-        student.requires_grad_(False)
-        params = [p for n, p in student.named_parameters() if ".sla.proj_l." in n]
-        for p in params:
-            p.requires_grad_(True)
-    else:
-        params = list(student.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ema = make_ema(student) if cfg.ema_decay > 0 else None
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
-    losses: list[float] = []
-    for step in range(cfg.steps):
-        x0, text = _batch(cfg, clips, text_dim, generator)
-        noise = torch.randn(x0.shape, generator=generator)
-        sigma = _sigmas(x0.shape[0], cfg.shift, generator)
-        x0, text, noise, sigma = (t.to(device) for t in (x0, text, noise, sigma))
-        s = sigma.view(-1, *([1] * (x0.dim() - 1)))
-        x_t = (1.0 - s) * x0 + s * noise
-        timestep = sigma * 1000.0
-        if teacher is not None:
-            with torch.no_grad(), autocast:
-                target = teacher(x_t, timestep, text, return_dict=False)[0].float()
-        else:
-            target = noise - x0
-        with autocast:
-            pred = student(x_t, timestep, text, return_dict=False)[0]
-        loss = (pred.float() - target).square().mean()
-        if not math.isfinite(loss.item()):
-            raise ValueError(f"fine-tuning diverged: loss {loss.item()} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if ema is not None:
-            update_ema(ema, student, cfg.ema_decay)
-        losses.append(loss.item())
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            print(json.dumps({"step": step + 1, "loss": losses[-1]}), flush=True)
+    def inputs(
+        self, batch: dict[str, torch.Tensor], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return batch["latents"].to(device), batch["text"].to(device)
 
-    result = ema if ema is not None else student
-    save_pretrained_sla(result.eval(), cfg.output_dir)
-    summary = {"losses": losses, "output_dir": str(cfg.output_dir)}
-    config = asdict(cfg)
-    config["sla"] = cfg.sla.to_dict()
+    def model_fn(self, model: nn.Module, cond: torch.Tensor, drop: torch.Tensor) -> ModelFn:
+        return _velocity_fn(model, cond)  # label_dropout is 0: nothing is ever dropped
+
+    def teacher_fn(self, cond: torch.Tensor) -> ModelFn:
+        return _velocity_fn(self.teacher, cond)
+
+    def train_mode(self) -> None:
+        self.model.train()
+
+    def shard(self, model: nn.Module, precision: str) -> None:
+        shard_model(model, precision=precision, sla_units=False)
+
+    def whole_model(self, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+        whole = enable_sla(
+            type(self.model).from_config(self.model.config),
+            self.cfg.sla,
+            backend=self.cfg.sla_backend,
+        )
+        whole.load_state_dict(state_dict)
+        return whole
+
+    def save_model(
+        self, model: nn.Module, state_dict: dict[str, torch.Tensor], directory: Path
+    ) -> None:
+        # `model` itself holds the weights unless FSDP shards it.
+        sharded = any(isinstance(p, DTensor) for p in model.parameters())
+        save_pretrained_sla(self.whole_model(state_dict) if sharded else model, directory)
+
+
+def finetune(cfg: FinetuneConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Run (or, with `resume`, continue from the run folder's latest checkpoint) the fine-tuning
+    `cfg` describes; returns {"losses": [the logged losses], "output_dir": ..., "run_dir": ...}.
+    """
+    train_cfg = cfg.train_config()
+    trainer = Trainer(train_cfg, resume=resume, task=functools.partial(DiffusersFinetuneTask, cfg))
+    result = trainer.fit()
+    run_dir = Path(train_cfg.out_dir)
+    if result["checkpoint"] is None:  # not the first process
+        return {"losses": [], "output_dir": cfg.output_dir, "run_dir": str(run_dir)}
+    # The last checkpoint's model directory is the EMA in diffusers format + slatte_sla.json.
+    shutil.copytree(Path(result["checkpoint"]) / "model", cfg.output_dir, dirs_exist_ok=True)
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [entry["loss"] for entry in metrics]
     (Path(cfg.output_dir) / "slatte_finetune.json").write_text(
-        json.dumps({"config": config, "final_loss": losses[-1]}, indent=2) + "\n"
+        json.dumps({"config": cfg.to_dict(), "final_loss": losses[-1]}, indent=2) + "\n"
     )
-    return summary
+    return {"losses": losses, "output_dir": str(cfg.output_dir), "run_dir": str(run_dir)}
 
 
-__all__ = ["FINETUNE_CLASSES", "MODES", "TRAINABLE", "FinetuneConfig", "LatentClips", "finetune"]
+__all__ = [
+    "FINETUNE_CLASSES",
+    "MODES",
+    "TRAINABLE",
+    "DiffusersFinetuneTask",
+    "FinetuneConfig",
+    "LatentClips",
+    "RandomClips",
+    "finetune",
+]

@@ -50,7 +50,9 @@ def sampling_defaults(model_dir: str | Path) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {unknown}; allowed: {list(SAMPLING_KEYS)}")
     if "sampler" in data and data["sampler"] not in SAMPLERS:
-        raise ValueError(f"{path}: sampler must be one of {SAMPLERS}, got {data['sampler']!r}")
+        raise ValueError(
+            f"{path}: sampler must be one of {tuple(SAMPLERS)}, got {data['sampler']!r}"
+        )
     steps = data.get("steps", 1)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"{path}: steps must be an integer >= 1, got {steps!r}")

@@ -1,5 +1,6 @@
-"""FSDP2 (`torch.distributed.fsdp.fully_shard`) for the video DiT: each process holds 1/N of
-every parameter, gradient and optimizer state; a block's full weights exist only while it runs.
+"""FSDP2 (`torch.distributed.fsdp.fully_shard`) for video transformers whose blocks are the
+`blocks` list (slatte's VideoDiT, diffusers' Wan): each process holds 1/N of every parameter,
+gradient and optimizer state; a block's full weights exist only while it runs.
 
 Sharding unit: one transformer block (its parameters are gathered together right before the
 block runs and freed after it), then the root for the embeddings and the final layer. The SLA
@@ -12,10 +13,10 @@ in backward gathers the block's weights again through the same hooks.
 from __future__ import annotations
 
 import torch
+from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from ..models import VideoDiT
 from ..nn.sla import SparseLinearAttention
 
 FSDP_PRECISIONS = ("fp32", "bf16")
@@ -35,12 +36,13 @@ def mixed_precision_policy(precision: str) -> MixedPrecisionPolicy:
 
 
 def shard_model(
-    model: VideoDiT,
+    model: nn.Module,
     *,
     precision: str = "fp32",
     mesh: DeviceMesh | None = None,
     reshard_after_forward: bool = True,
-) -> VideoDiT:
+    sla_units: bool = True,
+) -> nn.Module:
     """Shard `model` in place with FSDP2 (per block, then the root) and return it.
 
     Needs an initialised default process group (or a 1-D `mesh`). The parameters become DTensors;
@@ -48,13 +50,20 @@ def shard_model(
     way (any precision) gets local shards that line up one to one with the model's, so the EMA
     update stays local. `reshard_after_forward=False` keeps each block's full
     weights from forward to backward (ZeRO-2-like: more memory, one all-gather less per block).
+    `sla_units=False` leaves the SLA projections in their block's unit, for models whose
+    attention reads `sla.proj_l` without calling the SLA module (diffusers' SLA processor):
+    the hooks of a unit of their own would never gather them. Under bf16 they are then
+    gathered in bf16 (the op still computes the projection in fp32).
     """
-    if not isinstance(model, VideoDiT):
-        raise ValueError(f"shard_model expects a VideoDiT, got {type(model).__name__}")
+    if not isinstance(getattr(model, "blocks", None), nn.ModuleList):
+        raise ValueError(
+            "shard_model expects a transformer with its blocks in a `blocks` ModuleList "
+            f"(VideoDiT, WanTransformer3DModel), got {type(model).__name__}"
+        )
     policy = mixed_precision_policy(precision)
     # fp32 projections take the layer's (bf16) q, k, v as they are: no input cast.
     fp32_policy = MixedPrecisionPolicy(cast_forward_inputs=False)
-    for module in model.modules():
+    for module in model.modules() if sla_units else ():
         if isinstance(module, SparseLinearAttention):
             fully_shard(
                 module,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,6 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from ..models.io import save_model
 from .checkpoint import (
     STATE_FILE,
     checkpoint_paths,
@@ -86,14 +85,15 @@ def save_sharded_checkpoint(
     ema: nn.Module,
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
+    write_model: Callable[[nn.Module, dict[str, torch.Tensor], Path], None],
     keep_last: int = 3,
 ) -> Path:
     """Write checkpoint `step` of a run, every process its shards. Collective.
 
-    `model` / `ema` may be FSDP-sharded or plain (one process needs no process group); `ema`
-    is a `VideoDiT`, sharded or not: its gathered weights become the checkpoint's model
-    directory. `state` holds small picklable extras (grad scaler, train config), written by the
-    first process.
+    `model` / `ema` may be FSDP-sharded or plain (one process needs no process group); the
+    first process writes the gathered EMA weights as the checkpoint's model directory with
+    ``write_model(ema, whole_state_dict, directory)`` (the task's format). `state` holds small
+    picklable extras (grad scaler, train config), written by the first process.
     Returns the checkpoint folder.
     """
     tmp = start_checkpoint(run_dir, step) if _is_main() else checkpoint_paths(run_dir, step)[0]
@@ -108,7 +108,7 @@ def save_sharded_checkpoint(
         )
     ema_full = full_model_state_dict(ema)
     if _is_main():
-        save_model(ema, tmp / "model", state_dict=ema_full)
+        write_model(ema, ema_full, tmp / "model")
         torch.save({**state, "step": step, "sharded": True}, tmp / STATE_FILE)
         publish_checkpoint(run_dir, step, keep_last=keep_last)
     barrier()  # nobody moves on (or resumes) before the checkpoint is complete

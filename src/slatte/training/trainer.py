@@ -1,4 +1,8 @@
-"""The training loop: diffusion loss, AdamW, EMA, mixed precision, checkpoints, exact resume.
+"""The training loop: AdamW, EMA, mixed precision, checkpoints, metrics, exact resume.
+
+What is trained, on what data and towards which objective is a task's to say (`task.py`):
+`VideoDiTTask` for `slatte train`, `integrations.finetune.DiffusersFinetuneTask` for
+`slatte finetune`; everything below holds for both.
 
 Exact resume holds by construction: the batch of step s (which dataset indices, which
 timesteps, which noise, which labels are dropped) is a pure function of (seed, step, position in
@@ -18,7 +22,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +31,10 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from ..data import CachedLatents, MovingDigits, VideoFolder
-from ..diffusion import create_diffusion
-from ..models import VideoDiT, load_model, model_config
-from ..ops.sequence_parallel import check_heads
+from ..models import load_model
 from ..parallel import sequence_shard
 from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from .config import TrainConfig
@@ -45,7 +47,6 @@ from .distributed import (
     parallel_layout,
 )
 from .ema import make_ema, update_ema
-from .fsdp import shard_model
 from .plots import plot_loss_curve
 from .sharded_checkpoint import (
     full_model_state_dict,
@@ -53,6 +54,8 @@ from .sharded_checkpoint import (
     load_sharded_checkpoint,
     save_sharded_checkpoint,
 )
+from .task import TrainTask
+from .video_task import VideoDiTTask
 
 IMAGE_STREAM_OFFSET = 1 << 24  # global positions of image samples start here
 
@@ -99,65 +102,22 @@ class StepBatchSampler(Sampler[list[int]]):
             step += 1
 
 
-def build_dataset(cfg: TrainConfig) -> tuple[Dataset, int]:
-    """The training dataset and its number of classes (0 when unlabelled)."""
-    if cfg.data == "digits":
-        data = MovingDigits(
-            "train",
-            num_frames=cfg.num_frames,
-            size=cfg.size,
-            digit_size=cfg.size // 2,
-            num_digits=cfg.num_digits,
-            seed=cfg.seed,
-        )
-        return data, (MovingDigits.num_classes if cfg.num_digits == 1 else 0)
-    data = VideoFolder(
-        cfg.data,
-        num_frames=cfg.num_frames,
-        size=cfg.size,
-        frame_interval=cfg.frame_interval,
-        channels=cfg.channels,
-    )
-    return data, data.num_classes
-
-
-def build_codec(cfg: TrainConfig, device: torch.device):
-    from ..data import PixelSpace, VAELatents
-
-    if cfg.vae is None:
-        return PixelSpace()
-    return VAELatents(cfg.vae, device=device)
-
-
-def build_model(
-    cfg: TrainConfig, *, in_channels: int, input_size: int, num_classes: int
-) -> VideoDiT:
-    if cfg.init_from is not None:
-        overrides = dict(cfg.model_overrides)
-        return load_model(
-            cfg.init_from,
-            attention_backend=overrides.pop("attention_backend", None),
-            sla=overrides.pop("sla", None),
-        )
-    return VideoDiT(
-        model_config(
-            cfg.model,
-            input_size=input_size,
-            num_frames=cfg.num_frames,
-            in_channels=in_channels,
-            num_classes=num_classes,
-            **cfg.model_overrides,
-        )
-    )
-
-
 def ema_decay_at(step: int, decay: float) -> float:
     """EMA decay with a warm-up, so short runs are not dominated by the random initialisation."""
     return min(decay, (1.0 + step) / (10.0 + step))
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, *, resume: bool = False):
+    """Trains the model of the task that `task(cfg, device)` builds (default: slatte's video
+    DiT as `cfg` describes it); `resume` continues from the run folder's latest checkpoint."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        resume: bool = False,
+        task: Callable[[TrainConfig, torch.device], TrainTask] = VideoDiTTask,
+    ):
         self.cfg = cfg
         self.run_dir = Path(cfg.out_dir)
         self.info, self.device = init_distributed(cfg.device)
@@ -169,32 +129,25 @@ class Trainer:
             )
         # Which samples this process trains on, and with whom it splits their frames.
         self.layout = parallel_layout(self.info, cfg.sequence_parallel)
-        # FSDP runs always write sharded checkpoints (also on one process, where the model
-        # itself stays whole), so a run can move between any numbers of processes.
         self.sharded = cfg.parallel == "fsdp" and self.info.enabled
-        self.sharded_checkpoints = cfg.parallel == "fsdp"
-        self.dataset, num_classes = build_dataset(cfg)
-        self.codec = build_codec(cfg, self.device)
-        if cfg.latent_cache is not None:  # items are latents from here on: no encode per step
-            self.dataset = CachedLatents(self.dataset, self.codec, cfg.latent_cache)
         torch.manual_seed(cfg.seed)  # the same initial weights in every process and every run
-        self.model = build_model(
-            cfg,
-            in_channels=self.codec.channels(cfg.channels),
-            input_size=cfg.size // self.codec.downsample,
-            num_classes=num_classes,
-        ).to(self.device)
-        self.model.enable_gradient_checkpointing(cfg.grad_checkpointing)
-        check_heads(self.model.config.num_heads, self.layout.sequence_size)  # fail before step 1
+        self.task = task(cfg, self.device)
+        # FSDP runs always write sharded checkpoints (also on one process, where the model
+        # itself stays whole), so a run can move between any numbers of processes; so do tasks
+        # whose model directory is not slatte's (`checkpoint.py` writes slatte's).
+        self.sharded_checkpoints = cfg.parallel == "fsdp" or not self.task.whole_checkpoints
+        self.model, self.dataset, self.objective = (
+            self.task.model,
+            self.task.dataset,
+            self.task.objective,
+        )
         self.ema = make_ema(self.model)
         if self.sharded:
             # The EMA is sharded like the model, so its update touches local shards only.
-            shard_model(self.model, precision=cfg.precision)
-            shard_model(self.ema)
-        self.diffusion = create_diffusion(learn_sigma=self.model.config.learn_sigma)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
-        )
+            self.task.shard(self.model, cfg.precision)
+            self.task.shard(self.ema, "fp32")
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
         self.step = 0
         if resume:
@@ -246,6 +199,7 @@ class Trainer:
                 ema=self.ema,
                 optimizer=self.optimizer,
                 state=state,
+                write_model=self.task.save_model,
                 keep_last=self.cfg.keep_checkpoints,
             )
         if not self.info.is_main:
@@ -255,7 +209,7 @@ class Trainer:
             self.run_dir, self.step, ema=self.ema, state=state, keep_last=self.cfg.keep_checkpoints
         )
 
-    def _whole_ema(self) -> VideoDiT | None:
+    def _whole_ema(self) -> nn.Module | None:
         """The EMA model with whole weights on the first process (None elsewhere), for sampling.
         Collective under FSDP, where the EMA is sharded."""
         if not self.sharded:
@@ -263,9 +217,7 @@ class Trainer:
         weights = full_model_state_dict(self.ema)
         if not self.info.is_main:
             return None
-        whole = VideoDiT(self.ema.config).to(self.device)
-        whole.load_state_dict(weights)
-        return whole.eval()
+        return self.task.whole_model(weights).to(self.device).eval()
 
     # ------------------------------------------------------------------ one step
     def _autocast(self):
@@ -280,17 +232,17 @@ class Trainer:
     def _sample_randomness(
         self, step: int, shape: torch.Size, stream: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Timestep (b,), noise (b, ...) and label-dropout flag (b,) of this process's samples,
-        each drawn from a generator seeded by (seed, step, the sample's global position);
-        `stream` 1 (the joint-training images) draws from positions no video sample uses."""
+        """Noise level (b,) (the objective's), noise (b, ...) and label-dropout flag (b,) of this
+        process's samples, each drawn from a generator seeded by (seed, step, the sample's
+        global position); `stream` 1 (the joint-training images) draws from positions no video
+        sample uses."""
         first = self.layout.data.rank * shape[0] + stream * IMAGE_STREAM_OFFSET
-        drop_prob = self.model.config.class_dropout_prob
         ts, noises, drops = [], [], []
         for i in range(shape[0]):
             seed = step_seed(self.cfg.seed, step, first + i)
             gen = torch.Generator().manual_seed(seed)
-            ts.append(torch.randint(0, self.diffusion.num_timesteps, (1,), generator=gen))
-            drops.append(torch.rand(1, generator=gen) < drop_prob)
+            ts.append(self.objective.draw_t(gen))
+            drops.append(torch.rand(1, generator=gen) < self.task.label_dropout)
             # The noise is drawn on the training device: a per-sample CPU draw and copy cost
             # ~21 ms per step (batch 256, one core) on the host that feeds the GPU.
             self.noise_generator.manual_seed(seed)
@@ -299,33 +251,21 @@ class Trainer:
             )
         return torch.cat(ts), torch.stack(noises), torch.cat(drops)
 
-    def _losses(
-        self, videos: torch.Tensor, labels: torch.Tensor, *, stream: int
-    ) -> dict[str, torch.Tensor]:
-        """Per-sample diffusion losses of a batch of clips (in data space) at the current step."""
-        x0 = videos.to(self.device)
-        if self.cfg.latent_cache is None:
-            with torch.no_grad():
-                x0 = self.codec.encode(x0)
-        labels = labels.to(self.device)
-        has_labels = self.model.config.num_classes > 0
+    def _losses(self, batch: Any, *, stream: int) -> dict[str, torch.Tensor]:
+        """Per-sample losses of the task's objective on a batch at the current step."""
+        x0, cond = self.task.inputs(batch, self.device)
         t, noise, drop = self._sample_randomness(self.step, x0.shape, stream)
         t, noise = t.to(self.device), noise.to(self.device, x0.dtype)
-        if has_labels:  # classifier-free guidance training: the null class replaces dropped labels
-            null = torch.full_like(labels, self.model.config.num_classes)
-            labels = torch.where(drop.to(self.device), null, labels)
-
-        def model_fn(x_t: torch.Tensor, t_: torch.Tensor) -> torch.Tensor:
-            return self.forward_model(x_t, t_, labels if has_labels else None)
-
+        model_fn = self.task.model_fn(self.forward_model, cond, drop)
+        teacher_fn = self.task.teacher_fn(cond) if self.objective.needs_teacher else None
         group = self.layout.sequence_group if stream == 0 else None
         shard = sequence_shard(group, full_sequence=False)
-        with self._autocast(), self.model.sequence_parallel(shard):
+        # Only a task whose model splits frames over a group gets one (`VideoDiTTask`).
+        split = self.model.sequence_parallel(shard) if shard is not None else nullcontext()
+        with self._autocast(), split:
             if shard is not None:  # this process's frames; the loss is computed on them
                 x0, noise = shard.split_frames(x0), shard.split_frames(noise)
-            return self.diffusion.training_losses(
-                model_fn, x0, t, noise=noise, min_snr_gamma=self.cfg.min_snr_gamma
-            )
+            return self.objective.losses(model_fn, x0, t, noise, teacher_fn=teacher_fn)
 
     def _single_frames(self, videos: torch.Tensor) -> torch.Tensor:
         """One frame of each clip, (K, F, ...) -> (K, 1, ...), chosen by (seed, step, position)."""
@@ -337,28 +277,33 @@ class Trainer:
             picks.append(int(torch.randint(0, videos.shape[1], (1,), generator=gen)))
         return videos[torch.arange(videos.shape[0]), picks].unsqueeze(1)
 
-    def train_step(
-        self, batch: dict[str, Any], images: dict[str, Any] | None = None
-    ) -> dict[str, float]:
-        """One optimisation step on a batch of clips (and, for joint training, of clips to take
-        single frames from)."""
+    def train_step(self, batch: Any, images: dict[str, Any] | None = None) -> dict[str, float]:
+        """One optimisation step on a batch of the task's data (and, for joint training, of
+        clips to take single frames from)."""
         step = self.step
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr_at(step)
-        losses = self._losses(batch["video"], batch["label"], stream=0)
+        losses = self._losses(batch, stream=0)
         if images is not None:
-            frames = self._single_frames(images["video"])
-            image_losses = self._losses(frames, images["label"], stream=1)
+            frames = {"video": self._single_frames(images["video"]), "label": images["label"]}
+            image_losses = self._losses(frames, stream=1)
             losses = {k: torch.cat([losses[k], image_losses[k]]) for k in losses}
-        loss = losses["loss"].float().mean()
-        parts = [
-            losses[k].float().mean() if k in losses else loss.new_zeros(()) for k in ("mse", "vb")
-        ]
+        # The objective's per-sample figures ("loss" and its parts, e.g. "mse" and "vb").
+        names = ["loss", *sorted(k for k in losses if k != "loss")]
+        means = [losses[k].float().mean() for k in names]
+        loss = means[0]
         # Logged figures are means over the global batch (and all frames), as on one process.
-        global_loss, global_mse, global_vb = mean_over_processes(
-            torch.stack([loss.detach(), *parts]).tolist(),
-            self.device,  # one device sync
+        figures = dict(
+            zip(
+                names,
+                mean_over_processes(
+                    torch.stack([m.detach() for m in means]).tolist(),
+                    self.device,  # one device sync
+                ),
+                strict=True,
+            )
         )
+        global_loss = figures["loss"]
         if not math.isfinite(global_loss):
             last = latest_checkpoint(self.run_dir)
             raise TrainingError(
@@ -379,9 +324,7 @@ class Trainer:
         update_ema(self.ema, self.model, ema_decay_at(step, self.cfg.ema_decay))
         self.step += 1
         return {
-            "loss": global_loss,
-            "mse": global_mse,
-            "vb": global_vb,
+            **figures,
             "grad_norm": float(grad_norm),
             "lr": self._lr_at(step),
         }
@@ -397,27 +340,18 @@ class Trainer:
             self.dataset,
             batch_sampler=sampler,
             num_workers=self.cfg.num_workers,
+            collate_fn=self.task.collate_fn,
             pin_memory=self.device.type == "cuda",
         )
 
     def _sample(self) -> list[Path]:
         """Sample from the EMA on the first process (every process must call this)."""
-        from ..sampling import SampleOptions, generate_and_save
-
+        if self.task.preview is None:
+            return []
         ema = self._whole_ema()
         if ema is None:
             return []
-        opts = SampleOptions(
-            num_samples=min(4, max(1, self.model.config.num_classes or 4)),
-            steps=self.cfg.sample_steps,
-            seed=self.cfg.seed,
-            # Previews need no video encoder (mp4 needs ffmpeg, which a GPU host may lack, and
-            # a run must not fail after its last checkpoint for want of a preview).
-            formats=("gif", "png"),
-        )
-        return generate_and_save(
-            ema, opts, self.run_dir / "samples" / f"step_{self.step:07d}", codec=self.codec
-        )
+        return self.task.preview(ema, self.run_dir / "samples" / f"step_{self.step:07d}")
 
     def fit(self) -> dict[str, Any]:
         cfg, main = self.cfg, self.info.is_main
@@ -427,11 +361,7 @@ class Trainer:
         metrics_path = self.run_dir / "metrics.jsonl"
         writer = _tensorboard_writer(self.run_dir) if main else None
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not main, desc="train", unit="step")
-        self.model.train()
-        if self.model.y_embedder is not None:
-            # Label dropout is drawn per sample in `train_step` (independent of the number of
-            # processes); eval mode keeps the embedder from dropping labels a second time.
-            self.model.y_embedder.eval()
+        self.task.train_mode()
         window_start, window_clips = time.perf_counter(), 0
         last: dict[str, float] = {}
         samples: list[Path] = []
