@@ -17,10 +17,11 @@ import torch
 
 from ..triton_interpreter import triton_interpreting
 
-# "auto": the fastest family that serves the call, else the reference. "triton": the fused Triton
-# kernels (an error where they cannot serve the call). "reference": plain PyTorch with N x N
-# matrices (`reference.py`), any float dtype, head dim and device.
-KERNELS = ("auto", "triton", "reference")
+# "auto": the fused Triton kernels where they serve the call, else "torch". "triton": the fused
+# Triton kernels (an error where they cannot serve the call). "torch": block-sparse PyTorch ops
+# (`blocked.py`), any float dtype, head dim and device. "reference": plain PyTorch with N x N
+# matrices (`reference.py`, the executable spec), any float dtype, head dim and device.
+KERNELS = ("auto", "triton", "torch", "reference")
 
 # What the Triton kernels serve.
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -75,12 +76,12 @@ DEFAULT_POLICY = LaunchPolicy()
 
 
 def select_kernels(q: torch.Tensor, policy: LaunchPolicy) -> str:
-    """The kernel family that runs SLA on `q` (B, H, N, D): "triton" or "reference".
+    """The kernel family that runs SLA on `q` (B, H, N, D): "triton", "torch" or "reference".
 
     Raises a ValueError when the policy forces a family that cannot serve the call.
     """
-    if policy.kernels == "reference":
-        return "reference"
+    if policy.kernels in ("torch", "reference"):
+        return policy.kernels
     problem = None
     if q.device.type != "cuda" and (policy.kernels == "auto" or not triton_interpreting()):
         problem = f"needs a CUDA tensor, got device {q.device}"
@@ -91,8 +92,8 @@ def select_kernels(q: torch.Tensor, policy: LaunchPolicy) -> str:
     if problem is None:
         return "triton"
     if policy.kernels == "triton":
-        raise ValueError(f"kernels='triton' {problem}; use LaunchPolicy(kernels='reference')")
-    return "reference"
+        raise ValueError(f"kernels='triton' {problem}; use LaunchPolicy(kernels='torch')")
+    return "torch"
 
 
 __all__ = [
