@@ -174,15 +174,15 @@ def test_unknown_checkpoint_name_lists_the_shipped_models(tmp_path, monkeypatch,
     assert f"shipped: {list(available())}" in err
 
 
-def test_sla_model_samples_through_the_reference_and_uses_its_linear_branch(monkeypatch):
+def test_sla_model_samples_through_the_cpu_path_and_uses_its_linear_branch(monkeypatch):
     calls = []
 
-    def counted_reference(*args, **kwargs):
+    def counted_blocked(*args, **kwargs):
         calls.append(args[0].shape)
-        return reference(*args, **kwargs)
+        return blocked(*args, **kwargs)
 
-    reference = sla_interface.sla_reference
-    monkeypatch.setattr(sla_interface, "sla_reference", counted_reference)
+    blocked = sla_interface.sla_blocked  # what SLA runs on off CUDA
+    monkeypatch.setattr(sla_interface, "sla_blocked", counted_blocked)
     model = load_model(pretrained_dir(SLA_MODEL))
     opts = SampleOptions(
         num_samples=1, labels=(5,), steps=2, sampler="ddim", seed=0, progress=False

@@ -18,7 +18,7 @@ class SparseLinearAttention(nn.Module):
     `proj_l.weight` / `proj_l.bias` load directly. A zero projection makes a fresh module
     compute sparse-only attention, so a dense model switched to SLA starts close to where it was.
     With `config.projection == "identity"` the projection is the identity and is not trained.
-    `backend`: "sla" (fused kernel on CUDA, reference elsewhere) or "sla_reference" (the
+    `backend`: "sla" (fused kernel on CUDA, block-sparse PyTorch elsewhere) or "sla_reference" (the
     attention seam's names, `ops.attention.SLA_POLICIES`).
     """
 

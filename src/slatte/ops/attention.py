@@ -35,7 +35,7 @@ def attention(
     """Attention over (B, H, N, D) tensors through the named backend.
 
     "sdpa": dense softmax attention (any Nq, Nk; `attn_mask` allowed).
-    "sla": SLA through the fused Triton kernel on CUDA, the reference elsewhere.
+    "sla": SLA through the fused Triton kernel on CUDA, block-sparse PyTorch ops elsewhere.
     "sla_reference": SLA through the plain PyTorch reference (`SLA_POLICIES`).
     "linear": linear attention over all keys with `sla.feature_map` (SLA's linear branch alone;
     the "linear only" baseline). It ignores `proj_weight`, `proj_bias` and `scale`.

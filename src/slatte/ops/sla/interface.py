@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from . import block_map as _block_map
+from .blocked import sla_blocked
 from .config import SLAConfig
 from .launch_policy import DEFAULT_POLICY, LaunchPolicy, select_kernels
 from .reference import sla_reference
@@ -132,10 +133,11 @@ def sparse_linear_attention(
             TurboDiffusion). Its `projection` belongs to the module that owns `proj_weight`.
         scale: softmax scale, 1/sqrt(D) if None.
         policy: how to launch (`LaunchPolicy()` if None). Its `kernels` picks the kernel family:
-            "auto" (the fused Triton kernels where they apply, else the reference), "triton"
-            (CUDA, or the CPU under TRITON_INTERPRET=1; bf16, fp16, or fp32 with exact fp32
-            products; head dims 16, 32, 64, 128; an error elsewhere) or "reference" (plain
-            PyTorch with N x N matrices, any float dtype and device).
+            "auto" (the fused Triton kernels where they apply, else "torch"), "triton" (CUDA, or
+            the CPU under TRITON_INTERPRET=1; bf16, fp16, or fp32 with exact fp32 products; head
+            dims 16, 32, 64, 128; an error elsewhere), "torch" (block-sparse PyTorch ops: only
+            the critical blocks and per-block linear sums; any float dtype and device) or
+            "reference" (plain PyTorch with N x N matrices, the executable spec).
 
     Returns:
         O = O_s + proj(O_l), shaped and laid out like q, in q's dtype.
@@ -152,6 +154,8 @@ def sparse_linear_attention(
     kernels = select_kernels(q, policy, (config.block_q, config.block_k), training)
     if kernels == "reference":
         out = sla_reference(q, k, v, proj_weight, proj_bias, config, scale=scale)
+    elif kernels == "torch":
+        out = sla_blocked(q, k, v, proj_weight, proj_bias, config, scale)
     else:
         from .op import fused_sla
 

@@ -17,12 +17,13 @@ import torch
 
 from ..triton_interpreter import triton_interpreting
 
-# "auto": the fastest family that serves the call, else the reference. "hopper": FlashAttention-4's
-# block-sparse kernels for the sparse branch, the Triton kernels for the rest (`hopper/`).
-# "triton": the fused Triton kernels. Either is an error where it cannot serve the call.
-# "reference": plain PyTorch with N x N matrices (`reference.py`), any float dtype, head dim and
-# device.
-KERNELS = ("auto", "hopper", "triton", "reference")
+# "auto": the fastest family that serves the call: "hopper", else "triton", else "torch".
+# "hopper": FlashAttention-4's block-sparse kernels for the sparse branch, the Triton kernels for
+# the rest (`hopper/`). "triton": the fused Triton kernels. Either is an error where it cannot
+# serve the call. "torch": block-sparse PyTorch ops (`blocked.py`), any float dtype, head dim and
+# device. "reference": plain PyTorch with N x N matrices (`reference.py`, the executable spec),
+# any float dtype, head dim and device.
+KERNELS = ("auto", "hopper", "triton", "torch", "reference")
 
 # What the Triton kernels serve.
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -119,29 +120,26 @@ def select_kernels(
     q: torch.Tensor, policy: LaunchPolicy, blocks: tuple[int, int], training: bool
 ) -> str:
     """The kernel family that runs SLA on `q` (B, H, N, D) with (block_q, block_k) `blocks`,
-    `training` when a gradient will be needed: "hopper", "triton" or "reference".
+    `training` when a gradient will be needed: "hopper", "triton", "torch" or "reference".
 
-    "auto" takes the first of them that serves the call. Raises a ValueError when the policy
-    forces a family that cannot serve it.
+    "auto" takes the first of "hopper", "triton", "torch" that serves the call. Raises a
+    ValueError when the policy forces a family that cannot serve it.
     """
-    if policy.kernels == "reference":
-        return "reference"
+    if policy.kernels in ("torch", "reference"):
+        return policy.kernels
+    triton_problem = _triton_problem(q, policy.kernels == "triton")
     if policy.kernels in ("auto", "hopper"):
-        problem = (
-            _hopper_problem(q, blocks, training)
-            if _triton_problem(q, False) is None
-            else (_triton_problem(q, False))
-        )
+        problem = triton_problem or _hopper_problem(q, blocks, training)
         if problem is None:
             return "hopper"
         if policy.kernels == "hopper":
             raise ValueError(f"kernels='hopper' {problem}; use LaunchPolicy(kernels='auto')")
-    problem = _triton_problem(q, policy.kernels == "triton")
+    problem = triton_problem
     if problem is None:
         return "triton"
     if policy.kernels == "triton":
-        raise ValueError(f"kernels='triton' {problem}; use LaunchPolicy(kernels='reference')")
-    return "reference"
+        raise ValueError(f"kernels='triton' {problem}; use LaunchPolicy(kernels='torch')")
+    return "torch"
 
 
 __all__ = [

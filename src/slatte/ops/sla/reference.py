@@ -108,8 +108,18 @@ def sla_reference(
     in_linear = linear_mask(bmap, config.linear_scope)
     linear_tokens = expand_blocks(in_linear, n, block_q, block_k, query_rows)
     out_l = linear_branch(q, k, v, linear_tokens, config.feature_map)
-    # The projection is kept in fp32 (fp64 for a float64 run) whatever the activations' dtype.
-    proj_dtype = torch.promote_types(q.dtype, torch.float32)
+    return add_projected(out, out_l, proj_weight, proj_bias)
+
+
+def add_projected(
+    out_s: torch.Tensor,
+    out_l: torch.Tensor,
+    proj_weight: torch.Tensor,
+    proj_bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """O = O_s + proj(O_l) in O_s's dtype; the projection is kept in fp32 (fp64 for a float64
+    run) whatever the activations' dtype."""
+    proj_dtype = torch.promote_types(out_s.dtype, torch.float32)
     bias = None if proj_bias is None else proj_bias.to(proj_dtype)
     projected = F.linear(out_l.to(proj_dtype), proj_weight.to(proj_dtype), bias)
-    return (out.to(proj_dtype) + projected).to(q.dtype)
+    return (out_s.to(proj_dtype) + projected).to(out_s.dtype)
