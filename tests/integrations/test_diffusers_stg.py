@@ -9,11 +9,9 @@ import pytest
 import torch
 from diffusers_testing import model_inputs, tiny_latte, tiny_ltx, tiny_wan
 
-from slatte.integrations.diffusers_stg import (
-    PERTURBATION_STRATEGIES,
-    enable_stg,
-    execution_blocks,
-)
+from slatte.guidance.strategies import STRATEGIES
+from slatte.integrations.diffusers_common import execution_blocks
+from slatte.integrations.diffusers_stg import enable_stg
 
 SCALE = 1.5
 # STG needs no long sequences: Latte in 2×2 patches keeps these tests fast.
@@ -51,7 +49,7 @@ def _naive_perturbed(model, inputs, index, strategy):
         handle.remove()
 
 
-@pytest.mark.parametrize("strategy", PERTURBATION_STRATEGIES)
+@pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_stg_equals_the_naive_third_pass(name, strategy):
     model, inputs = MODELS[name](), model_inputs(name)

@@ -27,11 +27,12 @@ from torch import nn
 
 from ..ops.sla import SLAConfig
 from ..training.ema import make_ema, update_ema
+from .diffusers_common import SUPPORTED, model_spec
 from .diffusers_sla import disable_sla, enable_sla, from_pretrained_sla, save_pretrained_sla
 
 MODES = ("distill", "flow")
 TRAINABLE = ("all", "sla")
-FINETUNE_CLASSES = ("WanTransformer3DModel",)
+FINETUNE_CLASSES = tuple(name for name, spec in SUPPORTED.items() if spec.flow_finetune)
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     student = from_pretrained_sla(cfg.model_dir, torch_dtype=torch.float32).to(
         device
     )  # master weights
-    if type(student).__name__ not in FINETUNE_CLASSES:
+    if not model_spec(student).flow_finetune:
         # The loop calls the model as Wan does (latents (B, C, F, H, W), velocity output).
         raise ValueError(
             f"fine-tuning supports {FINETUNE_CLASSES}, got {type(student).__name__} "
