@@ -11,7 +11,7 @@ from slatte.guidance.strategies import STRATEGIES, get_strategy, strategies_help
 
 def test_lookup_by_name_and_unknown_names():
     assert get_strategy("attention_skip") is STRATEGIES["attention_skip"]
-    with pytest.raises(ValueError, match=r"unknown perturbation strategy 'residual'; allowed: .*"):
+    with pytest.raises(ValueError, match=r"stg strategy must be one of \(.*\), got 'residual'"):
         get_strategy("residual")
 
 

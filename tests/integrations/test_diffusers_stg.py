@@ -179,7 +179,7 @@ def test_bad_arguments():
     model = tiny_wan()
     with pytest.raises(ValueError, match=r"\[0, 2\)"):
         enable_stg(model, blocks=[2])
-    with pytest.raises(ValueError, match="unknown perturbation strategy"):
+    with pytest.raises(ValueError, match="stg strategy must be one of .*, got 'residual'"):
         enable_stg(model, blocks=[0], strategy="residual")
     with pytest.raises(ValueError, match="unsupported transformer class"):
         enable_stg(torch.nn.Linear(2, 2), blocks=[0])

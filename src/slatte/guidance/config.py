@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .strategies import DEFAULT_STRATEGY, STRATEGIES, STRATEGY_NAMES, Strategy
+from .strategies import DEFAULT_STRATEGY, STRATEGIES, Strategy, get_strategy
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,7 @@ class STG:
         check_scale("stg scale", self.scale)
         # Sorted so that the first perturbed block (where the branch forks) is blocks[0].
         object.__setattr__(self, "blocks", tuple(sorted(check_blocks("stg blocks", self.blocks))))
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"stg strategy must be one of {STRATEGY_NAMES}, got {self.strategy!r}")
+        get_strategy(self.strategy)
         check_window("stg window", self.start, self.stop)
 
     @property

@@ -85,10 +85,10 @@ STRATEGY_NAMES = tuple(STRATEGIES)
 DEFAULT_STRATEGY = "transformer_block"
 
 
-def get_strategy(name: str) -> Strategy:
-    """The strategy called `name`, or a ValueError naming the allowed ones."""
+def get_strategy(name: str, *, what: str = "stg strategy") -> Strategy:
+    """The strategy called `name`, or a ValueError saying `what` was given and what is allowed."""
     if not isinstance(name, str) or name not in STRATEGIES:
-        raise ValueError(f"unknown perturbation strategy {name!r}; allowed: {STRATEGY_NAMES}")
+        raise ValueError(f"{what} must be one of {STRATEGY_NAMES}, got {name!r}")
     return STRATEGIES[name]
 
 
