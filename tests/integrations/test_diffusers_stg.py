@@ -215,7 +215,6 @@ class ToyTransformer(torch.nn.Module):
 
 TOY_SPEC = ModelSpec(
     block_lists=("blocks",),
-    self_attention="attn1",
     qk=no_rotary_qk,
     sample_inputs=("hidden_states", "timestep"),
     fork_inputs=("hidden_states", "temb"),

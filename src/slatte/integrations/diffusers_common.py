@@ -51,11 +51,11 @@ class ModelSpec:
     """
 
     block_lists: tuple[str, ...]
-    self_attention: str
     qk: QKFunction
     sample_inputs: tuple[str, ...]
     fork_inputs: tuple[str, ...] | None
     batched_cfg: bool
+    self_attention: str = "attn1"
     interleaved: bool = False
     learned_sigma: bool = False
     flow_finetune: bool = False
@@ -64,7 +64,6 @@ class ModelSpec:
 SUPPORTED: dict[str, ModelSpec] = {
     "WanTransformer3DModel": ModelSpec(
         block_lists=("blocks",),
-        self_attention="attn1",
         qk=wan_qk,
         sample_inputs=(
             "hidden_states",
@@ -78,7 +77,6 @@ SUPPORTED: dict[str, ModelSpec] = {
     ),
     "LTXVideoTransformer3DModel": ModelSpec(
         block_lists=("transformer_blocks",),
-        self_attention="attn1",
         qk=ltx_qk,
         sample_inputs=(
             "hidden_states",
@@ -98,7 +96,6 @@ SUPPORTED: dict[str, ModelSpec] = {
     ),
     "LatteTransformer3DModel": ModelSpec(
         block_lists=("transformer_blocks", "temporal_transformer_blocks"),
-        self_attention="attn1",
         qk=no_rotary_qk,
         sample_inputs=(
             "hidden_states",
