@@ -32,9 +32,6 @@ class ModelSpec:
     """What slatte needs to know about one diffusers transformer class.
 
     - `block_lists`: attribute names of the ModuleLists holding the transformer blocks;
-    - `interleaved`: the forward runs the lists' blocks in turn (Latte: spatial 0, temporal 0,
-      spatial 1, ...) instead of one list after the other; STG block indices follow that order;
-    - `self_attention`: the block's self-attention submodule;
     - `qk`: `qk(attn, q, k, rotary) -> q, k` (B, N, H, D) from the projections (B, N, H·D):
       the attention's qk norms and rotary embedding as the model applies them (`diffusers_qk`);
     - `sample_inputs`: the transformer forward's per-sample arguments (batch first): what STG
@@ -44,6 +41,9 @@ class ModelSpec:
       patches into it (Latte: B·F or B·S rows), so the perturbed branch runs every block;
     - `batched_cfg`: the pipeline runs classifier-free guidance as one batch [uncond; cond]
       (True) or as separate calls, conditional first (False);
+    - `self_attention`: the block's self-attention submodule;
+    - `interleaved`: the forward runs the lists' blocks in turn (Latte: spatial 0, temporal 0,
+      spatial 1, ...) instead of one list after the other; STG block indices follow that order;
     - `learned_sigma`: with out_channels = 2 · in_channels, the output is (mean; variance)
       along dim 1, and only the mean is guided;
     - `flow_finetune`: `slatte finetune`'s loop can train it (called as Wan: latents

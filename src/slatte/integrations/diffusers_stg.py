@@ -27,7 +27,8 @@ the next; `remove()` (or `disable_stg(model)`) takes every hook off.
 Which rows are conditional: with a pipeline, LTX-Video and Latte pipelines batch [uncond; cond]
 when CFG is on (second half conditional); the Wan pipeline calls the transformer separately,
 conditional first, so of two consecutive calls with the same timestep only the first is
-guided (`ModelSpec.batched_cfg`). With a bare transformer every row is conditional unless `cond_rows` says otherwise.
+guided (`ModelSpec.batched_cfg`). With a bare transformer every row is conditional unless
+`cond_rows` says otherwise.
 
 Block indices: Wan `blocks[i]`, LTX `transformer_blocks[i]`; Latte in execution order, even
 indices spatial (`transformer_blocks[i // 2]`), odd temporal
@@ -52,7 +53,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ..guidance.config import check_window, in_window
 from ..guidance.strategies import Strategy, get_strategy
-from .diffusers_common import execution_blocks, model_spec, resolve_transformer
+from .diffusers_common import ModelSpec, execution_blocks, model_spec, resolve_transformer
 from .diffusers_sla import output_projection, qkv_projections
 
 # ---------------------------------------------------------------------------------------------
@@ -107,9 +108,10 @@ def _map_named(
 
 
 def _argument(params: tuple[str, ...], args: tuple, kwargs: dict, name: str) -> Any:
+    """The argument called `name` (None when not given)."""
     if name in kwargs:
         return kwargs[name]
-    i = params.index(name)
+    i = params.index(name) if name in params else len(args)
     return args[i] if i < len(args) else None
 
 
@@ -128,6 +130,7 @@ class STGHandle:
     takes them all off."""
 
     transformer: nn.Module
+    spec: ModelSpec
     scale: float
     blocks: tuple[int, ...]
     strategy: Strategy
@@ -170,7 +173,7 @@ class STGHandle:
         cfg = bool(getattr(pipe, "do_classifier_free_guidance", False))
         guidance = float(getattr(pipe, "guidance_scale", 1.0)) if cfg else 1.0
         scale = self.scale / guidance
-        if model_spec(self.transformer).batched_cfg:
+        if self.spec.batched_cfg:
             if cfg and batch % 2:
                 raise ValueError(f"a CFG batch [uncond; cond] must be even, got {batch} rows")
             return _Call(batch, list(range(batch // 2 if cfg else 0, batch)), scale)
@@ -192,7 +195,6 @@ class STGHandle:
         self, params: tuple[str, ...], module: nn.Module, args: tuple, kwargs: dict
     ) -> tuple[tuple, dict]:
         self._call = None  # never carry state over from an earlier (possibly failed) call
-        spec = model_spec(self.transformer)
         x = _argument(params, args, kwargs, "hidden_states")
         call = self._plan(x.shape[0], _argument(params, args, kwargs, "timestep"))
         if call is None:
@@ -206,9 +208,9 @@ class STGHandle:
                 return torch.cat([t, t.index_select(0, index.to(t.device))])
             return t
 
-        call.forked = self.fork and spec.fork_inputs is not None
+        call.forked = self.fork and self.spec.fork_inputs is not None
         self._call = call
-        return _map_named(params, spec.sample_inputs, args, kwargs, extend)
+        return _map_named(params, self.spec.sample_inputs, args, kwargs, extend)
 
     def _model_post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         call, self._call = self._call, None
@@ -233,7 +235,7 @@ class STGHandle:
         """With a learned variance, (mean; variance) along dim 1: guide the mean channels."""
         config = getattr(self.transformer, "config", None)
         in_ch, out_ch = getattr(config, "in_channels", None), getattr(config, "out_channels", None)
-        if model_spec(self.transformer).learned_sigma and out_ch == 2 * in_ch:
+        if self.spec.learned_sigma and out_ch == 2 * in_ch:
             return in_ch
         return None
 
@@ -258,8 +260,7 @@ class STGHandle:
         def drop(t: torch.Tensor) -> torch.Tensor:
             return t[: call.batch] if t.dim() >= 1 and t.shape[0] == call.total else t
 
-        fork_inputs = model_spec(self.transformer).fork_inputs
-        return _map_named(params, fork_inputs, args, kwargs, drop)
+        return _map_named(params, self.spec.fork_inputs, args, kwargs, drop)
 
     def _fork_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         call = self._call
@@ -294,7 +295,7 @@ class STGHandle:
     # -- install / remove ----------------------------------------------------------------------
 
     def install(self) -> STGHandle:
-        spec = model_spec(self.transformer)
+        spec = self.spec
         blocks = execution_blocks(self.transformer)
         model_pre = partial(self._model_pre, _parameter_names(self.transformer))
         self._handles.append(
@@ -371,7 +372,7 @@ def enable_stg(
     perturbation = get_strategy(strategy)
     check_window("stg window", start, stop)
     transformer = resolve_transformer(model)
-    model_spec(transformer)
+    spec = model_spec(transformer)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise ValueError(f"scale must be a number, got {scale!r}")
     depth = len(execution_blocks(transformer))
@@ -388,6 +389,7 @@ def enable_stg(
         raise ValueError("STG is already enabled on this transformer; remove its handle first")
     handle = STGHandle(
         transformer=transformer,
+        spec=spec,
         scale=float(scale),
         blocks=blocks,
         strategy=perturbation,
