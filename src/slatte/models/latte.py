@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from ..guidance.strategies import Strategy
 
 
-def check_perturbation(perturbation: object) -> None:
+def _check_perturbation(perturbation: object) -> None:
     """A block is told what to perturb by an STG strategy object (`slatte.guidance.strategies`:
     the model calls its operations and never imports guidance, which sits above the models)."""
     if not isinstance(getattr(perturbation, "skips_block", None), bool):
@@ -214,7 +214,7 @@ class LatteBlock(nn.Module):
         self, h: torch.Tensor, ctx: BlockContext, perturbation: Strategy | None = None
     ) -> torch.Tensor:
         if perturbation is not None:
-            check_perturbation(perturbation)
+            _check_perturbation(perturbation)
             if perturbation.skips_block:
                 return h
         if self.scale_shift_table is None:
@@ -528,7 +528,7 @@ class VideoDiT(nn.Module):
         for index, strategy in perturbations.items():
             if not 0 <= index < depth:
                 raise ValueError(f"perturbation block index {index} out of range [0, {depth})")
-            check_perturbation(strategy)
+            _check_perturbation(strategy)
 
         temporal_index = self.temporal_embed_index()
         first_frame = 0 if ctx.sequence is None else ctx.sequence.frame_offset(h.shape[1])
