@@ -75,9 +75,10 @@ class OfficialSLAProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  rotary_emb=None, **kwargs):  # fmt: skip
+        from slatte.integrations.diffusers_qk import wan_qk
         from slatte.integrations.diffusers_sla import output_projection, project_qkv
 
-        q, k, v = project_qkv(attn, hidden_states, "wan", rotary_emb)  # (B, N, H, D)
+        q, k, v = project_qkv(attn, hidden_states, wan_qk, rotary_emb)  # (B, N, H, D)
         out = attn.official_sla(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return output_projection(attn, out.transpose(1, 2).flatten(2).type_as(hidden_states))
 

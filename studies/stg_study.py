@@ -27,7 +27,8 @@ from common import (
 )
 from slatte.data import write_frame_grid
 from slatte.guidance import STG
-from slatte.models import PERTURBATION_STRATEGIES, load_model
+from slatte.guidance.strategies import STRATEGY_NAMES
+from slatte.models import load_model
 
 
 def settings(
@@ -51,7 +52,7 @@ def main() -> None:
     p.add_argument("--stg-scales", default="1,2", help="comma list")
     p.add_argument("--rescales", default="0,0.7", help="comma list")
     p.add_argument(
-        "--strategies", default=",".join(PERTURBATION_STRATEGIES),
+        "--strategies", default=",".join(STRATEGY_NAMES),
         help="comma list (default: all); CFG alone is always the first setting",
     )  # fmt: skip
     p.add_argument("--out", required=True, help="JSON lines, one per setting")
@@ -67,9 +68,9 @@ def main() -> None:
     scales = [float(s) for s in args.stg_scales.split(",")]
     rescales = [float(r) for r in args.rescales.split(",")]
     strategies = args.strategies.split(",")
-    unknown = sorted(set(strategies) - set(PERTURBATION_STRATEGIES))
+    unknown = sorted(set(strategies) - set(STRATEGY_NAMES))
     if unknown:
-        p.error(f"--strategies: unknown {unknown}; allowed: {', '.join(PERTURBATION_STRATEGIES)}")
+        p.error(f"--strategies: unknown {unknown}; allowed: {', '.join(STRATEGY_NAMES)}")
     rows = []
     for setting in settings(len(model.blocks), scales, rescales, strategies):
         stg = ()

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from slatte.guidance import CFG, STG, guided_model_fn
-from slatte.models import PERTURBATION_STRATEGIES, VideoDiT, VideoDiTConfig
+from slatte.guidance.strategies import STRATEGIES
+from slatte.models import VideoDiT, VideoDiTConfig
 
 TOL = {"atol": 2e-5, "rtol": 1e-4}
 
@@ -68,20 +69,20 @@ BLOCKS = [
 ]
 
 
-@pytest.mark.parametrize("strategy", PERTURBATION_STRATEGIES)
+@pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize(("which", "block"), BLOCKS)
 def test_each_strategy_changes_the_output(which, block, strategy, request):
     model = request.getfixturevalue(which)
     x, t, y = _inputs(model)
     with torch.no_grad():
         plain = model(x, t, y)
-        perturbed = model(x, t, y, perturbations={block: strategy})
+        perturbed = model(x, t, y, perturbations={block: STRATEGIES[strategy]})
     # Every row changes: a strategy that silently does nothing, or hits only some rows, fails.
     change = (perturbed - plain).flatten(1).abs().amax(1)
     assert (change > 1e-3).all(), change
 
 
-@pytest.mark.parametrize("strategy", PERTURBATION_STRATEGIES)
+@pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize(("which", "block"), BLOCKS)
 def test_forked_equals_naive(which, block, strategy, request):
     model = request.getfixturevalue(which)
@@ -128,9 +129,11 @@ def test_matches_the_formula_on_separate_forward_passes(alternating):
             if i in (0, 1):
                 e_u = model(xi, ti, torch.tensor([model.config.num_classes]))[:, :, :2]
                 e = e_u + 4.0 * (e_c - e_u)
-            e = e + 1.5 * (e_c - model(xi, ti, yi, perturbations={1: "attention_values"})[:, :, :2])
+            values = {1: STRATEGIES["attention_values"]}
+            e = e + 1.5 * (e_c - model(xi, ti, yi, perturbations=values)[:, :, :2])
             if i in (1, 2):
-                e_p = model(xi, ti, yi, perturbations={2: "transformer_block"})[:, :, :2]
+                skip = {2: STRATEGIES["transformer_block"]}
+                e_p = model(xi, ti, yi, perturbations=skip)[:, :, :2]
                 e = e + 0.5 * (e_c - e_p)
             e = (0.7 * e_c.std() / e.std() + 0.3) * e
             expected.append(torch.cat([e, full_c[:, :, 2:]], dim=2))

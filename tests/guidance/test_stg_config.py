@@ -6,14 +6,15 @@ import torch
 from torch import nn
 
 from slatte.guidance import CFG, STG, in_window
-from slatte.models import PERTURBATION_STRATEGIES
+from slatte.guidance.strategies import STRATEGIES
 
 
 def test_defaults_and_block_order():
     term = STG(1.0, blocks=(5, 2))
     assert term.strategy == "transformer_block"
     assert term.blocks == (2, 5) and term.first_block == 2
-    assert term.perturbations == {2: "transformer_block", 5: "transformer_block"}
+    skip = STRATEGIES["transformer_block"]
+    assert term.perturbations == {2: skip, 5: skip}
     assert STG(0.5, blocks=3).blocks == (3,)
     assert not CFG().enabled and CFG(4.0).enabled
 
@@ -81,7 +82,7 @@ def test_validate_for_model():
 
 
 def test_every_model_strategy_is_accepted():
-    for strategy in PERTURBATION_STRATEGIES:
+    for strategy in STRATEGIES:
         assert STG(1.0, blocks=(0,), strategy=strategy).strategy == strategy
 
 

@@ -6,7 +6,11 @@ import pytest
 import torch
 from diffusers_testing import MODELS, model_inputs, tiny_wan
 
-from slatte.integrations.diffusers_gelu import disable_fused_gelu, enable_fused_gelu
+from slatte.integrations.diffusers_gelu import (
+    FusedTanhGELU,
+    disable_fused_gelu,
+    enable_fused_gelu,
+)
 from slatte.ops.linear_gelu import linear_gelu_tanh
 
 
@@ -52,8 +56,14 @@ def test_fused_model_matches_and_undoes(name, monkeypatch):
 
     model, inputs = MODELS[name](), model_inputs(name)
     before = _run(model, inputs)
+    from diffusers.models.activations import GELU
+
+    originals = [m for m in model.modules() if isinstance(m, GELU)]
+    keys = model.state_dict().keys()
     fused = enable_fused_gelu(model)
-    assert fused == sum(1 for m in model.modules() if "forward" in vars(m)) > 0
+    assert fused == sum(isinstance(m, FusedTanhGELU) for m in model.modules()) > 0
+    assert fused == len(originals) and not any(isinstance(m, GELU) for m in model.modules())
+    assert model.state_dict().keys() == keys  # same parameter names: save_pretrained unchanged
     calls = []
 
     def counted(*args):
@@ -64,7 +74,8 @@ def test_fused_model_matches_and_undoes(name, monkeypatch):
     torch.testing.assert_close(_run(model, inputs), before, atol=1e-5, rtol=1e-5)
     assert len(calls) == fused  # every fused layer ran through the op, once per forward
     assert disable_fused_gelu(model) == fused
-    assert not any("forward" in vars(m) for m in model.modules())
+    assert not any(isinstance(m, FusedTanhGELU) for m in model.modules())
+    assert [m for m in model.modules() if isinstance(m, GELU)] == originals
 
 
 def test_with_gradients_the_layer_runs_unfused(monkeypatch):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from diffusers_testing import MODELS, model_inputs, tiny_wan
 
+from slatte.integrations.diffusers_qk import wan_qk
 from slatte.integrations.diffusers_sla import (
     SLAAttnProcessor,
     disable_sla,
@@ -70,7 +71,7 @@ def test_zero_projection_equals_block_masked_dense_attention():
     enable_sla(model, critical=1, negligible=1, **SMALL_BLOCKS)
     with torch.no_grad():
         sla_out = attn(x, None, None, rotary)
-        q, k, _ = project_qkv(attn, x, "wan", rotary)
+        q, k, _ = project_qkv(attn, x, wan_qk, rotary)
         config = SLAConfig(critical=1, negligible=1, **SMALL_BLOCKS)
         block_map = sla_block_map(q, k, config, layout="bnhd")
         token_mask = (block_map == 1).repeat_interleave(16, 2).repeat_interleave(16, 3)
@@ -155,16 +156,16 @@ def test_wan_qk_norms_and_rotation_run_fused_in_inference_only(monkeypatch):
     """Inference takes the fused RMS-norm + rotary op (the whole-model test above compares its
     output with diffusers' own processor); with gradients the modules run, as the op has no
     backward."""
-    from slatte.integrations import diffusers_sla
+    from slatte.integrations import diffusers_qk
 
     calls = []
-    fused = diffusers_sla.rms_norm_rotary_qk
+    fused = diffusers_qk.rms_norm_rotary_qk
 
     def counting(*args):
         calls.append(1)
         return fused(*args)
 
-    monkeypatch.setattr(diffusers_sla, "rms_norm_rotary_qk", counting)
+    monkeypatch.setattr(diffusers_qk, "rms_norm_rotary_qk", counting)
     model, inputs = tiny_wan(), model_inputs("wan")
     enable_sla(model, critical=0.5, **SMALL_BLOCKS)
     out = _run(model, inputs)
@@ -173,5 +174,5 @@ def test_wan_qk_norms_and_rotation_run_fused_in_inference_only(monkeypatch):
     model(**inputs).sample.square().mean().backward()
     assert not calls
     assert model.blocks[0].attn1.norm_q.weight.grad.abs().sum() > 0
-    monkeypatch.setattr(diffusers_sla, "_fused_wan_qk", lambda *args: None)
+    monkeypatch.setattr(diffusers_qk, "_fused_wan_qk", lambda *args: None)
     torch.testing.assert_close(_run(model, inputs), out, atol=1e-5, rtol=1e-5)

@@ -9,11 +9,11 @@ import pytest
 import torch
 from diffusers_testing import model_inputs, tiny_latte, tiny_ltx, tiny_wan
 
-from slatte.integrations.diffusers_stg import (
-    PERTURBATION_STRATEGIES,
-    enable_stg,
-    execution_blocks,
-)
+from slatte.guidance.strategies import STRATEGIES
+from slatte.integrations import diffusers_common
+from slatte.integrations.diffusers_common import ModelSpec, execution_blocks
+from slatte.integrations.diffusers_qk import no_rotary_qk
+from slatte.integrations.diffusers_stg import disable_stg, enable_stg
 
 SCALE = 1.5
 # STG needs no long sequences: Latte in 2×2 patches keeps these tests fast.
@@ -51,7 +51,7 @@ def _naive_perturbed(model, inputs, index, strategy):
         handle.remove()
 
 
-@pytest.mark.parametrize("strategy", PERTURBATION_STRATEGIES)
+@pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_stg_equals_the_naive_third_pass(name, strategy):
     model, inputs = MODELS[name](), model_inputs(name)
@@ -179,9 +179,80 @@ def test_bad_arguments():
     model = tiny_wan()
     with pytest.raises(ValueError, match=r"\[0, 2\)"):
         enable_stg(model, blocks=[2])
-    with pytest.raises(ValueError, match="unknown perturbation strategy"):
+    with pytest.raises(ValueError, match="stg strategy must be one of .*, got 'residual'"):
         enable_stg(model, blocks=[0], strategy="residual")
     with pytest.raises(ValueError, match="unsupported transformer class"):
         enable_stg(torch.nn.Linear(2, 2), blocks=[0])
     with pytest.raises(ValueError, match="stg window"):
         enable_stg(model, blocks=[0], start=0.5, stop=0.5)
+
+
+class _ToyBlock(torch.nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.proj = torch.nn.Linear(dim, dim)
+
+    def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        return hidden_states + torch.tanh(self.proj(hidden_states)) * temb[:, None]
+
+
+class ToyTransformer(torch.nn.Module):
+    """Blocks scaled by `layer_scale` (one entry per block, as Wan-VACE's control scale): an
+    input shared by the whole batch, whatever its length."""
+
+    def __init__(self, dim: int = 8, depth: int = 2):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(_ToyBlock(dim) for _ in range(depth))
+
+    def forward(self, hidden_states, timestep, layer_scale):
+        if layer_scale.shape != (len(self.blocks),):
+            raise ValueError(f"layer_scale must have one entry per block, got {layer_scale.shape}")
+        temb = timestep.float()[:, None] / 1000  # (B, 1)
+        for block, scale in zip(self.blocks, layer_scale, strict=True):
+            hidden_states = scale * block(hidden_states, temb)
+        return (hidden_states,)
+
+
+TOY_SPEC = ModelSpec(
+    block_lists=("blocks",),
+    qk=no_rotary_qk,
+    sample_inputs=("hidden_states", "timestep"),
+    fork_inputs=("hidden_states", "temb"),
+    batched_cfg=True,
+)
+
+
+def test_only_the_inputs_the_spec_names_are_per_sample(monkeypatch):
+    """A shared input whose length happens to equal the batch is not given perturbed rows."""
+    monkeypatch.setitem(diffusers_common.SUPPORTED, "ToyTransformer", TOY_SPEC)
+    torch.manual_seed(0)
+    model = ToyTransformer()
+    args = (torch.randn(2, 5, 8), torch.tensor([100, 700]), torch.tensor([0.5, 2.0]))
+    e_c = _run_toy(model, args)
+    handle = model.blocks[1].register_forward_hook(lambda m, a, out: a[0])
+    e_p = _run_toy(model, args)
+    handle.remove()
+    for fork in (True, False):
+        with enable_stg(model, scale=SCALE, blocks=[1], fork=fork):
+            guided = _run_toy(model, args)  # positional: named through forward's signature
+        torch.testing.assert_close(guided, e_c + SCALE * (e_c - e_p), atol=1e-6, rtol=1e-6)
+    assert (e_c - e_p).abs().max() > 1e-3
+
+
+def _run_toy(model, args):
+    with torch.no_grad():
+        return model(*args)[0]
+
+
+def test_disable_stg_removes_the_hooks_of_a_pipeline():
+    model = tiny_wan()
+    pipe = SimpleNamespace(transformer=model, do_classifier_free_guidance=False)
+    inputs = model_inputs("wan")
+    plain = _run(model, inputs)
+    enable_stg(pipe, scale=SCALE, blocks=[1])
+    assert (_run(model, inputs) - plain).abs().max() > 1e-3
+    disable_stg(pipe)
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == 0
+    torch.testing.assert_close(_run(model, inputs), plain, atol=0, rtol=0)
+    enable_stg(model, scale=SCALE, blocks=[0]).remove()  # it can be enabled again
+    disable_stg(model)  # nothing to remove: no error

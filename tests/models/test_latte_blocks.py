@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from model_testing import PIXART, tiny_inputs, tiny_model
 
-from slatte.models import PERTURBATION_STRATEGIES
+from slatte.guidance.strategies import STRATEGIES
 
 
 def token_groups(kind: str, frames: int, patches: int) -> list[list[int]]:
@@ -90,14 +90,14 @@ def reference_block(block, h, ctx, perturbation, shared=None):
 
 @pytest.mark.parametrize("pattern", ["alternating", "full"])
 @pytest.mark.parametrize("text_dim", [None, 12])
-@pytest.mark.parametrize("perturbation", [None, *PERTURBATION_STRATEGIES])
+@pytest.mark.parametrize("perturbation", [None, *STRATEGIES])
 def test_block_matches_reference(pattern, text_dim, perturbation):
     model = tiny_model(block_pattern=pattern, text_dim=text_dim)
     x, t, y, kw = tiny_inputs(model.config)
     with torch.no_grad():
         h, ctx = model.embed(x, t, y, **kw)
         for block in model.blocks:
-            got = block(h, ctx, perturbation)
+            got = block(h, ctx, STRATEGIES.get(perturbation))
             want = reference_block(block, h, ctx, perturbation)
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
             h = want
@@ -113,21 +113,21 @@ def test_pixart_block_options_match_reference(pattern, perturbation):
         h, ctx = model.embed(x, t, y, **kw)
         for block in model.blocks:
             assert block.adaLN_modulation is None and block.norm_cross is None
-            got = block(h, ctx, perturbation)
+            got = block(h, ctx, STRATEGIES.get(perturbation))
             want = reference_block(block, h, ctx, perturbation, model.shared_modulation[1])
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
             h = want
 
 
 @pytest.mark.parametrize("pattern", ["alternating", "full"])
-@pytest.mark.parametrize("perturbation", PERTURBATION_STRATEGIES)
+@pytest.mark.parametrize("perturbation", STRATEGIES)
 def test_every_perturbation_changes_every_block_and_row(pattern, perturbation):
     model = tiny_model(block_pattern=pattern, text_dim=12)
     x, t, y, kw = tiny_inputs(model.config)
     with torch.no_grad():
         clean = model(x, t, y, **kw)
         for index in range(len(model.blocks)):
-            perturbed = model(x, t, y, **kw, perturbations={index: perturbation})
+            perturbed = model(x, t, y, **kw, perturbations={index: STRATEGIES[perturbation]})
             # Every row of the batch is perturbed, not just one.
             per_row = (perturbed - clean).abs().flatten(1).amax(dim=1)
             assert (per_row > 1e-3).all(), (index, per_row)
@@ -140,7 +140,7 @@ def test_transformer_block_equals_deleting_the_block(pattern, index):
     model = tiny_model(block_pattern=pattern, depth=4)
     x, t, y, _ = tiny_inputs(model.config)
     with torch.no_grad():
-        perturbed = model(x, t, y, perturbations={index: "transformer_block"})
+        perturbed = model(x, t, y, perturbations={index: STRATEGIES["transformer_block"]})
         del model.blocks[index]
         torch.testing.assert_close(model(x, t, y), perturbed, atol=1e-6, rtol=1e-6)
 
@@ -148,9 +148,9 @@ def test_transformer_block_equals_deleting_the_block(pattern, index):
 def test_bad_perturbations_are_rejected():
     model = tiny_model()
     x, t, y, _ = tiny_inputs(model.config)
-    with pytest.raises(ValueError, match="attention_values"):
-        model(x, t, y, perturbations={0: "residual"})
+    with pytest.raises(ValueError, match="must be an STG strategy .*got 'transformer_block'"):
+        model(x, t, y, perturbations={0: "transformer_block"})
     with pytest.raises(ValueError, match=r"index 2 out of range \[0, 2\)"):
-        model(x, t, y, perturbations={2: "transformer_block"})
-    with pytest.raises(ValueError, match="allowed"):
+        model(x, t, y, perturbations={2: STRATEGIES["transformer_block"]})
+    with pytest.raises(ValueError, match="must be an STG strategy .*got 'skip'"):
         model.blocks[0](*model.embed(x, t, y), "skip")

@@ -8,6 +8,7 @@ from model_testing import PIXART, tiny_config, tiny_inputs, tiny_model
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from slatte.guidance.strategies import STRATEGIES
 from slatte.models import VideoDiT, cat_contexts
 from slatte.nn.embeddings import sincos_1d
 
@@ -80,7 +81,7 @@ def test_temporal_embedding_enters_once_before_first_temporal_block(pattern, ind
     model = tiny_model(block_pattern=pattern, depth=4)
     assert model.temporal_embed_index() == index
     x, t, y, _ = tiny_inputs(model.config)
-    skip_all = dict.fromkeys(range(4), "transformer_block")
+    skip_all = dict.fromkeys(range(4), STRATEGIES["transformer_block"])
     with torch.no_grad():
         h, ctx = model.embed(x, t, y)
         out = model.run_blocks(h, ctx, perturbations=skip_all)
@@ -98,14 +99,15 @@ def test_fork_with_map_batch_and_cat_contexts_equals_separate_runs():
     model = tiny_model(text_dim=12, depth=4)
     x, t, y, kw = tiny_inputs(model.config, batch=3)
     with torch.no_grad():
-        full = model(x, t, y, **kw, perturbations={2: "attention_skip"})
+        skip = {2: STRATEGIES["attention_skip"]}
+        full = model(x, t, y, **kw, perturbations=skip)
         clean = model(x, t, y, **kw)
         h, ctx = model.embed(x, t, y, **kw)
         h = model.run_blocks(h, ctx, 0, 2)
         rows = torch.tensor([2, 0])
         branch_ctx = cat_contexts([ctx, ctx.map_batch(lambda z: z[rows])])
         branch_h = torch.cat([h, h[rows]])
-        out = model.run_blocks(branch_h, branch_ctx, 2, perturbations={2: "attention_skip"})
+        out = model.run_blocks(branch_h, branch_ctx, 2, perturbations=skip)
         # Only the forked rows get the perturbation when split by hand:
         out_clean = model.final(model.run_blocks(h, ctx, 2), ctx)
         out_pert = model.final(out[3:], branch_ctx.map_batch(lambda z: z[3:]))
@@ -269,8 +271,9 @@ def test_torch_compile_fullgraph_matches_eager():
     x, t, y, kw = tiny_inputs(model.config)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     with torch.no_grad():
-        out = compiled(x, t, y, **kw, perturbations={1: "attention_values"})
-        ref = model(x, t, y, **kw, perturbations={1: "attention_values"})
+        values = {1: STRATEGIES["attention_values"]}
+        out = compiled(x, t, y, **kw, perturbations=values)
+        ref = model(x, t, y, **kw, perturbations=values)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     model.enable_gradient_checkpointing(True)
     compiled(x, t, y, **kw).square().mean().backward()

@@ -109,7 +109,7 @@ def test_attention_matches_manual_softmax(qk_norm):
     x = torch.randn(2, 7, 32)
     torch.testing.assert_close(attn(x), manual_attention(x, attn, qk_norm), atol=1e-5, rtol=1e-5)
     v = x @ attn.qkv.weight[64:].T + attn.qkv.bias[64:]
-    torch.testing.assert_close(attn(x, identity_map=True), attn.proj(v))
+    torch.testing.assert_close(attn.identity_map(x), attn.proj(v))
 
 
 def test_cross_attention_masks_padding_and_empty_rows():

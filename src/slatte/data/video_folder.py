@@ -39,8 +39,8 @@ class VideoFolder(Dataset):
 
     Items are ``{"video": (num_frames, channels, size, size) float32 in [-1, 1], "label": int}``.
     A clip takes ``num_frames`` frames, ``frame_interval`` apart, from the first frame (or from a
-    random start when ``random_start``; the start is a pure function of ``(seed, epoch, index)``,
-    see :meth:`set_epoch`). Frames are resized so the short side is ``size`` and centre-cropped.
+    random start when ``random_start``; the start is a pure function of ``(seed, index)``, so
+    every pass, resumed run and data-loader worker sees the same clip of a video). Frames are resized so the short side is ``size`` and centre-cropped.
     ``channels=1`` converts to grey (BT.601 luma).
 
     Labels: if ``root/labels_file`` exists it must map each video's path relative to ``root``
@@ -81,7 +81,6 @@ class VideoFolder(Dataset):
         self.channels = channels
         self.random_start = random_start
         self.seed = seed
-        self.epoch = 0
         suffixes = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
         self.files = sorted(
             (p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes),
@@ -140,10 +139,6 @@ class VideoFolder(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Choose which random starts the next pass uses (only matters with ``random_start``)."""
-        self.epoch = epoch
-
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         path = self.files[index]
         needed = (self.num_frames - 1) * self.frame_interval + 1
@@ -156,7 +151,7 @@ class VideoFolder(Dataset):
             )
         start = 0
         if self.random_start:
-            rng = np.random.default_rng([self.seed, self.epoch, index % len(self.files)])
+            rng = np.random.default_rng([self.seed, index % len(self.files)])
             start = int(rng.integers(len(frames) - needed + 1))
         chosen = frames[start : start + needed : self.frame_interval]  # (F, H, W, 3) uint8
         video = torch.from_numpy(chosen).permute(0, 3, 1, 2).float().div_(255.0)

@@ -7,5 +7,15 @@
 from .combine import BranchPrediction, combine
 from .config import CFG, STG, in_window
 from .model_fn import guided_model_fn
+from .strategies import STRATEGIES, Strategy
 
-__all__ = ["CFG", "STG", "BranchPrediction", "combine", "guided_model_fn", "in_window"]
+__all__ = [
+    "CFG",
+    "STG",
+    "STRATEGIES",
+    "BranchPrediction",
+    "Strategy",
+    "combine",
+    "guided_model_fn",
+    "in_window",
+]

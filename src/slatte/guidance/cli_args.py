@@ -16,9 +16,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from slatte.models import PERTURBATION_STRATEGIES
-
-from .config import DEFAULT_STRATEGY, STG, check_blocks, check_rescale, check_scale, check_window
+from .config import STG, check_blocks, check_rescale, check_scale, check_window
+from .strategies import DEFAULT_STRATEGY, STRATEGY_NAMES, strategies_help
 
 _PER_TERM = ("stg_scale", "stg_strategy", "stg_window")
 
@@ -69,13 +68,10 @@ def add_guidance_arguments(parser: argparse.ArgumentParser, *, from_model: bool 
     )
     group.add_argument(
         "--stg-strategy",
-        choices=PERTURBATION_STRATEGIES,
+        choices=STRATEGY_NAMES,
         action="append",
-        help="what a perturbed block does (default: transformer_block): transformer_block "
-        "returns its input unchanged (the whole block is skipped); attention_block drops its "
-        "self-attention residual; attention_skip replaces self-attention's output by its "
-        "normalised input; attention_values uses the identity as attention map (outputs "
-        "out_proj(V)). Once for all terms or once per --stg-blocks.",
+        help=f"what a perturbed block does (default: {DEFAULT_STRATEGY}). {strategies_help()}. "
+        "Once for all terms or once per --stg-blocks.",
     )
     group.add_argument(
         "--stg-window",

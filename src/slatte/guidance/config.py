@@ -24,9 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from slatte.models import PERTURBATION_STRATEGIES
-
-DEFAULT_STRATEGY = "transformer_block"
+from .strategies import DEFAULT_STRATEGY, STRATEGIES, Strategy, get_strategy
 
 
 @dataclass(frozen=True)
@@ -56,8 +54,8 @@ class STG:
     """One skip-guidance term `scale * (e_c - e_p)`: one extra, perturbed branch.
 
     `blocks`: indices of the transformer blocks (counted from 0) perturbed together in this
-    branch; `strategy`: what a perturbed block does (one of `PERTURBATION_STRATEGIES`, see the
-    spec); `start` / `stop`: the step window (module docstring). Several terms give several
+    branch; `strategy`: the name of what a perturbed block does (one of
+    `slatte.guidance.strategies.STRATEGIES`); `start` / `stop`: the step window (module docstring). Several terms give several
     branches, each with its own scale (for Latte, e.g. one spatial and one temporal block).
     A term with `scale = 0` is not computed.
     """
@@ -72,10 +70,7 @@ class STG:
         check_scale("stg scale", self.scale)
         # Sorted so that the first perturbed block (where the branch forks) is blocks[0].
         object.__setattr__(self, "blocks", tuple(sorted(check_blocks("stg blocks", self.blocks))))
-        if self.strategy not in PERTURBATION_STRATEGIES:
-            raise ValueError(
-                f"stg strategy must be one of {PERTURBATION_STRATEGIES}, got {self.strategy!r}"
-            )
+        get_strategy(self.strategy)
         check_window("stg window", self.start, self.stop)
 
     @property
@@ -83,9 +78,9 @@ class STG:
         return self.blocks[0]
 
     @property
-    def perturbations(self) -> dict[int, str]:
+    def perturbations(self) -> dict[int, Strategy]:
         """The `perturbations` argument of the model's `run_blocks` / `forward` for this branch."""
-        return dict.fromkeys(self.blocks, self.strategy)
+        return dict.fromkeys(self.blocks, STRATEGIES[self.strategy])
 
     def validate_for(self, model: nn.Module) -> None:
         """Raise a ValueError if this term does not fit `model` (block index, strategy).

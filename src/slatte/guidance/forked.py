@@ -23,6 +23,7 @@ from torch import nn
 from slatte.models import cat_contexts
 
 from .condition import Condition
+from .strategies import Strategy
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class PerturbedBranch:
     """A perturbed branch: `perturbations` {block index: strategy} applied to the conditional
     rows `rows` (indices into the batch, None = all)."""
 
-    perturbations: dict[int, str]
+    perturbations: dict[int, Strategy]
     rows: torch.Tensor | None = None
 
     @property

@@ -1,42 +1,112 @@
 """What slatte needs to know about the diffusers video transformers it plugs into.
 
-One table, `SUPPORTED`, says for each transformer class where its blocks live, which submodule of
-a block is the self-attention, and how that attention applies rotary embeddings. Everything else
-in `slatte.integrations` reads it, so adding a model is one entry here.
+One table, `SUPPORTED`, holds a `ModelSpec` per transformer class: where its blocks live and in
+which order the forward runs them, its self-attention submodule and how that attention
+normalises and rotates q and k, which forward arguments are per-sample, how its pipeline lays
+out classifier-free guidance, and whether its output carries a learned variance. Everything in
+`slatte.integrations` reads the table and nothing else asks which class a model is, so
+supporting a transformer is one entry here, plus, where its attention differs, one small `qk`
+function in `diffusers_qk`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
+
+from .diffusers_qk import ltx_qk, no_rotary_qk, wan_qk
 
 # Tested with 0.42; Wan's (cos, sin) rotary tables and the processor signatures used here exist
 # from 0.36 on (older layouts get a clear error where they differ).
 MIN_DIFFUSERS = (0, 36)
 
+QKFunction = Callable[[nn.Module, torch.Tensor, torch.Tensor, Any], tuple[torch.Tensor, ...]]
+
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """`block_lists`: attribute names of the ModuleLists holding the transformer blocks, in the
-    order block indices count them; `self_attention`: the block's self-attention submodule;
-    `rotary`: how the attention rotates q and k ("wan": interleaved pairs, tables (1, N, 1, D);
-    "ltx": diffusers' LTX `apply_rotary_emb` on (B, N, H·D); None: no rotary embedding);
-    `samples_share_block_batch`: True when the blocks see one row per sample (batch B), False
-    when a block's batch folds frames or patches into it (Latte: B·F or B·S rows)."""
+    """What slatte needs to know about one diffusers transformer class.
+
+    - `block_lists`: attribute names of the ModuleLists holding the transformer blocks;
+    - `qk`: `qk(attn, q, k, rotary) -> q, k` (B, N, H, D) from the projections (B, N, H·D):
+      the attention's qk norms and rotary embedding as the model applies them (`diffusers_qk`);
+    - `sample_inputs`: the transformer forward's per-sample arguments (batch first): what STG
+      gives the perturbed rows; every other argument is shared by the whole batch;
+    - `fork_inputs`: the block forward's per-sample arguments, which the blocks before the first
+      perturbed one see for the original rows only; None when a block's batch folds frames or
+      patches into it (Latte: B·F or B·S rows), so the perturbed branch runs every block;
+    - `batched_cfg`: the pipeline runs classifier-free guidance as one batch [uncond; cond]
+      (True) or as separate calls, conditional first (False);
+    - `self_attention`: the block's self-attention submodule;
+    - `interleaved`: the forward runs the lists' blocks in turn (Latte: spatial 0, temporal 0,
+      spatial 1, ...) instead of one list after the other; STG block indices follow that order;
+    - `learned_sigma`: with out_channels = 2 · in_channels, the output is (mean; variance)
+      along dim 1, and only the mean is guided;
+    - `flow_finetune`: `slatte finetune`'s loop can train it (called as Wan: latents
+      (B, C, F, H, W), timestep, encoder_hidden_states; predicts the flow-matching velocity).
+    """
 
     block_lists: tuple[str, ...]
-    self_attention: str
-    rotary: str | None
-    samples_share_block_batch: bool
+    qk: QKFunction
+    sample_inputs: tuple[str, ...]
+    fork_inputs: tuple[str, ...] | None
+    batched_cfg: bool
+    self_attention: str = "attn1"
+    interleaved: bool = False
+    learned_sigma: bool = False
+    flow_finetune: bool = False
 
 
 SUPPORTED: dict[str, ModelSpec] = {
-    "WanTransformer3DModel": ModelSpec(("blocks",), "attn1", "wan", True),
-    "LTXVideoTransformer3DModel": ModelSpec(("transformer_blocks",), "attn1", "ltx", True),
+    "WanTransformer3DModel": ModelSpec(
+        block_lists=("blocks",),
+        qk=wan_qk,
+        sample_inputs=(
+            "hidden_states",
+            "timestep",
+            "encoder_hidden_states",
+            "encoder_hidden_states_image",
+        ),
+        fork_inputs=("hidden_states", "encoder_hidden_states", "temb"),
+        batched_cfg=False,
+        flow_finetune=True,
+    ),
+    "LTXVideoTransformer3DModel": ModelSpec(
+        block_lists=("transformer_blocks",),
+        qk=ltx_qk,
+        sample_inputs=(
+            "hidden_states",
+            "encoder_hidden_states",
+            "timestep",
+            "encoder_attention_mask",
+            "video_coords",
+        ),
+        fork_inputs=(
+            "hidden_states",
+            "encoder_hidden_states",
+            "temb",
+            "image_rotary_emb",
+            "encoder_attention_mask",
+        ),
+        batched_cfg=True,
+    ),
     "LatteTransformer3DModel": ModelSpec(
-        ("transformer_blocks", "temporal_transformer_blocks"), "attn1", None, False
+        block_lists=("transformer_blocks", "temporal_transformer_blocks"),
+        qk=no_rotary_qk,
+        sample_inputs=(
+            "hidden_states",
+            "timestep",
+            "encoder_hidden_states",
+            "encoder_attention_mask",
+        ),
+        fork_inputs=None,
+        batched_cfg=True,
+        interleaved=True,
+        learned_sigma=True,
     ),
 }
 
@@ -84,10 +154,21 @@ def model_spec(transformer: nn.Module) -> ModelSpec:
 
 
 def blocks_of(transformer: nn.Module) -> list[nn.Module]:
-    """All transformer blocks, in the order of the spec's block lists (block index order)."""
-    spec = model_spec(transformer)
-    blocks: list[nn.Module] = []
-    for attr in spec.block_lists:
+    """All transformer blocks, one block list after the other (the SLA projections' order)."""
+    return [blk for stack in _block_stacks(transformer) for blk in stack]
+
+
+def execution_blocks(transformer: nn.Module) -> list[nn.Module]:
+    """The transformer blocks in the order the forward runs them (STG block indices)."""
+    stacks = _block_stacks(transformer)
+    if model_spec(transformer).interleaved:
+        return [blk for group in zip(*stacks, strict=True) for blk in group]
+    return [blk for stack in stacks for blk in stack]
+
+
+def _block_stacks(transformer: nn.Module) -> list[nn.ModuleList]:
+    stacks = []
+    for attr in model_spec(transformer).block_lists:
         stack = getattr(transformer, attr, None)
         if not isinstance(stack, nn.ModuleList):
             raise ValueError(
@@ -95,8 +176,8 @@ def blocks_of(transformer: nn.Module) -> list[nn.Module]:
                 f"version ({diffusers_version()}) lays the model out differently than slatte "
                 "expects"
             )
-        blocks.extend(stack)
-    return blocks
+        stacks.append(stack)
+    return stacks
 
 
 def self_attentions(transformer: nn.Module) -> list[nn.Module]:

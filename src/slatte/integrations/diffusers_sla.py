@@ -26,11 +26,11 @@ from torch import nn
 
 from ..nn.sla import SparseLinearAttention
 from ..ops.attention import SLA_POLICIES
-from ..ops.rms_norm_rotary import rms_norm_rotary_qk, rotate_pairs
 from ..ops.sla import SLAConfig, sparse_linear_attention
 from ..ops.sla.launch_policy import TRITON_HEAD_DIMS
 from .diffusers_common import (
     SUPPORTED,
+    QKFunction,
     diffusers_version,
     head_dim,
     model_spec,
@@ -54,63 +54,13 @@ def qkv_projections(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...
 
 
 def project_qkv(
-    attn: nn.Module, x: torch.Tensor, rotary_style: str | None, rotary: Any
+    attn: nn.Module, x: torch.Tensor, qk: QKFunction, rotary: Any
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x (B, N, C) → q, k, v (B, N, H, D): projections, qk norms and rotary as the model does."""
+    """x (B, N, C) → q, k, v (B, N, H, D): projections, then the model's qk norms and rotary
+    embedding (`qk`, its `ModelSpec.qk`)."""
     q, k, v = qkv_projections(attn, x)  # each (B, N, H·D)
-    if rotary_style == "wan":
-        fused = _fused_wan_qk(attn, q, k, rotary)
-        if fused is not None:
-            return *fused, v.unflatten(2, (attn.heads, -1))
-    if getattr(attn, "norm_q", None) is not None:
-        q = attn.norm_q(q)
-    if getattr(attn, "norm_k", None) is not None:
-        k = attn.norm_k(k)
-    if rotary is not None and rotary_style == "ltx":
-        from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
-
-        q, k = apply_rotary_emb(q, rotary), apply_rotary_emb(k, rotary)
-    q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))  # (B, N, H, D) views
-    if rotary is not None and rotary_style == "wan":
-        if not (isinstance(rotary, tuple) and len(rotary) == 2):
-            raise ValueError(
-                f"diffusers {diffusers_version()} passes Wan's rotary embedding as "
-                f"{type(rotary).__name__}; slatte expects the (cos, sin) pair of diffusers >= 0.36"
-            )
-        q, k = rotate_pairs(q, *rotary), rotate_pairs(k, *rotary)
-    return q, k, v
-
-
-def _fused_wan_qk(
-    attn: nn.Module, q: torch.Tensor, k: torch.Tensor, rotary: Any
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Wan's qk RMS norms and rotation as one kernel (`ops.rms_norm_rotary`, the same steps up
-    to bf16 rounding) where it applies: inference (no gradients), the modules Wan builds
-    (`torch.nn.RMSNorm` over H·D with weights of q's dtype, one eps), fp32 (cos, sin) tables.
-    None otherwise, and the modules run."""
-    norms = (getattr(attn, "norm_q", None), getattr(attn, "norm_k", None))
-    if not all(isinstance(m, nn.RMSNorm) and m.weight is not None for m in norms):
-        return None
-    norm_q, norm_k = norms
-    if norm_q.eps is None or norm_q.eps != norm_k.eps:
-        return None
-    if not (isinstance(rotary, tuple) and len(rotary) == 2):
-        return None  # project_qkv's own path says what is wrong
-    cos, sin = rotary
-    heads, (_, n, c) = attn.heads, q.shape
-    table_shape = (1, n, 1, c // heads)
-    if (
-        c % heads
-        or k.shape != q.shape
-        or any(t.shape != table_shape or t.dtype != torch.float32 for t in (cos, sin))
-        or any(m.weight.dtype != q.dtype or m.weight.shape != (c,) for m in norms)
-    ):
-        return None
-    if torch.is_grad_enabled() and any(
-        t.requires_grad for t in (q, k, norm_q.weight, norm_k.weight)
-    ):
-        return None  # the fused op has no backward
-    return rms_norm_rotary_qk(q, k, norm_q.weight, norm_k.weight, cos, sin, heads, norm_q.eps)
+    q, k = qk(attn, q, k, rotary)
+    return q, k, v.unflatten(2, (attn.heads, -1))
 
 
 def output_projection(attn: nn.Module, out: torch.Tensor) -> torch.Tensor:
@@ -131,8 +81,8 @@ class SLAAttnProcessor:
     `encoder_hidden_states` / `attention_mask` by name.
     """
 
-    def __init__(self, rotary_style: str | None, original: Any):
-        self.rotary_style = rotary_style
+    def __init__(self, qk: QKFunction, original: Any):
+        self.qk = qk
         self.original = original
 
     def __call__(
@@ -155,7 +105,7 @@ class SLAAttnProcessor:
                 f"SLAAttnProcessor expects hidden_states (B, N, C), got {tuple(hidden_states.shape)}"
             )
         sla: SparseLinearAttention = attn.sla
-        q, k, v = project_qkv(attn, hidden_states, self.rotary_style, rotary_emb)
+        q, k, v = project_qkv(attn, hidden_states, self.qk, rotary_emb)
         out = sparse_linear_attention(
             q,
             k,
@@ -239,7 +189,7 @@ def enable_sla(
         else:
             original = attn.processor
         attn.sla = sla
-        attn.set_processor(SLAAttnProcessor(spec.rotary, original))
+        attn.set_processor(SLAAttnProcessor(spec.qk, original))
     return transformer
 
 
@@ -265,9 +215,11 @@ def sla_config_of(model: Any) -> SLAConfig | None:
 # Projections: load from slatte / official checkpoints, save and reload with the model
 # ---------------------------------------------------------------------------------------------
 
-# `<anything>.<index>.<anything>proj_l.weight|bias`, where <index> follows a block-list name.
+# `<anything>.<index>.<anything>proj_l.weight|bias`, where <index> follows a block-list name (of
+# a supported model, or `layers`).
+_BLOCK_LISTS = sorted({name for spec in SUPPORTED.values() for name in spec.block_lists})
 _OFFICIAL_KEY = re.compile(
-    r"(?:^|\.)(?P<list>blocks|transformer_blocks|temporal_transformer_blocks|layers)\."
+    rf"(?:^|\.)(?P<list>{'|'.join([*_BLOCK_LISTS, 'layers'])})\."
     r"(?P<index>\d+)\.(?:.*\.)?proj_l\.(?P<param>weight|bias)$"
 )
 

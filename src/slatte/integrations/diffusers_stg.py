@@ -7,25 +7,28 @@ pipeline call.
 
 How it works (spec: shared/specs/STG.md). PyTorch hooks on the transformer and its blocks, no
 patched methods:
-- before the transformer runs, the conditional rows of the batch are appended once more (every
-  per-sample input: latents, timestep, text states, masks) — these extra rows are the perturbed
-  branch;
+- before the transformer runs, the conditional rows of the batch are appended once more to every
+  per-sample input (the arguments the model's `ModelSpec.sample_inputs` names: latents,
+  timestep, text states, masks; never a shared argument, whatever its shape) — these extra rows
+  are the perturbed branch;
 - Wan / LTX (one block row per sample): the blocks before the first perturbed one run on the
   original rows only, and the perturbed branch is forked from the conditional rows' hidden
   states at that block ("fork, don't recompute"). Latte folds frames / patches into the block
   batch, so there the perturbed rows run through every block;
-- the chosen blocks apply the strategy to the perturbed rows only (batch-safe);
+- the chosen blocks apply the strategy (`slatte.guidance.strategies`) to the perturbed rows only
+  (batch-safe);
 - after the transformer, the conditional rows become `e_c + s'·(e_c − e_p)` and the extra rows
   are dropped, so the pipeline sees its usual batch. With the pipeline's CFG
   (`e_u + g·(e_c' − e_u)`), `s' = scale / g` makes the result the spec's
   `e_u + g·(e_c − e_u) + scale·(e_c − e_p)`.
 All per-call state is reset at the start of every call, so an error mid-call leaks nothing into
-the next; `remove()` takes every hook off.
+the next; `remove()` (or `disable_stg(model)`) takes every hook off.
 
 Which rows are conditional: with a pipeline, LTX-Video and Latte pipelines batch [uncond; cond]
 when CFG is on (second half conditional); the Wan pipeline calls the transformer separately,
 conditional first, so of two consecutive calls with the same timestep only the first is
-guided. With a bare transformer every row is conditional unless `cond_rows` says otherwise.
+guided (`ModelSpec.batched_cfg`). With a bare transformer every row is conditional unless
+`cond_rows` says otherwise.
 
 Block indices: Wan `blocks[i]`, LTX `transformer_blocks[i]`; Latte in execution order, even
 indices spatial (`transformer_blocks[i // 2]`), odd temporal
@@ -38,8 +41,10 @@ is a starting point to tune from.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -47,27 +52,9 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ..guidance.config import check_window, in_window
-from ..models.latte import PERTURBATION_STRATEGIES, check_perturbation
-from .diffusers_common import blocks_of, model_spec, resolve_transformer
+from ..guidance.strategies import Strategy, get_strategy
+from .diffusers_common import ModelSpec, execution_blocks, model_spec, resolve_transformer
 from .diffusers_sla import output_projection, qkv_projections
-
-# How each pipeline lays out classifier-free guidance: one batched call [uncond; cond], or
-# separate calls (conditional first).
-_CFG_LAYOUT = {
-    "WanTransformer3DModel": "separate",
-    "LTXVideoTransformer3DModel": "batched",
-    "LatteTransformer3DModel": "batched",
-}
-
-
-def execution_blocks(transformer: nn.Module) -> list[nn.Module]:
-    """The transformer blocks in the order the forward runs them (STG block indices)."""
-    blocks = blocks_of(transformer)
-    if type(transformer).__name__ == "LatteTransformer3DModel":
-        spatial, temporal = transformer.transformer_blocks, transformer.temporal_transformer_blocks
-        return [blk for pair in zip(spatial, temporal, strict=True) for blk in pair]
-    return blocks
-
 
 # ---------------------------------------------------------------------------------------------
 # Per-call state
@@ -99,8 +86,42 @@ def _map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     return value
 
 
+def _parameter_names(module: nn.Module) -> tuple[str, ...]:
+    """The names of `module.forward`'s parameters, in order (to name positional arguments)."""
+    return tuple(inspect.signature(module.forward).parameters)
+
+
+def _map_named(
+    params: tuple[str, ...],
+    names: tuple[str, ...],
+    args: tuple,
+    kwargs: dict,
+    fn: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[tuple, dict]:
+    """Apply `fn` to the tensors of the arguments called `names` (positional ones named by
+    `params`); every other argument passes unchanged."""
+    args = tuple(
+        _map_tensors(a, fn) if i < len(params) and params[i] in names else a
+        for i, a in enumerate(args)
+    )
+    return args, {k: _map_tensors(v, fn) if k in names else v for k, v in kwargs.items()}
+
+
+def _argument(params: tuple[str, ...], args: tuple, kwargs: dict, name: str) -> Any:
+    """The argument called `name` (None when not given)."""
+    if name in kwargs:
+        return kwargs[name]
+    i = params.index(name) if name in params else len(args)
+    return args[i] if i < len(args) else None
+
+
 def _first_tensor(args: tuple, kwargs: dict, name: str) -> torch.Tensor:
     return kwargs[name] if name in kwargs else args[0]
+
+
+def _identity_map(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A diffusers attention's output under the identity attention map: out_proj(V)."""
+    return output_projection(attn, qkv_projections(attn, x)[2])
 
 
 @dataclass
@@ -109,9 +130,10 @@ class STGHandle:
     takes them all off."""
 
     transformer: nn.Module
+    spec: ModelSpec
     scale: float
     blocks: tuple[int, ...]
-    strategy: str
+    strategy: Strategy
     fork: bool
     cond_rows: Callable[[int], Sequence[int]] | None
     start: float = 0.0
@@ -151,7 +173,7 @@ class STGHandle:
         cfg = bool(getattr(pipe, "do_classifier_free_guidance", False))
         guidance = float(getattr(pipe, "guidance_scale", 1.0)) if cfg else 1.0
         scale = self.scale / guidance
-        if _CFG_LAYOUT[type(self.transformer).__name__] == "batched":
+        if self.spec.batched_cfg:
             if cfg and batch % 2:
                 raise ValueError(f"a CFG batch [uncond; cond] must be even, got {batch} rows")
             return _Call(batch, list(range(batch // 2 if cfg else 0, batch)), scale)
@@ -169,23 +191,26 @@ class STGHandle:
 
     # -- the transformer's hooks ---------------------------------------------------------------
 
-    def _model_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    def _model_pre(
+        self, params: tuple[str, ...], module: nn.Module, args: tuple, kwargs: dict
+    ) -> tuple[tuple, dict]:
         self._call = None  # never carry state over from an earlier (possibly failed) call
-        x = _first_tensor(args, kwargs, "hidden_states")
-        call = self._plan(x.shape[0], kwargs.get("timestep", args[1] if len(args) > 1 else None))
+        x = _argument(params, args, kwargs, "hidden_states")
+        call = self._plan(x.shape[0], _argument(params, args, kwargs, "timestep"))
         if call is None:
             return args, kwargs
         index = torch.tensor(call.cond_rows, device=x.device)
 
         def extend(t: torch.Tensor) -> torch.Tensor:
-            # Per-sample inputs (batch first) get the conditional rows once more.
+            # A per-sample input gets the conditional rows once more; one row (or none) is
+            # broadcast over the batch by the model, so it stays as it is.
             if t.dim() >= 1 and t.shape[0] == call.batch:
                 return torch.cat([t, t.index_select(0, index.to(t.device))])
             return t
 
-        call.forked = self.fork and model_spec(self.transformer).samples_share_block_batch
+        call.forked = self.fork and self.spec.fork_inputs is not None
         self._call = call
-        return _map_tensors(args, extend), {k: _map_tensors(v, extend) for k, v in kwargs.items()}
+        return _map_named(params, self.spec.sample_inputs, args, kwargs, extend)
 
     def _model_post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         call, self._call = self._call, None
@@ -207,10 +232,10 @@ class STGHandle:
         return output
 
     def _guided_channels(self) -> int | None:
-        """Latte with learned sigma predicts (noise, variance) along dim 1: guide the noise."""
+        """With a learned variance, (mean; variance) along dim 1: guide the mean channels."""
         config = getattr(self.transformer, "config", None)
         in_ch, out_ch = getattr(config, "in_channels", None), getattr(config, "out_channels", None)
-        if type(self.transformer).__name__ == "LatteTransformer3DModel" and out_ch == 2 * in_ch:
+        if self.spec.learned_sigma and out_ch == 2 * in_ch:
             return in_ch
         return None
 
@@ -226,7 +251,7 @@ class STGHandle:
         return slice(call.batch * per_sample, rows)
 
     def _prefix_pre(
-        self, module: nn.Module, args: tuple, kwargs: dict
+        self, params: tuple[str, ...], module: nn.Module, args: tuple, kwargs: dict
     ) -> tuple[tuple, dict] | None:
         call = self._call
         if call is None or not call.forked:
@@ -235,7 +260,7 @@ class STGHandle:
         def drop(t: torch.Tensor) -> torch.Tensor:
             return t[: call.batch] if t.dim() >= 1 and t.shape[0] == call.total else t
 
-        return _map_tensors(args, drop), {k: _map_tensors(v, drop) for k, v in kwargs.items()}
+        return _map_named(params, self.spec.fork_inputs, args, kwargs, drop)
 
     def _fork_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         call = self._call
@@ -264,39 +289,34 @@ class STGHandle:
             return output
         x = _first_tensor(args, kwargs, "hidden_states")
         rows = self._perturbed_rows(output.shape[0])
-        if self.strategy == "attention_block":
-            replacement = torch.zeros_like(output[rows])
-        elif self.strategy == "attention_skip":
-            replacement = x[rows]
-        else:  # attention_values: the identity attention map returns the values
-            replacement = output_projection(module, qkv_projections(module, x[rows])[2])
+        replacement = self.strategy.attention_output(x[rows], partial(_identity_map, module))
         return torch.cat([output[: rows.start], replacement.to(output.dtype)])
 
     # -- install / remove ----------------------------------------------------------------------
 
     def install(self) -> STGHandle:
-        spec = model_spec(self.transformer)
+        spec = self.spec
         blocks = execution_blocks(self.transformer)
+        model_pre = partial(self._model_pre, _parameter_names(self.transformer))
         self._handles.append(
-            self.transformer.register_forward_pre_hook(self._model_pre, with_kwargs=True)
+            self.transformer.register_forward_pre_hook(model_pre, with_kwargs=True)
         )
         self._handles.append(
             self.transformer.register_forward_hook(
                 self._model_post, with_kwargs=True, always_call=True
             )
         )
-        if self.fork and spec.samples_share_block_batch:
+        if self.fork and spec.fork_inputs is not None:
             first = min(self.blocks)
             for block in blocks[:first]:
-                self._handles.append(
-                    block.register_forward_pre_hook(self._prefix_pre, with_kwargs=True)
-                )
+                prefix_pre = partial(self._prefix_pre, _parameter_names(block))
+                self._handles.append(block.register_forward_pre_hook(prefix_pre, with_kwargs=True))
             self._handles.append(
                 blocks[first].register_forward_pre_hook(self._fork_pre, with_kwargs=True)
             )
         for index in self.blocks:
             block = blocks[index]
-            if self.strategy == "transformer_block":
+            if self.strategy.skips_block:
                 hook = block.register_forward_hook(self._block_post, with_kwargs=True)
             else:
                 attn = getattr(block, spec.self_attention)
@@ -339,7 +359,7 @@ def enable_stg(
             `LatteTransformer3DModel` (every row conditional, unless `cond_rows` is given).
         scale: the STG weight w in `e = e_u + w_cfg (e_c − e_u) + w (e_c − e_p)`.
         blocks: indices of the perturbed blocks (see the module docstring for Latte's order).
-        strategy: one of `PERTURBATION_STRATEGIES` (spec: shared/specs/STG.md).
+        strategy: the name of one of `slatte.guidance.strategies.STRATEGIES`.
         fork: share the blocks before the first perturbed one between the conditional and
             perturbed branches (Wan, LTX); False runs the perturbed rows through every block.
         cond_rows: `cond_rows(batch) -> row indices` of the conditional rows of a bare
@@ -349,10 +369,10 @@ def enable_stg(
             `num_train_timesteps`, 1000 by default); outside it STG is not computed.
     Returns an `STGHandle` (also a context manager); a transformer holds at most one.
     """
-    check_perturbation(strategy)
+    perturbation = get_strategy(strategy)
     check_window("stg window", start, stop)
     transformer = resolve_transformer(model)
-    model_spec(transformer)
+    spec = model_spec(transformer)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise ValueError(f"scale must be a number, got {scale!r}")
     depth = len(execution_blocks(transformer))
@@ -369,9 +389,10 @@ def enable_stg(
         raise ValueError("STG is already enabled on this transformer; remove its handle first")
     handle = STGHandle(
         transformer=transformer,
+        spec=spec,
         scale=float(scale),
         blocks=blocks,
-        strategy=strategy,
+        strategy=perturbation,
         fork=fork,
         cond_rows=cond_rows,
         start=float(start),
@@ -382,10 +403,11 @@ def enable_stg(
 
 
 def disable_stg(model: Any) -> None:
-    """Remove the STG hooks of `model` (a pipeline or transformer), if any."""
+    """Remove the STG hooks of `model` (a pipeline or transformer), if any: the way to undo
+    `enable_stg` where its handle is not at hand, as `disable_sla` undoes `enable_sla`."""
     handle = getattr(resolve_transformer(model), "_slatte_stg", None)
     if handle is not None:
         handle.remove()
 
 
-__all__ = ["PERTURBATION_STRATEGIES", "STGHandle", "disable_stg", "enable_stg", "execution_blocks"]
+__all__ = ["STGHandle", "disable_stg", "enable_stg"]

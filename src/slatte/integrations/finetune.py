@@ -40,11 +40,12 @@ from ..training.config import PARALLEL_MODES, TrainConfig
 from ..training.ema import make_ema
 from ..training.fsdp import shard_model
 from ..training.trainer import Trainer
+from .diffusers_common import SUPPORTED, model_spec
 from .diffusers_sla import disable_sla, enable_sla, from_pretrained_sla, save_pretrained_sla
 
 MODES = ("distill", "flow")  # the objectives (by name) that train a flow-matching velocity
 TRAINABLE = ("all", "sla")
-FINETUNE_CLASSES = ("WanTransformer3DModel",)
+FINETUNE_CLASSES = tuple(name for name, spec in SUPPORTED.items() if spec.flow_finetune)
 PRECISIONS = ("fp32", "bf16")
 RANDOM_CLIPS = 1 << 16  # random latents without data: this many distinct clips, then repeated
 
@@ -245,7 +246,7 @@ class DiffusersFinetuneTask:
         student = from_pretrained_sla(cfg.model_dir, torch_dtype=torch.float32).to(
             device
         )  # master weights
-        if type(student).__name__ not in FINETUNE_CLASSES:
+        if not model_spec(student).flow_finetune:
             # The loop calls the model as Wan does (latents (B, C, F, H, W), velocity output).
             raise ValueError(
                 f"fine-tuning supports {FINETUNE_CLASSES}, got {type(student).__name__} "

@@ -2,19 +2,12 @@
 
 from .configs import BLOCK_PATTERNS, MODEL_CONFIGS, VideoDiTConfig, model_config
 from .io import FORMAT_VERSION, load_config, load_model, save_model
-from .latte import (
-    PERTURBATION_STRATEGIES,
-    BlockContext,
-    LatteBlock,
-    VideoDiT,
-    cat_contexts,
-)
+from .latte import BlockContext, LatteBlock, VideoDiT, cat_contexts
 
 __all__ = [
     "BLOCK_PATTERNS",
     "FORMAT_VERSION",
     "MODEL_CONFIGS",
-    "PERTURBATION_STRATEGIES",
     "BlockContext",
     "LatteBlock",
     "VideoDiT",

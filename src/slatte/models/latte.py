@@ -9,8 +9,8 @@ Video (B, F, C, H, W) → `embed` → hidden states h (B, F, S, D) + a BlockCont
 
 The forward is split in these three steps so that guidance (STG) can run the blocks shared by
 several branches once and fork the batch at any block; every per-sample tensor the blocks need
-travels in the BlockContext. A block can be told per call to apply an STG perturbation (see
-`PERTURBATION_STRATEGIES`); nothing about it outlives the call.
+travels in the BlockContext. A block can be told per call to apply an STG perturbation (a
+`slatte.guidance.strategies.Strategy`); nothing about it outlives the call.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -35,24 +36,17 @@ from ..ops.sla.config import SLAConfig
 from ..parallel import SequenceShard
 from .configs import VideoDiTConfig
 
-PERTURBATION_STRATEGIES = (
-    "transformer_block",
-    "attention_block",
-    "attention_skip",
-    "attention_values",
-)
-"""STG perturbations a block can apply (spec: shared/specs/STG.md):
-- "transformer_block": the block returns its input unchanged;
-- "attention_block": the self-attention residual add is skipped, the rest runs;
-- "attention_skip": the self-attention output is replaced by its (normalised, modulated) input;
-- "attention_values": self-attention uses the identity map, i.e. outputs proj(V).
-"""
+if TYPE_CHECKING:
+    from ..guidance.strategies import Strategy
 
 
-def check_perturbation(strategy: str) -> None:
-    if strategy not in PERTURBATION_STRATEGIES:
+def _check_perturbation(perturbation: object) -> None:
+    """A block is told what to perturb by an STG strategy object (`slatte.guidance.strategies`:
+    the model calls its operations and never imports guidance, which sits above the models)."""
+    if not isinstance(getattr(perturbation, "skips_block", None), bool):
         raise ValueError(
-            f"unknown perturbation strategy {strategy!r}; allowed: {PERTURBATION_STRATEGIES}"
+            "a perturbation must be an STG strategy from slatte.guidance.strategies.STRATEGIES "
+            f"(e.g. STRATEGIES['transformer_block']), got {perturbation!r}"
         )
 
 
@@ -198,11 +192,7 @@ class LatteBlock(nn.Module):
         add_modulation(self, hidden_size, 6, modulation)
 
     def self_attention(
-        self,
-        x: torch.Tensor,
-        *,
-        identity_map: bool = False,
-        sequence_group: torch.distributed.ProcessGroup | None = None,
+        self, x: torch.Tensor, *, sequence_group: torch.distributed.ProcessGroup | None = None
     ) -> torch.Tensor:
         """x (B, F, S, D) → (B, F, S, D), attending within this block's token groups.
 
@@ -212,29 +202,21 @@ class LatteBlock(nn.Module):
         """
         _, f, s, _ = x.shape
         if self.kind == "spatial":
-            out = self.attn(rearrange(x, "b f s d -> (b f) s d"), identity_map=identity_map)
+            out = self.attn(rearrange(x, "b f s d -> (b f) s d"))
             return rearrange(out, "(b f) s d -> b f s d", f=f)
         if self.kind == "temporal":
-            out = self.attn(
-                rearrange(x, "b f s d -> (b s) f d"),
-                identity_map=identity_map,
-                sequence_group=sequence_group,
-            )
+            out = self.attn(rearrange(x, "b f s d -> (b s) f d"), sequence_group=sequence_group)
             return rearrange(out, "(b s) f d -> b f s d", s=s)
         # Frame-contiguous chunks in rank order make up the (f s) sequence of the whole video.
-        out = self.attn(
-            rearrange(x, "b f s d -> b (f s) d"),
-            identity_map=identity_map,
-            sequence_group=sequence_group,
-        )
+        out = self.attn(rearrange(x, "b f s d -> b (f s) d"), sequence_group=sequence_group)
         return rearrange(out, "b (f s) d -> b f s d", f=f)
 
     def forward(
-        self, h: torch.Tensor, ctx: BlockContext, perturbation: str | None = None
+        self, h: torch.Tensor, ctx: BlockContext, perturbation: Strategy | None = None
     ) -> torch.Tensor:
         if perturbation is not None:
-            check_perturbation(perturbation)
-            if perturbation == "transformer_block":
+            _check_perturbation(perturbation)
+            if perturbation.skips_block:
                 return h
         if self.scale_shift_table is None:
             mod = self.adaLN_modulation(ctx.c)  # (B, 6D)
@@ -245,17 +227,13 @@ class LatteBlock(nn.Module):
             mod, "b (six d) -> six b 1 1 d", six=6
         ).unbind(0)
 
-        if perturbation != "attention_block":
-            x = modulate(self.norm1(h), shift_msa, scale_msa)
-            if perturbation == "attention_skip":
-                attn_out = x
-            else:
-                attn_out = self.self_attention(
-                    x,
-                    identity_map=perturbation == "attention_values",
-                    sequence_group=None if ctx.sequence is None else ctx.sequence.group,
-                )
-            h = h + gate_msa * attn_out
+        x = modulate(self.norm1(h), shift_msa, scale_msa)
+        if perturbation is None:
+            sequence_group = None if ctx.sequence is None else ctx.sequence.group
+            attn_out = self.self_attention(x, sequence_group=sequence_group)
+        else:  # the identity map acts on each token alone: no token groups, no exchange
+            attn_out = perturbation.attention_output(x, self.attn.identity_map)
+        h = h + gate_msa * attn_out
 
         if self.cross_attn is not None and ctx.text is not None:
             # Cross-attention treats every query token on its own, so all F·S tokens of a sample
@@ -535,9 +513,10 @@ class VideoDiT(nn.Module):
         start: int = 0,
         stop: int | None = None,
         *,
-        perturbations: Mapping[int, str] | None = None,
+        perturbations: Mapping[int, Strategy] | None = None,
     ) -> torch.Tensor:
-        """Run blocks[start:stop] on h (B, F, S, D), applying `perturbations[i]` to block i.
+        """Run blocks[start:stop] on h (B, F, S, D), applying the STG strategy
+        `perturbations[i]` (`slatte.guidance.strategies.STRATEGIES`) to block i.
 
         Keys of `perturbations` outside [start, stop) are ignored (so one mapping can serve a
         run split in pieces); keys outside [0, depth) are an error.
@@ -552,7 +531,7 @@ class VideoDiT(nn.Module):
         for index, strategy in perturbations.items():
             if not 0 <= index < depth:
                 raise ValueError(f"perturbation block index {index} out of range [0, {depth})")
-            check_perturbation(strategy)
+            _check_perturbation(strategy)
 
         temporal_index = self.temporal_embed_index()
         first_frame = 0 if ctx.sequence is None else ctx.sequence.frame_offset(h.shape[1])
@@ -595,7 +574,7 @@ class VideoDiT(nn.Module):
         *,
         text: torch.Tensor | None = None,
         text_mask: torch.Tensor | None = None,
-        perturbations: Mapping[int, str] | None = None,
+        perturbations: Mapping[int, Strategy] | None = None,
     ) -> torch.Tensor:
         """x (B, F, C, H, W) → (B, F, out_channels, H, W); with learned sigma the first
         in_channels channels are the noise prediction, the rest the variance values."""

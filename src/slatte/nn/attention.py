@@ -67,33 +67,30 @@ class Attention(nn.Module):
         self.backend = backend
 
     def forward(
-        self,
-        x: torch.Tensor,
-        *,
-        identity_map: bool = False,
-        sequence_group: dist.ProcessGroup | None = None,
+        self, x: torch.Tensor, *, sequence_group: dist.ProcessGroup | None = None
     ) -> torch.Tensor:
         """x: (B, N, D) → (B, N, D).
 
-        `identity_map=True` uses the identity as attention map, so the layer returns
-        `proj(V)` (STG's `attention_values`); q and k are then not computed at all.
         `sequence_group`: x holds this process's chunk of a sequence split over the group
         (chunks in rank order); attention then runs over the whole sequence through Ulysses
         all-to-alls (`ops.sequence_parallel`), which needs num_heads divisible by the group size.
         """
-        if identity_map:
-            dim = x.shape[-1]
-            v = nn.functional.linear(
-                x,
-                self.qkv.weight[2 * dim :],
-                None if self.qkv.bias is None else self.qkv.bias[2 * dim :],
-            )  # (B, N, D): the value rows of the fused projection
-            return self.proj(v)
         qkv = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
         q, k, v = qkv.unbind(0)  # each (B, H, N, Dh)
         q, k = self.q_norm(q), self.k_norm(k)
         out = ulysses_attention(q, k, v, self._attend, sequence_group)
         return self.proj(rearrange(out, "b h n d -> b n (h d)"))
+
+    def identity_map(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., D) → the layer's output under the identity attention map, `proj(V)` (STG's
+        `attention_values`); q and k are not computed. Token by token, so any leading dims."""
+        dim = x.shape[-1]
+        v = nn.functional.linear(
+            x,
+            self.qkv.weight[2 * dim :],
+            None if self.qkv.bias is None else self.qkv.bias[2 * dim :],
+        )  # the value rows of the fused projection
+        return self.proj(v)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self.sla is not None:

@@ -37,7 +37,7 @@ def sampling_defaults(model_dir: str | Path) -> dict[str, Any]:
     """The recommended sampling options in `model_dir`'s sampling.json ({} when it has none),
     checked like the flags they stand for (errors name the file); STG blocks as tuples."""
     from slatte.guidance.config import DEFAULT_STRATEGY, check_blocks, check_rescale, check_scale
-    from slatte.models import PERTURBATION_STRATEGIES
+    from slatte.guidance.strategies import get_strategy
     from slatte.sampling import SAMPLERS
 
     path = Path(model_dir) / SAMPLING_FILE
@@ -71,9 +71,5 @@ def sampling_defaults(model_dir: str | Path) -> dict[str, Any]:
             )
         term["blocks"] = check_blocks(f"{path}: stg blocks", term["blocks"])
         check_scale(f"{path}: stg scale", term.get("scale", 1.0))
-        strategy = term.get("strategy", DEFAULT_STRATEGY)
-        if strategy not in PERTURBATION_STRATEGIES:
-            raise ValueError(
-                f"{path}: stg strategy must be one of {PERTURBATION_STRATEGIES}, got {strategy!r}"
-            )
+        get_strategy(term.get("strategy", DEFAULT_STRATEGY), what=f"{path}: stg strategy")
     return data
