@@ -15,7 +15,6 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     """Register ``eval`` on the ``slatte`` command's subparsers; returns its parser."""
     p = subparsers.add_parser(
         "eval",
-        help="score a folder of videos: digit accuracy, Fréchet distances, motion (JSON)",
         description="Score every mp4/gif/webm/avi/mov under --videos and print JSON.",
     )
     p.add_argument("--videos", required=True, help="folder of generated videos (any names)")
@@ -53,6 +52,10 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 def run_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_folder
 
+    if args.out:
+        from ..cli import check_writable
+
+        check_writable(args.out, folder=False)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     result = evaluate_folder(
         args.videos,

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..ops.sla.config import FEATURE_MAPS, LINEAR_SCOPES
+from ..flags import add_sla_arguments, sla_from_args
 
 CONVERT_SOURCES = ("latte-official", "latte-diffusers")
 
@@ -22,7 +22,6 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     `slatte convert latte-diffusers DIR OUT`."""
     p = subparsers.add_parser(
         "convert",
-        help="convert a checkpoint of another codebase into a slatte model directory",
         description=(
             "latte-official: an official Latte class-conditional .pt checkpoint "
             "(github.com/Vchitect/Latte, models/latte.py, extras=2); latte-diffusers: a local "
@@ -96,7 +95,6 @@ def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     d = FinetuneConfig(model_dir="", output_dir="", latent_shape=(1, 1, 1, 1))
     p = subparsers.add_parser(
         "finetune",
-        help="fine-tune a local diffusers Wan transformer with SLA attention",
         description=(
             "Switch the self-attention of a local diffusers WanTransformer3DModel directory to "
             "SLA and fine-tune it, by distillation from the dense model (default) or with the "
@@ -128,14 +126,8 @@ def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--log-every", type=int, default=d.log_every)
-    sla = p.add_argument_group("SLA")
-    sla.add_argument("--sla-critical", type=float, default=0.05)
-    sla.add_argument("--sla-negligible", type=float, default=0.10)
-    sla.add_argument("--sla-block-q", type=int, default=64)
-    sla.add_argument("--sla-block-k", type=int, default=64)
-    sla.add_argument("--sla-feature-map", choices=FEATURE_MAPS, default="softmax")
-    sla.add_argument("--sla-linear-scope", choices=LINEAR_SCOPES, default="marginal")
-    sla.add_argument(
+    add_sla_arguments(p)
+    p.add_argument(
         "--sla-backend", choices=("sla", "sla_reference"), default="sla", help="kernel or reference"
     )
     p.set_defaults(func=run_finetune)
@@ -157,14 +149,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay,
         ema_decay=args.ema_decay,
         trainable=args.trainable,
-        sla=SLAConfig(
-            critical=args.sla_critical,
-            negligible=args.sla_negligible,
-            block_q=args.sla_block_q,
-            block_k=args.sla_block_k,
-            feature_map=args.sla_feature_map,
-            linear_scope=args.sla_linear_scope,
-        ),
+        sla=sla_from_args(args, SLAConfig()),
         sla_backend=args.sla_backend,
         latent_shape=args.latent_shape,
         text_length=args.text_length,
