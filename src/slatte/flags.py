@@ -59,7 +59,9 @@ def add_flags(
         if kind is bool:
             parser.add_argument(name, action="store_true", **options)
         else:
-            metavar = spec["metavar"] or (None if spec["choices"] else name[2:].upper())
+            metavar = spec["metavar"] or (
+                None if spec["choices"] else name[2:].upper().replace("-", "_")
+            )
             parser.add_argument(
                 name, type=kind, choices=spec["choices"], metavar=metavar, **options
             )

@@ -59,7 +59,8 @@ def run_convert(args: argparse.Namespace) -> int:
 
     if args.source == "latte-official":
         model = convert_official_latte(
-            load_official_checkpoint(args.checkpoint), num_heads=args.num_heads
+            _read(load_official_checkpoint, args.checkpoint, "a PyTorch checkpoint"),
+            num_heads=args.num_heads,
         )
     else:
         if args.num_heads is not None:
@@ -78,6 +79,19 @@ def run_convert(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _read(load, path: Path, what: str):
+    """`load(path)`, with a file that is not `what` (garbage, truncated, another format) an error
+    naming it rather than the loader's own exception."""
+    try:
+        return load(path)
+    except (ValueError, OSError):
+        raise
+    except Exception as err:  # torch.load / unpickling raise many unrelated types
+        raise ValueError(
+            f"cannot read {path} as {what}: it is corrupt or another format ({type(err).__name__})"
+        ) from err
 
 
 # --------------------------------------------------------------------------- finetune

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from ..data import CachedLatents, MovingDigits, VideoFolder
 from ..diffusion import create_diffusion
+from ..memory import check_fits, training_bytes
 from ..models import VideoDiT, load_model, model_config
 from ..ops.sequence_parallel import check_heads, sequence_parallel
 from .checkpoint import (
@@ -130,6 +131,7 @@ def build_dataset(cfg: TrainConfig) -> tuple[Dataset, int]:
         frame_interval=cfg.frame_interval,
         channels=cfg.channels,
     )
+    data.check_files()  # hours into a run is too late to find a broken video
     return data, data.num_classes
 
 
@@ -206,6 +208,16 @@ class Trainer:
         ).to(self.device)
         self.model.enable_gradient_checkpointing(cfg.grad_checkpointing)
         check_heads(self.model.config.num_heads, self.layout.sequence_size)  # fail before step 1
+        check_fits(
+            training_bytes(
+                self.model.config,
+                max(1, cfg.batch_size // self.info.world_size),
+                grad_checkpointing=cfg.grad_checkpointing,
+            ),
+            self.device,
+            f"training with batch size {cfg.batch_size}",
+            "lower --batch-size (or --frames / --size), or add --grad-checkpointing",
+        )
         self.ema = make_ema(self.model)
         if self.sharded:
             # The EMA is sharded like the model, so its update touches local shards only.
