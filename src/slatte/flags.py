@@ -12,10 +12,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, Field, fields, replace
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 _KEY = "slatte_flag"
-_TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str, "bool": bool}
 
 
 def flag(
@@ -48,7 +47,7 @@ def add_flags(
         if spec is None:
             continue
         name = _flag_name(f, spec, prefix)
-        kind = spec["type"] or _TYPES[str(f.type).removesuffix(" | None")]
+        kind = spec["type"] or _value_type(get_type_hints(cls)[f.name])
         default = _default(f)
         options: dict[str, Any] = {
             "dest": _dest(prefix, f.name),
@@ -96,6 +95,14 @@ def _spec(f: Field, specs: Mapping[str, dict[str, Any]] | None) -> dict[str, Any
 
 def _flag_name(f: Field, spec: dict[str, Any], prefix: str) -> str:
     return "--" + prefix + (spec["name"] or f.name.replace("_", "-"))
+
+
+def _value_type(hint: Any) -> Callable[[str], Any]:
+    """The type a flag's text is read as: the field's type, `X | None` read as X."""
+    kinds = [kind for kind in get_args(hint) if kind is not type(None)] or [hint]
+    if len(kinds) != 1 or kinds[0] not in (int, float, str, bool):
+        raise TypeError(f"a flag of type {hint} needs flag(..., type=...) to say how to read it")
+    return kinds[0]
 
 
 def _dest(prefix: str, name: str) -> str:
