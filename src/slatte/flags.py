@@ -24,12 +24,13 @@ def flag(
     choices: Sequence[Any] | None = None,
     type: Callable[[str], Any] | None = None,
     metavar: str | None = None,
+    shown_default: str | None = None,
 ) -> dict[str, Any]:
     """Field metadata that makes a dataclass field a command-line flag, `--name` (default: the
-    field's name with dashes)."""
-    return {
-        _KEY: {"help": help, "name": name, "choices": choices, "type": type, "metavar": metavar}
-    }
+    field's name with dashes). `shown_default`: what the help gives as the default where the
+    command picks one other than the field's (e.g. a device)."""
+    spec = {"help": help, "name": name, "choices": choices, "type": type, "metavar": metavar}
+    return {_KEY: {**spec, "shown_default": shown_default}}
 
 
 def add_flags(
@@ -48,7 +49,7 @@ def add_flags(
             continue
         name = _flag_name(f, spec, prefix)
         kind = spec["type"] or _value_type(get_type_hints(cls)[f.name])
-        default = _default(f)
+        default = spec.get("shown_default") or _default(f)
         options: dict[str, Any] = {
             "dest": _dest(prefix, f.name),
             "default": argparse.SUPPRESS,

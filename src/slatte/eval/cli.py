@@ -54,12 +54,12 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from ..cli_checks import check_device, check_writable
     from .evaluate import evaluate_folder
 
     if args.out:
-        from ..cli import check_writable
-
         check_writable(args.out, folder=False)
+    check_device(args.device)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     result = evaluate_folder(
         args.videos,

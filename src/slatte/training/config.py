@@ -119,7 +119,8 @@ class TrainConfig:
     )
     sample_steps: int = field(default=50, metadata=flag("sampling steps of the previews"))
     device: str = field(
-        default="cpu", metadata=flag("cpu, cuda or cuda:N (the CLI's default: cuda if available)")
+        default="cpu",
+        metadata=flag("cpu, cuda or cuda:N", shown_default="cuda if available, else cpu"),
     )
 
     def __post_init__(self) -> None:

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +52,7 @@ from .distributed import (
 )
 from .ema import make_ema, update_ema
 from .fsdp import shard_model
+from .interrupt import DeferredInterrupt
 from .plots import plot_loss_curve
 from .run_folder import CONFIG_FILE, METRICS_FILE, prepare_run_folder, trim_metrics
 from .sharded_checkpoint import (
@@ -477,7 +476,7 @@ class Trainer:
         samples: list[Path] = []
         loader = iter(self._loader())
         image_loader = iter(self._loader(images=True)) if cfg.image_batch else None
-        interrupt = _DeferredInterrupt(enabled=not self.info.enabled)
+        interrupt = DeferredInterrupt(enabled=not self.info.enabled)
         saved_step = self.step
         with interrupt:
             while self.step < cfg.steps:
@@ -527,34 +526,17 @@ class Trainer:
         and say what holds it."""
         if self.step > saved_step:
             self._save()
-            return f"interrupted at step {self.step}; saved checkpoint {latest_checkpoint(self.run_dir)} (--resume continues it)"
+            saved = latest_checkpoint(self.run_dir)
+            return (
+                f"interrupted at step {self.step}; saved checkpoint {saved} (--resume continues it)"
+            )
         last = latest_checkpoint(self.run_dir)
         if last is None:
             return f"interrupted at step {self.step}; nothing to save, no checkpoint written"
-        return f"interrupted at step {self.step}; its checkpoint {last} holds the run (--resume continues it)"
-
-
-class _DeferredInterrupt:
-    """Ctrl-C during a training step takes effect after the step, where the weights, EMA and
-    optimizer agree and can be saved; a second Ctrl-C stops at once. Off where signals cannot be
-    caught (not the main thread) or must stop every process alike (several processes)."""
-
-    def __init__(self, *, enabled: bool) -> None:
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.requested = False
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self) -> None:
-        if self.enabled:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            signal.signal(signal.SIGINT, self._previous)
+        return (
+            f"interrupted at step {self.step}; its checkpoint {last} holds the run "
+            "(--resume continues it)"
+        )
 
 
 def _tensorboard_writer(run_dir: Path):
