@@ -84,35 +84,24 @@ def _stored_sla(run):
     return config["attention_backend"], config["sla"]
 
 
-def test_train_sla_flag_overlays_the_init_models_options(sla_model, tmp_path):
+@pytest.mark.parametrize(
+    "flags, backend, negligible",
+    [
+        # One SLA flag replaces its field and keeps the init model's others.
+        (["--sla-negligible", "0.2"], "sla_reference", 0.2),
+        # --attention alone keeps every stored SLA option.
+        (["--attention", "sla"], "sla", 0.1),
+    ],
+)
+def test_train_flags_overlay_the_init_models_attention(
+    sla_model, tmp_path, flags, backend, negligible
+):
     out = tmp_path / "run"
-    assert (
-        main([*TRAIN, "--init-from", str(sla_model), "--sla-negligible", "0.2", "--out", str(out)])
-        == 0
-    )
-    backend, sla = _stored_sla(out)
-    assert backend == "sla_reference"
-    assert (sla["critical"], sla["negligible"], sla["block_q"], sla["feature_map"]) == (
-        0.5,
-        0.2,
-        16,
-        "elu",
-    )
-
-
-def test_train_attention_flag_alone_keeps_the_init_models_sla_options(sla_model, tmp_path):
-    out = tmp_path / "run"
-    assert (
-        main([*TRAIN, "--init-from", str(sla_model), "--attention", "sla", "--out", str(out)]) == 0
-    )
-    backend, sla = _stored_sla(out)
-    assert backend == "sla"
-    assert (sla["critical"], sla["block_q"], sla["block_k"], sla["feature_map"]) == (
-        0.5,
-        16,
-        16,
-        "elu",
-    )
+    assert main([*TRAIN, "--init-from", str(sla_model), *flags, "--out", str(out)]) == 0
+    stored_backend, sla = _stored_sla(out)
+    assert stored_backend == backend
+    kept = (sla["critical"], sla["block_q"], sla["block_k"], sla["feature_map"])
+    assert kept == (0.5, 16, 16, "elu") and sla["negligible"] == negligible
 
 
 def test_sla_flag_on_a_dense_model_is_an_error(tmp_path, capsys):
