@@ -1,4 +1,28 @@
-"""slatte: fast video diffusion transformers (Latte-style DiT, SLA attention, STG guidance)."""
+"""slatte: fast video diffusion transformers (Latte-style DiT, SLA attention, STG guidance).
+
+SLA and STG on a diffusers transformer (Wan2.1, LTX-Video, Latte):
+    enable_sla(transformer, ...) / disable_sla(transformer)
+    enable_stg(transformer, ...) / disable_stg(handle)
+    enable_fused_gelu(transformer) / disable_fused_gelu(transformer)
+
+Packages:
+    slatte.ops           attention operators (SDPA, SLA sparse-linear attention, linear)
+    slatte.nn            attention, embedding and MLP modules
+    slatte.models        the video DiT, its named configs, save / load
+    slatte.guidance      classifier-free guidance and STG
+    slatte.diffusion     noise schedules, samplers, long videos
+    slatte.training      the trainer, run folders and checkpoints
+    slatte.data          moving digits, video folders, VAE latents
+    slatte.eval          metrics (digit accuracy, Fréchet distances, FVD, motion)
+    slatte.integrations  diffusers: SLA processor, STG hooks, converters, fine-tuning
+    slatte.pretrained    the models that ship with slatte
+    slatte.sampling      from a trained model to video files
+
+The command line is `slatte` (`python -m slatte.cli`): train, sample, bench, eval, convert,
+finetune. Everything is imported on first use, so `import slatte` stays light.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
@@ -10,12 +34,28 @@ _INTEGRATIONS = (
     "enable_fused_gelu",
     "disable_fused_gelu",
 )
+_MODULES = (
+    "ops",
+    "nn",
+    "models",
+    "guidance",
+    "diffusion",
+    "training",
+    "data",
+    "eval",
+    "integrations",
+    "pretrained",
+    "sampling",
+)
 
 
 def __getattr__(name: str):
-    # The diffusers integration is imported on first use: `import slatte` stays light.
     if name in _INTEGRATIONS:
-        from . import integrations
-
-        return getattr(integrations, name)
+        return getattr(importlib.import_module(".integrations", __name__), name)
+    if name in _MODULES:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'slatte' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_INTEGRATIONS, *_MODULES})

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from .ops.attention import attention, check_backend
+from .ops.attention import BACKENDS, attention, check_backend
 from .ops.sla.config import SLAConfig
 
 
@@ -39,6 +40,14 @@ def median_ms(
     return statistics.median(times)
 
 
+def ran(backend: str, device: torch.device) -> str:
+    """What a backend runs on `device`: "sla" is the fused Triton kernel on CUDA and the PyTorch
+    reference elsewhere (`ops.attention.attention`)."""
+    if backend == "sla":
+        return "sla: Triton kernel" if device.type == "cuda" else "sla: PyTorch reference (no CUDA)"
+    return backend
+
+
 def time_attention(
     backends: list[str],
     *,
@@ -51,10 +60,18 @@ def time_attention(
     dtype: torch.dtype,
     backward: bool = False,
     repeats: int = 10,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Median time (ms) of each backend on the same random (B, H, N, D) inputs, plus ratios."""
+    """Median time (ms) of each backend on the same random (B, H, N, D) inputs, plus ratios
+    and the implementation that ran for each; `progress` reports each backend on stderr."""
+    if not backends:
+        raise ValueError(f"give at least one attention backend (one of {BACKENDS})")
     for name in backends:
         check_backend(name)
+    shape = {"batch": batch, "heads": heads, "seq_len": seq_len, "head_dim": head_dim}
+    for what, value in {**shape, "repeats": repeats}.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{what} must be a positive integer, got {value!r}")
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(0)
     q, k, v = (
@@ -73,8 +90,12 @@ def time_attention(
             if backward:
                 out.backward(torch.ones_like(out))
 
+        if progress:
+            print(f"bench: {name} ({ran(name, dev)}) ...", end=" ", file=sys.stderr, flush=True)
         # One warm-up call keeps compilation and autotuning out of the figures.
         times[name] = median_ms(call, dev, warmup=1, repeats=repeats)
+        if progress:
+            print(f"{times[name]:.3f} ms", file=sys.stderr, flush=True)
     base = backends[0]
     return {
         "device": torch.cuda.get_device_name(dev)
@@ -85,6 +106,7 @@ def time_attention(
         "dtype": str(dtype).removeprefix("torch."),
         "pass": "forward+backward" if backward else "forward",
         "sla": sla.to_dict(),
+        "ran": {name: ran(name, dev) for name in backends},
         "ms": times,
         f"speedup_vs_{base}": {name: times[base] / t for name, t in times.items()},
     }

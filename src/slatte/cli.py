@@ -1,4 +1,5 @@
-"""`slatte train | sample | bench`: the command line, mapping flags onto the typed configs."""
+"""`slatte train | sample | bench | eval | convert | finetune`: the command line, mapping flags
+onto the typed configs."""
 
 from __future__ import annotations
 
@@ -6,63 +7,44 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
-import torch
-
-from .eval.cli import add_eval_parser
-from .guidance.config import DEFAULT_STRATEGY
-from .integrations.cli import add_convert_parser, add_finetune_parser
-from .ops.attention import BACKENDS
-from .ops.sla.config import FEATURE_MAPS, LINEAR_SCOPES, PROJECTIONS, SLAConfig
+from . import __version__
+from .cli_checks import DEVICE_HELP, check_device, check_writable
+from .flags import (
+    add_flags,
+    add_sla_arguments,
+    attention_from_args,
+    given,
+    sla_from_args,
+    sla_given,
+)
 from .pretrained import DEFAULT_MODEL, available
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Torch and everything that imports it are imported inside the command functions (and inside
+# the parser of the one command given), so that `slatte --help` and `--version` answer at once.
+DTYPE_NAMES = ("fp32", "bf16", "fp16")
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
 # --------------------------------------------------------------------------- shared flags
 def _add_attention_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("attention")
-    group.add_argument(
+    from .ops.attention import BACKENDS
+
+    parser.add_argument(
         "--attention",
         choices=BACKENDS,
         default=None,
         help="self-attention backend (default: the model's own)",
     )
-    group.add_argument(
-        "--sla-critical",
-        type=float,
-        default=0.05,
-        help="fraction of key blocks computed exactly (default 0.05)",
-    )
-    group.add_argument(
-        "--sla-negligible",
-        type=float,
-        default=0.10,
-        help="fraction of key blocks skipped (default 0.10)",
-    )
-    group.add_argument("--sla-block-q", type=int, default=64, help="query block size (64)")
-    group.add_argument("--sla-block-k", type=int, default=64, help="key block size (64)")
-    group.add_argument("--sla-feature-map", choices=FEATURE_MAPS, default="softmax")
-    group.add_argument("--sla-linear-scope", choices=LINEAR_SCOPES, default="marginal")
-    group.add_argument(
-        "--sla-projection",
-        choices=PROJECTIONS,
-        default="learned",
-        help="'learned' (trainable, zero at the start) or 'identity' (fixed; an ablation)",
-    )
-
-
-def _sla_from_args(args: argparse.Namespace) -> SLAConfig:
-    return SLAConfig(
-        critical=args.sla_critical,
-        negligible=args.sla_negligible,
-        block_q=args.sla_block_q,
-        block_k=args.sla_block_k,
-        feature_map=args.sla_feature_map,
-        linear_scope=args.sla_linear_scope,
-        projection=args.sla_projection,
-    )
+    add_sla_arguments(parser)
 
 
 def resolve_model_dir(path: str | Path) -> Path:
@@ -92,18 +74,38 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 
 # --------------------------------------------------------------------------- train
-def _add_train(sub) -> None:
-    from .training.config import PARALLEL_MODES, PRECISIONS, TrainConfig
+TRAIN_DESCRIPTION = """\
+Train a video DiT (default: Latte-digits on moving digits) into the run folder --out.
 
-    d = TrainConfig()
-    p = sub.add_parser("train", help="train a video DiT (default: Latte-digits on moving digits)")
-    p.add_argument("--out", default=d.out_dir, help=f"run folder (default {d.out_dir})")
-    p.add_argument(
-        "--resume", action="store_true", help="continue from the run folder's latest checkpoint"
+A run folder holds one run: train_config.json, metrics.jsonl, loss_curve.png, samples/ and
+checkpoints/step_N/ with `latest` naming the newest. Nothing inside names the folder itself, so
+a copied run folder is a run of its own. A folder that is not empty is refused unless --resume
+(continue its run from its latest checkpoint, to its own --steps unless given) or --overwrite
+(move it aside to FOLDER.old-TIMESTAMP and start anew). Ctrl-C saves a checkpoint at the
+current step and exits with code 130; a second Ctrl-C stops at once."""
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .models.configs import BLOCK_PATTERNS
+    from .training.config import TrainConfig
+
+    p = sub.add_parser(
+        "train", description=TRAIN_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--model", default=d.model, help="named model config (see README)")
-    p.add_argument("--init-from", default=None, help="start from this slatte model directory")
-    p.add_argument("--block-pattern", choices=("alternating", "full"), default=None)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its latest checkpoint (only the length, logging, "
+        "device and process layout may change)",
+    )
+    mode.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="move a previous run in --out aside (to OUT.old-TIMESTAMP) and start anew",
+    )
+    add_flags(p, TrainConfig)
+    p.add_argument("--block-pattern", choices=BLOCK_PATTERNS, default=None)
     p.add_argument(
         "--model-option",
         action="append",
@@ -112,74 +114,6 @@ def _add_train(sub) -> None:
         metavar="KEY=VALUE",
         help="override one field of the named model config, e.g. depth=6 (repeatable)",
     )
-    p.add_argument("--data", default=d.data, help="'digits' or a folder of videos")
-    p.add_argument("--frames", type=int, default=d.num_frames, help="frames per clip")
-    p.add_argument("--size", type=int, default=d.size, help="frame size in pixels (square)")
-    p.add_argument("--frame-interval", type=int, default=d.frame_interval)
-    p.add_argument(
-        "--channels",
-        type=int,
-        choices=(1, 3),
-        default=d.channels,
-        help="1 (grey) or 3 (RGB) for a video folder",
-    )
-    p.add_argument("--num-digits", type=int, choices=(1, 2), default=d.num_digits)
-    p.add_argument(
-        "--vae", default=None, help="local diffusers AutoencoderKL folder (latent training)"
-    )
-    p.add_argument(
-        "--latent-cache", default=None, help="with --vae: encode each clip once, keep it here"
-    )
-    p.add_argument("--workers", type=int, default=d.num_workers, help="data loader processes")
-    p.add_argument("--steps", type=int, default=d.steps, help="total optimisation steps")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="0 = off")
-    p.add_argument("--ema-decay", type=float, default=d.ema_decay)
-    p.add_argument(
-        "--min-snr-gamma",
-        type=float,
-        default=d.min_snr_gamma,
-        help="Min-SNR-γ loss weighting, e.g. 5 (default: none, the plain ε-MSE)",
-    )
-    p.add_argument("--precision", choices=PRECISIONS, default=d.precision)
-    p.add_argument("--grad-checkpointing", action="store_true")
-    p.add_argument(
-        "--compile", action="store_true", help="torch.compile the model (worth it on GPUs)"
-    )
-    p.add_argument(
-        "--image-batch",
-        type=int,
-        default=d.image_batch,
-        help="joint video-image training: single frames of other clips per step (0 = off)",
-    )
-    p.add_argument(
-        "--parallel",
-        choices=PARALLEL_MODES,
-        default=d.parallel,
-        help="under torchrun: 'ddp' replicates the model, 'fsdp' shards it (FSDP2, sharded "
-        "checkpoints that resume on any number of processes)",
-    )
-    p.add_argument(
-        "--sequence-parallel",
-        type=int,
-        default=d.sequence_parallel,
-        help="processes that split each clip's frames (Ulysses; divides the process count)",
-    )
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--log-every", type=int, default=d.log_every)
-    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
-    p.add_argument(
-        "--keep-checkpoints",
-        type=int,
-        default=d.keep_checkpoints,
-        help="checkpoints kept on disk, newest first (0 = all)",
-    )
-    p.add_argument("--sample-every", type=int, default=d.sample_every, help="0 = only at the end")
-    p.add_argument("--sample-steps", type=int, default=d.sample_steps)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     _add_attention_arguments(p)
     p.set_defaults(func=_run_train)
 
@@ -195,95 +129,78 @@ def _model_option(text: str) -> tuple[str, object]:
         return key, value
 
 
+def _model_overrides(args: argparse.Namespace, model: str, init_from: str | None) -> dict:
+    """Model config fields set by flags; --attention and --sla-* lay over the model's stored
+    attention options (the init model's, else the named config's), field by field."""
+    from .models.configs import MODEL_CONFIGS, VideoDiTConfig
+    from .models.io import load_config
+    from .ops.sla.config import SLAConfig
+
+    overrides: dict[str, Any] = dict(args.model_option)
+    if args.block_pattern:
+        overrides["block_pattern"] = args.block_pattern
+    if init_from is not None:
+        stored = load_config(init_from)
+        backend, sla = stored.attention_backend, stored.sla
+    else:
+        entry = {**MODEL_CONFIGS.get(model, {}), **overrides}
+        default = {f.name: f for f in fields(VideoDiTConfig)}
+        backend = entry.get("attention_backend", default["attention_backend"].default)
+        sla = entry.get("sla") or default["sla"].default_factory()
+        sla = SLAConfig.from_dict(sla) if isinstance(sla, dict) else sla
+    new_backend, new_sla = attention_from_args(args, backend, sla)
+    if (new_backend, new_sla) != (backend, sla):
+        overrides.update(attention_backend=new_backend, sla=new_sla)
+    return overrides
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from .training import TrainConfig, train
     from .training.checkpoint import latest_checkpoint, load_training_state
 
-    overrides: dict = dict(args.model_option)
-    if args.block_pattern:
-        overrides["block_pattern"] = args.block_pattern
-    if args.attention:
-        overrides["attention_backend"] = args.attention
-        if args.attention != "sdpa":
-            overrides["sla"] = _sla_from_args(args)
-    cfg = TrainConfig(
-        out_dir=args.out,
-        model=args.model,
-        model_overrides=overrides,
-        init_from=args.init_from,
-        data=args.data,
-        num_frames=args.frames,
-        size=args.size,
-        frame_interval=args.frame_interval,
-        channels=args.channels,
-        num_digits=args.num_digits,
-        vae=args.vae,
-        latent_cache=args.latent_cache,
-        num_workers=args.workers,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps,
-        grad_clip=args.grad_clip,
-        ema_decay=args.ema_decay,
-        min_snr_gamma=args.min_snr_gamma,
-        precision=args.precision,
-        grad_checkpointing=args.grad_checkpointing,
-        compile=args.compile,
-        image_batch=args.image_batch,
-        parallel=args.parallel,
-        sequence_parallel=args.sequence_parallel,
-        seed=args.seed,
-        log_every=args.log_every,
-        ckpt_every=args.ckpt_every,
-        keep_checkpoints=args.keep_checkpoints,
-        sample_every=args.sample_every,
-        sample_steps=args.sample_steps,
-        device=args.device,
-    )
+    flags = given(args, TrainConfig)
+    out = flags.pop("out_dir", TrainConfig.out_dir)
+    flags["device"] = check_device(flags.get("device"))
     if args.resume:
-        ckpt = latest_checkpoint(args.out)
+        changed = [
+            name
+            for name, value in (
+                ("--model-option", args.model_option),
+                ("--block-pattern", args.block_pattern),
+                ("--attention", args.attention),
+            )
+            if value
+        ]
+        if changed or sla_given(args):
+            raise ValueError(
+                f"a resumed run keeps its model: {', '.join(changed) or '--sla-*'} cannot change "
+                "with --resume"
+            )
+        check_writable(out, folder=True)
+        ckpt = latest_checkpoint(out)
         if ckpt is None:
-            raise FileNotFoundError(f"--resume: {args.out} has no checkpoint to resume from")
+            raise FileNotFoundError(f"--resume: {out} has no checkpoint to resume from")
         saved = TrainConfig.from_dict(json.loads(load_training_state(ckpt)["train_config"]))
-        # A resumed run keeps everything that shapes the data and the model; only the length,
-        # logging, device and the split over processes may change.
-        cfg = TrainConfig.from_dict(
-            {
-                **saved.to_dict(),
-                **{
-                    k: getattr(cfg, k)
-                    for k in (
-                        "steps",
-                        "log_every",
-                        "ckpt_every",
-                        "keep_checkpoints",
-                        "sample_every",
-                        "sample_steps",
-                        "device",
-                        "compile",
-                        "num_workers",
-                        "parallel",
-                        "sequence_parallel",
-                    )
-                },
-            }
+        cfg = saved.resumed(out, flags)
+    else:
+        overrides = _model_overrides(
+            args, flags.get("model", TrainConfig.model), flags.get("init_from")
         )
-    result = train(cfg, resume=args.resume)
+        cfg = TrainConfig(out_dir=out, model_overrides=overrides, **flags)
+    check_writable(out, folder=True)
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     if result["checkpoint"] is not None:
         print(json.dumps(result, indent=2))
     return 0
 
 
 # --------------------------------------------------------------------------- sample
-def _add_sample(sub) -> None:
+def _add_sample(sub: argparse._SubParsersAction) -> None:
     from .guidance.cli_args import add_guidance_arguments
     from .sampling import FORMATS, SAMPLERS
 
     p = sub.add_parser(
         "sample",
-        help="generate videos from a trained model (default: the shipped one)",
         description="Generate videos. Without --checkpoint, the model that ships with slatte "
         f"({DEFAULT_MODEL}). A model directory's sampling.json (the shipped ones have one) "
         "sets the sampler, steps and guidance it recommends; flags override each of them, "
@@ -317,14 +234,14 @@ def _add_sample(sub) -> None:
         default=None,
         help=f"default: sampling.json's, else {SAMPLE_DEFAULTS['sampler']}",
     )
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta, in [0, 1]")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--formats", default=",".join(FORMATS), help="comma list of mp4,gif,png")
     p.add_argument("--out", default="outputs/samples", help="output folder")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32")
     p.add_argument(
         "--num-frames",
         type=int,
@@ -345,37 +262,43 @@ def _add_sample(sub) -> None:
         action="store_true",
         help="under torchrun: split each video's frames over all processes (Ulysses)",
     )
-    add_guidance_arguments(p, from_model=True)  # filled in by apply_sampling_defaults
+    add_guidance_arguments(p, from_model=True)  # unset ones filled by sampling_settings
     _add_attention_arguments(p)
     p.set_defaults(func=_run_sample)
 
 
 # What `slatte sample` uses where neither a flag nor the model's sampling.json says otherwise.
 SAMPLE_DEFAULTS = {"sampler": "ddpm", "steps": 50, "cfg_scale": 1.0, "guidance_rescale": 0.0}
+_STG_FLAGS = ("stg_blocks", "stg_scale", "stg_strategy", "stg_window")
 
 
-def apply_sampling_defaults(args: argparse.Namespace, recommended: dict) -> None:
-    """Fill the sampling options the user left unset: from `recommended` (a sampling.json),
-    then from SAMPLE_DEFAULTS. Its STG terms apply only when no --stg-blocks was given; then
-    --stg-scale / --stg-strategy given alone apply to them (--stg-scale 0 drops them)."""
+def sampling_settings(args: argparse.Namespace, recommended: dict) -> dict[str, Any]:
+    """The sampler, steps and guidance options: the flags given, then `recommended` (a
+    sampling.json), then SAMPLE_DEFAULTS. Its STG terms apply only when no --stg-blocks was
+    given; then --stg-scale / --stg-strategy given alone apply to them (--stg-scale 0 drops
+    them)."""
+    from .guidance.config import DEFAULT_STRATEGY
+
+    settings = {key: getattr(args, key) for key in (*SAMPLE_DEFAULTS, *_STG_FLAGS)}
     for key, fallback in SAMPLE_DEFAULTS.items():
-        if getattr(args, key) is None:
-            setattr(args, key, recommended.get(key, fallback))
+        if settings[key] is None:
+            settings[key] = recommended.get(key, fallback)
     terms = recommended.get("stg", [])
-    if args.stg_blocks or not terms:
-        return
-    args.stg_blocks = [term["blocks"] for term in terms]
-    if not args.stg_scale:
-        args.stg_scale = [float(term.get("scale", 1.0)) for term in terms]
-    if not args.stg_strategy:
-        args.stg_strategy = [term.get("strategy", DEFAULT_STRATEGY) for term in terms]
+    if settings["stg_blocks"] or not terms:
+        return settings
+    settings["stg_blocks"] = [term["blocks"] for term in terms]
+    if not settings["stg_scale"]:
+        settings["stg_scale"] = [float(term.get("scale", 1.0)) for term in terms]
+    if not settings["stg_strategy"]:
+        settings["stg_strategy"] = [term.get("strategy", DEFAULT_STRATEGY) for term in terms]
+    return settings
 
 
 def _run_sample(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
-    from .guidance.cli_args import guidance_from_args
-    from .models import load_model
+    from .guidance.cli_args import guidance_from_options
+    from .models import load_config, load_model
     from .ops.sequence_parallel import check_heads
     from .parallel import sequence_shard
     from .pretrained import pretrained_dir, sampling_defaults
@@ -385,24 +308,25 @@ def _run_sample(args: argparse.Namespace) -> int:
     model_dir = (
         resolve_model_dir(args.checkpoint) if args.checkpoint else pretrained_dir(DEFAULT_MODEL)
     )
-    apply_sampling_defaults(args, sampling_defaults(model_dir))
-    cfg_scale, stg_terms, rescale = guidance_from_args(args)  # flag mistakes before sampling
-    sla = _sla_from_args(args) if args.attention and args.attention != "sdpa" else None
-    info, device = (
-        init_distributed(args.device) if args.sequence_parallel else (DistInfo(), args.device)
-    )
+    settings = sampling_settings(args, sampling_defaults(model_dir))
+    cfg_scale, stg_terms, rescale = guidance_from_options(settings)  # flag mistakes first
+    stored = load_config(model_dir)
+    backend, sla = attention_from_args(args, stored.attention_backend, stored.sla)
+    check_writable(args.out, folder=True)
+    device = check_device(args.device)
+    info, device = init_distributed(device) if args.sequence_parallel else (DistInfo(), device)
     model = load_model(
         model_dir,
         device=device,
-        dtype=DTYPES[args.dtype],
-        attention_backend=args.attention,
+        dtype=_torch_dtype(args.dtype),
+        attention_backend=backend,
         sla=sla,
     )
     opts = SampleOptions(
         num_samples=args.num_samples,
         labels=tuple(args.classes) if args.classes else None,
-        steps=args.steps,
-        sampler=args.sampler,
+        steps=settings["steps"],
+        sampler=settings["sampler"],
         eta=args.eta,
         cfg_scale=cfg_scale,
         stg=tuple(stg_terms),
@@ -429,71 +353,120 @@ def _run_sample(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- bench
-def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="time attention backends on this machine (JSON)")
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from .ops.attention import BACKENDS
+
+    p = sub.add_parser(
+        "bench",
+        description="Time attention backends on random (B, H, N, D) inputs; prints progress, "
+        "then JSON. On a CPU the 'sla' backend runs its PyTorch reference (the JSON says so).",
+    )
     p.add_argument("--seq-len", type=int, default=4096)
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--backends", default="sdpa,sla", help=f"comma list of {BACKENDS}")
     p.add_argument("--backward", action="store_true", help="time forward+backward")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument(
-        "--dtype", choices=tuple(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU"
+        "--dtype", choices=DTYPE_NAMES, default=None, help="default: bf16 on CUDA, fp32 on CPU"
     )
     p.add_argument("--repeats", type=int, default=10)
-    _add_attention_arguments(p)
+    add_sla_arguments(p)
     p.set_defaults(func=_run_bench)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
     from .bench import time_attention
+    from .ops.sla.config import SLAConfig
 
-    backends = [b for b in args.backends.split(",") if b]
-    dtype = (
-        DTYPES[args.dtype]
-        if args.dtype
-        else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
-    )
+    device = check_device(args.device)
+    dtype = args.dtype or ("bf16" if device.startswith("cuda") else "fp32")
     result = time_attention(
-        backends,
+        [b.strip() for b in args.backends.split(",") if b.strip()],
         batch=args.batch,
         heads=args.heads,
         seq_len=args.seq_len,
         head_dim=args.head_dim,
-        sla=_sla_from_args(args),
-        device=args.device,
-        dtype=dtype,
+        sla=sla_from_args(args, SLAConfig()),
+        device=device,
+        dtype=_torch_dtype(dtype),
         backward=args.backward,
         repeats=args.repeats,
+        progress=True,
     )
     print(json.dumps(result, indent=2))
     return 0
 
 
 # --------------------------------------------------------------------------- entry
-def build_parser() -> argparse.ArgumentParser:
+# The commands, each with its one-line summary and the function that adds its parser; only the
+# parser of the command given is built, so the others' imports (torch) are not paid for.
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from .eval.cli import add_eval_parser
+
+    add_eval_parser(sub)
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    from .integrations.cli import add_convert_parser
+
+    add_convert_parser(sub)
+
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    from .integrations.cli import add_finetune_parser
+
+    add_finetune_parser(sub)
+
+
+COMMANDS = {
+    "train": ("train a video DiT (default: Latte-digits on moving digits)", _add_train),
+    "sample": ("generate videos from a trained model (default: the shipped one)", _add_sample),
+    "bench": ("time attention backends on this machine (JSON)", _add_bench),
+    "eval": (
+        "score a folder of videos: digit accuracy, Fréchet distances, motion (JSON)",
+        _add_eval,
+    ),
+    "convert": (
+        "convert a checkpoint of another codebase into a slatte model directory",
+        _add_convert,
+    ),
+    "finetune": ("fine-tune a local diffusers Wan transformer with SLA attention", _add_finetune),
+}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The `slatte` parser, with the full parser of the command named in `argv` (every
+    command's when `argv` is None)."""
     parser = argparse.ArgumentParser(
         prog="slatte", description="Fast video diffusion transformers: train, sample, benchmark."
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_train(sub)
-    _add_sample(sub)
-    _add_bench(sub)
-    add_eval_parser(sub)
-    add_convert_parser(sub)
-    add_finetune_parser(sub)
+    parser.add_argument("--version", action="version", version=f"slatte {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
+    for name, (summary, add) in COMMANDS.items():
+        if chosen is None or name == chosen:
+            add(sub)
+        else:
+            sub.add_parser(name, help=summary)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from .training.trainer import TrainingError
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
+    from .training.trainer import TrainingError, TrainingInterrupted
 
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, ImportError, TrainingError) as err:
+    except TrainingInterrupted as stop:
+        print(f"slatte {args.command}: {stop}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"slatte {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, ImportError, TrainingError) as err:
         if os.environ.get("SLATTE_DEBUG"):
             raise
         print(f"slatte {args.command}: error: {err}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from .data import PixelSpace, write_frame_grid, write_video
 from .diffusion import SAMPLERS, create_diffusion
 from .diffusion.long_video import sample_long_video, seam_frames, seam_report
 from .guidance import STG, guided_model_fn
+from .memory import check_fits, video_bytes
 from .models import VideoDiT
 
 FORMATS = ("mp4", "gif", "png")
@@ -54,6 +56,10 @@ class SampleOptions:
             raise ValueError(f"steps must lie in [1, 1000], got {self.steps}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {tuple(SAMPLERS)}, got {self.sampler!r}")
+        if not (math.isfinite(self.eta) and self.eta >= 0.0):
+            raise ValueError(f"eta must be a finite number >= 0, got {self.eta}")
+        if self.fps < 1:
+            raise ValueError(f"fps must be >= 1, got {self.fps}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.num_frames is not None and self.num_frames < 1:
@@ -116,6 +122,14 @@ def generate(
     """
     codec = codec if codec is not None else PixelSpace()
     long_video = long_video_plan(model, opts)
+    total_frames = long_video[0] if long_video is not None else model.config.num_frames
+    # The finished videos are gathered on the host, decoded, then concatenated (two copies).
+    check_fits(
+        2 * video_bytes(model.config, opts.num_samples, total_frames),
+        torch.device("cpu"),
+        f"sampling {opts.num_samples} videos of {total_frames} frames",
+        "ask for fewer --num-samples or --num-frames",
+    )
     labels = resolve_labels(model, opts)
     for term in opts.stg:
         term.validate_for(model)

@@ -46,7 +46,7 @@ def test_reads_mp4_and_gif(folder):
 
 
 def test_grey_and_labels(folder):
-    (folder / "labels.json").write_text(json.dumps({"a.gif": 3, "b/clip.mp4": 1, "gone.mp4": 7}))
+    (folder / "labels.json").write_text(json.dumps({"a.gif": 3, "b/clip.mp4": 1}))
     ds = VideoFolder(folder, num_frames=2, size=16, channels=1)
     assert [ds[i]["label"] for i in range(2)] == [3, 1]
     assert ds.num_classes == 4
@@ -63,6 +63,27 @@ def test_labels_must_cover_every_video(folder):
     (folder / "labels.json").write_text(json.dumps({"a.gif": 3, "b/clip.mp4": -2}))
     with pytest.raises(ValueError, match="int >= 0"):
         VideoFolder(folder, num_frames=2, size=16)
+    (folder / "labels.json").write_text(json.dumps({"a.gif": 3, "b/clip.mp4": 1.5}))
+    with pytest.raises(ValueError, match=r"'b/clip.mp4'.*int >= 0, got 1.5"):
+        VideoFolder(folder, num_frames=2, size=16)
+
+
+def test_labels_naming_files_that_are_not_there_are_an_error(folder):
+    labels = {"a.gif": 3, "b/clip.mp4": 1, "gone.mp4": 7, "b/clip.gif": 2}
+    (folder / "labels.json").write_text(json.dumps(labels))
+    with pytest.raises(ValueError, match=r"names 2 file\(s\) .*: b/clip.gif, gone.mp4"):
+        VideoFolder(folder, num_frames=2, size=16)
+
+
+def test_check_files_names_every_video_that_cannot_be_decoded(folder):
+    (folder / "c.gif").write_bytes(b"GIF89a truncated")
+    (folder / "d.mp4").write_bytes(b"")
+    ds = VideoFolder(folder, num_frames=2, size=16)  # cheap: nothing decoded yet
+    with pytest.raises(ValueError, match=r"2 of the 4 videos .* c.gif .*d.mp4"):
+        ds.check_files()
+    (folder / "c.gif").unlink()
+    (folder / "d.mp4").unlink()
+    VideoFolder(folder, num_frames=2, size=16).check_files()
 
 
 def test_random_start_is_deterministic(folder):

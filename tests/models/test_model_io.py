@@ -15,6 +15,9 @@ def test_round_trip_reproduces_outputs(tmp_path):
     model = tiny_model(text_dim=12, block_pattern="full")
     path = save_model(model, tmp_path / "m")
     assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+    # The weights are as readable as the config (safetensors alone would make them 0600).
+    modes = {p.name: p.stat().st_mode & 0o777 for p in path.iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"]
     assert json.loads((path / "config.json").read_text())["format_version"] == FORMAT_VERSION
     assert load_config(path) == model.config
     loaded = load_model(path)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import slatte.ops.sla.interface as sla_interface
-from slatte.cli import SAMPLE_DEFAULTS, apply_sampling_defaults, main, resolve_model_dir
+from slatte.cli import SAMPLE_DEFAULTS, main, resolve_model_dir, sampling_settings
 from slatte.eval.classifier import digit_accuracy
 from slatte.models import load_model
 from slatte.nn.sla import SparseLinearAttention
@@ -54,7 +54,7 @@ def test_sample_without_checkpoint_uses_the_shipped_model(tmp_path, capsys):
 
 def _args(**given) -> argparse.Namespace:
     unset = {"sampler": None, "steps": None, "cfg_scale": None, "guidance_rescale": None}
-    unset |= {"stg_blocks": None, "stg_scale": None, "stg_strategy": None}
+    unset |= {"stg_blocks": None, "stg_scale": None, "stg_strategy": None, "stg_window": None}
     return argparse.Namespace(**(unset | given))
 
 
@@ -73,25 +73,24 @@ def recommended(tmp_path):
 
 
 def test_sampling_json_fills_what_flags_leave_unset(recommended):
-    args = _args(steps=7)
-    apply_sampling_defaults(args, recommended)
-    assert (args.sampler, args.steps, args.cfg_scale) == ("ddim", 7, 4.0)
-    assert args.guidance_rescale == SAMPLE_DEFAULTS["guidance_rescale"]  # not in the file
-    assert args.stg_blocks == [(0,)]
-    assert (args.stg_scale, args.stg_strategy) == ([1.5], ["attention_skip"])
+    args = sampling_settings(_args(steps=7), recommended)
+    assert (args["sampler"], args["steps"], args["cfg_scale"]) == ("ddim", 7, 4.0)
+    assert args["guidance_rescale"] == SAMPLE_DEFAULTS["guidance_rescale"]  # not in the file
+    assert args["stg_blocks"] == [(0,)]
+    assert (args["stg_scale"], args["stg_strategy"]) == ([1.5], ["attention_skip"])
 
-    replaced = _args(stg_blocks=[(2, 3)])
-    apply_sampling_defaults(replaced, recommended)
-    assert replaced.stg_blocks == [(2, 3)] and replaced.stg_scale is None
+    replaced = sampling_settings(_args(stg_blocks=[(2, 3)]), recommended)
+    assert replaced["stg_blocks"] == [(2, 3)] and replaced["stg_scale"] is None
 
-    switched_off = _args(stg_scale=[0.0])
-    apply_sampling_defaults(switched_off, recommended)
-    assert switched_off.stg_scale == [0.0] and switched_off.stg_strategy == ["attention_skip"]
+    switched_off = sampling_settings(_args(stg_scale=[0.0]), recommended)
+    assert switched_off["stg_scale"] == [0.0]
+    assert switched_off["stg_strategy"] == ["attention_skip"]
 
-    plain = _args()
-    apply_sampling_defaults(plain, {})
-    assert {k: getattr(plain, k) for k in SAMPLE_DEFAULTS} == SAMPLE_DEFAULTS
-    assert plain.stg_blocks is None
+    plain_args = _args()
+    plain = sampling_settings(plain_args, {})
+    assert {k: plain[k] for k in SAMPLE_DEFAULTS} == SAMPLE_DEFAULTS
+    assert plain["stg_blocks"] is None
+    assert plain_args.sampler is None  # the flags themselves stay as given
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from slatte.data.video_io import read_video
+from slatte.data.video_io import VideoDecodeError, read_video
 
 __all__ = ["VideoFolder"]
 
@@ -44,8 +44,8 @@ class VideoFolder(Dataset):
     ``channels=1`` converts to grey (BT.601 luma).
 
     Labels: if ``root/labels_file`` exists it must map each video's path relative to ``root``
-    (with ``/`` separators) to an int ≥ 0; every video must have one (entries for files that are
-    not there are ignored). Without the file every label is -1.
+    (with ``/`` separators) to an int ≥ 0; every video must have one, and every entry must name
+    a video that is there. Without the file every label is -1.
 
     A video shorter than ``(num_frames - 1) * frame_interval + 1`` frames is an error naming the
     file, its length and what is needed (clips are never looped or padded silently).
@@ -104,6 +104,13 @@ class VideoFolder(Dataset):
                 f"labels file {labels_path} must hold a JSON object mapping relative paths to "
                 f"ints, got {type(mapping).__name__}"
             )
+        keys = {path.relative_to(self.root).as_posix() for path in self.files}
+        strays = sorted(set(mapping) - keys)
+        if strays:
+            raise ValueError(
+                f"labels file {labels_path} names {len(strays)} file(s) that are not videos "
+                f"under {self.root}: {_first(strays)}"
+            )
         labels = []
         missing = []
         for path in self.files:
@@ -118,11 +125,26 @@ class VideoFolder(Dataset):
                 )
             labels.append(value)
         if missing:
-            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
             raise ValueError(
-                f"labels file {labels_path} has no label for {len(missing)} video(s): {shown}"
+                f"labels file {labels_path} has no label for {len(missing)} video(s): "
+                f"{_first(missing)}"
             )
         return labels
+
+    def check_files(self) -> None:
+        """Decode the first frame of every file, so that a broken one stops training before
+        it starts rather than when the loader reaches it; the error names the broken files."""
+        broken = []
+        for path in self.files:
+            try:
+                read_video(path, max_frames=1)
+            except VideoDecodeError as error:
+                broken.append(f"{path.relative_to(self.root).as_posix()} ({error})")
+        if broken:
+            raise ValueError(
+                f"{len(broken)} of the {len(self.files)} videos under {self.root} cannot be "
+                f"decoded: {_first(broken)}"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -159,3 +181,7 @@ class VideoFolder(Dataset):
             video = torch.einsum("fchw,c->fhw", video, _LUMA)[:, None]
         video = resize_center_crop(video, self.size).clamp_(0.0, 1.0)
         return {"video": video.mul(2.0).sub(1.0).contiguous(), "label": self.labels[index]}
+
+
+def _first(names: list[str], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (" ..." if len(names) > shown else "")

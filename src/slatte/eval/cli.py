@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from .evaluate import DEFAULT_METRICS, METRICS
 
 __all__ = ["add_eval_parser"]
 
+# Below this many videos a Fréchet distance gets a warning in the JSON.
+MIN_FRECHET_VIDEOS = 100
+
 
 def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``eval`` on the ``slatte`` command's subparsers; returns its parser."""
     p = subparsers.add_parser(
         "eval",
-        help="score a folder of videos: digit accuracy, Fréchet distances, motion (JSON)",
         description="Score every mp4/gif/webm/avi/mov under --videos and print JSON.",
     )
     p.add_argument("--videos", required=True, help="folder of generated videos (any names)")
@@ -51,8 +54,12 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from ..cli_checks import check_device, check_writable
     from .evaluate import evaluate_folder
 
+    if args.out:
+        check_writable(args.out, folder=False)
+    check_device(args.device)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     result = evaluate_folder(
         args.videos,
@@ -66,6 +73,15 @@ def run_eval(args: argparse.Namespace) -> int:
         i3d_weights=args.i3d_weights,
         device=args.device,
     )
+    few = [m for m in ("fd", "fvd") if m in result and result["num_videos"] < MIN_FRECHET_VIDEOS]
+    if few:
+        # A Fréchet distance from a handful of videos is mostly the estimation error of the
+        # covariances: say so where the figure is read, not only in the docs.
+        result["warning"] = (
+            f"{' and '.join(few)} from {result['num_videos']} videos is not meaningful: Fréchet "
+            f"distances need at least {MIN_FRECHET_VIDEOS} videos (thousands for a paper figure)"
+        )
+        print(f"slatte eval: warning: {result['warning']}", file=sys.stderr)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -12,7 +12,7 @@ or exactly as many times as `--stg-blocks` (the i-th value belongs to the i-th t
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -104,28 +104,30 @@ def guidance_from_args(
     through `parser.error` as argparse does for its own errors.
     """
     try:
-        return _guidance(args)
+        return guidance_from_options(vars(args))
     except ValueError as error:
         if parser is None:
             raise
         parser.error(str(error))
 
 
-def _guidance(args: argparse.Namespace) -> tuple[float, tuple[STG, ...], float]:
-    blocks = args.stg_blocks or []
-    per_term = {name: _spread(args, name, len(blocks)) for name in _PER_TERM}
+def guidance_from_options(options: Mapping[str, Any]) -> tuple[float, tuple[STG, ...], float]:
+    """`guidance_from_args` on a mapping of the same option names (e.g. the flags with a
+    model's recommended options filled in); inconsistent options raise a ValueError."""
+    blocks = options["stg_blocks"] or []
+    per_term = {name: _spread(options, name, len(blocks)) for name in _PER_TERM}
     terms = []
     for i, term_blocks in enumerate(blocks):
         scale = per_term["stg_scale"][i] if per_term["stg_scale"] else 1.0
         strategy = per_term["stg_strategy"][i] if per_term["stg_strategy"] else DEFAULT_STRATEGY
         start, stop = per_term["stg_window"][i] if per_term["stg_window"] else (0.0, 1.0)
         terms.append(STG(scale, term_blocks, strategy, start, stop))
-    return args.cfg_scale, tuple(terms), args.guidance_rescale
+    return options["cfg_scale"], tuple(terms), options["guidance_rescale"]
 
 
-def _spread(args: argparse.Namespace, name: str, num_terms: int) -> list:
+def _spread(options: Mapping[str, Any], name: str, num_terms: int) -> list:
     """The values of a per-term option, one per term ([] when the option was not given)."""
-    values = getattr(args, name) or []
+    values = options[name] or []
     flag = "--" + name.replace("_", "-")
     if values and num_terms == 0:
         raise ValueError(f"{flag} was given without --stg-blocks; each STG term needs its blocks")

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..ops.sla.config import FEATURE_MAPS, LINEAR_SCOPES
+from ..flags import add_sla_arguments, sla_from_args
 
 CONVERT_SOURCES = ("latte-official", "latte-diffusers")
 
@@ -22,7 +22,6 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     `slatte convert latte-diffusers DIR OUT`."""
     p = subparsers.add_parser(
         "convert",
-        help="convert a checkpoint of another codebase into a slatte model directory",
         description=(
             "latte-official: an official Latte checkpoint (github.com/Vchitect/Latte): a .pt of "
             "models/latte.py or latte_img.py (unconditional or class-conditional), or a "
@@ -69,10 +68,12 @@ def run_convert(args: argparse.Namespace) -> int:
     )
 
     if args.source == "latte-official":
-        model = convert_official_checkpoint(
+        model = _read(
+            lambda path: convert_official_checkpoint(
+                path, num_heads=args.num_heads, temporal_attentions=args.temporal_attentions
+            ),
             args.checkpoint,
-            num_heads=args.num_heads,
-            temporal_attentions=args.temporal_attentions,
+            "an official Latte checkpoint (.pt) or Latte-T2V directory",
         )
     else:
         if args.num_heads is not None:
@@ -95,6 +96,19 @@ def run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read(load, path: Path, what: str):
+    """`load(path)`, with a file that is not `what` (garbage, truncated, another format) an error
+    naming it rather than the loader's own exception."""
+    try:
+        return load(path)
+    except (ValueError, OSError):
+        raise
+    except Exception as err:  # torch.load / unpickling raise many unrelated types
+        raise ValueError(
+            f"cannot read {path} as {what}: it is corrupt or another format ({type(err).__name__})"
+        ) from err
+
+
 # --------------------------------------------------------------------------- finetune
 def _shape(text: str) -> tuple[int, ...]:
     try:
@@ -111,7 +125,6 @@ def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     d = FinetuneConfig(model_dir="", output_dir="", latent_shape=(1, 1, 1, 1))
     p = subparsers.add_parser(
         "finetune",
-        help="fine-tune a local diffusers Wan transformer with SLA attention",
         description=(
             "Switch the self-attention of a local diffusers WanTransformer3DModel directory to "
             "SLA and fine-tune it, by distillation from the dense model (default) or with the "
@@ -164,14 +177,8 @@ def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument(
         "--resume", action="store_true", help="continue from the run folder's latest checkpoint"
     )
-    sla = p.add_argument_group("SLA")
-    sla.add_argument("--sla-critical", type=float, default=0.05)
-    sla.add_argument("--sla-negligible", type=float, default=0.10)
-    sla.add_argument("--sla-block-q", type=int, default=64)
-    sla.add_argument("--sla-block-k", type=int, default=64)
-    sla.add_argument("--sla-feature-map", choices=FEATURE_MAPS, default="softmax")
-    sla.add_argument("--sla-linear-scope", choices=LINEAR_SCOPES, default="marginal")
-    sla.add_argument(
+    add_sla_arguments(p)
+    p.add_argument(
         "--sla-backend", choices=("sla", "sla_reference"), default="sla", help="kernel or reference"
     )
     p.set_defaults(func=run_finetune)
@@ -193,14 +200,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay,
         ema_decay=args.ema_decay,
         trainable=args.trainable,
-        sla=SLAConfig(
-            critical=args.sla_critical,
-            negligible=args.sla_negligible,
-            block_q=args.sla_block_q,
-            block_k=args.sla_block_k,
-            feature_map=args.sla_feature_map,
-            linear_scope=args.sla_linear_scope,
-        ),
+        sla=sla_from_args(args, SLAConfig()),
         sla_backend=args.sla_backend,
         latent_shape=args.latent_shape,
         text_length=args.text_length,

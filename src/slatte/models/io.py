@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -59,6 +60,9 @@ def save_model(
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        # safetensors creates its file owner-only (0600); give it the mode every other file
+        # gets under the user's umask, as config.json has.
+        os.chmod(tmp / WEIGHTS_NAME, stat.S_IMODE(os.stat(tmp / CONFIG_NAME).st_mode))
         if directory.exists():
             # Directories cannot be replaced atomically: move the old one aside first, so that
             # at every instant one complete model directory exists under one of the two names.

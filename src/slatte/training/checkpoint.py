@@ -22,6 +22,7 @@ from ..models.io import save_model
 
 STATE_FILE = "training_state.pt"
 LATEST_FILE = "latest"
+TMP_PREFIX = ".tmp_step_"
 
 
 def save_checkpoint(
@@ -41,7 +42,7 @@ def save_checkpoint(
 
 def checkpoint_paths(run_dir: str | Path, step: int) -> tuple[Path, Path]:
     root = Path(run_dir) / "checkpoints"
-    return root / f".tmp_step_{step:07d}", root / f"step_{step:07d}"
+    return root / f"{TMP_PREFIX}{step:07d}", root / f"step_{step:07d}"
 
 
 def start_checkpoint(run_dir: str | Path, step: int) -> Path:
@@ -63,6 +64,14 @@ def publish_checkpoint(run_dir: str | Path, step: int, *, keep_last: int) -> Pat
     for old in sorted(final.parent.glob("step_*"))[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def remove_stale_temporaries(run_dir: str | Path) -> None:
+    """Delete what a killed run left half-written: checkpoint folders that were never published
+    and a `latest` pointer that was never renamed into place."""
+    for tmp in (Path(run_dir) / "checkpoints").glob(TMP_PREFIX + "*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    _tmp_name(Path(run_dir) / LATEST_FILE).unlink(missing_ok=True)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -88,7 +97,11 @@ def load_training_state(checkpoint: str | Path) -> dict[str, Any]:
         raise ValueError(f"could not read training state {path}: {err}") from err
 
 
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _tmp_name(path)
     tmp.write_text(text)
     os.replace(tmp, path)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+from ..flags import flag, flag_names
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 PARALLEL_MODES = ("ddp", "fsdp")
@@ -16,51 +18,110 @@ DATA_DERIVED = {
 }
 
 
+# What a resumed run may change: its length, logging, device and the split over processes.
+# Everything else shapes the data, the model or the optimisation and stays as the run began.
+RESUMABLE = (
+    "steps",
+    "log_every",
+    "ckpt_every",
+    "keep_checkpoints",
+    "sample_every",
+    "sample_steps",
+    "device",
+    "compile",
+    "num_workers",
+    "parallel",
+    "sequence_parallel",
+)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    out_dir: str = "runs/digits"
+    """One training run. Each field with `flag` metadata is a `slatte train` flag."""
+
+    out_dir: str = field(default="runs/digits", metadata=flag("run folder", name="out"))
     # model
-    model: str = "Latte-digits"
+    model: str = field(default="Latte-digits", metadata=flag("named model config (see README)"))
     model_overrides: dict[str, Any] = field(default_factory=dict)
-    init_from: str | None = None  # a slatte model directory to start from (fine-tuning)
-    # data: "digits" (the embedded moving digits) or a folder of videos
-    data: str = "digits"
-    num_frames: int = 16
-    size: int = 32
-    frame_interval: int = 1
-    channels: int = 1
-    num_digits: int = 1
-    vae: str | None = None  # local diffusers AutoencoderKL directory: train in its latent space
-    latent_cache: str | None = None  # with `vae`: encode each clip once and keep it here
-    num_workers: int = 0
+    init_from: str | None = field(
+        default=None, metadata=flag("start from this slatte model directory (fine-tuning)")
+    )
+    data: str = field(default="digits", metadata=flag("'digits' or a folder of videos"))
+    num_frames: int = field(default=16, metadata=flag("frames per clip", name="frames"))
+    size: int = field(default=32, metadata=flag("frame size in pixels (square)"))
+    frame_interval: int = field(default=1, metadata=flag("take every N-th frame of a video"))
+    channels: int = field(
+        default=1, metadata=flag("1 (grey) or 3 (RGB) for a video folder", choices=(1, 3))
+    )
+    num_digits: int = field(
+        default=1, metadata=flag("digits per moving-digits clip", choices=(1, 2))
+    )
+    vae: str | None = field(
+        default=None,
+        metadata=flag("local diffusers AutoencoderKL folder: train in its latent space"),
+    )
+    latent_cache: str | None = field(
+        default=None, metadata=flag("with --vae: encode each clip once and keep it here")
+    )
+    num_workers: int = field(default=0, metadata=flag("data loader processes", name="workers"))
     # optimisation
-    steps: int = 1000
-    batch_size: int = 8  # global, split over processes
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.9999
-    # Min-SNR-γ loss weighting (None: the plain ε-MSE); 5 is the paper's choice
-    min_snr_gamma: float | None = None
-    precision: str = "fp32"
-    grad_checkpointing: bool = False
-    compile: bool = False  # torch.compile the model's forward (worth it on GPUs)
-    # Joint video-image training: each step also trains on this many single frames, taken from
-    # other clips and treated as 1-frame videos (0 = off).
-    image_batch: int = 0
-    seed: int = 0
-    # several processes (torchrun): "ddp" replicates the model, "fsdp" shards it (FSDP2) and
-    # writes sharded checkpoints; `sequence_parallel` processes split each clip's frames
-    parallel: str = "ddp"
-    sequence_parallel: int = 1
+    steps: int = field(
+        default=1000,
+        metadata=flag("total optimisation steps (with --resume: the run's own unless given)"),
+    )
+    batch_size: int = field(default=8, metadata=flag("global batch size, split over processes"))
+    lr: float = field(default=1e-4, metadata=flag("AdamW learning rate"))
+    weight_decay: float = field(default=0.0, metadata=flag("AdamW weight decay"))
+    warmup_steps: int = field(default=0, metadata=flag("linear learning-rate warm-up steps"))
+    grad_clip: float = field(default=1.0, metadata=flag("gradient norm clip (0 = off)"))
+    ema_decay: float = field(default=0.9999, metadata=flag("EMA decay of the saved weights"))
+    min_snr_gamma: float | None = field(
+        default=None,
+        metadata=flag("Min-SNR-γ loss weighting, e.g. 5, the paper's (default: the plain ε-MSE)"),
+    )
+    precision: str = field(default="fp32", metadata=flag("training precision", choices=PRECISIONS))
+    grad_checkpointing: bool = field(
+        default=False, metadata=flag("recompute activations in backward (less memory)")
+    )
+    compile: bool = field(
+        default=False, metadata=flag("torch.compile the model's forward (worth it on GPUs)")
+    )
+    image_batch: int = field(
+        default=0,
+        metadata=flag(
+            "joint video-image training: single frames of other clips per step, each treated "
+            "as a 1-frame video (0 = off)"
+        ),
+    )
+    seed: int = field(default=0, metadata=flag("seed of the weights, data order and noise"))
+    parallel: str = field(
+        default="ddp",
+        metadata=flag(
+            "under torchrun: 'ddp' replicates the model, 'fsdp' shards it (FSDP2, sharded "
+            "checkpoints that resume on any number of processes)",
+            choices=PARALLEL_MODES,
+        ),
+    )
+    sequence_parallel: int = field(
+        default=1,
+        metadata=flag(
+            "processes that split each clip's frames (Ulysses; divides the process count)"
+        ),
+    )
     # bookkeeping
-    log_every: int = 10
-    ckpt_every: int = 500
-    keep_checkpoints: int = 3  # 0: keep all
-    sample_every: int = 0  # 0: only at the end
-    sample_steps: int = 50
-    device: str = "cpu"
+    log_every: int = field(default=10, metadata=flag("steps between metric lines"))
+    ckpt_every: int = field(default=500, metadata=flag("steps between checkpoints"))
+    keep_checkpoints: int = field(
+        default=3, metadata=flag("checkpoints kept on disk, newest first (0 = all)")
+    )
+    sample_every: int = field(
+        default=0, metadata=flag("steps between preview samples (0 = only at the end)")
+    )
+    sample_steps: int = field(default=50, metadata=flag("sampling steps of the previews"))
+    device: str = field(
+        default="cpu",
+        metadata=flag("cpu, cuda or cuda:N", shown_default="cuda if available, else cpu"),
+    )
 
     def __post_init__(self) -> None:
         positive = (
@@ -119,13 +180,30 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
-        if min(self.sample_every, self.num_workers, self.warmup_steps, self.keep_checkpoints) < 0:
-            raise ValueError(
-                "sample_every, num_workers, warmup_steps and keep_checkpoints must be >= 0"
-            )
+        for name in ("sample_every", "num_workers", "warmup_steps", "keep_checkpoints"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def for_run_folder(self) -> dict[str, Any]:
+        """`to_dict` as a run folder records it: the folder is "." (itself), so that a copy of
+        the folder is a run of its own."""
+        return {**self.to_dict(), "out_dir": "."}
+
+    def resumed(self, out_dir: str, changes: dict[str, Any]) -> TrainConfig:
+        """This config (a run's saved one) continued in `out_dir` with `changes`: only RESUMABLE
+        fields may differ from the run's values."""
+        fixed = {k: v for k, v in changes.items() if k not in RESUMABLE and v != getattr(self, k)}
+        if fixed:
+            raise ValueError(
+                f"a resumed run keeps its {flag_names(TrainConfig, list(fixed))} "
+                f"({', '.join(f'{k}={getattr(self, k)!r}' for k in fixed)}); only "
+                f"{flag_names(TrainConfig, RESUMABLE)} may change"
+            )
+        return replace(self, out_dir=out_dir, **changes)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -36,7 +37,12 @@ from tqdm.auto import tqdm
 
 from ..models import load_model
 from ..parallel import sequence_shard
-from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from .checkpoint import (
+    latest_checkpoint,
+    load_training_state,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from .config import TrainConfig
 from .distributed import (
     DistInfo,
@@ -47,7 +53,9 @@ from .distributed import (
     parallel_layout,
 )
 from .ema import make_ema, update_ema
+from .interrupt import DeferredInterrupt
 from .plots import plot_loss_curve
+from .run_folder import CONFIG_FILE, METRICS_FILE, prepare_run_folder, trim_metrics
 from .sharded_checkpoint import (
     full_model_state_dict,
     is_sharded_checkpoint,
@@ -62,6 +70,10 @@ IMAGE_STREAM_OFFSET = 1 << 24  # global positions of image samples start here
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss became non-finite); the message says what to do."""
+
+
+class TrainingInterrupted(TrainingError):
+    """Ctrl-C stopped training; the message says which checkpoint holds the run."""
 
 
 def step_seed(seed: int, step: int, index: int) -> int:
@@ -109,18 +121,26 @@ def ema_decay_at(step: int, decay: float) -> float:
 
 class Trainer:
     """Trains the model of the task that `task(cfg, device)` builds (default: slatte's video
-    DiT as `cfg` describes it); `resume` continues from the run folder's latest checkpoint."""
+    DiT as `cfg` describes it). `resume`: continue the run in `cfg.out_dir` from its latest
+    checkpoint. Otherwise the folder must be empty or new, unless `overwrite`, which moves a
+    previous run aside."""
 
     def __init__(
         self,
         cfg: TrainConfig,
         *,
         resume: bool = False,
+        overwrite: bool = False,
         task: Callable[[TrainConfig, torch.device], TrainTask] = VideoDiTTask,
     ):
         self.cfg = cfg
         self.run_dir = Path(cfg.out_dir)
         self.info, self.device = init_distributed(cfg.device)
+        if self.info.is_main:
+            moved = prepare_run_folder(self.run_dir, resume=resume, overwrite=overwrite)
+            if moved:
+                print(moved, file=sys.stderr)
+        barrier()
         self.noise_generator = torch.Generator(device=self.device)
         if cfg.precision != "fp32" and self.device.type != "cuda":
             raise ValueError(
@@ -183,13 +203,21 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
+        if self.step >= self.cfg.steps:
+            raise ValueError(
+                f"nothing to do: the run in {self.run_dir} is at step {self.step} and its target "
+                f"is {self.cfg.steps} steps; give a larger --steps to train on"
+            )
+        if self.info.is_main:  # what a killed run left: half-written checkpoints, replayed steps
+            remove_stale_temporaries(self.run_dir)
+            trim_metrics(self.run_dir, self.step)
 
     def _save(self) -> Path | None:
         """Write a checkpoint. Called by every process: FSDP writes shards from all of them; DDP
         writes from the first process only (returning None elsewhere)."""
         state = {
             "scaler": self.scaler.state_dict(),
-            "train_config": json.dumps(self.cfg.to_dict()),
+            "train_config": json.dumps(self.cfg.for_run_folder()),
         }
         if self.sharded_checkpoints:
             return save_sharded_checkpoint(
@@ -357,8 +385,9 @@ class Trainer:
         cfg, main = self.cfg, self.info.is_main
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        metrics_path = self.run_dir / "metrics.jsonl"
+            config_text = json.dumps(cfg.for_run_folder(), indent=2)
+            (self.run_dir / CONFIG_FILE).write_text(config_text)
+        metrics_path = self.run_dir / METRICS_FILE
         writer = _tensorboard_writer(self.run_dir) if main else None
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not main, desc="train", unit="step")
         self.task.train_mode()
@@ -367,30 +396,39 @@ class Trainer:
         samples: list[Path] = []
         loader = iter(self._loader())
         image_loader = iter(self._loader(images=True)) if cfg.image_batch else None
-        while self.step < cfg.steps:
-            last = self.train_step(
-                next(loader), next(image_loader) if image_loader is not None else None
-            )
-            window_clips += cfg.batch_size
-            bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                elapsed = time.perf_counter() - window_start
-                last["clips_per_s"] = window_clips / max(elapsed, 1e-9)
-                window_start, window_clips = time.perf_counter(), 0
-                bar.set_postfix(loss=f"{last['loss']:.4f}", clips_s=f"{last['clips_per_s']:.1f}")
-                if main:
-                    with metrics_path.open("a") as f:
-                        f.write(json.dumps({"step": self.step, **last}) + "\n")
-                    if writer is not None:
-                        for key, value in last.items():
-                            writer.add_scalar(f"train/{key}", value, self.step)
-            at_end = self.step == cfg.steps
-            if self.step % cfg.ckpt_every == 0 or at_end:
-                self._save()
-                if main and metrics_path.exists():  # nothing logged yet when log_every > step
-                    plot_loss_curve(metrics_path, self.run_dir / "loss_curve.png")
-            if at_end or (cfg.sample_every and self.step % cfg.sample_every == 0):
-                samples = self._sample()
+        interrupt = DeferredInterrupt(enabled=not self.info.enabled)
+        saved_step = self.step
+        with interrupt:
+            while self.step < cfg.steps:
+                last = self.train_step(
+                    next(loader), next(image_loader) if image_loader is not None else None
+                )
+                window_clips += cfg.batch_size
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    elapsed = time.perf_counter() - window_start
+                    last["clips_per_s"] = window_clips / max(elapsed, 1e-9)
+                    window_start, window_clips = time.perf_counter(), 0
+                    bar.set_postfix(
+                        loss=f"{last['loss']:.4f}", clips_s=f"{last['clips_per_s']:.1f}"
+                    )
+                    if main:
+                        with metrics_path.open("a") as f:
+                            f.write(json.dumps({"step": self.step, **last}) + "\n")
+                        if writer is not None:
+                            for key, value in last.items():
+                                writer.add_scalar(f"train/{key}", value, self.step)
+                at_end = self.step == cfg.steps
+                if self.step % cfg.ckpt_every == 0 or at_end:
+                    self._save()
+                    saved_step = self.step
+                    if main and metrics_path.exists():  # nothing logged yet when log_every > step
+                        plot_loss_curve(metrics_path, self.run_dir / "loss_curve.png")
+                if at_end or (cfg.sample_every and self.step % cfg.sample_every == 0):
+                    samples = self._sample()
+                if interrupt.requested and not at_end:
+                    bar.close()
+                    raise TrainingInterrupted(self._interrupted(saved_step))
         bar.close()
         if writer is not None:
             writer.close()
@@ -403,6 +441,23 @@ class Trainer:
             "checkpoint": str(latest_checkpoint(self.run_dir)) if main else None,
         }
 
+    def _interrupted(self, saved_step: int) -> str:
+        """Save the run at the current step after Ctrl-C (a step boundary: the state is whole)
+        and say what holds it."""
+        if self.step > saved_step:
+            self._save()
+            saved = latest_checkpoint(self.run_dir)
+            return (
+                f"interrupted at step {self.step}; saved checkpoint {saved} (--resume continues it)"
+            )
+        last = latest_checkpoint(self.run_dir)
+        if last is None:
+            return f"interrupted at step {self.step}; nothing to save, no checkpoint written"
+        return (
+            f"interrupted at step {self.step}; its checkpoint {last} holds the run "
+            "(--resume continues it)"
+        )
+
 
 def _tensorboard_writer(run_dir: Path):
     try:
@@ -412,6 +467,6 @@ def _tensorboard_writer(run_dir: Path):
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
-def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Run (or resume) training as `cfg` says; returns the final step, last metrics, file paths."""
-    return Trainer(cfg, resume=resume).fit()
+    return Trainer(cfg, resume=resume, overwrite=overwrite).fit()

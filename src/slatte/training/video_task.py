@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset
 
 from ..data import CachedLatents, MovingDigits, VideoFolder
 from ..diffusion.gaussian import ModelFn
 from ..diffusion.objectives import make_objective
+from ..memory import check_fits, training_bytes
 from ..models import VideoDiT, load_model, model_config, save_model
 from ..ops.sequence_parallel import check_heads
 from .config import TrainConfig
@@ -38,6 +40,7 @@ def build_dataset(cfg: TrainConfig) -> tuple[Dataset, int]:
         frame_interval=cfg.frame_interval,
         channels=cfg.channels,
     )
+    data.check_files()  # hours into a run is too late to find a broken video
     return data, data.num_classes
 
 
@@ -91,6 +94,17 @@ class VideoDiTTask:
         ).to(device)
         self.model.enable_gradient_checkpointing(cfg.grad_checkpointing)
         check_heads(self.model.config.num_heads, cfg.sequence_parallel)  # fail before step 1
+        processes = dist.get_world_size() if dist.is_initialized() else 1
+        check_fits(
+            training_bytes(
+                self.model.config,
+                max(1, cfg.batch_size // processes),
+                grad_checkpointing=cfg.grad_checkpointing,
+            ),
+            device,
+            f"training with batch size {cfg.batch_size}",
+            "lower --batch-size (or --frames / --size), or add --grad-checkpointing",
+        )
         self.objective = make_objective(
             "gaussian",
             learn_sigma=self.model.config.learn_sigma,
