@@ -166,10 +166,62 @@ def ulysses_attention(
     return heads_to_seq(attention_fn(q, k, v), group)
 
 
+# ---------------------------------------------------------------------------------------------
+# Ring collectives (ring attention: `slatte.parallel.ring`)
+# ---------------------------------------------------------------------------------------------
+
+
+def shard_lengths(n_local: int, group: dist.ProcessGroup, device: torch.device) -> list[int]:
+    """The sequence lengths every process of `group` holds, in group-rank order (chunks in that
+    order make up the sequence)."""
+    mine = torch.tensor([n_local], dtype=torch.int64, device=device)
+    parts = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, mine, group=group)
+    return [int(p) for p in parts]
+
+
+def ring_shift(send: torch.Tensor, recv: torch.Tensor, group: dist.ProcessGroup) -> list[dist.Work]:
+    """Start sending `send` to the next process of `group` (group rank + 1, wrapping) and
+    receiving the previous one's into `recv`; returns the requests to `wait()` on, so that the
+    caller computes on the blocks in hand meanwhile."""
+    rank, size = dist.get_rank(group), dist.get_world_size(group)
+    nxt = dist.get_global_rank(group, (rank + 1) % size)
+    prev = dist.get_global_rank(group, (rank - 1) % size)
+    return [
+        dist.isend(send.contiguous(), nxt, group=group),
+        dist.irecv(recv, prev, group=group),
+    ]
+
+
+class _AllReduceSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+        ctx.group = group
+        out = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        # Every process's output is the sum of every input: each input's gradient is the sum of
+        # every output's gradient.
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+def all_reduce_sum(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    """The sum of `x` over `group`, on every process; differentiable."""
+    return _AllReduceSum.apply(x, group)
+
+
 __all__ = [
+    "all_reduce_sum",
     "check_heads",
     "group_size",
     "heads_to_seq",
+    "ring_shift",
     "seq_to_heads",
+    "shard_lengths",
     "ulysses_attention",
 ]
