@@ -24,17 +24,20 @@ from slatte.parallel import (
     ring_sla,
 )
 
-# (name, N, config): 16-row blocks, so N = 200 / 203 puts block boundaries inside the chunks.
+# (name, N, config, max_scores): 16-row blocks, so N = 200 / 203 puts block boundaries inside
+# the chunks; a small max_scores computes the query rows in tiles (14 rows at a time here).
+TILED = 3000
 SLA_CASES = [
-    ("marginal", 200, SLAConfig(critical=0.25, negligible=0.25, block_q=16, block_k=16)),
+    ("marginal", 200, SLAConfig(critical=0.25, negligible=0.25, block_q=16, block_k=16), None),
     (
-        "all_elu_uneven",
+        "all_elu_uneven_tiled",
         203,
         SLAConfig(
             critical=3, negligible=2, block_q=32, block_k=16, feature_map="elu", linear_scope="all"
         ),
+        TILED,
     ),  # fmt: skip
-    ("no_projection", 200, SLAConfig(critical=0.25, negligible=0.1, block_q=16, block_k=32)),
+    ("no_projection", 200, SLAConfig(critical=0.25, negligible=0.1, block_q=16, block_k=32), None),
 ]
 H, D = 2, 16
 
@@ -86,11 +89,12 @@ def _ring_worker(rank: int, world: int, out_path: str) -> None:
     init_gloo()
     group = dist.group.WORLD
     results: dict[str, object] = {}
-    for name, n, config in SLA_CASES:
+    for name, n, config, max_scores in SLA_CASES:
         proj = name != "no_projection"
+        tiles = {} if max_scores is None else {"max_scores": max_scores}
 
-        def local(q, k, v, w, b, config=config):
-            return ring_sla(q, k, v, w, b, config, group)
+        def local(q, k, v, w, b, config=config, tiles=tiles):
+            return ring_sla(q, k, v, w, b, config, group, **tiles)
 
         results[f"sla/{name}"] = _compare(_sla_full(config), local, n, world, rank, proj)
         q, k = (t.tensor_split(world, dim=2)[rank] for t in _inputs(n)[:2])
@@ -98,7 +102,7 @@ def _ring_worker(rank: int, world: int, out_path: str) -> None:
         results[f"map/{name}"] = bool(torch.equal(ring_block_map(q, k, config, group), full_map))
     results["dense"] = _compare(
         lambda q, k, v, w, b: F.scaled_dot_product_attention(q, k, v),
-        lambda q, k, v, w, b: ring_attention(q, k, v, group),
+        lambda q, k, v, w, b: ring_attention(q, k, v, group, max_scores=TILED),
         203,
         world,
         rank,
@@ -111,7 +115,7 @@ def _ring_worker(rank: int, world: int, out_path: str) -> None:
 def _hybrid_worker(rank: int, world: int, out_path: str) -> None:
     init_gloo()
     ring_group, ulysses_group = hybrid_groups(2)
-    _, n, config = SLA_CASES[0]
+    _, n, config, _ = SLA_CASES[0]
     results: dict[str, object] = {}
 
     def local(q, k, v, w, b):

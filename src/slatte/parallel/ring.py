@@ -141,9 +141,16 @@ def ring_block_map(
 # ---------------------------------------------------------------------------------------------
 
 
+# The most scores (query rows x keys of a chunk, all batches and heads) one step holds at once:
+# 2^27 fp32 scores are 512 MiB per temporary, so 64K tokens on 2 GPUs (32K x 32K per head)
+# runs in row tiles instead of holding 64 GiB of scores per head group.
+MAX_SCORES = 2**27
+
+
 class _RingSoftmax:
     """Which keys each local query row attends to, chunk by chunk: the critical blocks of its
-    query block under `bmap`, or every key when `bmap` is None (dense attention)."""
+    query block under `bmap`, or every key when `bmap` is None (dense attention); and the tiles
+    of query rows that keep each step's scores within `max_scores`."""
 
     def __init__(
         self,
@@ -153,24 +160,33 @@ class _RingSoftmax:
         block_q: int,
         block_k: int,
         device: torch.device,
+        max_scores: int,
     ):
-        self.bmap, self.lengths, self.rank = bmap, lengths, rank
+        if isinstance(max_scores, bool) or not isinstance(max_scores, int) or max_scores < 1:
+            raise ValueError(f"max_scores must be an int >= 1, got {max_scores!r}")
+        self.bmap, self.lengths, self.rank, self.max_scores = bmap, lengths, rank, max_scores
         self.offsets = [sum(lengths[:i]) for i in range(len(lengths))]
         self.block_k = block_k
         rows = torch.arange(lengths[rank], device=device) + self.offsets[rank]
-        self.q_map = None if bmap is None else bmap.index_select(2, rows // block_q)
+        self.q_blocks = rows // block_q  # the global query block of each local row
 
     def source(self, step: int) -> int:
         """Group rank whose K/V chunk this process holds at ring step `step`."""
         return (self.rank - step) % len(self.lengths)
 
-    def mask(self, src: int) -> torch.Tensor | None:
-        """bool (B, H, n_r, n_src): the keys of chunk `src` each local row attends to."""
-        if self.q_map is None:
+    def tiles(self, src: int, batch_heads: int) -> list[slice]:
+        """Slices of the local query rows, each small enough against chunk `src`."""
+        n = self.lengths[self.rank]
+        rows = max(1, self.max_scores // max(1, self.lengths[src] * batch_heads))
+        return [slice(start, min(start + rows, n)) for start in range(0, n, rows)]
+
+    def mask(self, src: int, rows: slice) -> torch.Tensor | None:
+        """bool (B, H, len(rows), n_src): the keys of chunk `src` that those rows attend to."""
+        if self.bmap is None:
             return None
-        device = self.q_map.device
-        keys = torch.arange(self.lengths[src], device=device) + self.offsets[src]
-        return self.q_map.index_select(3, keys // self.block_k) == CRITICAL
+        keys = torch.arange(self.lengths[src], device=self.bmap.device) + self.offsets[src]
+        rows_map = self.bmap.index_select(2, self.q_blocks[rows])
+        return rows_map.index_select(3, keys // self.block_k) == CRITICAL
 
     def chunk_shape(self, like: torch.Tensor, src: int) -> tuple[int, ...]:
         shape = list(like.shape)
@@ -194,19 +210,24 @@ class _RingAttention(torch.autograd.Function):
         out = torch.zeros(qa.shape, dtype=acc, device=q.device)
         lse = torch.full(q.shape[:-1], float("-inf"), dtype=acc, device=q.device)
         kv = torch.stack([k, v])  # one message per step: (2, B, H, n_src, D)
-        size = group_size(group)
+        size, batch_heads = group_size(group), q.shape[0] * q.shape[1]
         for step in range(size):
+            src = plan.source(step)
             if step + 1 < size:
                 incoming = kv.new_empty(plan.chunk_shape(kv, plan.source(step + 1)))
                 requests = ring_shift(kv, incoming, group)
-            scores = _scores(qa, kv[0].to(acc), plan.mask(plan.source(step)), scale)
-            chunk_lse = torch.logsumexp(scores, dim=-1)
-            new_lse = torch.logaddexp(lse, chunk_lse)
-            # Rows that attend to no key so far keep lse = -inf: their weights must be 0, not NaN.
-            safe = torch.where(torch.isinf(new_lse), 0.0, new_lse)
-            probs = torch.exp(scores - safe[..., None])
-            out = out * torch.exp(lse - safe)[..., None] + probs @ kv[1].to(acc)
-            lse = new_lse
+            ka, va = kv[0].to(acc), kv[1].to(acc)
+            for rows in plan.tiles(src, batch_heads):
+                scores = _scores(qa[:, :, rows], ka, plan.mask(src, rows), scale)
+                old_lse = lse[:, :, rows]
+                new_lse = torch.logaddexp(old_lse, torch.logsumexp(scores, dim=-1))
+                # Rows that attend to no key so far keep lse = -inf: weights 0, not NaN.
+                safe = torch.where(torch.isinf(new_lse), 0.0, new_lse)
+                probs = torch.exp(scores - safe[..., None])
+                out[:, :, rows] = (
+                    out[:, :, rows] * torch.exp(old_lse - safe)[..., None] + probs @ va
+                )
+                lse[:, :, rows] = new_lse
             if step + 1 < size:
                 for request in requests:
                     request.wait()
@@ -226,18 +247,21 @@ class _RingAttention(torch.autograd.Function):
         dq = torch.zeros_like(qa)
         kv = torch.stack([k, v])
         dkv = torch.zeros(kv.shape, dtype=acc, device=q.device)  # travels with its K/V chunk
-        size = group_size(group)
+        size, batch_heads = group_size(group), q.shape[0] * q.shape[1]
         for step in range(size):
             src = plan.source(step)
             if step + 1 < size:
                 incoming = kv.new_empty(plan.chunk_shape(kv, plan.source(step + 1)))
                 requests = ring_shift(kv, incoming, group)
             ka, va = kv[0].to(acc), kv[1].to(acc)
-            probs = torch.exp(_scores(qa, ka, plan.mask(src), scale) - lse[..., None])
-            dscores = probs * (do @ va.transpose(-1, -2) - delta) * scale
-            dq += dscores @ ka
-            dkv[0] += dscores.transpose(-1, -2) @ qa
-            dkv[1] += probs.transpose(-1, -2) @ do
+            for rows in plan.tiles(src, batch_heads):
+                q_rows, do_rows = qa[:, :, rows], do[:, :, rows]
+                scores = _scores(q_rows, ka, plan.mask(src, rows), scale)
+                probs = torch.exp(scores - lse[:, :, rows, None])
+                dscores = probs * (do_rows @ va.transpose(-1, -2) - delta[:, :, rows]) * scale
+                dq[:, :, rows] += dscores @ ka
+                dkv[0] += dscores.transpose(-1, -2) @ q_rows
+                dkv[1] += probs.transpose(-1, -2) @ do_rows
             # After the last step this sends each accumulator to its owner (the next process).
             dkv_in = dkv.new_empty(plan.chunk_shape(dkv, plan.source(step + 1)))
             for request in ring_shift(dkv, dkv_in, group):
@@ -257,16 +281,17 @@ def ring_attention(
     group: dist.ProcessGroup | None,
     *,
     scale: float | None = None,
+    max_scores: int = MAX_SCORES,
 ) -> torch.Tensor:
     """Dense softmax attention over a sequence split on `group` (ring attention): q, k, v
     (B, H, n_r, D) are this process's chunk; returns its output (B, H, n_r, D). The dense
-    counterpart of `ring_sla`, for comparison."""
+    counterpart of `ring_sla`, for comparison; `max_scores` as there."""
     _check_qkv(q, k, v)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     if group_size(group) == 1:
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
     lengths, _ = _ring_layout(q, group)
-    plan = _RingSoftmax(None, lengths, dist.get_rank(group), 1, 1, q.device)
+    plan = _RingSoftmax(None, lengths, dist.get_rank(group), 1, 1, q.device, max_scores)
     return _RingAttention.apply(q, k, v, plan, group, scale)
 
 
@@ -315,6 +340,7 @@ def ring_sla(
     group: dist.ProcessGroup | None,
     *,
     scale: float | None = None,
+    max_scores: int = MAX_SCORES,
 ) -> torch.Tensor:
     """SLA (`shared/specs/SLA.md`) over a sequence split on `group`, ring-style.
 
@@ -322,6 +348,9 @@ def ring_sla(
     the sequence; any lengths). Returns this chunk's rows of what `sparse_linear_attention` gives
     for the whole sequence (B, H, n_r, D), in q's dtype; differentiable in q, k, v and the
     projection. Without a group (or a group of one) it is the single-process op.
+
+    `max_scores`: the most attention scores (query rows x keys of one chunk, over all batches
+    and heads) a step holds at once; the local query rows are computed in tiles within it.
     """
     _check_qkv(q, k, v)
     if not isinstance(config, SLAConfig):
@@ -332,7 +361,7 @@ def ring_sla(
     lengths, offset = _ring_layout(q, group)
     bmap = _map_of(q, k, config, group, lengths, offset)
     rank = dist.get_rank(group)
-    plan = _RingSoftmax(bmap, lengths, rank, config.block_q, config.block_k, q.device)
+    plan = _RingSoftmax(bmap, lengths, rank, config.block_q, config.block_k, q.device, max_scores)
     out = _RingAttention.apply(q, k, v, plan, group, scale)
     if proj_weight is None:
         return out
