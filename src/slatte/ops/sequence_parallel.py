@@ -11,7 +11,9 @@ Shapes: B batch, H heads, N full sequence length, P group size, D head dim.
     head-sharded (B, H/P, N, D)      --heads_to_seq-->  sequence-sharded (B, H, N/P, D)
 
 Collectives only: which frames of a video a process holds is `slatte.parallel.SequenceShard`,
-which the trainer and the sampler give the model.
+which the trainer and the sampler give the model. The ring decomposition
+(`slatte.parallel.ring`) takes its collectives from here too: the chunk lengths, the K/V shift
+to the next process, a differentiable all-reduce.
 """
 
 from __future__ import annotations
