@@ -189,10 +189,14 @@ def ring_shift(send: torch.Tensor, recv: torch.Tensor, group: dist.ProcessGroup)
     rank, size = dist.get_rank(group), dist.get_world_size(group)
     nxt = dist.get_global_rank(group, (rank + 1) % size)
     prev = dist.get_global_rank(group, (rank - 1) % size)
-    return [
-        dist.isend(send.contiguous(), nxt, group=group),
-        dist.irecv(recv, prev, group=group),
-    ]
+    # One batch: NCCL queues separate sends and receives on one stream, where every process's
+    # send would wait for a receive queued behind its neighbour's send.
+    return dist.batch_isend_irecv(
+        [
+            dist.P2POp(dist.isend, send.contiguous(), nxt, group=group),
+            dist.P2POp(dist.irecv, recv, prev, group=group),
+        ]
+    )
 
 
 class _AllReduceSum(torch.autograd.Function):
