@@ -14,44 +14,28 @@ import torch
 import torch.distributed as dist
 from dist_testing import init_gloo, spawn
 
+from integrations.diffusers_testing import model_inputs, tiny_wan
 from slatte.integrations.diffusers_sla import disable_sla, enable_sla
 
-diffusers = pytest.importorskip("diffusers")
 pytestmark = pytest.mark.slow  # two processes importing diffusers: ~40 s on 2 cores
 
 WORLD = 2
-# ContextParallelConfig options. The tiny Wan sees 3 frames of 4x4 patches: 48 tokens, 24 per
-# process, so the second block of 16 straddles the two. (`ring_anything`'s ragged chunks are
-# not covered: diffusers gathers them with an all_gather that gloo refuses for unequal sizes.)
+# ContextParallelConfig options. The tiny Wan of the diffusers tests sees 3 frames of 4x4
+# patches: 48 tokens, 24 per process, so the second block of 16 straddles the two.
+# (`ring_anything`'s ragged chunks are not covered: diffusers gathers them with an all_gather
+# that gloo refuses for unequal sizes.)
 CASES = {"ring": {"ring_degree": WORLD}, "ulysses": {"ulysses_degree": WORLD}}
 
 
 def _sla_wan() -> tuple[torch.nn.Module, dict]:
-    torch.manual_seed(0)
-    model = diffusers.WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=16,
-        in_channels=4,
-        out_channels=4,
-        text_dim=32,
-        freq_dim=32,
-        ffn_dim=64,
-        num_layers=2,
-        rope_max_seq_len=32,
-    ).eval()
+    model = tiny_wan()
     enable_sla(model, critical=1, negligible=1, block_q=16, block_k=16, backend="sla_reference")
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():  # a nonzero projection, so that the linear branch counts
         for name, param in model.named_parameters():
             if "proj_l" in name:
                 param.copy_(0.3 * torch.randn(param.shape, generator=gen))
-    inputs = {
-        "hidden_states": torch.randn(1, 4, 3, 8, 8, generator=gen),
-        "timestep": torch.tensor([500]),
-        "encoder_hidden_states": torch.randn(1, 5, 32, generator=gen),
-    }
-    return model, inputs
+    return model, model_inputs("wan", batch=1)
 
 
 def _enable_context_parallel(model: torch.nn.Module, options: dict, rank: int) -> None:
