@@ -17,8 +17,9 @@ both work for any N), so nothing is padded.
   exact. The all-reduce is differentiable (its backward all-reduces the sums' gradients) and the
   rest is local PyTorch under autograd.
 
-The per-process compute is plain PyTorch (masked attention per K/V chunk, dense scores of
-n_r x n_src): exact on any device, but it holds a chunk's scores in memory. The Triton and
+The per-process compute is plain PyTorch (masked attention per K/V chunk, the local query rows
+in tiles whose scores stay under `max_scores`): exact on any device, but it computes the scores
+of every key of a chunk, critical or not, so it does the work of dense attention. The Triton and
 FlashAttention-4 kernels compute the map from the q and k they are given, so they cannot serve a
 chunk of keys under a global map; that needs a forward entry taking (q, K/V chunk, the chunk's
 critical-block lists with their global offset) and returning O and the per-row LSE, and a
@@ -107,8 +108,7 @@ def _pooled(
     x: torch.Tensor, offset: int, n: int, block: int, group: dist.ProcessGroup
 ) -> torch.Tensor:
     """Mean of each global block's rows (B, H, ceil(n / block), D), from the rows here."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    blocks, first = _to_blocks(x.detach().to(acc), offset, block)
+    blocks, first = _to_blocks(x.detach().to(_acc_dtype(x)), offset, block)
     n_blocks = -(-n // block)
     sums = _global_block_sums(blocks.sum(3), first, n_blocks, group)
     return sums / _block_rows(n, n_blocks, block, sums)[:, None]
