@@ -11,10 +11,13 @@ Run without torchrun; it launches itself under `torchrun --standalone` once per 
    with the GPU count, as in data-parallel training). One GPU: the plain model under autocast
    (the baseline a user has); N GPUs: FSDP2 (`slatte.training.fsdp.shard_model`, bf16 params,
    fp32 gradient reduction) with a sharded EMA. Figure: clips/s, and N-GPU clips/s over 1-GPU.
-2. Attention: SLA (fused kernel) over B=1, H heads, N tokens, D=128, bf16. One GPU: the whole
-   sequence; N GPUs: N/P tokens each, exchanged with Ulysses all-to-alls around the same kernel
-   (`slatte.ops.sequence_parallel.ulysses_attention`). Figure: ms per call (slowest rank), and
-   1-GPU time over N-GPU time.
+2. Attention: SLA (fused kernel) over B=1, H heads, N tokens, D=128, bf16, forward (or with
+   --backward forward + backward). One GPU: the whole sequence; N GPUs: N/P tokens each, split
+   by each of --decompositions: `ulysses` (all-to-alls around the same kernel,
+   `slatte.ops.sequence_parallel.ulysses_attention`), `ring` (`slatte.parallel.ring_sla` /
+   `ring_attention`: K/V around the ring, plain PyTorch per GPU) and `hybrid` (Ulysses inside
+   groups of GPUs / --ring-degree, ring across them). Figure: ms per call (slowest rank), and
+   1-GPU time over N-GPU time, per decomposition.
 
 NVLink multicast (NVLS) stays off: NCCL_NVLS_ENABLE=0 is set before the process group exists.
 Prints one JSON object and a table (`--profile`: and each attention call's slowest kernels).
@@ -105,42 +108,95 @@ def train_throughput(args: argparse.Namespace, world: int) -> dict:
     }
 
 
-def attention_times(args: argparse.Namespace, world: int) -> list[dict]:
+def _attention_call(decomposition, backend, groups, sla, q, k, v, proj):
+    """The attention call of one row: one GPU runs the op on the whole sequence; N GPUs split it
+    by `decomposition` (`groups`: the ring and Ulysses groups of this process)."""
     from slatte.ops.attention import attention
     from slatte.ops.sequence_parallel import ulysses_attention
+    from slatte.parallel import hybrid_attention, hybrid_sla, ring_attention, ring_sla
+
+    def attend(q_, k_, v_):
+        return attention(q_, k_, v_, backend=backend, sla=sla, proj_weight=proj)
+
+    if groups is None:
+        return lambda: attend(q, k, v)
+    ring_group, ulysses_group = groups[decomposition]
+    if decomposition == "ulysses":
+        return lambda: ulysses_attention(q, k, v, attend, ulysses_group)
+    dense = backend == "sdpa"  # the ring paths run plain PyTorch per process for any SLA backend
+    if decomposition == "ring":
+        if dense:
+            return lambda: ring_attention(q, k, v, ring_group)
+        return lambda: ring_sla(q, k, v, proj, None, sla, ring_group)
+    if dense:
+        return lambda: hybrid_attention(q, k, v, ring_group, ulysses_group)
+    return lambda: hybrid_sla(q, k, v, proj, None, sla, ring_group, ulysses_group)
+
+
+def _groups(args: argparse.Namespace, world: int) -> dict | None:
+    """(ring group, Ulysses group) per decomposition; None on one GPU. Hybrid: --ring-degree
+    ring positions of world / ring-degree GPUs each (consecutive ranks share heads)."""
+    if world == 1:
+        return None
+    from slatte.parallel import hybrid_groups
+
+    groups = {"ulysses": (None, dist.group.WORLD), "ring": (dist.group.WORLD, None)}
+    if "hybrid" in args.decompositions and world % args.ring_degree == 0:
+        groups["hybrid"] = hybrid_groups(args.ring_degree)
+    return groups
+
+
+def attention_times(args: argparse.Namespace, world: int) -> list[dict]:
     from slatte.ops.sla.config import SLAConfig
 
     sla = SLAConfig(critical=args.critical, block_q=args.block_q, block_k=args.block_k)
-    group = dist.group.WORLD if world > 1 else None
+    groups = _groups(args, world)
     rows = []
     for n in args.seq_lens:
-        for backend in args.backends:
-            gen = torch.Generator(device="cuda").manual_seed(0)
-            shape = (1, args.heads, n // world, args.head_dim)
-            q, k, v = (
-                torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=gen)
-                for _ in range(3)
-            )
-            proj = torch.zeros(args.head_dim, args.head_dim, device="cuda")
+        for decomposition in args.decompositions:
+            for backend in args.backends:
+                row = {
+                    "decomposition": decomposition,
+                    "backend": backend,
+                    "seq_len": n,
+                    "heads": args.heads,
+                    "gpus": world,
+                }
+                if groups is not None and decomposition not in groups:
+                    row["error"] = f"hybrid needs the GPU count divisible by {args.ring_degree}"
+                    rows.append(row)
+                    continue
+                gen = torch.Generator(device="cuda").manual_seed(0)
+                shape = (1, args.heads, n // world, args.head_dim)
+                q, k, v = (
+                    torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=gen)
+                    for _ in range(3)
+                )
+                proj = torch.zeros(args.head_dim, args.head_dim, device="cuda")
+                if args.backward:
+                    for t in (q, k, v, proj):
+                        t.requires_grad_()
+                forward = _attention_call(decomposition, backend, groups, sla, q, k, v, proj)
+                grad = torch.ones_like(q) if args.backward else None
 
-            def call(q=q, k=k, v=v, backend=backend, proj=proj):
-                def attend(q_, k_, v_):
-                    return attention(q_, k_, v_, backend=backend, sla=sla, proj_weight=proj)
+                def call(forward=forward, grad=grad):
+                    if grad is not None:
+                        forward().backward(grad)
+                    else:
+                        with torch.no_grad():
+                            forward()
 
-                return ulysses_attention(q, k, v, attend, group)
-
-            row = {"backend": backend, "seq_len": n, "heads": args.heads, "gpus": world}
-            try:
-                with torch.no_grad():
-                    row["forward_ms"] = round(_time_ms(call, warmup=2, repeats=args.repeats), 3)
+                key = "fwd_bwd_ms" if args.backward else "forward_ms"
+                try:
+                    row[key] = round(_time_ms(call, warmup=2, repeats=args.repeats), 3)
                     if args.profile:  # this process's kernels (rank 0's are reported)
                         kernels = kernel_ms(call, repeats=3)
                         row["kernels_ms"] = {n[:80]: round(ms, 3) for n, ms in kernels.items()}
-            except Exception as err:  # report, keep measuring the other shapes
-                row["error"] = f"{type(err).__name__}: {err}"[:300]
-            rows.append(row)
-            del q, k, v
-            torch.cuda.empty_cache()
+                except Exception as err:  # report, keep measuring the other shapes
+                    row["error"] = f"{type(err).__name__}: {err}"[:300]
+                rows.append(row)
+                del q, k, v, proj, forward, grad
+                torch.cuda.empty_cache()
     return rows
 
 
@@ -195,12 +251,16 @@ def launch(args: argparse.Namespace, argv: list[str]) -> None:
         for one, many in zip(
             base.get("attention", []), runs[gpus].get("attention", []), strict=True
         ):
-            if "forward_ms" in one and "forward_ms" in many:
-                key = f"attention_{one['backend']}_{one['seq_len']}"
-                entry[key] = round(one["forward_ms"] / many["forward_ms"], 3)
+            ms_key = "fwd_bwd_ms" if "fwd_bwd_ms" in one else "forward_ms"
+            if ms_key in one and ms_key in many:
+                entry[_row_key(one)] = round(one[ms_key] / many[ms_key], 3)
         report["speedup"][str(gpus)] = entry
     print(json.dumps(report))
     print_table(report, counts)
+
+
+def _row_key(row: dict) -> str:
+    return f"attention_{row['decomposition']}_{row['backend']}_{row['seq_len']}"
 
 
 def print_table(report: dict, counts: list[int]) -> None:
@@ -217,18 +277,23 @@ def print_table(report: dict, counts: list[int]) -> None:
                 f"{t['peak_mem_gb']} | {ratio}× |"
             )
     if "attention" in runs[1]:
-        print("\n| backend | tokens | GPUs | forward ms | speed-up |")
-        print("| --- | ---: | ---: | ---: | ---: |")
+        print("\n| split | backend | tokens | GPUs | ms (fwd or fwd+bwd) | speed-up |")
+        print("| --- | --- | ---: | ---: | ---: | ---: |")
         for gpus in counts:
             for row in runs[gpus]["attention"]:
-                key = f"attention_{row['backend']}_{row['seq_len']}"
-                ratio = report["speedup"].get(str(gpus), {}).get(key, 1.0)
-                ms = row.get("forward_ms", row.get("error", "?"))
-                print(f"| {row['backend']} | {row['seq_len']} | {gpus} | {ms} | {ratio}× |")
+                ratio = report["speedup"].get(str(gpus), {}).get(_row_key(row), 1.0)
+                ms = row.get("fwd_bwd_ms", row.get("forward_ms", row.get("error", "?")))
+                print(
+                    f"| {row['decomposition']} | {row['backend']} | {row['seq_len']} | {gpus} | "
+                    f"{ms} | {ratio}× |"
+                )
     for gpus in counts:  # --profile: the slowest kernels of each call
         for row in runs[gpus].get("attention", []):
             if "kernels_ms" in row:
-                print(f"\n{row['backend']}, {row['seq_len']} tokens, {gpus} GPUs (rank 0):")
+                print(
+                    f"\n{row['decomposition']} {row['backend']}, {row['seq_len']} tokens, "
+                    f"{gpus} GPUs (rank 0):"
+                )
                 for name, ms in list(row["kernels_ms"].items())[:10]:
                     print(f"  {ms:8.3f} ms  {name}")
 
@@ -244,6 +309,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--backends", default="sla", help="comma list: sla, sdpa, sla_reference")
+    p.add_argument(
+        "--decompositions",
+        default="ulysses,ring,hybrid",
+        help="comma list of how N GPUs split attention: ulysses, ring, hybrid (Ulysses x ring)",
+    )
+    p.add_argument(
+        "--ring-degree", type=int, default=2, help="hybrid: ring positions (GPUs / this per ring)"
+    )
+    p.add_argument("--backward", action="store_true", help="time forward + backward")
     p.add_argument("--critical", type=float, default=0.05)
     p.add_argument("--block-q", type=int, default=64)
     p.add_argument("--block-k", type=int, default=64)
@@ -257,6 +331,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.gpus = [int(g) for g in str(args.gpus).split(",") if g]
     args.seq_lens = [int(n) for n in args.seq_lens.split(",") if n]
     args.backends = [b for b in args.backends.split(",") if b]
+    args.decompositions = [d for d in args.decompositions.split(",") if d]
+    unknown = set(args.decompositions) - {"ulysses", "ring", "hybrid"}
+    if unknown:
+        raise SystemExit(
+            f"--decompositions: unknown {sorted(unknown)}; allowed: ulysses, ring, hybrid"
+        )
     for gpus in args.gpus:
         for n in args.seq_lens:
             if n % gpus or args.heads % gpus:

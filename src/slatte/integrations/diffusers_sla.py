@@ -28,6 +28,7 @@ from ..nn.sla import SparseLinearAttention
 from ..ops.attention import SLA_POLICIES
 from ..ops.sla import SLAConfig, sparse_linear_attention
 from ..ops.sla.launch_policy import TRITON_HEAD_DIMS
+from ..parallel.ring import hybrid_sla
 from .diffusers_common import (
     SUPPORTED,
     QKFunction,
@@ -79,7 +80,16 @@ class SLAAttnProcessor:
     The call signature covers the three models: Wan and LTX pass (attn, hidden_states,
     encoder_hidden_states, attention_mask, rotary) positionally, Latte's `Attention` passes
     `encoder_hidden_states` / `attention_mask` by name.
+
+    Context parallelism: `transformer.enable_parallelism(config=ContextParallelConfig(...))`
+    sets `_parallel_config` on every processor that declares it, as on diffusers' own, and
+    its hooks give each process its chunk of the sequence (and of the rotary tables). The
+    processor then runs SLA over the whole sequence with `slatte.parallel.hybrid_sla` on the
+    config's ring and Ulysses process groups: the same block map and output as one process
+    (plain PyTorch per process, whatever `backend`).
     """
+
+    _parallel_config: Any = None
 
     def __init__(self, qk: QKFunction, original: Any):
         self.qk = qk
@@ -106,6 +116,20 @@ class SLAAttnProcessor:
             )
         sla: SparseLinearAttention = attn.sla
         q, k, v = project_qkv(attn, hidden_states, self.qk, rotary_emb)
+        cp = getattr(self._parallel_config, "context_parallel_config", None)
+        if cp is not None:
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, n, D) views
+            out = hybrid_sla(
+                q,
+                k,
+                v,
+                sla.proj_l.weight,
+                sla.proj_l.bias,
+                sla.config,
+                cp._ring_mesh.get_group(),
+                cp._ulysses_mesh.get_group(),
+            ).transpose(1, 2)  # (B, n, H, D)
+            return output_projection(attn, out.flatten(2).type_as(hidden_states))
         out = sparse_linear_attention(
             q,
             k,
@@ -189,7 +213,10 @@ def enable_sla(
         else:
             original = attn.processor
         attn.sla = sla
-        attn.set_processor(SLAAttnProcessor(spec.qk, original))
+        processor = SLAAttnProcessor(spec.qk, original)
+        # Context parallelism enabled before SLA: keep running sharded.
+        processor._parallel_config = getattr(attn.processor, "_parallel_config", None)
+        attn.set_processor(processor)
     return transformer
 
 
@@ -198,7 +225,11 @@ def disable_sla(model: Any) -> nn.Module:
     transformer = resolve_transformer(model)
     for attn in self_attentions(transformer):
         if isinstance(attn.processor, SLAAttnProcessor):
-            attn.set_processor(attn.processor.original)
+            original, parallel = attn.processor.original, attn.processor._parallel_config
+            # Context parallelism enabled after SLA reached only the SLA processor.
+            if parallel is not None and hasattr(original, "_parallel_config"):
+                original._parallel_config = parallel
+            attn.set_processor(original)
         if hasattr(attn, "sla"):
             del attn.sla
     return transformer

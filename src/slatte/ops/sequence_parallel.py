@@ -11,7 +11,9 @@ Shapes: B batch, H heads, N full sequence length, P group size, D head dim.
     head-sharded (B, H/P, N, D)      --heads_to_seq-->  sequence-sharded (B, H, N/P, D)
 
 Collectives only: which frames of a video a process holds is `slatte.parallel.SequenceShard`,
-which the trainer and the sampler give the model.
+which the trainer and the sampler give the model. The ring decomposition
+(`slatte.parallel.ring`) takes its collectives from here too: the chunk lengths, the K/V shift
+to the next process, a differentiable all-reduce.
 """
 
 from __future__ import annotations
@@ -166,10 +168,66 @@ def ulysses_attention(
     return heads_to_seq(attention_fn(q, k, v), group)
 
 
+# ---------------------------------------------------------------------------------------------
+# Ring collectives (ring attention: `slatte.parallel.ring`)
+# ---------------------------------------------------------------------------------------------
+
+
+def shard_lengths(n_local: int, group: dist.ProcessGroup, device: torch.device) -> list[int]:
+    """The sequence lengths every process of `group` holds, in group-rank order (chunks in that
+    order make up the sequence)."""
+    mine = torch.tensor([n_local], dtype=torch.int64, device=device)
+    parts = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, mine, group=group)
+    return [int(p) for p in parts]
+
+
+def ring_shift(send: torch.Tensor, recv: torch.Tensor, group: dist.ProcessGroup) -> list[dist.Work]:
+    """Start sending `send` to the next process of `group` (group rank + 1, wrapping) and
+    receiving the previous one's into `recv`; returns the requests to `wait()` on, so that the
+    caller computes on the blocks in hand meanwhile."""
+    rank, size = dist.get_rank(group), dist.get_world_size(group)
+    nxt = dist.get_global_rank(group, (rank + 1) % size)
+    prev = dist.get_global_rank(group, (rank - 1) % size)
+    # One batch: NCCL queues separate sends and receives on one stream, where every process's
+    # send would wait for a receive queued behind its neighbour's send.
+    return dist.batch_isend_irecv(
+        [
+            dist.P2POp(dist.isend, send.contiguous(), nxt, group=group),
+            dist.P2POp(dist.irecv, recv, prev, group=group),
+        ]
+    )
+
+
+class _AllReduceSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+        ctx.group = group
+        out = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        # Every process's output is the sum of every input: each input's gradient is the sum of
+        # every output's gradient.
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+def all_reduce_sum(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    """The sum of `x` over `group`, on every process; differentiable."""
+    return _AllReduceSum.apply(x, group)
+
+
 __all__ = [
+    "all_reduce_sum",
     "check_heads",
     "group_size",
     "heads_to_seq",
+    "ring_shift",
     "seq_to_heads",
+    "shard_lengths",
     "ulysses_attention",
 ]
