@@ -71,7 +71,8 @@ def check_sla(
 
     policy = replace(policy or LaunchPolicy(), kernels=kernels, poison_outputs=True)
     xs = leaves(lambda x: x.dtype)
-    out = fast(*xs, config, layout=layout, policy=policy)
+    with torch.set_grad_enabled(grads):  # (without gradients the op takes its inference path)
+        out = fast(*xs, config, layout=layout, policy=policy)
     out_rows = _bhnd(out, layout)[:, :, rows_all]
     results = {"out": out_rows.detach()}
     if grads:

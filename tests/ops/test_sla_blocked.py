@@ -69,5 +69,12 @@ def test_half_precision_is_as_close_as_the_reference():
 
 def test_auto_takes_it_off_cuda():
     q = torch.randn(1, 1, 40, 16)
-    assert select_kernels(q, LaunchPolicy()) == "torch"
-    assert select_kernels(q, REFERENCE) == "reference"
+    for training in (False, True):
+        assert select_kernels(q, LaunchPolicy(), (64, 64), training) == "torch"
+        assert select_kernels(q, REFERENCE, (64, 64), training) == "reference"
+
+
+def test_a_forced_hopper_family_off_cuda_is_an_error():
+    q = torch.randn(1, 1, 40, 128, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="kernels='hopper' needs a CUDA tensor"):
+        select_kernels(q, LaunchPolicy(kernels="hopper"), (128, 128), False)

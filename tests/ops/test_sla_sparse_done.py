@@ -82,15 +82,19 @@ def sparse_done(q, k, v, w, bias, config, layout, policy):
 
 
 @pytest.mark.parametrize(
-    "n, d, dtype, scope, layout",
+    "n, d, dtype, scope, layout, negligible",
     [
-        (65, 32, torch.float32, "marginal", "bhnd"),
-        (200, 64, torch.float16, "all", "bnhd"),
-        (130, 32, torch.float16, "noncritical", "bhnd"),
+        (65, 32, torch.float32, "marginal", "bhnd", 0.25),
+        (200, 64, torch.float16, "all", "bnhd", 0.25),
+        (130, 32, torch.float16, "noncritical", "bhnd", 0.25),
+        # No marginal block: no linear branch, but the projection's bias is still added.
+        (70, 32, torch.float32, "marginal", "bhnd", 0.9),
     ],
 )
-def test_linear_branch_around_another_sparse_branch(n, d, dtype, scope, layout):
-    config = SLAConfig(critical=0.25, negligible=0.25, block_q=32, block_k=16, linear_scope=scope)
+def test_linear_branch_around_another_sparse_branch(n, d, dtype, scope, layout, negligible):
+    config = SLAConfig(
+        critical=0.25, negligible=negligible, block_q=32, block_k=16, linear_scope=scope
+    )
     check_sla(
         *make_inputs(1, 2, n, d, dtype, DEVICE, seed=n, layout=layout),
         config,

@@ -33,6 +33,9 @@ TRITON_HEAD_DIMS = (16, 32, 64, 128)
 # FlashAttention-4's SM90 kernels tile exactly; its backward only 128 x 128 blocks.
 HOPPER_DTYPES = (torch.float16, torch.bfloat16)
 HOPPER_HEAD_DIMS = (64, 128)
+# Where "auto" takes it: measured faster than the Triton family only at D = 128 (H100,
+# benchmarks/NOTES.md session 13); at D = 64 FA4's host-side launch costs more than it saves.
+HOPPER_AUTO_HEAD_DIMS = (128,)
 HOPPER_FORWARD_BLOCKS = ((128, 128), (128, 64))
 HOPPER_TRAINING_BLOCKS = ((128, 128),)
 
@@ -84,19 +87,24 @@ class LaunchPolicy:
 DEFAULT_POLICY = LaunchPolicy()
 
 
-def _hopper_problem(q: torch.Tensor, blocks: tuple[int, int], training: bool) -> str | None:
-    """Why the Hopper family cannot serve this call, or None when it can."""
+def _hopper_problem(
+    q: torch.Tensor, blocks: tuple[int, int], training: bool, forced: bool
+) -> str | None:
+    """Why the Hopper family cannot (`forced`) or should not ("auto") serve this call, or None
+    when it can."""
     from .hopper.fa4 import INSTALL_HINT, fa4_version
 
-    allowed = HOPPER_TRAINING_BLOCKS if training else HOPPER_FORWARD_BLOCKS
+    # "auto" takes 128 x 64 blocks without gradients only when asked: not measured faster yet.
+    allowed = HOPPER_TRAINING_BLOCKS if training or not forced else HOPPER_FORWARD_BLOCKS
     if q.device.type != "cuda":
         return f"needs a CUDA tensor, got device {q.device}"
     if torch.cuda.get_device_capability(q.device)[0] != 9:
         return f"needs a Hopper GPU (sm_90), got {torch.cuda.get_device_name(q.device)}"
     if q.dtype not in HOPPER_DTYPES:
         return f"supports dtypes {HOPPER_DTYPES}, got {q.dtype}"
-    if q.shape[-1] not in HOPPER_HEAD_DIMS:
-        return f"supports head dims {HOPPER_HEAD_DIMS}, got D={q.shape[-1]}"
+    head_dims = HOPPER_HEAD_DIMS if forced else HOPPER_AUTO_HEAD_DIMS
+    if q.shape[-1] not in head_dims:
+        return f"supports head dims {head_dims}, got D={q.shape[-1]}"
     if blocks not in allowed:
         what = "with gradients" if training else "without gradients"
         return f"supports (block_q, block_k) in {allowed} {what}, got {blocks}"
@@ -129,7 +137,7 @@ def select_kernels(
         return policy.kernels
     triton_problem = _triton_problem(q, policy.kernels == "triton")
     if policy.kernels in ("auto", "hopper"):
-        problem = triton_problem or _hopper_problem(q, blocks, training)
+        problem = triton_problem or _hopper_problem(q, blocks, training, policy.kernels == "hopper")
         if problem is None:
             return "hopper"
         if policy.kernels == "hopper":
@@ -144,6 +152,7 @@ def select_kernels(
 
 __all__ = [
     "DEFAULT_POLICY",
+    "HOPPER_AUTO_HEAD_DIMS",
     "HOPPER_DTYPES",
     "HOPPER_FORWARD_BLOCKS",
     "HOPPER_HEAD_DIMS",

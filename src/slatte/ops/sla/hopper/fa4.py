@@ -60,8 +60,9 @@ def backward_lists(bmap: torch.Tensor, block_q: int, block_k: int):
     from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
 
     critical = bmap.transpose(-1, -2) == CRITICAL  # (B, H, Nk, Nq)
-    count = critical.sum(-1, dtype=torch.int32)
-    rows = torch.argsort(~critical, dim=-1, stable=True).to(torch.int32)
+    count = critical.sum(-1, dtype=torch.int32).contiguous()
+    # (contiguous: a sort of the transposed view keeps its strides, FA4 needs unit-stride rows)
+    rows = torch.argsort(~critical, dim=-1, stable=True).to(torch.int32).contiguous()
     return BlockSparseTensorsTorch(
         mask_block_cnt=torch.zeros_like(count), mask_block_idx=rows,
         full_block_cnt=count, full_block_idx=rows, block_size=(block_q, block_k),

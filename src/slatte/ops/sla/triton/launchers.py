@@ -319,29 +319,26 @@ def forward(
     den = _new(policy, q, (b, h, n), torch.float32) if store_aux and linear else aux
     if sparse_done:
         sparse_branch.forward(q, k, v, crit_lut, bmap, block_q, block_k, scale, o_s, lse)
-    if sparse_done and not linear:
-        o.copy_(o_s)  # (in q's layout; o may not alias the saved o_s)
-    else:
-        kv_block = [1, 1, cfg["fwd_n"], d]
-        k_tiles, v_tiles = (_descriptor(x, kv_block) for x in (k, v)) if tma else (k, v)
-        launch(
-            sla_fwd_kernel, (triton.cdiv(n, cfg["fwd_m"]), b * h),
-            q, k, v,
-            k_tiles, v_tiles,
-            proj_weight if proj_weight is not None else aux,
-            proj_bias if proj_bias is not None else aux,
-            hsum, hsum_lo if pair else hsum, zsum, crit_lut,
-            o, o_s, o_l, lse, den,
-            *_bh_strides(q), *_bh_strides(k), *_bh_strides(v), *_bh_strides(o),
-            h, n, n_crit,
-            scale * LOG2E, LINEAR_EPS,
-            D=d, BLOCK_M=cfg["fwd_m"], BLOCK_N=cfg["fwd_n"], LUT_BLOCK_Q=block_q,
-            LUT_BLOCK_K=block_k, FEATURE=FEATURE_CODES[feature_map], LINEAR=linear,
-            HAS_BIAS=proj_bias is not None, H_PAIR=pair, STORE_AUX=store_aux,
-            DOT_PREC=_dot_prec(q.dtype),
-            KV_TMA=tma, LIN_CHUNK=min(cfg["fwd_lin_chunk"], d), num_warps=cfg["fwd_warps"],
-            num_stages=cfg["fwd_stages"], SPARSE_DONE=sparse_done,
-        )  # fmt: skip
+    kv_block = [1, 1, cfg["fwd_n"], d]
+    k_tiles, v_tiles = (_descriptor(x, kv_block) for x in (k, v)) if tma else (k, v)
+    launch(
+        sla_fwd_kernel, (triton.cdiv(n, cfg["fwd_m"]), b * h),
+        q, k, v,
+        k_tiles, v_tiles,
+        proj_weight if proj_weight is not None else aux,
+        proj_bias if proj_bias is not None else aux,
+        hsum, hsum_lo if pair else hsum, zsum, crit_lut,
+        o, o_s, o_l, lse, den,
+        *_bh_strides(q), *_bh_strides(k), *_bh_strides(v), *_bh_strides(o),
+        h, n, n_crit,
+        scale * LOG2E, LINEAR_EPS,
+        D=d, BLOCK_M=cfg["fwd_m"], BLOCK_N=cfg["fwd_n"], LUT_BLOCK_Q=block_q,
+        LUT_BLOCK_K=block_k, FEATURE=FEATURE_CODES[feature_map], LINEAR=linear,
+        HAS_BIAS=proj_bias is not None, H_PAIR=pair, STORE_AUX=store_aux,
+        DOT_PREC=_dot_prec(q.dtype),
+        KV_TMA=tma, LIN_CHUNK=min(cfg["fwd_lin_chunk"], d), num_warps=cfg["fwd_warps"],
+        num_stages=cfg["fwd_stages"], SPARSE_DONE=sparse_done,
+    )  # fmt: skip
     # The sums are saved state only when training (inference's are rounded for the forward).
     sums = (hsum, hsum_lo, zsum) if store_aux else (aux, aux, aux)
     # A custom op's outputs may not alias one another: each unused one (aux, or a lo half that
