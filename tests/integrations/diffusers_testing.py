@@ -63,6 +63,25 @@ def _tiny_latte(seed: int = 0, patch_size: int = 1) -> torch.nn.Module:
     ).eval()
 
 
+@functools.cache
+def _tiny_hunyuan(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return diffusers.HunyuanVideoTransformer3DModel(
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=16,
+        num_layers=1,
+        num_single_layers=1,
+        num_refiner_layers=1,
+        patch_size=2,
+        patch_size_t=1,
+        text_embed_dim=16,
+        pooled_projection_dim=8,
+        rope_axes_dim=(4, 6, 6),
+    ).eval()
+
+
 def model_inputs(name: str, batch: int = 2, seed: int = 1) -> dict:
     """Keyword inputs for the tiny model `name`, 3 frames each: Wan 8×8 latents in 2×2 patches
     (48 tokens per sample), LTX 4×4 unpatched (48), Latte 8×8 (64 or 16 tokens per frame)."""
@@ -90,6 +109,15 @@ def model_inputs(name: str, batch: int = 2, seed: int = 1) -> dict:
             "timestep": t,
             "encoder_hidden_states": torch.randn(batch, 5, 16, generator=g),
         }
+    if name == "hunyuan":  # the second prompt padded: 4 of 6 text tokens real
+        return {
+            "hidden_states": torch.randn(batch, 4, 3, 8, 8, generator=g),
+            "timestep": t,
+            "encoder_hidden_states": torch.randn(batch, 6, 16, generator=g),
+            "encoder_attention_mask": (torch.arange(6) < torch.tensor([6, 4] * batch)[:batch, None]),
+            "pooled_projections": torch.randn(batch, 8, generator=g),
+            "guidance": torch.full((batch,), 6000.0),
+        }
     raise ValueError(name)
 
 
@@ -107,8 +135,14 @@ def tiny_latte(seed: int = 0, patch_size: int = 1) -> torch.nn.Module:
     return copy.deepcopy(_tiny_latte(seed, patch_size))
 
 
+def tiny_hunyuan(seed: int = 0) -> torch.nn.Module:
+    # One dual-stream and one single-stream block; 2×2 patches: 48 video tokens.
+    return copy.deepcopy(_tiny_hunyuan(seed))
+
+
 MODELS: dict[str, Callable[..., torch.nn.Module]] = {
     "wan": tiny_wan,
     "ltx": tiny_ltx,
     "latte": tiny_latte,
+    "hunyuan": tiny_hunyuan,
 }

@@ -6,6 +6,7 @@ import pytest
 import torch
 from diffusers_testing import MODELS, model_inputs, tiny_wan
 
+from slatte.integrations.diffusers_joint import JointSLAAttnProcessor
 from slatte.integrations.diffusers_qk import wan_qk
 from slatte.integrations.diffusers_sla import (
     SLAAttnProcessor,
@@ -32,8 +33,9 @@ def test_all_critical_leaves_the_model_unchanged(name):
     model, inputs = MODELS[name](), model_inputs(name)
     dense = _run(model, inputs)
     enable_sla(model, critical=1.0, **SMALL_BLOCKS)
-    assert all(
-        isinstance(m.processor, SLAAttnProcessor) for m in model.modules() if hasattr(m, "sla")
+    with_sla = [m for m in model.modules() if hasattr(m, "sla")]
+    assert with_sla and all(
+        isinstance(m.processor, (SLAAttnProcessor, JointSLAAttnProcessor)) for m in with_sla
     )
     torch.testing.assert_close(_run(model, inputs), dense, atol=2e-5, rtol=1e-5)
 

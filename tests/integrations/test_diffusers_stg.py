@@ -216,6 +216,7 @@ class ToyTransformer(torch.nn.Module):
 TOY_SPEC = ModelSpec(
     block_lists=("blocks",),
     qk=no_rotary_qk,
+    processors=(),
     sample_inputs=("hidden_states", "timestep"),
     fork_inputs=("hidden_states", "temb"),
     batched_cfg=True,

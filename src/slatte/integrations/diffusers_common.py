@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .diffusers_joint import HUNYUAN_VIDEO, JointAttention
 from .diffusers_qk import ltx_qk, no_rotary_qk, wan_qk
 
 # Tested with 0.42; Wan's (cos, sin) rotary tables and the processor signatures used here exist
@@ -34,11 +35,18 @@ class ModelSpec:
     - `block_lists`: attribute names of the ModuleLists holding the transformer blocks;
     - `qk`: `qk(attn, q, k, rotary) -> q, k` (B, N, H, D) from the projections (B, N, H·D):
       the attention's qk norms and rotary embedding as the model applies them (`diffusers_qk`);
+      None for a joint attention, which `joint` describes instead;
+    - `processors`: the class names of the self-attention processors the model comes with: the
+      only ones SLA replaces (any other was put there by someone else and is refused);
     - `sample_inputs`: the transformer forward's per-sample arguments (batch first): what STG
       gives the perturbed rows; every other argument is shared by the whole batch;
     - `fork_inputs`: the block forward's per-sample arguments, which the blocks before the first
       perturbed one see for the original rows only; None when a block's batch folds frames or
       patches into it (Latte: B·F or B·S rows), so the perturbed branch runs every block;
+    - `block_streams`: the block forward's arguments that it returns, updated, in the same
+      order (two-stream blocks: video and text); STG's skipped block returns them as they came;
+    - `joint`: video and text tokens share one attention (`diffusers_joint`): where its q, k, v
+      and outputs come from; SLA then serves the video-to-video part only;
     - `batched_cfg`: the pipeline runs classifier-free guidance as one batch [uncond; cond]
       (True) or as separate calls, conditional first (False);
     - `self_attention`: the block's self-attention submodule;
@@ -51,11 +59,14 @@ class ModelSpec:
     """
 
     block_lists: tuple[str, ...]
-    qk: QKFunction
+    qk: QKFunction | None
+    processors: tuple[str, ...]
     sample_inputs: tuple[str, ...]
     fork_inputs: tuple[str, ...] | None
     batched_cfg: bool
     self_attention: str = "attn1"
+    block_streams: tuple[str, ...] = ("hidden_states",)
+    joint: JointAttention | None = None
     interleaved: bool = False
     learned_sigma: bool = False
     flow_finetune: bool = False
@@ -65,6 +76,7 @@ SUPPORTED: dict[str, ModelSpec] = {
     "WanTransformer3DModel": ModelSpec(
         block_lists=("blocks",),
         qk=wan_qk,
+        processors=("WanAttnProcessor",),
         sample_inputs=(
             "hidden_states",
             "timestep",
@@ -78,6 +90,7 @@ SUPPORTED: dict[str, ModelSpec] = {
     "LTXVideoTransformer3DModel": ModelSpec(
         block_lists=("transformer_blocks",),
         qk=ltx_qk,
+        processors=("LTXVideoAttnProcessor",),
         sample_inputs=(
             "hidden_states",
             "encoder_hidden_states",
@@ -97,6 +110,7 @@ SUPPORTED: dict[str, ModelSpec] = {
     "LatteTransformer3DModel": ModelSpec(
         block_lists=("transformer_blocks", "temporal_transformer_blocks"),
         qk=no_rotary_qk,
+        processors=("AttnProcessor2_0",),
         sample_inputs=(
             "hidden_states",
             "timestep",
@@ -107,6 +121,31 @@ SUPPORTED: dict[str, ModelSpec] = {
         batched_cfg=True,
         interleaved=True,
         learned_sigma=True,
+    ),
+    "HunyuanVideoTransformer3DModel": ModelSpec(
+        block_lists=("transformer_blocks", "single_transformer_blocks"),
+        qk=None,
+        processors=("HunyuanVideoAttnProcessor2_0",),
+        sample_inputs=(
+            "hidden_states",
+            "timestep",
+            "encoder_hidden_states",
+            "encoder_attention_mask",
+            "pooled_projections",
+            "guidance",
+        ),
+        fork_inputs=(
+            "hidden_states",
+            "encoder_hidden_states",
+            "temb",
+            "attention_mask",
+            "token_replace_emb",
+        ),
+        # Its pipeline's true CFG (true_cfg_scale) calls the transformer twice, conditional first.
+        batched_cfg=False,
+        self_attention="attn",
+        block_streams=("hidden_states", "encoder_hidden_states"),
+        joint=HUNYUAN_VIDEO,
     ),
 }
 
@@ -183,13 +222,13 @@ def _block_stacks(transformer: nn.Module) -> list[nn.ModuleList]:
 def self_attentions(transformer: nn.Module) -> list[nn.Module]:
     """The self-attention module of every block, checked to have what slatte's processors use."""
     spec = model_spec(transformer)
+    # A joint attention's output projections are its `JointAttention`'s business.
+    needed = ("to_q", "to_k", "to_v", "heads", "set_processor")
+    needed += () if spec.joint is not None else ("to_out",)
     modules = []
     for i, block in enumerate(blocks_of(transformer)):
         attn = getattr(block, spec.self_attention, None)
-        missing = [
-            a for a in ("to_q", "to_k", "to_v", "to_out", "heads", "set_processor") if not
-            hasattr(attn, a)
-        ]  # fmt: skip
+        missing = [a for a in needed if not hasattr(attn, a)]
         if attn is None or missing:
             raise ValueError(
                 f"block {i} of {type(transformer).__name__} has no diffusers attention module "

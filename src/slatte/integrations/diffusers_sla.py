@@ -28,8 +28,10 @@ from ..nn.sla import SparseLinearAttention
 from ..ops.attention import SLA_POLICIES
 from ..ops.sla import SLAConfig, sparse_linear_attention
 from ..ops.sla.launch_policy import TRITON_HEAD_DIMS
+from .diffusers_joint import JointSLAAttnProcessor
 from .diffusers_common import (
     SUPPORTED,
+    ModelSpec,
     QKFunction,
     diffusers_version,
     head_dim,
@@ -181,6 +183,8 @@ def enable_sla(
     param = next(transformer.parameters())
     for i, attn in enumerate(attentions):
         _check_plain_attention(attn, f"{name} block {i}")
+        _check_own_processor(attn, spec, f"{name} block {i}")
+    for attn in attentions:
         previous = getattr(attn, "sla", None)
         sla = SparseLinearAttention(head_dim(attn), config, backend=backend).to(param.device)
         if isinstance(previous, SparseLinearAttention):
@@ -189,15 +193,34 @@ def enable_sla(
         else:
             original = attn.processor
         attn.sla = sla
-        attn.set_processor(SLAAttnProcessor(spec.qk, original))
+        attn.set_processor(_sla_processor(spec, original))
     return transformer
+
+
+def _sla_processor(spec: ModelSpec, original: Any) -> SLAAttnProcessor | JointSLAAttnProcessor:
+    if spec.joint is not None:
+        return JointSLAAttnProcessor(spec.joint, original)
+    return SLAAttnProcessor(spec.qk, original)
+
+
+def _check_own_processor(attn: nn.Module, spec: ModelSpec, where: str) -> None:
+    """Refuse a processor someone else installed: wrapping it would silently drop its work."""
+    processor = attn.processor
+    if isinstance(processor, (SLAAttnProcessor, JointSLAAttnProcessor)):
+        return
+    if type(processor).__name__ not in spec.processors:
+        raise ValueError(
+            f"{where}: its self-attention processor is {type(processor).__name__}, not the "
+            f"model's own ({', '.join(spec.processors)}); slatte does not wrap a processor "
+            "that something else installed (restore the model's processor first)"
+        )
 
 
 def disable_sla(model: Any) -> nn.Module:
     """Restore the processors `enable_sla` replaced and drop the SLA projections."""
     transformer = resolve_transformer(model)
     for attn in self_attentions(transformer):
-        if isinstance(attn.processor, SLAAttnProcessor):
+        if isinstance(attn.processor, (SLAAttnProcessor, JointSLAAttnProcessor)):
             attn.set_processor(attn.processor.original)
         if hasattr(attn, "sla"):
             del attn.sla

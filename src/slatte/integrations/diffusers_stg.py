@@ -115,10 +115,6 @@ def _argument(params: tuple[str, ...], args: tuple, kwargs: dict, name: str) -> 
     return args[i] if i < len(args) else None
 
 
-def _first_tensor(args: tuple, kwargs: dict, name: str) -> torch.Tensor:
-    return kwargs[name] if name in kwargs else args[0]
-
-
 def _identity_map(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A diffusers attention's output under the identity attention map: out_proj(V)."""
     return output_projection(attn, qkv_projections(attn, x)[2])
@@ -262,35 +258,68 @@ class STGHandle:
 
         return _map_named(params, self.spec.fork_inputs, args, kwargs, drop)
 
-    def _fork_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    def _fork_pre(
+        self, params: tuple[str, ...], module: nn.Module, args: tuple, kwargs: dict
+    ) -> tuple[tuple, dict] | None:
         call = self._call
         if call is None or not call.forked:
             return None
-        h = _first_tensor(args, kwargs, "hidden_states")  # (B, N, D): the shared prefix's output
+        h = _argument(params, args, kwargs, "hidden_states")  # the shared prefix's output
         if h.shape[0] != call.batch:  # perturbed block 0: no prefix, the rows exist already
             return None
         rows = torch.tensor(call.cond_rows, device=h.device)
-        h = torch.cat([h, h.index_select(0, rows)])
-        if "hidden_states" in kwargs:
-            return args, {**kwargs, "hidden_states": h}
-        return (h, *args[1:]), kwargs
 
-    def _block_post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        def fork(t: torch.Tensor) -> torch.Tensor:
+            # Every per-sample block input, each stream (video, text) included, gets the
+            # conditional rows once more: the perturbed branch starts from them.
+            if t.dim() >= 1 and t.shape[0] == call.batch:
+                return torch.cat([t, t.index_select(0, rows.to(t.device))])
+            return t
+
+        return _map_named(params, self.spec.fork_inputs, args, kwargs, fork)
+
+    def _block_post(
+        self, params: tuple[str, ...], module: nn.Module, args: tuple, kwargs: dict, output: Any
+    ) -> Any:
         if self._call is None:
             return output
-        h_in = _first_tensor(args, kwargs, "hidden_states")
-        out = output[0] if isinstance(output, tuple) else output
-        rows = self._perturbed_rows(out.shape[0])
-        out = torch.cat([out[: rows.start], h_in[rows].to(out.dtype)])
-        return (out, *output[1:]) if isinstance(output, tuple) else out
+        outputs = output if isinstance(output, tuple) else (output,)
+        rows = self._perturbed_rows(outputs[0].shape[0])
+        # Each stream the block updates comes back as it went in for the perturbed rows.
+        skipped = tuple(
+            torch.cat([out[: rows.start], _argument(params, args, kwargs, name)[rows].to(out.dtype)])
+            for name, out in zip(self.spec.block_streams, outputs, strict=False)
+        )
+        skipped += outputs[len(skipped) :]
+        return skipped if isinstance(output, tuple) else skipped[0]
 
-    def _attention_post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+    def _attention_post(
+        self, params: tuple[str, ...], module: nn.Module, args: tuple, kwargs: dict, output: Any
+    ) -> Any:
         if self._call is None:
             return output
-        x = _first_tensor(args, kwargs, "hidden_states")
-        rows = self._perturbed_rows(output.shape[0])
-        replacement = self.strategy.attention_output(x[rows], partial(_identity_map, module))
-        return torch.cat([output[: rows.start], replacement.to(output.dtype)])
+        joint = self.spec.joint
+        x = _argument(params, args, kwargs, "hidden_states")
+        if joint is None:
+            rows = self._perturbed_rows(output.shape[0])
+            replacement = self.strategy.attention_output(x[rows], partial(_identity_map, module))
+            return torch.cat([output[: rows.start], replacement.to(output.dtype)])
+        # Joint video + text attention: both outputs are perturbed, each from its own input.
+        rows = self._perturbed_rows(output[0].shape[0])
+        inputs = (x[rows], _argument(params, args, kwargs, "encoder_hidden_states")[rows])
+        identity = None
+
+        def identity_map(stream: int, _: torch.Tensor) -> torch.Tensor:
+            nonlocal identity
+            if identity is None:
+                identity = joint.identity_map(module, *inputs)
+            return identity[stream]
+
+        return tuple(
+            torch.cat([out[: rows.start], self.strategy.attention_output(
+                inp, partial(identity_map, stream)).to(out.dtype)])
+            for stream, (inp, out) in enumerate(zip(inputs, output, strict=True))
+        )  # fmt: skip
 
     # -- install / remove ----------------------------------------------------------------------
 
@@ -311,17 +340,18 @@ class STGHandle:
             for block in blocks[:first]:
                 prefix_pre = partial(self._prefix_pre, _parameter_names(block))
                 self._handles.append(block.register_forward_pre_hook(prefix_pre, with_kwargs=True))
+            fork_pre = partial(self._fork_pre, _parameter_names(blocks[first]))
             self._handles.append(
-                blocks[first].register_forward_pre_hook(self._fork_pre, with_kwargs=True)
+                blocks[first].register_forward_pre_hook(fork_pre, with_kwargs=True)
             )
         for index in self.blocks:
             block = blocks[index]
             if self.strategy.skips_block:
-                hook = block.register_forward_hook(self._block_post, with_kwargs=True)
+                target, post = block, self._block_post
             else:
-                attn = getattr(block, spec.self_attention)
-                hook = attn.register_forward_hook(self._attention_post, with_kwargs=True)
-            self._handles.append(hook)
+                target, post = getattr(block, spec.self_attention), self._attention_post
+            hook = partial(post, _parameter_names(target))
+            self._handles.append(target.register_forward_hook(hook, with_kwargs=True))
         self.transformer._slatte_stg = self
         return self
 
