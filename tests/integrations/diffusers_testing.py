@@ -114,7 +114,9 @@ def model_inputs(name: str, batch: int = 2, seed: int = 1) -> dict:
             "hidden_states": torch.randn(batch, 4, 3, 8, 8, generator=g),
             "timestep": t,
             "encoder_hidden_states": torch.randn(batch, 6, 16, generator=g),
-            "encoder_attention_mask": (torch.arange(6) < torch.tensor([6, 4] * batch)[:batch, None]),
+            "encoder_attention_mask": (
+                torch.arange(6) < torch.tensor([6, 4] * batch)[:batch, None]
+            ),
             "pooled_projections": torch.randn(batch, 8, generator=g),
             "guidance": torch.full((batch,), 6000.0),
         }

@@ -79,9 +79,11 @@ def critical_log_mass(q: torch.Tensor, k: torch.Tensor, config: SLAConfig) -> to
     out = []
     for start in range(0, nq, rows):
         idx = lut[:, :, start : start + rows]  # (B, H, c, n_crit)
-        keys = torch.gather(
-            kb, 2, idx.flatten(2)[..., None, None].expand(-1, -1, -1, bk, d)
-        ).unflatten(2, idx.shape[2:]).flatten(3, 4)  # (B, H, c, n_crit·bk, D)
+        keys = (
+            torch.gather(kb, 2, idx.flatten(2)[..., None, None].expand(-1, -1, -1, bk, d))
+            .unflatten(2, idx.shape[2:])
+            .flatten(3, 4)
+        )  # (B, H, c, n_crit·bk, D)
         scores = qb[:, :, start : start + rows].float() @ keys.float().transpose(-1, -2)
         real = (key_pos[:, :, start : start + rows] < n)[..., None, :]
         scores = scores.masked_fill(~real, float("-inf")) / math.sqrt(d)

@@ -28,7 +28,6 @@ from ..nn.sla import SparseLinearAttention
 from ..ops.attention import SLA_POLICIES
 from ..ops.sla import SLAConfig, sparse_linear_attention
 from ..ops.sla.launch_policy import TRITON_HEAD_DIMS
-from .diffusers_joint import JointSLAAttnProcessor
 from .diffusers_common import (
     SUPPORTED,
     ModelSpec,
@@ -39,6 +38,7 @@ from .diffusers_common import (
     resolve_transformer,
     self_attentions,
 )
+from .diffusers_joint import JointSLAAttnProcessor
 
 SLA_CONFIG_NAME = "slatte_sla.json"
 SLA_BACKENDS = tuple(SLA_POLICIES)

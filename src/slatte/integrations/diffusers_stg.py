@@ -287,7 +287,9 @@ class STGHandle:
         rows = self._perturbed_rows(outputs[0].shape[0])
         # Each stream the block updates comes back as it went in for the perturbed rows.
         skipped = tuple(
-            torch.cat([out[: rows.start], _argument(params, args, kwargs, name)[rows].to(out.dtype)])
+            torch.cat(
+                [out[: rows.start], _argument(params, args, kwargs, name)[rows].to(out.dtype)]
+            )
             for name, out in zip(self.spec.block_streams, outputs, strict=False)
         )
         skipped += outputs[len(skipped) :]
