@@ -33,6 +33,8 @@ class ModelSpec:
     """What slatte needs to know about one diffusers transformer class.
 
     - `block_lists`: attribute names of the ModuleLists holding the transformer blocks;
+    - `side_block_lists`: ModuleLists of blocks that run beside those (Wan-VACE's control
+      blocks): their self-attention gets SLA, but STG neither counts nor perturbs them;
     - `qk`: `qk(attn, q, k, rotary) -> q, k` (B, N, H, D) from the projections (B, N, H·D):
       the attention's qk norms and rotary embedding as the model applies them (`diffusers_qk`);
       None for a joint attention, which `joint` describes instead;
@@ -67,25 +69,48 @@ class ModelSpec:
     self_attention: str = "attn1"
     block_streams: tuple[str, ...] = ("hidden_states",)
     joint: JointAttention | None = None
+    side_block_lists: tuple[str, ...] = ()
     interleaved: bool = False
     learned_sigma: bool = False
     flow_finetune: bool = False
 
+
+_WAN_SAMPLE_INPUTS = (
+    "hidden_states",
+    "timestep",
+    "encoder_hidden_states",
+    "encoder_hidden_states_image",
+)
 
 SUPPORTED: dict[str, ModelSpec] = {
     "WanTransformer3DModel": ModelSpec(
         block_lists=("blocks",),
         qk=wan_qk,
         processors=("WanAttnProcessor",),
-        sample_inputs=(
-            "hidden_states",
-            "timestep",
-            "encoder_hidden_states",
-            "encoder_hidden_states_image",
-        ),
+        sample_inputs=_WAN_SAMPLE_INPUTS,
         fork_inputs=("hidden_states", "encoder_hidden_states", "temb"),
         batched_cfg=False,
         flow_finetune=True,
+    ),
+    "WanVACETransformer3DModel": ModelSpec(
+        block_lists=("blocks",),
+        qk=wan_qk,
+        processors=("WanAttnProcessor",),
+        # Not `control_hidden_states_scale`: one entry per VACE layer, shared by the batch.
+        sample_inputs=(*_WAN_SAMPLE_INPUTS, "control_hidden_states"),
+        # The control blocks' hints join the main stream after some blocks, so the perturbed
+        # rows run every block.
+        fork_inputs=None,
+        batched_cfg=False,
+        side_block_lists=("vace_blocks",),
+    ),
+    "SkyReelsV2Transformer3DModel": ModelSpec(
+        block_lists=("blocks",),
+        qk=wan_qk,
+        processors=("SkyReelsV2AttnProcessor",),
+        sample_inputs=_WAN_SAMPLE_INPUTS,
+        fork_inputs=("hidden_states", "encoder_hidden_states", "temb"),
+        batched_cfg=False,
     ),
     "LTXVideoTransformer3DModel": ModelSpec(
         block_lists=("transformer_blocks",),
@@ -181,6 +206,13 @@ def resolve_transformer(model: Any) -> nn.Module:
     return transformer
 
 
+def resolve_transformers(model: Any) -> list[nn.Module]:
+    """Every transformer of a pipeline: `.transformer`, and `.transformer_2` where it has one
+    (Wan2.2's low-noise expert); or `model` itself."""
+    second = getattr(model, "transformer_2", None)
+    return [resolve_transformer(model), *([second] if second is not None else [])]
+
+
 def model_spec(transformer: nn.Module) -> ModelSpec:
     """The entry of `SUPPORTED` for `transformer`, or a ValueError naming what is supported."""
     check_diffusers_version()
@@ -193,21 +225,25 @@ def model_spec(transformer: nn.Module) -> ModelSpec:
 
 
 def blocks_of(transformer: nn.Module) -> list[nn.Module]:
-    """All transformer blocks, one block list after the other (the SLA projections' order)."""
-    return [blk for stack in _block_stacks(transformer) for blk in stack]
+    """All transformer blocks, one block list after the other, the side block lists last (the
+    SLA projections' order)."""
+    spec = model_spec(transformer)
+    lists = (*spec.block_lists, *spec.side_block_lists)
+    return [blk for stack in _block_stacks(transformer, lists) for blk in stack]
 
 
 def execution_blocks(transformer: nn.Module) -> list[nn.Module]:
     """The transformer blocks in the order the forward runs them (STG block indices)."""
-    stacks = _block_stacks(transformer)
-    if model_spec(transformer).interleaved:
+    spec = model_spec(transformer)
+    stacks = _block_stacks(transformer, spec.block_lists)
+    if spec.interleaved:
         return [blk for group in zip(*stacks, strict=True) for blk in group]
     return [blk for stack in stacks for blk in stack]
 
 
-def _block_stacks(transformer: nn.Module) -> list[nn.ModuleList]:
+def _block_stacks(transformer: nn.Module, lists: tuple[str, ...]) -> list[nn.ModuleList]:
     stacks = []
-    for attr in model_spec(transformer).block_lists:
+    for attr in lists:
         stack = getattr(transformer, attr, None)
         if not isinstance(stack, nn.ModuleList):
             raise ValueError(

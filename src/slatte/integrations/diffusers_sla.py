@@ -36,6 +36,7 @@ from .diffusers_common import (
     head_dim,
     model_spec,
     resolve_transformer,
+    resolve_transformers,
     self_attentions,
 )
 from .diffusers_joint import JointSLAAttnProcessor
@@ -152,15 +153,15 @@ def enable_sla(
     """Route every block's self-attention of a diffusers video transformer through SLA.
 
     Args:
-        model: a `WanTransformer3DModel`, `LTXVideoTransformer3DModel` or
-            `LatteTransformer3DModel`, or a pipeline holding one as `.transformer`.
+        model: a transformer of a class in `SUPPORTED`, or a pipeline holding one as
+            `.transformer` (and, for Wan2.2's two experts, `.transformer_2`: both get SLA).
         config: the SLA options; or give them as keywords (`critical=0.05, block_q=128, ...`,
             the fields of `SLAConfig`), not both.
         backend: "sla" (the fused Triton kernel on CUDA for bf16/fp16, the reference
             elsewhere) or "sla_reference" (plain PyTorch, any head dim).
 
     Layers that are already on SLA keep their trained projection and take the new options.
-    Returns the transformer.
+    Everything is checked before anything changes. Returns the (first) transformer.
     """
     if config is not None and options:
         raise ValueError(f"give either config or SLA options, not both (got {sorted(options)})")
@@ -169,7 +170,26 @@ def enable_sla(
     config = config if config is not None else SLAConfig.from_dict(options)
     if backend not in SLA_BACKENDS:
         raise ValueError(f"backend must be one of {SLA_BACKENDS}, got {backend!r}")
-    transformer = resolve_transformer(model)
+    transformers = resolve_transformers(model)
+    for transformer in transformers:
+        _check_sla_able(transformer, backend)
+    for transformer in transformers:
+        spec = model_spec(transformer)
+        param = next(transformer.parameters())
+        for attn in self_attentions(transformer):
+            previous = getattr(attn, "sla", None)
+            sla = SparseLinearAttention(head_dim(attn), config, backend=backend).to(param.device)
+            if isinstance(previous, SparseLinearAttention):
+                sla.proj_l.load_state_dict(previous.proj_l.state_dict())
+                original = attn.processor.original
+            else:
+                original = attn.processor
+            attn.sla = sla
+            attn.set_processor(_sla_processor(spec, original))
+    return transformers[0]
+
+
+def _check_sla_able(transformer: nn.Module, backend: str) -> None:
     spec = model_spec(transformer)
     name = type(transformer).__name__
     attentions = self_attentions(transformer)
@@ -180,21 +200,9 @@ def enable_sla(
                 f"{name} has head dim {bad[0]}, which SLA's fused kernel cannot serve (head dims "
                 f"{TRITON_HEAD_DIMS}); use backend='sla_reference' (slow) for this model"
             )
-    param = next(transformer.parameters())
     for i, attn in enumerate(attentions):
         _check_plain_attention(attn, f"{name} block {i}")
         _check_own_processor(attn, spec, f"{name} block {i}")
-    for attn in attentions:
-        previous = getattr(attn, "sla", None)
-        sla = SparseLinearAttention(head_dim(attn), config, backend=backend).to(param.device)
-        if isinstance(previous, SparseLinearAttention):
-            sla.proj_l.load_state_dict(previous.proj_l.state_dict())
-            original = attn.processor.original
-        else:
-            original = attn.processor
-        attn.sla = sla
-        attn.set_processor(_sla_processor(spec, original))
-    return transformer
 
 
 def _sla_processor(spec: ModelSpec, original: Any) -> SLAAttnProcessor | JointSLAAttnProcessor:
@@ -217,14 +225,16 @@ def _check_own_processor(attn: nn.Module, spec: ModelSpec, where: str) -> None:
 
 
 def disable_sla(model: Any) -> nn.Module:
-    """Restore the processors `enable_sla` replaced and drop the SLA projections."""
-    transformer = resolve_transformer(model)
-    for attn in self_attentions(transformer):
-        if isinstance(attn.processor, (SLAAttnProcessor, JointSLAAttnProcessor)):
-            attn.set_processor(attn.processor.original)
-        if hasattr(attn, "sla"):
-            del attn.sla
-    return transformer
+    """Restore the processors `enable_sla` replaced and drop the SLA projections (of every
+    transformer of a pipeline). Returns the (first) transformer."""
+    transformers = resolve_transformers(model)
+    for transformer in transformers:
+        for attn in self_attentions(transformer):
+            if isinstance(attn.processor, (SLAAttnProcessor, JointSLAAttnProcessor)):
+                attn.set_processor(attn.processor.original)
+            if hasattr(attn, "sla"):
+                del attn.sla
+    return transformers[0]
 
 
 def sla_config_of(model: Any) -> SLAConfig | None:
@@ -240,7 +250,9 @@ def sla_config_of(model: Any) -> SLAConfig | None:
 
 # `<anything>.<index>.<anything>proj_l.weight|bias`, where <index> follows a block-list name (of
 # a supported model, or `layers`).
-_BLOCK_LISTS = sorted({name for spec in SUPPORTED.values() for name in spec.block_lists})
+_BLOCK_LISTS = sorted(
+    {name for spec in SUPPORTED.values() for name in (*spec.block_lists, *spec.side_block_lists)}
+)
 _OFFICIAL_KEY = re.compile(
     rf"(?:^|\.)(?P<list>{'|'.join([*_BLOCK_LISTS, 'layers'])})\."
     r"(?P<index>\d+)\.(?:.*\.)?proj_l\.(?P<param>weight|bias)$"
@@ -270,7 +282,7 @@ def load_sla_projections(
     if not all(isinstance(getattr(a, "sla", None), SparseLinearAttention) for a in attentions):
         raise ValueError("load_sla_projections needs SLA enabled first (enable_sla(model, ...))")
     offsets, total = {}, 0
-    for attr in spec.block_lists:
+    for attr in (*spec.block_lists, *spec.side_block_lists):
         offsets[attr] = total
         total += len(getattr(transformer, attr))
     offsets["layers"] = 0

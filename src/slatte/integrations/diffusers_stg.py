@@ -53,7 +53,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ..guidance.config import check_window, in_window
 from ..guidance.strategies import Strategy, get_strategy
-from .diffusers_common import ModelSpec, execution_blocks, model_spec, resolve_transformer
+from .diffusers_common import ModelSpec, execution_blocks, model_spec, resolve_transformers
 from .diffusers_sla import output_projection, qkv_projections
 
 # ---------------------------------------------------------------------------------------------
@@ -135,6 +135,10 @@ class STGHandle:
     start: float = 0.0
     stop: float = 1.0
     pipeline: Any = None
+    # The pipeline attribute with this transformer's CFG scale (Wan2.2's low-noise expert,
+    # `transformer_2`, runs with `guidance_scale_2`).
+    guidance_attr: str = "guidance_scale"
+    _companions: list[STGHandle] = field(default_factory=list)
     _handles: list[RemovableHandle] = field(default_factory=list)
     _call: _Call | None = None
     _last_timestep: torch.Tensor | None = None
@@ -167,7 +171,10 @@ class STGHandle:
         if pipe is None:
             return _Call(batch, list(range(batch)), self.scale)
         cfg = bool(getattr(pipe, "do_classifier_free_guidance", False))
-        guidance = float(getattr(pipe, "guidance_scale", 1.0)) if cfg else 1.0
+        guidance = getattr(pipe, self.guidance_attr, None)
+        if guidance is None:
+            guidance = getattr(pipe, "guidance_scale", 1.0)
+        guidance = float(guidance) if cfg else 1.0
         scale = self.scale / guidance
         if self.spec.batched_cfg:
             if cfg and batch % 2:
@@ -358,6 +365,8 @@ class STGHandle:
         return self
 
     def remove(self) -> None:
+        for companion in self._companions:
+            companion.remove()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -386,9 +395,10 @@ def enable_stg(
     """Apply STG on every call of a diffusers video transformer until the handle is removed.
 
     Args:
-        model: a pipeline (its `.transformer` gets the hooks; its CFG settings are read at each
-            call) or a bare `WanTransformer3DModel` / `LTXVideoTransformer3DModel` /
-            `LatteTransformer3DModel` (every row conditional, unless `cond_rows` is given).
+        model: a pipeline (its `.transformer`, and `.transformer_2` where it has one (Wan2.2's
+            two experts), get the hooks; its CFG settings are read at each call) or a bare
+            transformer of a class in `SUPPORTED` (every row conditional, unless `cond_rows`
+            is given).
         scale: the STG weight w in `e = e_u + w_cfg (e_c − e_u) + w (e_c − e_p)`.
         blocks: indices of the perturbed blocks (see the module docstring for Latte's order).
         strategy: the name of one of `slatte.guidance.strategies.STRATEGIES`.
@@ -399,16 +409,40 @@ def enable_stg(
         start, stop: the step window, as fractions of the schedule from the noisy end
             (`slatte.guidance` convention: progress = 1 − t / (T − 1), T the scheduler's
             `num_train_timesteps`, 1000 by default); outside it STG is not computed.
-    Returns an `STGHandle` (also a context manager); a transformer holds at most one.
+    Returns an `STGHandle` (also a context manager; with two experts, the first one's, which
+    removes both); a transformer holds at most one.
     """
     perturbation = get_strategy(strategy)
     check_window("stg window", start, stop)
-    transformer = resolve_transformer(model)
-    spec = model_spec(transformer)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise ValueError(f"scale must be a number, got {scale!r}")
-    depth = len(execution_blocks(transformer))
+    transformers = resolve_transformers(model)
     blocks = tuple(blocks)
+    for transformer in transformers:
+        _check_blocks(transformer, blocks)
+    handles = [
+        STGHandle(
+            transformer=transformer,
+            spec=model_spec(transformer),
+            scale=float(scale),
+            blocks=blocks,
+            strategy=perturbation,
+            fork=fork,
+            cond_rows=cond_rows,
+            start=float(start),
+            stop=float(stop),
+            pipeline=model if model is not transformers[0] else None,
+            guidance_attr="guidance_scale" if i == 0 else "_guidance_scale_2",
+        ).install()
+        for i, transformer in enumerate(transformers)
+    ]
+    handles[0]._companions = handles[1:]
+    return handles[0]
+
+
+def _check_blocks(transformer: nn.Module, blocks: tuple) -> None:
+    model_spec(transformer)
+    depth = len(execution_blocks(transformer))
     if not blocks or any(
         isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < depth for b in blocks
     ):
@@ -419,27 +453,16 @@ def enable_stg(
         raise ValueError(f"blocks must be distinct, got {blocks}")
     if getattr(transformer, "_slatte_stg", None) is not None:
         raise ValueError("STG is already enabled on this transformer; remove its handle first")
-    handle = STGHandle(
-        transformer=transformer,
-        spec=spec,
-        scale=float(scale),
-        blocks=blocks,
-        strategy=perturbation,
-        fork=fork,
-        cond_rows=cond_rows,
-        start=float(start),
-        stop=float(stop),
-        pipeline=model if model is not transformer else None,
-    )
-    return handle.install()
 
 
 def disable_stg(model: Any) -> None:
-    """Remove the STG hooks of `model` (a pipeline or transformer), if any: the way to undo
+    """Remove the STG hooks of `model` (a pipeline, each of its transformers, or a
+    transformer), if any: the way to undo
     `enable_stg` where its handle is not at hand, as `disable_sla` undoes `enable_sla`."""
-    handle = getattr(resolve_transformer(model), "_slatte_stg", None)
-    if handle is not None:
-        handle.remove()
+    for transformer in resolve_transformers(model):
+        handle = getattr(transformer, "_slatte_stg", None)
+        if handle is not None:
+            handle.remove()
 
 
 __all__ = ["STGHandle", "disable_stg", "enable_stg"]
