@@ -9,24 +9,29 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from slatte.integrations.diffusers_common import execution_blocks
+
 diffusers = pytest.importorskip("diffusers")
+
+
+_WAN_SHAPE = {
+    "patch_size": (1, 2, 2),
+    "num_attention_heads": 2,
+    "attention_head_dim": 16,
+    "in_channels": 4,
+    "out_channels": 4,
+    "text_dim": 32,
+    "freq_dim": 32,
+    "ffn_dim": 64,
+    "num_layers": 2,
+    "rope_max_seq_len": 32,
+}
 
 
 @functools.cache
 def _tiny_wan(seed: int = 0, num_layers: int = 2) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return diffusers.WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=16,
-        in_channels=4,
-        out_channels=4,
-        text_dim=32,
-        freq_dim=32,
-        ffn_dim=64,
-        num_layers=num_layers,
-        rope_max_seq_len=32,
-    ).eval()
+    return diffusers.WanTransformer3DModel(**{**_WAN_SHAPE, "num_layers": num_layers}).eval()
 
 
 @functools.cache
@@ -61,6 +66,21 @@ def _tiny_latte(seed: int = 0, patch_size: int = 1) -> torch.nn.Module:
         video_length=3,
         norm_elementwise_affine=False,
     ).eval()
+
+
+@functools.cache
+def _tiny_vace(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    # Two VACE layers, as many as the test batch: the control scale's length equals it.
+    return diffusers.WanVACETransformer3DModel(
+        **_WAN_SHAPE, vace_layers=[0, 1], vace_in_channels=6
+    ).eval()
+
+
+@functools.cache
+def _tiny_skyreels(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return diffusers.SkyReelsV2Transformer3DModel(**_WAN_SHAPE).eval()
 
 
 @functools.cache
@@ -109,6 +129,12 @@ def model_inputs(name: str, batch: int = 2, seed: int = 1) -> dict:
             "timestep": t,
             "encoder_hidden_states": torch.randn(batch, 5, 16, generator=g),
         }
+    if name in ("vace", "skyreels"):
+        inputs = model_inputs("wan", batch, seed)
+        if name == "vace":
+            inputs["control_hidden_states"] = torch.randn(batch, 6, 3, 8, 8, generator=g)
+            inputs["control_hidden_states_scale"] = torch.tensor([0.5, 2.0])
+        return inputs
     if name == "hunyuan":  # the second prompt padded: 4 of 6 text tokens real
         return {
             "hidden_states": torch.randn(batch, 4, 3, 8, 8, generator=g),
@@ -137,6 +163,14 @@ def tiny_latte(seed: int = 0, patch_size: int = 1) -> torch.nn.Module:
     return copy.deepcopy(_tiny_latte(seed, patch_size))
 
 
+def tiny_vace(seed: int = 0) -> torch.nn.Module:
+    return copy.deepcopy(_tiny_vace(seed))
+
+
+def tiny_skyreels(seed: int = 0) -> torch.nn.Module:
+    return copy.deepcopy(_tiny_skyreels(seed))
+
+
 def tiny_hunyuan(seed: int = 0) -> torch.nn.Module:
     # One dual-stream and one single-stream block; 2×2 patches: 48 video tokens.
     return copy.deepcopy(_tiny_hunyuan(seed))
@@ -147,4 +181,33 @@ MODELS: dict[str, Callable[..., torch.nn.Module]] = {
     "ltx": tiny_ltx,
     "latte": tiny_latte,
     "hunyuan": tiny_hunyuan,
+    "vace": tiny_vace,
+    "skyreels": tiny_skyreels,
 }
+
+
+def naive_perturbed(model, inputs, index, strategy):
+    """The perturbed prediction of a plain third pass, perturbing every row with hooks written
+    independently of slatte's (whole batch, no row bookkeeping)."""
+    block = execution_blocks(model)[index]
+    attn = block.attn1
+
+    def skip_block(module, args, kwargs, output):
+        h = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        return h
+
+    def attention(module, args, kwargs, output):
+        x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        if strategy == "attention_block":
+            return torch.zeros_like(output)
+        if strategy == "attention_skip":
+            return x
+        return module.to_out[0](module.to_v(x))  # identity attention map
+
+    target, fn = (block, skip_block) if strategy == "transformer_block" else (attn, attention)
+    handle = target.register_forward_hook(fn, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            return model(**inputs).sample
+    finally:
+        handle.remove()
