@@ -8,6 +8,7 @@ import pytest
 import torch
 from diffusers_testing import tiny_ltx, tiny_wan
 
+from slatte.integrations.diffusers_sla import SLAAttnProcessor, disable_sla, enable_sla
 from slatte.integrations.diffusers_stg import enable_stg
 
 pytest.importorskip("transformers")  # diffusers' Wan / LTX pipelines import it
@@ -16,18 +17,17 @@ from diffusers import FlowMatchEulerDiscreteScheduler, LTXPipeline, WanPipeline 
 SCALE, GUIDANCE = 2.0, 3.0
 
 
-def _record(transformer):
+def _record(transformer, calls):
     """Capture the inputs the pipeline passes (a pre-hook registered before STG's) and the
-    output it receives (a hook registered after STG's)."""
-    calls = []
+    output it receives (a hook registered after STG's), in `calls`, in call order."""
 
     def before(module, args, kwargs):
-        calls.append({"kwargs": dict(kwargs)})
+        calls.append({"model": module, "kwargs": dict(kwargs)})
 
     def after(module, args, kwargs, output):
         calls[-1]["output"] = (output[0] if isinstance(output, tuple) else output.sample).clone()
 
-    return calls, transformer.register_forward_pre_hook(before, with_kwargs=True), after
+    return transformer.register_forward_pre_hook(before, with_kwargs=True), after
 
 
 def _plain(model, kwargs, perturb_block=None):
@@ -50,16 +50,21 @@ def _plain(model, kwargs, perturb_block=None):
 
 
 def _run_with_stg(pipe, call):
-    calls, pre, after = _record(pipe.transformer)
+    """Run `call` with STG on the pipeline, recording the calls of each of its transformers."""
+    experts = [t for t in (pipe.transformer, getattr(pipe, "transformer_2", None)) if t]
+    calls, hooks = [], []
     try:
+        hooks_after = []
+        for expert in experts:
+            pre, after = _record(expert, calls)
+            hooks.append(pre)
+            hooks_after.append((expert, after))
         with enable_stg(pipe, scale=SCALE, blocks=[1]):
-            post = pipe.transformer.register_forward_hook(after, with_kwargs=True)
-            try:
-                guided = call()
-            finally:
-                post.remove()
+            hooks += [e.register_forward_hook(a, with_kwargs=True) for e, a in hooks_after]
+            guided = call()
     finally:
-        pre.remove()
+        for hook in hooks:
+            hook.remove()
     return calls, guided
 
 
@@ -82,6 +87,7 @@ def test_wan_pipeline_guides_the_conditional_calls_only():
     calls, guided = _run_with_stg(pipe, call)
     assert len(calls) == 4  # 2 steps × (cond, uncond)
     for i, record in enumerate(calls):
+        assert record["model"] is pipe.transformer
         e = _plain(pipe.transformer, record["kwargs"])
         if i % 2 == 0:  # conditional: e_c + (scale / g)(e_c − e_p)
             e_p = _plain(pipe.transformer, record["kwargs"], perturb_block=1)
@@ -116,5 +122,44 @@ def test_ltx_pipeline_guides_the_conditional_half_of_the_batch():
         e_p = _plain(pipe.transformer, record["kwargs"], perturb_block=1)
         e[1:] = e[1:] + SCALE / GUIDANCE * (e[1:] - e_p[1:])  # rows: [uncond, cond]
         torch.testing.assert_close(record["output"], e, atol=1e-5, rtol=1e-5)
+    assert (guided - plain).abs().max() > 1e-3
+    torch.testing.assert_close(call(), plain, atol=0, rtol=0)
+
+
+def test_wan22_two_expert_pipeline_guides_both_experts_with_their_own_cfg_scale():
+    """Wan2.2: the high-noise expert (`transformer`, guidance_scale) runs the first step, the
+    low-noise one (`transformer_2`, guidance_scale_2) the second; enable_sla / enable_stg on the
+    pipeline reach both."""
+    pipe = WanPipeline(
+        tokenizer=None, text_encoder=None, vae=None, transformer=tiny_wan(),
+        transformer_2=tiny_wan(seed=1), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        boundary_ratio=0.9,
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    prompt, negative = torch.randn(1, 5, 32, generator=g), torch.randn(1, 5, 32, generator=g)
+    guidance = {pipe.transformer: GUIDANCE, pipe.transformer_2: 5.0}
+
+    def call():
+        return pipe(
+            prompt_embeds=prompt, negative_prompt_embeds=negative, height=16, width=16,
+            num_frames=5, num_inference_steps=2, guidance_scale=GUIDANCE,
+            guidance_scale_2=guidance[pipe.transformer_2], output_type="latent",
+            generator=torch.Generator().manual_seed(0),
+        ).frames  # fmt: skip
+
+    plain = call()
+    enable_sla(pipe, critical=0.5, block_q=16, block_k=16)
+    assert all(isinstance(t.blocks[0].attn1.processor, SLAAttnProcessor) for t in guidance)
+    calls, guided = _run_with_stg(pipe, call)
+    assert [r["model"] for r in calls] == [pipe.transformer] * 2 + [pipe.transformer_2] * 2
+    for i, record in enumerate(calls):
+        model = record["model"]
+        e = _plain(model, record["kwargs"])
+        if i % 2 == 0:  # each expert's conditional call, with its own CFG scale
+            e_p = _plain(model, record["kwargs"], perturb_block=1)
+            e = e + SCALE / guidance[model] * (e - e_p)
+        torch.testing.assert_close(record["output"], e, atol=1e-5, rtol=1e-5)
+    disable_sla(pipe)
+    assert not any(hasattr(m, "sla") for t in guidance for m in t.modules())
     assert (guided - plain).abs().max() > 1e-3
     torch.testing.assert_close(call(), plain, atol=0, rtol=0)
