@@ -102,6 +102,26 @@ def _tiny_hunyuan(seed: int = 0) -> torch.nn.Module:
     ).eval()
 
 
+@functools.cache
+def _tiny_cogvideox(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return diffusers.CogVideoXTransformer3DModel(
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=4,
+        out_channels=4,
+        time_embed_dim=16,
+        text_embed_dim=16,
+        num_layers=2,
+        sample_width=8,
+        sample_height=8,
+        sample_frames=9,
+        patch_size=2,
+        max_text_seq_length=6,
+        use_rotary_positional_embeddings=True,
+    ).eval()
+
+
 def model_inputs(name: str, batch: int = 2, seed: int = 1) -> dict:
     """Keyword inputs for the tiny model `name`, 3 frames each: Wan 8×8 latents in 2×2 patches
     (48 tokens per sample), LTX 4×4 unpatched (48), Latte 8×8 (64 or 16 tokens per frame)."""
@@ -135,6 +155,16 @@ def model_inputs(name: str, batch: int = 2, seed: int = 1) -> dict:
             inputs["control_hidden_states"] = torch.randn(batch, 6, 3, 8, 8, generator=g)
             inputs["control_hidden_states_scale"] = torch.tensor([0.5, 2.0])
         return inputs
+    if name == "cogvideox":  # (B, F, C, H, W); 3 × 4 × 4 = 48 video tokens after the text
+        from diffusers.models.embeddings import get_3d_rotary_pos_embed
+
+        rotary = get_3d_rotary_pos_embed(16, ((0, 0), (4, 4)), grid_size=(4, 4), temporal_size=3)
+        return {
+            "hidden_states": torch.randn(batch, 3, 4, 8, 8, generator=g),
+            "encoder_hidden_states": torch.randn(batch, 6, 16, generator=g),
+            "timestep": t,
+            "image_rotary_emb": rotary,
+        }
     if name == "hunyuan":  # the second prompt padded: 4 of 6 text tokens real
         return {
             "hidden_states": torch.randn(batch, 4, 3, 8, 8, generator=g),
@@ -171,6 +201,10 @@ def tiny_skyreels(seed: int = 0) -> torch.nn.Module:
     return copy.deepcopy(_tiny_skyreels(seed))
 
 
+def tiny_cogvideox(seed: int = 0) -> torch.nn.Module:
+    return copy.deepcopy(_tiny_cogvideox(seed))
+
+
 def tiny_hunyuan(seed: int = 0) -> torch.nn.Module:
     # One dual-stream and one single-stream block; 2×2 patches: 48 video tokens.
     return copy.deepcopy(_tiny_hunyuan(seed))
@@ -181,6 +215,7 @@ MODELS: dict[str, Callable[..., torch.nn.Module]] = {
     "ltx": tiny_ltx,
     "latte": tiny_latte,
     "hunyuan": tiny_hunyuan,
+    "cogvideox": tiny_cogvideox,
     "vace": tiny_vace,
     "skyreels": tiny_skyreels,
 }

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .diffusers_joint import HUNYUAN_VIDEO, JointAttention
+from .diffusers_joint import COGVIDEOX, HUNYUAN_VIDEO, JointAttention
 from .diffusers_qk import ltx_qk, no_rotary_qk, wan_qk
 
 # Tested with 0.42; Wan's (cos, sin) rotary tables and the processor signatures used here exist
@@ -51,6 +51,10 @@ class ModelSpec:
       and outputs come from; SLA then serves the video-to-video part only;
     - `batched_cfg`: the pipeline runs classifier-free guidance as one batch [uncond; cond]
       (True) or as separate calls, conditional first (False);
+    - `cfg_scale`: the pipeline attribute holding its CFG scale (CFG is on where the pipeline's
+      `do_classifier_free_guidance` says so, or, without one, where the scale exceeds 1); None
+      where the pipeline's guidance is not CFG that slatte can read (HunyuanVideo: its
+      `guidance_scale` is embedded, distilled guidance): every call is then conditional;
     - `self_attention`: the block's self-attention submodule;
     - `interleaved`: the forward runs the lists' blocks in turn (Latte: spatial 0, temporal 0,
       spatial 1, ...) instead of one list after the other; STG block indices follow that order;
@@ -67,6 +71,7 @@ class ModelSpec:
     fork_inputs: tuple[str, ...] | None
     batched_cfg: bool
     self_attention: str = "attn1"
+    cfg_scale: str | None = "guidance_scale"
     block_streams: tuple[str, ...] = ("hidden_states",)
     joint: JointAttention | None = None
     side_block_lists: tuple[str, ...] = ()
@@ -166,11 +171,23 @@ SUPPORTED: dict[str, ModelSpec] = {
             "attention_mask",
             "token_replace_emb",
         ),
-        # Its pipeline's true CFG (true_cfg_scale) calls the transformer twice, conditional first.
+        # Guidance is distilled into the model; its pipeline's optional true CFG
+        # (`true_cfg_scale`) lives in a local variable, out of slatte's sight.
         batched_cfg=False,
         self_attention="attn",
+        cfg_scale=None,
         block_streams=("hidden_states", "encoder_hidden_states"),
         joint=HUNYUAN_VIDEO,
+    ),
+    "CogVideoXTransformer3DModel": ModelSpec(
+        block_lists=("transformer_blocks",),
+        qk=None,
+        processors=("CogVideoXAttnProcessor2_0",),
+        sample_inputs=("hidden_states", "encoder_hidden_states", "timestep", "timestep_cond"),
+        fork_inputs=("hidden_states", "encoder_hidden_states", "temb"),
+        batched_cfg=True,
+        block_streams=("hidden_states", "encoder_hidden_states"),
+        joint=COGVIDEOX,
     ),
 }
 

@@ -1,5 +1,5 @@
 """SLA for joint attention: transformers whose self-attention runs over one sequence of video
-and text tokens (HunyuanVideo's dual- and single-stream blocks).
+and text tokens (HunyuanVideo's dual- and single-stream blocks, CogVideoX).
 
 SLA applies to the video-to-video part only; everything that touches text stays exact:
 - video queries over video keys go through SLA (`sparse_linear_attention`, output O_sla);
@@ -181,18 +181,31 @@ def _text_key_mask(mask: torch.Tensor | None, n_video: int) -> torch.Tensor | No
     return keys[:, n_video:]
 
 
+def _shared_qkv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """One projection of a joint sequence, per-head qk norms: q, k, v (B, N, H, D)."""
+    q = _normed(attn.norm_q, _heads(attn, attn.to_q(x)))
+    k = _normed(attn.norm_k, _heads(attn, attn.to_k(x)))
+    return q, k, _heads(attn, attn.to_v(x))
+
+
+def _rotated(q: torch.Tensor, k: torch.Tensor, rotary: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """diffusers' rotary embedding ((cos, sin), each (N, D)) on the video q, k (B, N, H, D)."""
+    if rotary is None:
+        return q, k
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    return apply_rotary_emb(q, rotary, sequence_dim=1), apply_rotary_emb(k, rotary, sequence_dim=1)
+
+
 def _hunyuan_qkv(
     attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
     attention_mask: torch.Tensor | None, rotary: Any,
 ) -> JointQKV:  # fmt: skip
     n_video = hidden_states.shape[1]
     if attn.add_q_proj is None:  # single-stream block: one projection of [video; text]
-        x = torch.cat([hidden_states, encoder_hidden_states], dim=1)
-        q = _normed(attn.norm_q, _heads(attn, attn.to_q(x)))
-        k = _normed(attn.norm_k, _heads(attn, attn.to_k(x)))
-        v = _heads(attn, attn.to_v(x))
-        (q_v, q_t), (k_v, k_t), (v_v, v_t) = (t.split([n_video, t.shape[1] - n_video], 1)
-                                              for t in (q, k, v))  # fmt: skip
+        qkv = _shared_qkv(attn, torch.cat([hidden_states, encoder_hidden_states], dim=1))
+        n_text = encoder_hidden_states.shape[1]
+        (q_v, q_t), (k_v, k_t), (v_v, v_t) = (t.split([n_video, n_text], 1) for t in qkv)
     else:  # dual-stream block: the text has its own projections and norms
         q_v = _normed(attn.norm_q, _heads(attn, attn.to_q(hidden_states)))
         k_v = _normed(attn.norm_k, _heads(attn, attn.to_k(hidden_states)))
@@ -200,11 +213,7 @@ def _hunyuan_qkv(
         q_t = _normed(attn.norm_added_q, _heads(attn, attn.add_q_proj(encoder_hidden_states)))
         k_t = _normed(attn.norm_added_k, _heads(attn, attn.add_k_proj(encoder_hidden_states)))
         v_t = _heads(attn, attn.add_v_proj(encoder_hidden_states))
-    if rotary is not None:  # the video tokens only
-        from diffusers.models.embeddings import apply_rotary_emb
-
-        q_v = apply_rotary_emb(q_v, rotary, sequence_dim=1)
-        k_v = apply_rotary_emb(k_v, rotary, sequence_dim=1)
+    q_v, k_v = _rotated(q_v, k_v, rotary)  # the video tokens only
     return q_v, k_v, v_v, q_t, k_t, v_t, _text_key_mask(attention_mask, n_video)
 
 
@@ -219,3 +228,26 @@ def _hunyuan_output(
 
 
 HUNYUAN_VIDEO = JointAttention(qkv=_hunyuan_qkv, output=_hunyuan_output)
+
+
+def _cogvideox_qkv(
+    attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor | None, rotary: Any,
+) -> JointQKV:  # fmt: skip
+    if attention_mask is not None:
+        raise ValueError("CogVideoX's joint attention takes no attention mask; one was given")
+    # One projection of [text; video] (text first), per-head qk norms, rotary on the video.
+    n_text = encoder_hidden_states.shape[1]
+    qkv = _shared_qkv(attn, torch.cat([encoder_hidden_states, hidden_states], dim=1))
+    (q_t, q_v), (k_t, k_v), (v_t, v_v) = (t.split([n_text, hidden_states.shape[1]], 1) for t in qkv)
+    q_v, k_v = _rotated(q_v, k_v, rotary)
+    return q_v, k_v, v_v, q_t, k_t, v_t, None
+
+
+def _cogvideox_output(
+    attn: nn.Module, video: torch.Tensor, text: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return tuple(attn.to_out[1](attn.to_out[0](x)) for x in (video, text))
+
+
+COGVIDEOX = JointAttention(qkv=_cogvideox_qkv, output=_cogvideox_output)

@@ -135,9 +135,9 @@ class STGHandle:
     start: float = 0.0
     stop: float = 1.0
     pipeline: Any = None
-    # The pipeline attribute with this transformer's CFG scale (Wan2.2's low-noise expert,
-    # `transformer_2`, runs with `guidance_scale_2`).
-    guidance_attr: str = "guidance_scale"
+    # The pipeline attribute with this transformer's CFG scale (`ModelSpec.cfg_scale`; Wan2.2's
+    # low-noise expert, `transformer_2`, runs with `guidance_scale_2`); None: no CFG to read.
+    guidance_attr: str | None = "guidance_scale"
     _companions: list[STGHandle] = field(default_factory=list)
     _handles: list[RemovableHandle] = field(default_factory=list)
     _call: _Call | None = None
@@ -168,14 +168,15 @@ class STGHandle:
                 )
             return _Call(batch, rows, self.scale)
         pipe = self.pipeline
-        if pipe is None:
+        if pipe is None or self.guidance_attr is None:
             return _Call(batch, list(range(batch)), self.scale)
-        cfg = bool(getattr(pipe, "do_classifier_free_guidance", False))
         guidance = getattr(pipe, self.guidance_attr, None)
         if guidance is None:
             guidance = getattr(pipe, "guidance_scale", 1.0)
-        guidance = float(guidance) if cfg else 1.0
-        scale = self.scale / guidance
+        # CogVideoX's pipeline decides CFG locally, from guidance_scale > 1, as the rest say.
+        cfg = getattr(pipe, "do_classifier_free_guidance", None)
+        cfg = float(guidance) > 1 if cfg is None else bool(cfg)
+        scale = self.scale / float(guidance) if cfg else self.scale
         if self.spec.batched_cfg:
             if cfg and batch % 2:
                 raise ValueError(f"a CFG batch [uncond; cond] must be even, got {batch} rows")
@@ -432,7 +433,7 @@ def enable_stg(
             start=float(start),
             stop=float(stop),
             pipeline=model if model is not transformers[0] else None,
-            guidance_attr="guidance_scale" if i == 0 else "_guidance_scale_2",
+            guidance_attr=model_spec(transformer).cfg_scale if i == 0 else "_guidance_scale_2",
         ).install()
         for i, transformer in enumerate(transformers)
     ]
