@@ -122,6 +122,24 @@ def _tiny_cogvideox(seed: int = 0) -> torch.nn.Module:
     ).eval()
 
 
+@functools.cache
+def _tiny_hunyuan15(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return diffusers.HunyuanVideo15Transformer3DModel(
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=16,
+        num_layers=2,
+        num_refiner_layers=1,
+        patch_size=2,
+        text_embed_dim=16,
+        text_embed_2_dim=8,
+        image_embed_dim=8,
+        rope_axes_dim=(4, 6, 6),
+    ).eval()
+
+
 def model_inputs(name: str, batch: int = 2, seed: int = 1) -> dict:
     """Keyword inputs for the tiny model `name`, 3 frames each: Wan 8×8 latents in 2×2 patches
     (48 tokens per sample), LTX 4×4 unpatched (48), Latte 8×8 (64 or 16 tokens per frame)."""
@@ -165,6 +183,17 @@ def model_inputs(name: str, batch: int = 2, seed: int = 1) -> dict:
             "timestep": t,
             "image_rotary_emb": rotary,
         }
+    if name == "hunyuan15":  # text-to-video (zero image embeddings); second prompt padded
+        lengths = torch.tensor([[6, 3], [4, 2]] * batch)[:batch]
+        return {
+            "hidden_states": torch.randn(batch, 4, 3, 8, 8, generator=g),
+            "timestep": t.float(),
+            "encoder_hidden_states": torch.randn(batch, 6, 16, generator=g),
+            "encoder_attention_mask": torch.arange(6) < lengths[:, :1],
+            "encoder_hidden_states_2": torch.randn(batch, 3, 8, generator=g),
+            "encoder_attention_mask_2": torch.arange(3) < lengths[:, 1:],
+            "image_embeds": torch.zeros(batch, 2, 8),
+        }
     if name == "hunyuan":  # the second prompt padded: 4 of 6 text tokens real
         return {
             "hidden_states": torch.randn(batch, 4, 3, 8, 8, generator=g),
@@ -201,6 +230,10 @@ def tiny_skyreels(seed: int = 0) -> torch.nn.Module:
     return copy.deepcopy(_tiny_skyreels(seed))
 
 
+def tiny_hunyuan15(seed: int = 0) -> torch.nn.Module:
+    return copy.deepcopy(_tiny_hunyuan15(seed))
+
+
 def tiny_cogvideox(seed: int = 0) -> torch.nn.Module:
     return copy.deepcopy(_tiny_cogvideox(seed))
 
@@ -216,6 +249,7 @@ MODELS: dict[str, Callable[..., torch.nn.Module]] = {
     "latte": tiny_latte,
     "hunyuan": tiny_hunyuan,
     "cogvideox": tiny_cogvideox,
+    "hunyuan15": tiny_hunyuan15,
     "vace": tiny_vace,
     "skyreels": tiny_skyreels,
 }

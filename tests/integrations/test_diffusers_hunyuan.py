@@ -1,6 +1,6 @@
-"""HunyuanVideo: SLA on the video-to-video part of its joint attention (text exact, padded text
-masked), STG through its dual- and single-stream blocks, each checked against a computation
-written here by hand."""
+"""HunyuanVideo and HunyuanVideo-1.5: SLA on the video-to-video part of their joint attention
+(text exact, padded text masked), STG through their dual- and single-stream blocks, each checked
+against a computation written here by hand."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from diffusers_testing import model_inputs, tiny_hunyuan
+from diffusers_testing import model_inputs, tiny_hunyuan, tiny_hunyuan15
 
 from slatte.guidance.strategies import STRATEGIES
 from slatte.integrations.diffusers_common import execution_blocks
@@ -24,6 +24,7 @@ from slatte.ops import SLAConfig, sla_block_map
 
 SMALL_BLOCKS = {"block_q": 16, "block_k": 16}
 SCALE = 1.5
+MODELS = {"hunyuan": tiny_hunyuan, "hunyuan15": tiny_hunyuan15}
 
 
 def _run(model, inputs):
@@ -45,7 +46,8 @@ def _capture_attention(model, block, inputs):
 
 def _by_hand(attn, x, enc, mask, rotary, config):
     """Softmax attention by hand: video queries over the critical video blocks (SLA's block
-    map) and the real text keys, text queries over every real key."""
+    map) and the real text keys, text queries over every real key. `mask`: HunyuanVideo's
+    (B, 1, 1, N) key mask, or HunyuanVideo-1.5's (B, Nt) text mask, for keys and queries."""
     from diffusers.models.embeddings import apply_rotary_emb
 
     heads = attn.heads
@@ -65,7 +67,11 @@ def _by_hand(attn, x, enc, mask, rotary, config):
     q = torch.cat([apply_rotary_emb(q[:, :nv], rotary, sequence_dim=1), q[:, nv:]], 1)
     k = torch.cat([apply_rotary_emb(k[:, :nv], rotary, sequence_dim=1), k[:, nv:]], 1)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, N, D)
-    allowed = mask.reshape(mask.shape[0], 1, 1, -1).expand(-1, heads, q.shape[2], -1).clone()
+    if mask.dim() == 2:  # 1.5: padded text tokens neither give nor take attention
+        joint = torch.cat([torch.ones(mask.shape[0], nv, dtype=torch.bool), mask], 1)
+        allowed = (joint[:, None, :, None] & joint[:, None, None, :]).repeat(1, heads, 1, 1)
+    else:
+        allowed = mask.reshape(mask.shape[0], 1, 1, -1).expand(-1, heads, q.shape[2], -1).clone()
     critical = sla_block_map(q[:, :, :nv], k[:, :, :nv], config) == 1
     video_keys = critical.repeat_interleave(16, 2).repeat_interleave(16, 3)[:, :, :nv, :nv]
     allowed[:, :, :nv, :nv] &= video_keys
@@ -80,9 +86,16 @@ def _by_hand(attn, x, enc, mask, rotary, config):
     return video, text, critical
 
 
-@pytest.mark.parametrize("block_list", ["transformer_blocks", "single_transformer_blocks"])
-def test_zero_projection_is_softmax_over_critical_video_blocks_and_all_text(block_list):
-    model, inputs = tiny_hunyuan(), model_inputs("hunyuan")
+@pytest.mark.parametrize(
+    ("name", "block_list"),
+    [
+        ("hunyuan", "transformer_blocks"),
+        ("hunyuan", "single_transformer_blocks"),
+        ("hunyuan15", "transformer_blocks"),
+    ],
+)
+def test_zero_projection_is_softmax_over_critical_video_blocks_and_all_text(name, block_list):
+    model, inputs = MODELS[name](), model_inputs(name)
     attn = getattr(model, block_list)[0].attn
     seen = _capture_attention(model, getattr(model, block_list)[0], inputs)
     x, enc, mask = seen["hidden_states"], seen["encoder_hidden_states"], seen["attention_mask"]
@@ -96,12 +109,16 @@ def test_zero_projection_is_softmax_over_critical_video_blocks_and_all_text(bloc
         )
     assert critical.sum(-1).eq(1).all()  # 1 of 3 video key blocks: really sparse
     torch.testing.assert_close(video, want_video, atol=2e-5, rtol=1e-5)
-    torch.testing.assert_close(text, want_text, atol=2e-5, rtol=1e-5)
+    # Padded text queries of 1.5 attend to nothing: compare the real ones.
+    real = mask.reshape(mask.shape[0], -1)[:, -text.shape[1] :] if mask.dim() == 2 else True
+    real = torch.as_tensor(real).expand(text.shape[:2])
+    torch.testing.assert_close(text[real], want_text[real], atol=2e-5, rtol=1e-5)
 
 
-def test_padded_text_keys_take_no_weight():
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_padded_text_keys_take_no_weight(name):
     """Changing the padded text tokens of the second prompt changes nothing, with SLA on."""
-    model, inputs = tiny_hunyuan(), model_inputs("hunyuan")
+    model, inputs = MODELS[name](), model_inputs(name)
     enable_sla(model, critical=0.5, **SMALL_BLOCKS)
     out = _run(model, inputs)
     noisy = {**inputs, "encoder_hidden_states": inputs["encoder_hidden_states"].clone()}
@@ -161,11 +178,13 @@ def _naive_perturbed(model, inputs, index, strategy):
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("index", [0, 1])  # the dual-stream block, the single-stream block
-def test_stg_equals_the_naive_third_pass_for_two_prompts(index, strategy):
-    """Hunyuan's pipeline calls the transformer for the conditional batch of two prompts (its
-    true CFG calls it again, separately, for the negative ones)."""
-    model, inputs = tiny_hunyuan(), model_inputs("hunyuan")
+@pytest.mark.parametrize(
+    ("name", "index"), [("hunyuan", 0), ("hunyuan", 1), ("hunyuan15", 1)]
+)  # HunyuanVideo: its dual-stream block, its single-stream block
+def test_stg_equals_the_naive_third_pass_for_two_prompts(name, index, strategy):
+    """HunyuanVideo's pipeline calls the transformer for the conditional batch of two prompts
+    (guidance is distilled into the model)."""
+    model, inputs = MODELS[name](), model_inputs(name)
     e_c = _run(model, inputs)
     e_p = _naive_perturbed(model, inputs, index, strategy)
     expected = e_c + SCALE * (e_c - e_p)
@@ -197,3 +216,35 @@ def test_a_processor_installed_by_someone_else_is_refused():
     with pytest.raises(ValueError, match="block 1.*AttnProcessor2_0.*HunyuanVideoAttnProcessor2_0"):
         enable_sla(model)
     assert not any(hasattr(m, "sla") for m in model.modules())  # nothing half-enabled
+
+
+def test_hunyuan15_guider_cfg_calls_guide_the_conditional_call_only():
+    """HunyuanVideo-1.5's pipeline runs CFG through its guider: the conditional batch first,
+    then the unconditional one, combined with `guider.guidance_scale`."""
+    model, g = tiny_hunyuan15(), 4.0
+    pipe = SimpleNamespace(transformer=model, guider=SimpleNamespace(guidance_scale=g))
+    cond = model_inputs("hunyuan15", seed=1)
+    uncond = {
+        **cond,
+        "encoder_hidden_states": model_inputs("hunyuan15", seed=2)["encoder_hidden_states"],
+    }
+    e_c, e_u = _run(model, cond), _run(model, uncond)
+    e_p = _naive_perturbed(model, cond, 1, "transformer_block")
+    with enable_stg(pipe, scale=SCALE, blocks=[1]):
+        guided_c, guided_u = _run(model, cond), _run(model, uncond)
+    torch.testing.assert_close(guided_u, e_u, atol=0, rtol=0)
+    torch.testing.assert_close(guided_c, e_c + SCALE / g * (e_c - e_p), atol=1e-5, rtol=1e-5)
+
+
+def test_hunyuan15_padded_text_tokens_come_out_as_the_models_own():
+    """1.5 masks padded text tokens as queries too: with every block critical, SLA's
+    processor gives every text token, padded ones included, what the model's own gives."""
+    model, inputs = tiny_hunyuan15(), model_inputs("hunyuan15")
+    attn = model.transformer_blocks[1].attn
+    seen = _capture_attention(model, model.transformer_blocks[1], inputs)
+    with torch.no_grad():
+        _, want = attn(**seen)
+        enable_sla(model, critical=1.0, **SMALL_BLOCKS)
+        _, text = attn(**seen)
+    assert not seen["attention_mask"].all()
+    torch.testing.assert_close(text, want, atol=2e-5, rtol=1e-5)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .diffusers_joint import COGVIDEOX, HUNYUAN_VIDEO, JointAttention
+from .diffusers_joint import COGVIDEOX, HUNYUAN_VIDEO, HUNYUAN_VIDEO_15, JointAttention
 from .diffusers_qk import ltx_qk, no_rotary_qk, wan_qk
 
 # Tested with 0.42; Wan's (cos, sin) rotary tables and the processor signatures used here exist
@@ -51,7 +51,7 @@ class ModelSpec:
       and outputs come from; SLA then serves the video-to-video part only;
     - `batched_cfg`: the pipeline runs classifier-free guidance as one batch [uncond; cond]
       (True) or as separate calls, conditional first (False);
-    - `cfg_scale`: the pipeline attribute holding its CFG scale (CFG is on where the pipeline's
+    - `cfg_scale`: the pipeline attribute (a dotted path) holding its CFG scale (CFG is on where the pipeline's
       `do_classifier_free_guidance` says so, or, without one, where the scale exceeds 1); None
       where the pipeline's guidance is not CFG that slatte can read (HunyuanVideo: its
       `guidance_scale` is embedded, distilled guidance): every call is then conditional;
@@ -178,6 +178,28 @@ SUPPORTED: dict[str, ModelSpec] = {
         cfg_scale=None,
         block_streams=("hidden_states", "encoder_hidden_states"),
         joint=HUNYUAN_VIDEO,
+    ),
+    "HunyuanVideo15Transformer3DModel": ModelSpec(
+        block_lists=("transformer_blocks",),
+        qk=None,
+        processors=("HunyuanVideo15AttnProcessor2_0",),
+        sample_inputs=(
+            "hidden_states",
+            "timestep",
+            "encoder_hidden_states",
+            "encoder_attention_mask",
+            "timestep_r",
+            "encoder_hidden_states_2",
+            "encoder_attention_mask_2",
+            "image_embeds",
+        ),
+        fork_inputs=("hidden_states", "encoder_hidden_states", "temb", "attention_mask"),
+        # Its pipeline's guider (ClassifierFreeGuidance) calls the conditional batch first.
+        batched_cfg=False,
+        self_attention="attn",
+        cfg_scale="guider.guidance_scale",
+        block_streams=("hidden_states", "encoder_hidden_states"),
+        joint=HUNYUAN_VIDEO_15,
     ),
     "CogVideoXTransformer3DModel": ModelSpec(
         block_lists=("transformer_blocks",),

@@ -1,5 +1,5 @@
 """SLA for joint attention: transformers whose self-attention runs over one sequence of video
-and text tokens (HunyuanVideo's dual- and single-stream blocks, CogVideoX).
+and text tokens (HunyuanVideo's dual- and single-stream blocks, HunyuanVideo-1.5, CogVideoX).
 
 SLA applies to the video-to-video part only; everything that touches text stays exact:
 - video queries over video keys go through SLA (`sparse_linear_attention`, output O_sla);
@@ -49,6 +49,8 @@ class JointAttention:
 
     qkv: Callable[[nn.Module, torch.Tensor, torch.Tensor, Any, Any], JointQKV]
     output: Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    # Padded text tokens also attend to nothing as queries (HunyuanVideo-1.5 masks both ways).
+    mask_text_queries: bool = False
 
     def identity_map(
         self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor
@@ -96,11 +98,14 @@ def joint_sla(
     video: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     text: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     text_mask: torch.Tensor | None,
+    mask_text_queries: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Joint attention with SLA on its video-to-video part (module docstring).
 
     video, text: (q, k, v), each (B, N, H, D) with N = Nv or Nt; text_mask: (B, Nt) bool, True
-    for real text keys, or None. Returns the video and text outputs (B, N, H, D)."""
+    for real text keys, or None; `mask_text_queries`: padded text queries attend to nothing
+    (what the model's own attention then gives them). Returns the video and text outputs
+    (B, N, H, D)."""
     (q_v, k_v, v_v), (q_t, k_t, v_t) = video, text
     o_sla = sparse_linear_attention(
         q_v, k_v, v_v, sla.proj_l.weight, sla.proj_l.bias, sla.config,
@@ -121,6 +126,8 @@ def joint_sla(
     if text_mask is not None:
         video_keys = text_mask.new_ones(text_mask.shape[0], k_v.shape[1])
         key_mask = torch.cat([video_keys, text_mask], dim=1)[:, None, None, :]
+        if mask_text_queries:
+            key_mask = key_mask & text_mask[:, None, :, None]
     o_text = F.scaled_dot_product_attention(q_t.transpose(1, 2), keys, values, attn_mask=key_mask)
     return o_video.transpose(1, 2).to(q_v.dtype), o_text.transpose(1, 2)
 
@@ -149,7 +156,9 @@ class JointSLAAttnProcessor:
         q_v, k_v, v_v, q_t, k_t, v_t, text_mask = self.joint.qkv(
             attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb
         )
-        o_v, o_t = joint_sla(attn.sla, (q_v, k_v, v_v), (q_t, k_t, v_t), text_mask)
+        o_v, o_t = joint_sla(
+            attn.sla, (q_v, k_v, v_v), (q_t, k_t, v_t), text_mask, self.joint.mask_text_queries
+        )
         return self.joint.output(
             attn, o_v.flatten(2).type_as(hidden_states), o_t.flatten(2).type_as(hidden_states)
         )
@@ -228,6 +237,20 @@ def _hunyuan_output(
 
 
 HUNYUAN_VIDEO = JointAttention(qkv=_hunyuan_qkv, output=_hunyuan_output)
+
+
+def _hunyuan15_qkv(
+    attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor | None, rotary: Any,
+) -> JointQKV:  # fmt: skip
+    # HunyuanVideo-1.5's dual-stream attention is HunyuanVideo's; its mask is the text one.
+    qkv = _hunyuan_qkv(attn, hidden_states, encoder_hidden_states, None, rotary)
+    return *qkv[:6], None if attention_mask is None else attention_mask.bool()
+
+
+HUNYUAN_VIDEO_15 = JointAttention(
+    qkv=_hunyuan15_qkv, output=_hunyuan_output, mask_text_queries=True
+)
 
 
 def _cogvideox_qkv(

@@ -107,6 +107,13 @@ def _map_named(
     return args, {k: _map_tensors(v, fn) if k in names else v for k, v in kwargs.items()}
 
 
+def _dotted(obj: Any, path: str) -> Any:
+    """`obj.a.b` for path "a.b"; None where an attribute is missing."""
+    for name in path.split("."):
+        obj = getattr(obj, name, None)
+    return obj
+
+
 def _argument(params: tuple[str, ...], args: tuple, kwargs: dict, name: str) -> Any:
     """The argument called `name` (None when not given)."""
     if name in kwargs:
@@ -170,7 +177,7 @@ class STGHandle:
         pipe = self.pipeline
         if pipe is None or self.guidance_attr is None:
             return _Call(batch, list(range(batch)), self.scale)
-        guidance = getattr(pipe, self.guidance_attr, None)
+        guidance = _dotted(pipe, self.guidance_attr)
         if guidance is None:
             guidance = getattr(pipe, "guidance_scale", 1.0)
         # CogVideoX's pipeline decides CFG locally, from guidance_scale > 1, as the rest say.
