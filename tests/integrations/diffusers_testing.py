@@ -140,6 +140,23 @@ def _tiny_hunyuan15(seed: int = 0) -> torch.nn.Module:
     ).eval()
 
 
+@functools.cache
+def _tiny_mochi(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return diffusers.MochiTransformer3DModel(
+        patch_size=2,
+        num_attention_heads=2,
+        attention_head_dim=16,
+        num_layers=2,
+        pooled_projection_dim=16,
+        in_channels=4,
+        out_channels=4,
+        text_embed_dim=16,
+        time_embed_dim=16,
+        max_sequence_length=6,
+    ).eval()
+
+
 def model_inputs(name: str, batch: int = 2, seed: int = 1) -> dict:
     """Keyword inputs for the tiny model `name`, 3 frames each: Wan 8×8 latents in 2×2 patches
     (48 tokens per sample), LTX 4×4 unpatched (48), Latte 8×8 (64 or 16 tokens per frame)."""
@@ -182,6 +199,13 @@ def model_inputs(name: str, batch: int = 2, seed: int = 1) -> dict:
             "encoder_hidden_states": torch.randn(batch, 6, 16, generator=g),
             "timestep": t,
             "image_rotary_emb": rotary,
+        }
+    if name == "mochi":  # the second prompt padded: 4 of 6 text tokens real
+        return {
+            "hidden_states": torch.randn(batch, 4, 3, 8, 8, generator=g),
+            "encoder_hidden_states": torch.randn(batch, 6, 16, generator=g),
+            "timestep": t,
+            "encoder_attention_mask": torch.arange(6) < torch.tensor([[6], [4]] * batch)[:batch],
         }
     if name == "hunyuan15":  # text-to-video (zero image embeddings); second prompt padded
         lengths = torch.tensor([[6, 3], [4, 2]] * batch)[:batch]
@@ -234,6 +258,10 @@ def tiny_hunyuan15(seed: int = 0) -> torch.nn.Module:
     return copy.deepcopy(_tiny_hunyuan15(seed))
 
 
+def tiny_mochi(seed: int = 0) -> torch.nn.Module:
+    return copy.deepcopy(_tiny_mochi(seed))
+
+
 def tiny_cogvideox(seed: int = 0) -> torch.nn.Module:
     return copy.deepcopy(_tiny_cogvideox(seed))
 
@@ -250,6 +278,7 @@ MODELS: dict[str, Callable[..., torch.nn.Module]] = {
     "hunyuan": tiny_hunyuan,
     "cogvideox": tiny_cogvideox,
     "hunyuan15": tiny_hunyuan15,
+    "mochi": tiny_mochi,
     "vace": tiny_vace,
     "skyreels": tiny_skyreels,
 }

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .diffusers_joint import COGVIDEOX, HUNYUAN_VIDEO, HUNYUAN_VIDEO_15, JointAttention
+from .diffusers_joint import COGVIDEOX, HUNYUAN_VIDEO, HUNYUAN_VIDEO_15, MOCHI, JointAttention
 from .diffusers_qk import ltx_qk, no_rotary_qk, wan_qk
 
 # Tested with 0.42; Wan's (cos, sin) rotary tables and the processor signatures used here exist
@@ -201,6 +201,21 @@ SUPPORTED: dict[str, ModelSpec] = {
         block_streams=("hidden_states", "encoder_hidden_states"),
         joint=HUNYUAN_VIDEO_15,
     ),
+    "MochiTransformer3DModel": ModelSpec(
+        block_lists=("transformer_blocks",),
+        qk=None,
+        processors=("MochiAttnProcessor2_0",),
+        sample_inputs=(
+            "hidden_states",
+            "encoder_hidden_states",
+            "timestep",
+            "encoder_attention_mask",
+        ),
+        fork_inputs=("hidden_states", "encoder_hidden_states", "temb", "encoder_attention_mask"),
+        batched_cfg=True,
+        block_streams=("hidden_states", "encoder_hidden_states"),
+        joint=MOCHI,
+    ),
     "CogVideoXTransformer3DModel": ModelSpec(
         block_lists=("transformer_blocks",),
         qk=None,
@@ -298,7 +313,8 @@ def self_attentions(transformer: nn.Module) -> list[nn.Module]:
     """The self-attention module of every block, checked to have what slatte's processors use."""
     spec = model_spec(transformer)
     # A joint attention's output projections are its `JointAttention`'s business.
-    needed = ("to_q", "to_k", "to_v", "heads", "set_processor")
+    # `processor`, not `set_processor`: MochiAttention has only the attribute (see set_processor).
+    needed = ("to_q", "to_k", "to_v", "heads", "processor")
     needed += () if spec.joint is not None else ("to_out",)
     modules = []
     for i, block in enumerate(blocks_of(transformer)):
@@ -312,6 +328,15 @@ def self_attentions(transformer: nn.Module) -> list[nn.Module]:
             )
         modules.append(attn)
     return modules
+
+
+def set_processor(attn: nn.Module, processor: Any) -> None:
+    """Install `processor` on a diffusers attention module; `MochiAttention` has no
+    `set_processor`, only the `processor` attribute its forward calls."""
+    if hasattr(attn, "set_processor"):
+        attn.set_processor(processor)
+    else:
+        attn.processor = processor
 
 
 def head_dim(attn: nn.Module) -> int:

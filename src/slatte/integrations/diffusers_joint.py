@@ -1,5 +1,6 @@
 """SLA for joint attention: transformers whose self-attention runs over one sequence of video
-and text tokens (HunyuanVideo's dual- and single-stream blocks, HunyuanVideo-1.5, CogVideoX).
+and text tokens (HunyuanVideo's dual- and single-stream blocks, HunyuanVideo-1.5, CogVideoX,
+Mochi).
 
 SLA applies to the video-to-video part only; everything that touches text stays exact:
 - video queries over video keys go through SLA (`sparse_linear_attention`, output O_sla);
@@ -49,7 +50,8 @@ class JointAttention:
 
     qkv: Callable[[nn.Module, torch.Tensor, torch.Tensor, Any, Any], JointQKV]
     output: Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-    # Padded text tokens also attend to nothing as queries (HunyuanVideo-1.5 masks both ways).
+    # Padded text tokens also attend to nothing as queries and output zero (HunyuanVideo-1.5
+    # masks both ways; Mochi drops them).
     mask_text_queries: bool = False
 
     def identity_map(
@@ -104,7 +106,7 @@ def joint_sla(
 
     video, text: (q, k, v), each (B, N, H, D) with N = Nv or Nt; text_mask: (B, Nt) bool, True
     for real text keys, or None; `mask_text_queries`: padded text queries attend to nothing
-    (what the model's own attention then gives them). Returns the video and text outputs
+    and output zero (the model's own attention gives them that). Returns the video and text outputs
     (B, N, H, D)."""
     (q_v, k_v, v_v), (q_t, k_t, v_t) = video, text
     o_sla = sparse_linear_attention(
@@ -129,7 +131,10 @@ def joint_sla(
         if mask_text_queries:
             key_mask = key_mask & text_mask[:, None, :, None]
     o_text = F.scaled_dot_product_attention(q_t.transpose(1, 2), keys, values, attn_mask=key_mask)
-    return o_video.transpose(1, 2).to(q_v.dtype), o_text.transpose(1, 2)
+    o_text = o_text.transpose(1, 2)
+    if mask_text_queries and text_mask is not None:  # rows with every key masked: zero
+        o_text = o_text.masked_fill(~text_mask[:, :, None, None], 0.0)
+    return o_video.transpose(1, 2).to(q_v.dtype), o_text
 
 
 class JointSLAAttnProcessor:
@@ -197,6 +202,20 @@ def _shared_qkv(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return q, k, _heads(attn, attn.to_v(x))
 
 
+def _two_stream_qkv(
+    attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """Dual-stream attention: video and text each with their own projections and per-head qk
+    norms (HunyuanVideo, Mochi); q, k, v of the video, then of the text, (B, N, H, D)."""
+    text = encoder_hidden_states
+    return (
+        *_shared_qkv(attn, hidden_states),
+        _normed(attn.norm_added_q, _heads(attn, attn.add_q_proj(text))),
+        _normed(attn.norm_added_k, _heads(attn, attn.add_k_proj(text))),
+        _heads(attn, attn.add_v_proj(text)),
+    )
+
+
 def _rotated(q: torch.Tensor, k: torch.Tensor, rotary: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """diffusers' rotary embedding ((cos, sin), each (N, D)) on the video q, k (B, N, H, D)."""
     if rotary is None:
@@ -215,13 +234,8 @@ def _hunyuan_qkv(
         qkv = _shared_qkv(attn, torch.cat([hidden_states, encoder_hidden_states], dim=1))
         n_text = encoder_hidden_states.shape[1]
         (q_v, q_t), (k_v, k_t), (v_v, v_t) = (t.split([n_video, n_text], 1) for t in qkv)
-    else:  # dual-stream block: the text has its own projections and norms
-        q_v = _normed(attn.norm_q, _heads(attn, attn.to_q(hidden_states)))
-        k_v = _normed(attn.norm_k, _heads(attn, attn.to_k(hidden_states)))
-        v_v = _heads(attn, attn.to_v(hidden_states))
-        q_t = _normed(attn.norm_added_q, _heads(attn, attn.add_q_proj(encoder_hidden_states)))
-        k_t = _normed(attn.norm_added_k, _heads(attn, attn.add_k_proj(encoder_hidden_states)))
-        v_t = _heads(attn, attn.add_v_proj(encoder_hidden_states))
+    else:
+        q_v, k_v, v_v, q_t, k_t, v_t = _two_stream_qkv(attn, hidden_states, encoder_hidden_states)
     q_v, k_v = _rotated(q_v, k_v, rotary)  # the video tokens only
     return q_v, k_v, v_v, q_t, k_t, v_t, _text_key_mask(attention_mask, n_video)
 
@@ -274,3 +288,25 @@ def _cogvideox_output(
 
 
 COGVIDEOX = JointAttention(qkv=_cogvideox_qkv, output=_cogvideox_output)
+
+
+def _mochi_rotated(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Mochi's rotation of (even, odd) pairs, in fp32, by its (cos, sin) tables (N, H, D / 2)."""
+    even, odd = x[..., 0::2].float(), x[..., 1::2].float()
+    pairs = torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1)
+    return pairs.flatten(-2).to(x.dtype)
+
+
+def _mochi_qkv(
+    attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor | None, rotary: Any,
+) -> JointQKV:  # fmt: skip
+    q_v, k_v, v_v, q_t, k_t, v_t = _two_stream_qkv(attn, hidden_states, encoder_hidden_states)
+    if rotary is not None:
+        q_v, k_v = _mochi_rotated(q_v, *rotary), _mochi_rotated(k_v, *rotary)
+    # Mochi attends over each prompt's real tokens only: the mask is a (B, Nt) text mask.
+    text_mask = None if attention_mask is None else attention_mask.bool()
+    return q_v, k_v, v_v, q_t, k_t, v_t, text_mask
+
+
+MOCHI = JointAttention(qkv=_mochi_qkv, output=_hunyuan_output, mask_text_queries=True)

@@ -38,6 +38,7 @@ from .diffusers_common import (
     resolve_transformer,
     resolve_transformers,
     self_attentions,
+    set_processor,
 )
 from .diffusers_joint import JointSLAAttnProcessor
 
@@ -185,7 +186,7 @@ def enable_sla(
             else:
                 original = attn.processor
             attn.sla = sla
-            attn.set_processor(_sla_processor(spec, original))
+            set_processor(attn, _sla_processor(spec, original))
     return transformers[0]
 
 
@@ -231,7 +232,7 @@ def disable_sla(model: Any) -> nn.Module:
     for transformer in transformers:
         for attn in self_attentions(transformer):
             if isinstance(attn.processor, (SLAAttnProcessor, JointSLAAttnProcessor)):
-                attn.set_processor(attn.processor.original)
+                set_processor(attn, attn.processor.original)
             if hasattr(attn, "sla"):
                 del attn.sla
     return transformers[0]

@@ -332,11 +332,17 @@ class STGHandle:
                 identity = joint.identity_map(module, *inputs)
             return identity[stream]
 
+        def perturbed(stream: int, inp: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+            if inp.shape[1:] != out.shape[1:]:
+                # Not a residual branch of its input: the text output of Mochi's last block,
+                # which the block discards. It stays as computed.
+                return out[rows]
+            return self.strategy.attention_output(inp, partial(identity_map, stream))
+
         return tuple(
-            torch.cat([out[: rows.start], self.strategy.attention_output(
-                inp, partial(identity_map, stream)).to(out.dtype)])
+            torch.cat([out[: rows.start], perturbed(stream, inp, out).to(out.dtype)])
             for stream, (inp, out) in enumerate(zip(inputs, output, strict=True))
-        )  # fmt: skip
+        )
 
     # -- install / remove ----------------------------------------------------------------------
 
