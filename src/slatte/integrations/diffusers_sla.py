@@ -1,4 +1,5 @@
-"""SLA for the self-attention of diffusers video transformers (Wan2.1, LTX-Video, Latte).
+"""SLA for the self-attention of diffusers video transformers (those of
+`diffusers_common.SUPPORTED`; joint video + text attention: `diffusers_joint`).
 
 `enable_sla(pipe.transformer, critical=0.05)` gives every block's self-attention module a
 `sla` submodule (a `slatte.nn.SparseLinearAttention`, which owns the zero-initialised fp32

@@ -11,10 +11,12 @@ patched methods:
   per-sample input (the arguments the model's `ModelSpec.sample_inputs` names: latents,
   timestep, text states, masks; never a shared argument, whatever its shape) — these extra rows
   are the perturbed branch;
-- Wan / LTX (one block row per sample): the blocks before the first perturbed one run on the
-  original rows only, and the perturbed branch is forked from the conditional rows' hidden
-  states at that block ("fork, don't recompute"). Latte folds frames / patches into the block
-  batch, so there the perturbed rows run through every block;
+- models with one block row per sample (Wan, LTX, HunyuanVideo, CogVideoX, Mochi, ...): the
+  blocks before the first perturbed one run on the original rows only, and the perturbed branch
+  is forked from the conditional rows' states (every stream of a two-stream block) at that
+  block ("fork, don't recompute"). Latte folds frames / patches into the block batch, and
+  Wan-VACE adds control hints between blocks, so there the perturbed rows run through every
+  block;
 - the chosen blocks apply the strategy (`slatte.guidance.strategies`) to the perturbed rows only
   (batch-safe);
 - after the transformer, the conditional rows become `e_c + s'·(e_c − e_p)` and the extra rows
@@ -24,17 +26,19 @@ patched methods:
 All per-call state is reset at the start of every call, so an error mid-call leaks nothing into
 the next; `remove()` (or `disable_stg(model)`) takes every hook off.
 
-Which rows are conditional: with a pipeline, LTX-Video and Latte pipelines batch [uncond; cond]
-when CFG is on (second half conditional); the Wan pipeline calls the transformer separately,
-conditional first, so of two consecutive calls with the same timestep only the first is
-guided (`ModelSpec.batched_cfg`). With a bare transformer every row is conditional unless
-`cond_rows` says otherwise.
+Which rows are conditional: with a pipeline, LTX-Video, Latte, CogVideoX and Mochi pipelines
+batch [uncond; cond] when CFG is on (second half conditional); the Wan-family and
+HunyuanVideo-1.5 pipelines call the transformer separately, conditional first, so of two
+consecutive calls with the same timestep only the first is guided (`ModelSpec.batched_cfg`);
+the CFG scale comes from `ModelSpec.cfg_scale`. With a bare transformer every row is
+conditional unless `cond_rows` says otherwise.
 
-Block indices: Wan `blocks[i]`, LTX `transformer_blocks[i]`; Latte in execution order, even
-indices spatial (`transformer_blocks[i // 2]`), odd temporal
+Block indices: in the order the forward runs the blocks (`execution_blocks`): Wan `blocks[i]`,
+LTX `transformer_blocks[i]`, HunyuanVideo its dual-stream blocks then its single-stream ones;
+Latte even indices spatial (`transformer_blocks[i // 2]`), odd temporal
 (`temporal_transformer_blocks[i // 2]`). Published choices: LTX-Video 2B block 19 (the STG
 authors' LTX-Video command: `--stg_block_idx 19 --stg_scale 1.0`, with rescaling); Mochi blocks
-34/35 (not a diffusers class supported here). For Wan2.1 we know of no published STG block; the
+34/35. For the other models we know of no published STG block; the
 generic skip-layer-guidance default for DiTs (blocks 7, 8, 9, ComfyUI's `SkipLayerGuidanceDiT`)
 is a starting point to tune from.
 """
