@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from slatte.integrations.diffusers_common import execution_blocks
+from slatte.integrations.diffusers_stg import enable_stg
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -309,3 +310,61 @@ def naive_perturbed(model, inputs, index, strategy):
             return model(**inputs).sample
     finally:
         handle.remove()
+
+
+def run(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**inputs).sample
+
+
+def attention_inputs(model: torch.nn.Module, attn: torch.nn.Module, inputs: dict) -> dict:
+    """The keyword arguments `attn` is called with in a forward of `model` on `inputs`."""
+    seen = {}
+    handle = attn.register_forward_pre_hook(lambda m, a, k: seen.update(k), with_kwargs=True)
+    try:
+        run(model, inputs)
+    finally:
+        handle.remove()
+    return seen
+
+
+def randomize_projections(model: torch.nn.Module) -> None:
+    """Give every SLA projection random weights (they start at zero), so that they count."""
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for m in model.modules():
+            if hasattr(m, "sla"):
+                m.sla.proj_l.weight.normal_(std=0.5)
+                m.sla.proj_l.bias.normal_(std=0.5)
+
+
+def _record(transformer, calls):
+    """Capture the inputs the pipeline passes (a pre-hook registered before STG's) and the
+    output it receives (a hook registered after STG's), in `calls`, in call order."""
+
+    def before(module, args, kwargs):
+        calls.append({"model": module, "kwargs": dict(kwargs)})
+
+    def after(module, args, kwargs, output):
+        calls[-1]["output"] = (output[0] if isinstance(output, tuple) else output.sample).clone()
+
+    return transformer.register_forward_pre_hook(before, with_kwargs=True), after
+
+
+def run_pipeline_with_stg(pipe, call: Callable, **stg) -> tuple[list[dict], torch.Tensor]:
+    """Run `call` with `enable_stg(pipe, **stg)`, recording each call of each of the pipeline's
+    transformers: its model, the kwargs the pipeline passed and the output it got back."""
+    experts = [t for t in (pipe.transformer, getattr(pipe, "transformer_2", None)) if t]
+    calls, hooks, posts = [], [], []
+    try:
+        for expert in experts:
+            pre, after = _record(expert, calls)
+            hooks.append(pre)
+            posts.append((expert, after))
+        with enable_stg(pipe, **stg):
+            hooks += [e.register_forward_hook(a, with_kwargs=True) for e, a in posts]
+            guided = call()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return calls, guided

@@ -7,11 +7,17 @@ import math
 
 import pytest
 import torch
-from diffusers_testing import model_inputs, tiny_cogvideox
+from diffusers_testing import (
+    attention_inputs,
+    model_inputs,
+    randomize_projections,
+    run,
+    run_pipeline_with_stg,
+    tiny_cogvideox,
+)
 
 from slatte.guidance.strategies import STRATEGIES
 from slatte.integrations.diffusers_sla import enable_sla, from_pretrained_sla, save_pretrained_sla
-from slatte.integrations.diffusers_stg import enable_stg
 from slatte.ops import SLAConfig, sla_block_map
 
 pytest.importorskip("transformers")  # diffusers' CogVideoX pipeline imports it
@@ -21,19 +27,12 @@ SMALL_BLOCKS = {"block_q": 16, "block_k": 16}
 SCALE, GUIDANCE = 1.5, 3.0
 
 
-def _run(model, inputs):
-    with torch.no_grad():
-        return model(**inputs).sample
-
-
 def test_zero_projection_is_softmax_over_critical_video_blocks_and_all_text():
     from diffusers.models.embeddings import apply_rotary_emb
 
     model, inputs = tiny_cogvideox(), model_inputs("cogvideox")
-    attn, seen = model.transformer_blocks[1].attn1, {}
-    handle = attn.register_forward_pre_hook(lambda m, a, k: seen.update(k), with_kwargs=True)
-    _run(model, inputs)
-    handle.remove()
+    attn = model.transformer_blocks[1].attn1
+    seen = attention_inputs(model, attn, inputs)
     config = SLAConfig(critical=1, negligible=1, **SMALL_BLOCKS)
     enable_sla(model, config)
     with torch.no_grad():
@@ -61,16 +60,11 @@ def test_zero_projection_is_softmax_over_critical_video_blocks_and_all_text():
 def test_projections_survive_save_and_load(tmp_path):
     model, inputs = tiny_cogvideox(), model_inputs("cogvideox")
     enable_sla(model, critical=1, negligible=1, linear_scope="all", **SMALL_BLOCKS)
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for m in model.modules():
-            if hasattr(m, "sla"):
-                m.sla.proj_l.weight.normal_(std=0.5)
-                m.sla.proj_l.bias.normal_(std=0.5)
-    expected = _run(model, inputs)
+    randomize_projections(model)
+    expected = run(model, inputs)
     save_pretrained_sla(model, tmp_path / "cogvideox_sla")
     loaded = from_pretrained_sla(tmp_path / "cogvideox_sla")
-    torch.testing.assert_close(_run(loaded, inputs), expected, atol=0, rtol=0)
+    torch.testing.assert_close(run(loaded, inputs), expected, atol=0, rtol=0)
 
 
 def _perturbed(model, kwargs, strategy):
@@ -116,19 +110,7 @@ def test_stg_in_the_pipeline_equals_the_naive_third_pass_for_two_prompts(strateg
         ).frames  # fmt: skip
 
     plain = call()
-    calls = []
-    pre = pipe.transformer.register_forward_pre_hook(
-        lambda m, a, k: calls.append({"kwargs": {**k, "return_dict": False}}), with_kwargs=True
-    )
-    try:
-        with enable_stg(pipe, scale=SCALE, blocks=[1], strategy=strategy):
-            post = pipe.transformer.register_forward_hook(
-                lambda m, a, k, out: calls[-1].update(output=out[0].clone()), with_kwargs=True
-            )
-            guided = call()
-            post.remove()
-    finally:
-        pre.remove()
+    calls, guided = run_pipeline_with_stg(pipe, call, scale=SCALE, blocks=[1], strategy=strategy)
     assert len(calls) == 2
     for record in calls:
         with torch.no_grad():

@@ -9,7 +9,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from diffusers_testing import model_inputs, tiny_hunyuan, tiny_hunyuan15
+from diffusers_testing import (
+    attention_inputs,
+    model_inputs,
+    randomize_projections,
+    run,
+    tiny_hunyuan,
+    tiny_hunyuan15,
+)
 
 from slatte.guidance.strategies import STRATEGIES
 from slatte.integrations.diffusers_common import execution_blocks
@@ -25,23 +32,6 @@ from slatte.ops import SLAConfig, sla_block_map
 SMALL_BLOCKS = {"block_q": 16, "block_k": 16}
 SCALE = 1.5
 MODELS = {"hunyuan": tiny_hunyuan, "hunyuan15": tiny_hunyuan15}
-
-
-def _run(model, inputs):
-    with torch.no_grad():
-        return model(**inputs).sample
-
-
-def _capture_attention(model, block, inputs):
-    captured = {}
-
-    def grab(module, args, kwargs):
-        captured.update(kwargs)
-
-    handle = block.attn.register_forward_pre_hook(grab, with_kwargs=True)
-    _run(model, inputs)
-    handle.remove()
-    return captured
 
 
 def _by_hand(attn, x, enc, mask, rotary, config):
@@ -97,7 +87,7 @@ def _by_hand(attn, x, enc, mask, rotary, config):
 def test_zero_projection_is_softmax_over_critical_video_blocks_and_all_text(name, block_list):
     model, inputs = MODELS[name](), model_inputs(name)
     attn = getattr(model, block_list)[0].attn
-    seen = _capture_attention(model, getattr(model, block_list)[0], inputs)
+    seen = attention_inputs(model, attn, inputs)
     x, enc, mask = seen["hidden_states"], seen["encoder_hidden_states"], seen["attention_mask"]
     assert not mask.all()  # the second prompt's padding reaches the attention
     config = SLAConfig(critical=1, negligible=1, **SMALL_BLOCKS)
@@ -120,23 +110,18 @@ def test_padded_text_keys_take_no_weight(name):
     """Changing the padded text tokens of the second prompt changes nothing, with SLA on."""
     model, inputs = MODELS[name](), model_inputs(name)
     enable_sla(model, critical=0.5, **SMALL_BLOCKS)
-    out = _run(model, inputs)
+    out = run(model, inputs)
     noisy = {**inputs, "encoder_hidden_states": inputs["encoder_hidden_states"].clone()}
     noisy["encoder_hidden_states"][1, 4:] += 5.0
-    torch.testing.assert_close(_run(model, noisy), out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(run(model, noisy), out, atol=1e-5, rtol=1e-5)
 
 
 def test_projections_survive_save_and_load_and_disable_restores(tmp_path):
     model, inputs = tiny_hunyuan(), model_inputs("hunyuan")
-    dense = _run(model, inputs)
+    dense = run(model, inputs)
     enable_sla(model, critical=1, negligible=1, linear_scope="all", **SMALL_BLOCKS)
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for m in model.modules():
-            if hasattr(m, "sla"):
-                m.sla.proj_l.weight.normal_(std=0.5)
-                m.sla.proj_l.bias.normal_(std=0.5)
-    expected = _run(model, inputs)
+    randomize_projections(model)
+    expected = run(model, inputs)
     assert (expected - dense).abs().max() > 1e-3
     save_pretrained_sla(model, tmp_path / "hunyuan_sla")
     loaded = from_pretrained_sla(tmp_path / "hunyuan_sla")
@@ -145,9 +130,9 @@ def test_projections_survive_save_and_load_and_disable_restores(tmp_path):
         "transformer_blocks.0.attn.sla.proj_l.weight",
         "single_transformer_blocks.0.attn.sla.proj_l.weight",
     ]
-    torch.testing.assert_close(_run(loaded, inputs), expected, atol=0, rtol=0)
+    torch.testing.assert_close(run(loaded, inputs), expected, atol=0, rtol=0)
     disable_sla(loaded)
-    torch.testing.assert_close(_run(loaded, inputs), dense, atol=0, rtol=0)
+    torch.testing.assert_close(run(loaded, inputs), dense, atol=0, rtol=0)
 
 
 def _naive_perturbed(model, inputs, index, strategy):
@@ -172,7 +157,7 @@ def _naive_perturbed(model, inputs, index, strategy):
     else:
         handle = block.attn.register_forward_hook(attention, with_kwargs=True)
     try:
-        return _run(model, inputs)
+        return run(model, inputs)
     finally:
         handle.remove()
 
@@ -185,12 +170,12 @@ def test_stg_equals_the_naive_third_pass_for_two_prompts(name, index, strategy):
     """HunyuanVideo's pipeline calls the transformer for the conditional batch of two prompts
     (guidance is distilled into the model)."""
     model, inputs = MODELS[name](), model_inputs(name)
-    e_c = _run(model, inputs)
+    e_c = run(model, inputs)
     e_p = _naive_perturbed(model, inputs, index, strategy)
     expected = e_c + SCALE * (e_c - e_p)
     for fork in (True, False):
         with enable_stg(model, scale=SCALE, blocks=[index], strategy=strategy, fork=fork):
-            guided = _run(model, inputs)
+            guided = run(model, inputs)
         torch.testing.assert_close(guided, expected, atol=1e-5, rtol=1e-5)
     assert (guided - e_c).abs().max() > 1e-3
 
@@ -201,10 +186,10 @@ def test_the_pipelines_distilled_guidance_is_not_taken_for_cfg():
     model = tiny_hunyuan()
     pipe = SimpleNamespace(transformer=model, guidance_scale=6.0)
     inputs = model_inputs("hunyuan")
-    e_c = _run(model, inputs)
+    e_c = run(model, inputs)
     e_p = _naive_perturbed(model, inputs, 1, "transformer_block")
     with enable_stg(pipe, scale=SCALE, blocks=[1]):
-        guided = _run(model, inputs)
+        guided = run(model, inputs)
     torch.testing.assert_close(guided, e_c + SCALE * (e_c - e_p), atol=1e-5, rtol=1e-5)
 
 
@@ -228,10 +213,10 @@ def test_hunyuan15_guider_cfg_calls_guide_the_conditional_call_only():
         **cond,
         "encoder_hidden_states": model_inputs("hunyuan15", seed=2)["encoder_hidden_states"],
     }
-    e_c, e_u = _run(model, cond), _run(model, uncond)
+    e_c, e_u = run(model, cond), run(model, uncond)
     e_p = _naive_perturbed(model, cond, 1, "transformer_block")
     with enable_stg(pipe, scale=SCALE, blocks=[1]):
-        guided_c, guided_u = _run(model, cond), _run(model, uncond)
+        guided_c, guided_u = run(model, cond), run(model, uncond)
     torch.testing.assert_close(guided_u, e_u, atol=0, rtol=0)
     torch.testing.assert_close(guided_c, e_c + SCALE / g * (e_c - e_p), atol=1e-5, rtol=1e-5)
 
@@ -241,7 +226,7 @@ def test_hunyuan15_padded_text_tokens_come_out_as_the_models_own():
     processor gives every text token, padded ones included, what the model's own gives."""
     model, inputs = tiny_hunyuan15(), model_inputs("hunyuan15")
     attn = model.transformer_blocks[1].attn
-    seen = _capture_attention(model, model.transformer_blocks[1], inputs)
+    seen = attention_inputs(model, attn, inputs)
     with torch.no_grad():
         _, want = attn(**seen)
         enable_sla(model, critical=1.0, **SMALL_BLOCKS)

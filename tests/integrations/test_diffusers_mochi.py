@@ -8,11 +8,17 @@ import math
 
 import pytest
 import torch
-from diffusers_testing import model_inputs, tiny_mochi
+from diffusers_testing import (
+    attention_inputs,
+    model_inputs,
+    randomize_projections,
+    run,
+    run_pipeline_with_stg,
+    tiny_mochi,
+)
 
 from slatte.guidance.strategies import STRATEGIES
 from slatte.integrations.diffusers_sla import enable_sla, from_pretrained_sla, save_pretrained_sla
-from slatte.integrations.diffusers_stg import enable_stg
 from slatte.ops import SLAConfig, sla_block_map
 
 pytest.importorskip("transformers")  # diffusers' Mochi pipeline imports it
@@ -22,11 +28,6 @@ SMALL_BLOCKS = {"block_q": 16, "block_k": 16}
 SCALE, GUIDANCE = 1.5, 3.0
 
 
-def _run(model, inputs):
-    with torch.no_grad():
-        return model(**inputs).sample
-
-
 def _rotate(x, cos, sin):  # Mochi's (even, odd) pair rotation
     even, odd = x[..., 0::2], x[..., 1::2]
     return torch.stack([even * cos - odd * sin, even * sin + odd * cos], -1).flatten(-2)
@@ -34,10 +35,8 @@ def _rotate(x, cos, sin):  # Mochi's (even, odd) pair rotation
 
 def test_zero_projection_is_softmax_over_critical_video_blocks_and_real_text():
     model, inputs = tiny_mochi(), model_inputs("mochi")
-    attn, seen = model.transformer_blocks[0].attn1, {}
-    handle = attn.register_forward_pre_hook(lambda m, a, k: seen.update(k), with_kwargs=True)
-    _run(model, inputs)
-    handle.remove()
+    attn = model.transformer_blocks[0].attn1
+    seen = attention_inputs(model, attn, inputs)
     config = SLAConfig(critical=1, negligible=1, **SMALL_BLOCKS)
     enable_sla(model, config)
     with torch.no_grad():
@@ -68,19 +67,14 @@ def test_zero_projection_is_softmax_over_critical_video_blocks_and_real_text():
 def test_padded_text_tokens_take_no_part_and_save_load_keeps_the_projections(tmp_path):
     model, inputs = tiny_mochi(), model_inputs("mochi")
     enable_sla(model, critical=1, negligible=1, linear_scope="all", **SMALL_BLOCKS)
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for m in model.modules():
-            if hasattr(m, "sla"):
-                m.sla.proj_l.weight.normal_(std=0.5)
-                m.sla.proj_l.bias.normal_(std=0.5)
-    expected = _run(model, inputs)
+    randomize_projections(model)
+    expected = run(model, inputs)
     noisy = {**inputs, "encoder_hidden_states": inputs["encoder_hidden_states"].clone()}
     noisy["encoder_hidden_states"][1, 4:] += 5.0
-    torch.testing.assert_close(_run(model, noisy), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(run(model, noisy), expected, atol=1e-5, rtol=1e-5)
     save_pretrained_sla(model, tmp_path / "mochi_sla")
     loaded = from_pretrained_sla(tmp_path / "mochi_sla")
-    torch.testing.assert_close(_run(loaded, inputs), expected, atol=0, rtol=0)
+    torch.testing.assert_close(run(loaded, inputs), expected, atol=0, rtol=0)
 
 
 def _perturbed(model, kwargs, index, strategy):
@@ -132,19 +126,9 @@ def test_stg_in_the_pipeline_equals_the_naive_third_pass_for_two_prompts(index, 
         ).frames  # fmt: skip
 
     plain = call()
-    calls = []
-    pre = pipe.transformer.register_forward_pre_hook(
-        lambda m, a, k: calls.append({"kwargs": dict(k)}), with_kwargs=True
+    calls, guided = run_pipeline_with_stg(
+        pipe, call, scale=SCALE, blocks=[index], strategy=strategy
     )
-    try:
-        with enable_stg(pipe, scale=SCALE, blocks=[index], strategy=strategy):
-            post = pipe.transformer.register_forward_hook(
-                lambda m, a, k, out: calls[-1].update(output=out[0].clone()), with_kwargs=True
-            )
-            guided = call()
-            post.remove()
-    finally:
-        pre.remove()
     assert len(calls) == 2
     for record in calls:
         with torch.no_grad():

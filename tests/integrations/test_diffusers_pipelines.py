@@ -6,28 +6,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers_testing import tiny_ltx, tiny_wan
+from diffusers_testing import run_pipeline_with_stg, tiny_ltx, tiny_wan
 
 from slatte.integrations.diffusers_sla import SLAAttnProcessor, disable_sla, enable_sla
-from slatte.integrations.diffusers_stg import enable_stg
 
 pytest.importorskip("transformers")  # diffusers' Wan / LTX pipelines import it
 from diffusers import FlowMatchEulerDiscreteScheduler, LTXPipeline, WanPipeline  # noqa: E402
 
 SCALE, GUIDANCE = 2.0, 3.0
-
-
-def _record(transformer, calls):
-    """Capture the inputs the pipeline passes (a pre-hook registered before STG's) and the
-    output it receives (a hook registered after STG's), in `calls`, in call order."""
-
-    def before(module, args, kwargs):
-        calls.append({"model": module, "kwargs": dict(kwargs)})
-
-    def after(module, args, kwargs, output):
-        calls[-1]["output"] = (output[0] if isinstance(output, tuple) else output.sample).clone()
-
-    return transformer.register_forward_pre_hook(before, with_kwargs=True), after
 
 
 def _plain(model, kwargs, perturb_block=None):
@@ -49,25 +35,6 @@ def _plain(model, kwargs, perturb_block=None):
             handle.remove()
 
 
-def _run_with_stg(pipe, call):
-    """Run `call` with STG on the pipeline, recording the calls of each of its transformers."""
-    experts = [t for t in (pipe.transformer, getattr(pipe, "transformer_2", None)) if t]
-    calls, hooks = [], []
-    try:
-        hooks_after = []
-        for expert in experts:
-            pre, after = _record(expert, calls)
-            hooks.append(pre)
-            hooks_after.append((expert, after))
-        with enable_stg(pipe, scale=SCALE, blocks=[1]):
-            hooks += [e.register_forward_hook(a, with_kwargs=True) for e, a in hooks_after]
-            guided = call()
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return calls, guided
-
-
 def test_wan_pipeline_guides_the_conditional_calls_only():
     pipe = WanPipeline(
         tokenizer=None, text_encoder=None, vae=None, transformer=tiny_wan(),
@@ -84,7 +51,7 @@ def test_wan_pipeline_guides_the_conditional_calls_only():
         ).frames  # fmt: skip
 
     plain = call()
-    calls, guided = _run_with_stg(pipe, call)
+    calls, guided = run_pipeline_with_stg(pipe, call, scale=SCALE, blocks=[1])
     assert len(calls) == 4  # 2 steps × (cond, uncond)
     for i, record in enumerate(calls):
         assert record["model"] is pipe.transformer
@@ -115,7 +82,7 @@ def test_ltx_pipeline_guides_the_conditional_half_of_the_batch():
         ).frames  # fmt: skip
 
     plain = call()
-    calls, guided = _run_with_stg(pipe, call)
+    calls, guided = run_pipeline_with_stg(pipe, call, scale=SCALE, blocks=[1])
     assert len(calls) == 2
     for record in calls:
         e = _plain(pipe.transformer, record["kwargs"])
@@ -150,7 +117,7 @@ def test_wan22_two_expert_pipeline_guides_both_experts_with_their_own_cfg_scale(
     plain = call()
     enable_sla(pipe, critical=0.5, block_q=16, block_k=16)
     assert all(isinstance(t.blocks[0].attn1.processor, SLAAttnProcessor) for t in guidance)
-    calls, guided = _run_with_stg(pipe, call)
+    calls, guided = run_pipeline_with_stg(pipe, call, scale=SCALE, blocks=[1])
     assert [r["model"] for r in calls] == [pipe.transformer] * 2 + [pipe.transformer_2] * 2
     for i, record in enumerate(calls):
         model = record["model"]

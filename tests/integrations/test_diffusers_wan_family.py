@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers_testing import model_inputs, naive_perturbed, tiny_skyreels, tiny_vace
+from diffusers_testing import (
+    model_inputs,
+    naive_perturbed,
+    randomize_projections,
+    run,
+    tiny_skyreels,
+    tiny_vace,
+)
 
 from slatte.guidance.strategies import STRATEGIES
 from slatte.integrations.diffusers_qk import wan_qk
@@ -23,11 +30,6 @@ SCALE = 1.5
 MODELS = {"vace": tiny_vace, "skyreels": tiny_skyreels}
 
 
-def _run(model, inputs):
-    with torch.no_grad():
-        return model(**inputs).sample
-
-
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_zero_projection_equals_the_models_processor_with_the_block_mask(name):
     """Each model's own processor, given SLA's critical blocks as its attention mask, is what
@@ -38,7 +40,7 @@ def test_zero_projection_equals_the_models_processor_with_the_block_mask(name):
     handle = attn.register_forward_pre_hook(
         lambda m, args, kwargs: captured.update(x=args[0], rotary=args[3]), with_kwargs=True
     )
-    _run(model, inputs)
+    run(model, inputs)
     handle.remove()
     x, rotary = captured["x"], captured["rotary"]
     config = SLAConfig(critical=1, negligible=1, **SMALL_BLOCKS)
@@ -59,16 +61,11 @@ def test_vace_projections_cover_the_control_blocks_and_survive_save_and_load(tmp
     names = [n for n, _ in model.named_parameters() if "proj_l.weight" in n]
     assert names == [f"{stack}.{i}.attn1.sla.proj_l.weight" for stack in ("blocks", "vace_blocks")
                      for i in (0, 1)]  # fmt: skip
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for m in model.modules():
-            if hasattr(m, "sla"):
-                m.sla.proj_l.weight.normal_(std=0.5)
-                m.sla.proj_l.bias.normal_(std=0.5)
-    expected = _run(model, inputs)
+    randomize_projections(model)
+    expected = run(model, inputs)
     save_pretrained_sla(model, tmp_path / "vace_sla")
     loaded = from_pretrained_sla(tmp_path / "vace_sla")
-    torch.testing.assert_close(_run(loaded, inputs), expected, atol=0, rtol=0)
+    torch.testing.assert_close(run(loaded, inputs), expected, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -77,12 +74,12 @@ def test_stg_equals_the_naive_third_pass_for_two_prompts(name, strategy):
     """VACE: the control scale has one entry per VACE layer, as many as the batch has rows; it
     is shared, so the perturbed rows must not get a copy of it."""
     model, inputs = MODELS[name](), model_inputs(name)
-    e_c = _run(model, inputs)
+    e_c = run(model, inputs)
     e_p = naive_perturbed(model, inputs, 1, strategy)
     expected = e_c + SCALE * (e_c - e_p)
     for fork in (True, False):
         with enable_stg(model, scale=SCALE, blocks=[1], strategy=strategy, fork=fork):
-            guided = _run(model, inputs)
+            guided = run(model, inputs)
         torch.testing.assert_close(guided, expected, atol=1e-5, rtol=1e-5)
     assert (guided - e_c).abs().max() > 1e-3
 
