@@ -81,9 +81,9 @@ def output_projection(attn: nn.Module, out: torch.Tensor) -> torch.Tensor:
 class SLAAttnProcessor:
     """Self-attention through SLA; remembers the processor it replaced so it can be restored.
 
-    The call signature covers the three models: Wan and LTX pass (attn, hidden_states,
-    encoder_hidden_states, attention_mask, rotary) positionally, Latte's `Attention` passes
-    `encoder_hidden_states` / `attention_mask` by name.
+    The call signature covers the models without joint attention: Wan, Wan-VACE, SkyReels-V2
+    and LTX pass (attn, hidden_states, encoder_hidden_states, attention_mask, rotary)
+    positionally, Latte's `Attention` passes `encoder_hidden_states` / `attention_mask` by name.
     """
 
     def __init__(self, qk: QKFunction, original: Any):
