@@ -13,6 +13,12 @@ SLA ≈ 327 ms on an H200).
     python benchmarks/bench_e2e.py --official .external/SLA # + the official SLA (git-ignored)
     python benchmarks/bench_e2e.py --smoke                  # tiny shape, any device (dry run)
     python benchmarks/bench_e2e.py --no-train --profile     # + where each forward's time goes
+    python benchmarks/bench_e2e.py --model mochi --no-train --no-compile --variants dense,slatte
+
+`--model NAME`: another supported diffusers transformer at its native shape (`MODELS`: Wan2.2
+5B, Wan-VACE 1.3B, SkyReels-V2 1.3B 540p, HunyuanVideo 720p, HunyuanVideo-1.5 720p, CogVideoX
+5B, Mochi 1), random weights, forward dense vs `enable_sla`; "slatte_fused" and "official" are
+for `WanTransformer3DModel` (Wan2.1 / 2.2) only. `--smoke` shrinks any of them to a tiny shape.
 
 `--official PATH`: a checkout of github.com/thu-ml/SLA (the folder holding the
 `sparse_linear_attention` package); it is imported from there, never from the project.
@@ -62,6 +68,118 @@ SMOKE = {
     "num_layers": 2,
 }
 SMOKE_LATENTS, SMOKE_TEXT = (1, 4, 3, 16, 16), (1, 8, 32)
+
+
+def _rotary_cogvideox(config: dict, latents: tuple, device: torch.device) -> tuple:
+    """The (cos, sin) tables CogVideoXPipeline computes for these latents (B, F, C, H, W)."""
+    from diffusers.models.embeddings import get_3d_rotary_pos_embed
+
+    p = config["patch_size"]
+    grid = (latents[3] // p, latents[4] // p)
+    return get_3d_rotary_pos_embed(
+        config["attention_head_dim"], ((0, 0), grid), grid, latents[1], device=device
+    )
+
+
+def _inputs(name: str, config: dict, latents: tuple, text: tuple, device, dtype) -> dict:
+    """Forward keyword arguments of model `name` for latents / text of these shapes (B = 1)."""
+    x = torch.randn(latents, device=device, dtype=dtype)
+    context = torch.randn(text, device=device, dtype=dtype)
+    text_mask = torch.ones(text[:2], device=device, dtype=torch.bool)
+    timestep = torch.tensor([500], device=device)
+    if name in ("wan2.1-1.3b", "wan2.2-5b", "skyreels-v2-1.3b"):
+        return {"hidden_states": x, "timestep": timestep, "encoder_hidden_states": context}
+    if name == "wan-vace-1.3b":
+        control = (latents[0], config["vace_in_channels"], *latents[2:])
+        return {
+            "hidden_states": x, "timestep": timestep, "encoder_hidden_states": context,
+            "control_hidden_states": torch.randn(control, device=device, dtype=dtype),
+        }  # fmt: skip
+    if name == "hunyuanvideo":
+        return {
+            "hidden_states": x, "timestep": timestep, "encoder_hidden_states": context,
+            "encoder_attention_mask": text_mask,
+            "pooled_projections": torch.randn(1, config["pooled_projection_dim"], device=device,
+                                              dtype=dtype),
+            "guidance": torch.tensor([6000.0], device=device, dtype=dtype),
+        }  # fmt: skip
+    if name == "hunyuanvideo-1.5":
+        byt5 = torch.randn(1, 256, config["text_embed_2_dim"], device=device, dtype=dtype)
+        return {
+            "hidden_states": x, "timestep": timestep.to(dtype), "encoder_hidden_states": context,
+            "encoder_attention_mask": text_mask, "encoder_hidden_states_2": byt5,
+            "encoder_attention_mask_2": torch.ones(1, 256, device=device, dtype=torch.bool),
+            "image_embeds": torch.zeros(1, 729, config["image_embed_dim"], device=device,
+                                        dtype=dtype),
+        }  # fmt: skip
+    if name == "cogvideox-5b":
+        return {
+            "hidden_states": x, "timestep": timestep, "encoder_hidden_states": context,
+            "image_rotary_emb": _rotary_cogvideox(config, latents, device),
+        }  # fmt: skip
+    if name == "mochi-1":
+        return {
+            "hidden_states": x, "timestep": timestep, "encoder_hidden_states": context,
+            "encoder_attention_mask": text_mask,
+        }  # fmt: skip
+    raise ValueError(name)
+
+
+# name: (diffusers class, native config, latents, text states, smoke overrides of the config,
+# smoke latents, smoke text). Latents (B, C, F, H, W), CogVideoX (B, F, C, H, W); tokens after
+# patching in the comments; CFG batches (2 rows) are left out: one conditional row.
+_SMOKE_TRANSFORMER = {"num_attention_heads": 2, "attention_head_dim": 32, "num_layers": 2}
+MODELS = {
+    "wan2.1-1.3b": ("WanTransformer3DModel", WAN_1_3B, LATENTS, TEXT, SMOKE, SMOKE_LATENTS,
+                    SMOKE_TEXT),
+    # Wan2.2 TI2V-5B, 704 × 1280 × 121 frames: 31 × 22 × 40 = 27,280 tokens.
+    "wan2.2-5b": ("WanTransformer3DModel",
+                  {**WAN_1_3B, "num_attention_heads": 24, "in_channels": 48, "out_channels": 48,
+                   "ffn_dim": 14336},
+                  (1, 48, 31, 44, 80), TEXT, {**SMOKE, "in_channels": 48, "out_channels": 48},
+                  (1, 48, 3, 16, 16), SMOKE_TEXT),
+    # Wan2.1-VACE-1.3B, 480p × 81 frames (Wan2.1-1.3B's tokens), 15 control blocks.
+    "wan-vace-1.3b": ("WanVACETransformer3DModel",
+                      {**WAN_1_3B, "vace_layers": list(range(0, 30, 2)), "vace_in_channels": 96},
+                      LATENTS, TEXT, {**SMOKE, "vace_layers": [0, 1], "vace_in_channels": 8},
+                      SMOKE_LATENTS, SMOKE_TEXT),
+    # SkyReels-V2-DF-1.3B-540P, 544 × 960 × 97 frames: 25 × 34 × 60 = 51,000 tokens.
+    "skyreels-v2-1.3b": ("SkyReelsV2Transformer3DModel", WAN_1_3B, (1, 16, 25, 68, 120), TEXT,
+                         SMOKE, SMOKE_LATENTS, SMOKE_TEXT),
+    # HunyuanVideo (13B), 720 × 1280 × 129 frames: 33 × 45 × 80 = 118,800 tokens + 256 text.
+    "hunyuanvideo": ("HunyuanVideoTransformer3DModel",
+                     {"in_channels": 16, "out_channels": 16, "num_attention_heads": 24,
+                      "attention_head_dim": 128, "num_layers": 20, "num_single_layers": 40,
+                      "text_embed_dim": 4096, "pooled_projection_dim": 768},
+                     (1, 16, 33, 90, 160), (1, 256, 4096),
+                     {**_SMOKE_TRANSFORMER, "num_single_layers": 2, "num_refiner_layers": 1,
+                      "text_embed_dim": 32, "pooled_projection_dim": 16,
+                      "rope_axes_dim": (8, 12, 12)},
+                     (1, 16, 3, 16, 16), SMOKE_TEXT),
+    # HunyuanVideo-1.5 (8.3B) text-to-video, 720 × 1280 × 121 frames: 31 × 45 × 80 = 111,600
+    # tokens + 1000 + 256 text (+ 729 image tokens, masked out for text-to-video).
+    "hunyuanvideo-1.5": ("HunyuanVideo15Transformer3DModel", {},
+                         (1, 65, 31, 45, 80), (1, 1000, 3584),
+                         {**_SMOKE_TRANSFORMER, "num_refiner_layers": 1, "patch_size": 2,
+                          "text_embed_dim": 32, "text_embed_2_dim": 16, "image_embed_dim": 16,
+                          "rope_axes_dim": (8, 12, 12)},
+                         (1, 65, 3, 16, 16), SMOKE_TEXT),
+    # CogVideoX-5B, 480 × 720 × 49 frames: 13 × 30 × 45 = 17,550 tokens + 226 text.
+    "cogvideox-5b": ("CogVideoXTransformer3DModel",
+                     {"num_attention_heads": 48, "attention_head_dim": 64, "num_layers": 42,
+                      "in_channels": 16, "out_channels": 16, "time_embed_dim": 512,
+                      "text_embed_dim": 4096, "use_rotary_positional_embeddings": True},
+                     (1, 13, 16, 60, 90), (1, 226, 4096),
+                     {**_SMOKE_TRANSFORMER, "time_embed_dim": 32, "text_embed_dim": 32,
+                      "sample_width": 16, "sample_height": 16, "sample_frames": 9,
+                      "max_text_seq_length": 8},
+                     (1, 3, 16, 16, 16), SMOKE_TEXT),
+    # Mochi 1 (10B), 480 × 848 × 163 frames: 28 × 30 × 53 = 44,520 tokens + 256 text.
+    "mochi-1": ("MochiTransformer3DModel", {}, (1, 12, 28, 60, 106), (1, 256, 4096),
+                {**_SMOKE_TRANSFORMER, "pooled_projection_dim": 32, "text_embed_dim": 32,
+                 "time_embed_dim": 32, "max_sequence_length": 8},
+                (1, 12, 3, 16, 16), SMOKE_TEXT),
+}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,6 +256,9 @@ def cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> Non
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny shape on any device")
+    parser.add_argument(
+        "--model", default="wan2.1-1.3b", choices=sorted(MODELS), help="which transformer"
+    )
     parser.add_argument("--official", type=Path, default=None, help="official SLA checkout")
     parser.add_argument("--critical", type=float, default=0.05)
     parser.add_argument("--block-q", type=int, default=128)
@@ -167,7 +288,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import diffusers
-    from diffusers import WanTransformer3DModel
 
     from slatte.integrations.diffusers_gelu import disable_fused_gelu, enable_fused_gelu
     from slatte.integrations.diffusers_sla import disable_sla, enable_sla
@@ -176,31 +296,38 @@ def main() -> None:
     if not args.smoke and device.type != "cuda":
         raise SystemExit("bench_e2e.py needs a CUDA GPU for the full shape; use --smoke")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    shape, latents, text = (
-        (SMOKE, SMOKE_LATENTS, SMOKE_TEXT) if args.smoke else (WAN_1_3B, LATENTS, TEXT)
-    )
+    class_name, config, latents, text, smoke, smoke_latents, smoke_text = MODELS[args.model]
+    if args.smoke:
+        config, latents, text = {**config, **smoke}, smoke_latents, smoke_text
     torch.manual_seed(0)
     with torch.device(device):
-        model = WanTransformer3DModel(**shape)
+        model = getattr(diffusers, class_name)(**config)
     cast_like_from_pretrained(model, dtype)
-    x = torch.randn(latents, device=device, dtype=dtype)
-    context = torch.randn(text, device=device, dtype=dtype)
-    timestep = torch.tensor([500], device=device)
-    target = torch.randn_like(x)
-    originals = [block.attn1.processor for block in model.blocks]
-    tokens = latents[2] * (latents[3] // 2) * (latents[4] // 2)
+    inputs = _inputs(args.model, model.config, latents, text, device, dtype)
+    # The Wan2.1 / 2.2 transformer: the fused GELU and the official SLA serve its blocks.
+    wan = class_name == "WanTransformer3DModel"
+    originals = [block.attn1.processor for block in model.blocks] if wan else None
+    patch = model.config.patch_size
+    spatial = patch[-1] if isinstance(patch, (tuple, list)) else patch  # 1 frame per token
+    frames_first = class_name == "CogVideoXTransformer3DModel"  # (B, F, C, H, W)
+    frames, height, width = (latents[1], *latents[3:]) if frames_first else latents[2:]
+    tokens = frames * (height // spatial) * (width // spatial)
+    target = None
 
     variants = [v for v in args.variants.split(",") if v]
-    if "official" in variants and (args.official is None or device.type != "cuda"):
+    if "official" in variants and (args.official is None or device.type != "cuda" or not wan):
         variants.remove("official")
+    if "slatte_fused" in variants and not wan:
+        variants.remove("slatte_fused")  # enable_fused_gelu serves the Wan family's blocks
     compile_modes = [] if args.no_compile else [m for m in args.compile_modes.split(",") if m]
     # Row names: "compile" for the default mode (as in earlier reports), else "compile:<mode>".
     modes = ["eager"] + ["compile" if m == "default" else f"compile:{m}" for m in compile_modes]
 
     def switch(variant: str) -> None:
         disable_sla(model)
-        disable_fused_gelu(model)
-        disable_official(model, originals)
+        if wan:
+            disable_fused_gelu(model)
+            disable_official(model, originals)
         if variant in ("slatte", "slatte_fused"):
             enable_sla(model, critical=args.critical, block_q=args.block_q, block_k=args.block_k)
         if variant == "slatte_fused":
@@ -219,7 +346,7 @@ def main() -> None:
 
         def forward():
             with torch.no_grad():
-                return run(x, timestep, context, return_dict=False)[0]
+                return run(**inputs, return_dict=False)[0]
 
         row["forward_ms"] = median_ms(forward, device, warmup=args.warmup, repeats=args.reps)
         if args.profile and device.type == "cuda":
@@ -236,7 +363,9 @@ def main() -> None:
                 model.enable_gradient_checkpointing()
 
             def train_step():
-                out = run(x, timestep, context, return_dict=False)[0]
+                nonlocal target
+                out = run(**inputs, return_dict=False)[0]
+                target = torch.randn_like(out) if target is None else target
                 (out.float() - target.float()).square().mean().backward()
                 model.zero_grad(set_to_none=True)
 
@@ -277,7 +406,8 @@ def main() -> None:
             row["speedup_vs_dense_eager"] = base / row["forward_ms"]
 
     record = {
-        "benchmark": "e2e_wan2.1_1.3b_shape",
+        "benchmark": f"e2e_{args.model}_shape",
+        "model": class_name,
         **environment(),
         "diffusers": diffusers.__version__,
         "dtype": str(dtype).removeprefix("torch."),

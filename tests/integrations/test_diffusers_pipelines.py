@@ -6,28 +6,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers_testing import tiny_ltx, tiny_wan
+from diffusers_testing import run_pipeline_with_stg, tiny_ltx, tiny_wan
 
-from slatte.integrations.diffusers_stg import enable_stg
+from slatte.integrations.diffusers_sla import SLAAttnProcessor, disable_sla, enable_sla
 
 pytest.importorskip("transformers")  # diffusers' Wan / LTX pipelines import it
 from diffusers import FlowMatchEulerDiscreteScheduler, LTXPipeline, WanPipeline  # noqa: E402
 
 SCALE, GUIDANCE = 2.0, 3.0
-
-
-def _record(transformer):
-    """Capture the inputs the pipeline passes (a pre-hook registered before STG's) and the
-    output it receives (a hook registered after STG's)."""
-    calls = []
-
-    def before(module, args, kwargs):
-        calls.append({"kwargs": dict(kwargs)})
-
-    def after(module, args, kwargs, output):
-        calls[-1]["output"] = (output[0] if isinstance(output, tuple) else output.sample).clone()
-
-    return calls, transformer.register_forward_pre_hook(before, with_kwargs=True), after
 
 
 def _plain(model, kwargs, perturb_block=None):
@@ -49,20 +35,6 @@ def _plain(model, kwargs, perturb_block=None):
             handle.remove()
 
 
-def _run_with_stg(pipe, call):
-    calls, pre, after = _record(pipe.transformer)
-    try:
-        with enable_stg(pipe, scale=SCALE, blocks=[1]):
-            post = pipe.transformer.register_forward_hook(after, with_kwargs=True)
-            try:
-                guided = call()
-            finally:
-                post.remove()
-    finally:
-        pre.remove()
-    return calls, guided
-
-
 def test_wan_pipeline_guides_the_conditional_calls_only():
     pipe = WanPipeline(
         tokenizer=None, text_encoder=None, vae=None, transformer=tiny_wan(),
@@ -79,9 +51,10 @@ def test_wan_pipeline_guides_the_conditional_calls_only():
         ).frames  # fmt: skip
 
     plain = call()
-    calls, guided = _run_with_stg(pipe, call)
+    calls, guided = run_pipeline_with_stg(pipe, call, scale=SCALE, blocks=[1])
     assert len(calls) == 4  # 2 steps × (cond, uncond)
     for i, record in enumerate(calls):
+        assert record["model"] is pipe.transformer
         e = _plain(pipe.transformer, record["kwargs"])
         if i % 2 == 0:  # conditional: e_c + (scale / g)(e_c − e_p)
             e_p = _plain(pipe.transformer, record["kwargs"], perturb_block=1)
@@ -109,12 +82,51 @@ def test_ltx_pipeline_guides_the_conditional_half_of_the_batch():
         ).frames  # fmt: skip
 
     plain = call()
-    calls, guided = _run_with_stg(pipe, call)
+    calls, guided = run_pipeline_with_stg(pipe, call, scale=SCALE, blocks=[1])
     assert len(calls) == 2
     for record in calls:
         e = _plain(pipe.transformer, record["kwargs"])
         e_p = _plain(pipe.transformer, record["kwargs"], perturb_block=1)
         e[1:] = e[1:] + SCALE / GUIDANCE * (e[1:] - e_p[1:])  # rows: [uncond, cond]
         torch.testing.assert_close(record["output"], e, atol=1e-5, rtol=1e-5)
+    assert (guided - plain).abs().max() > 1e-3
+    torch.testing.assert_close(call(), plain, atol=0, rtol=0)
+
+
+def test_wan22_two_expert_pipeline_guides_both_experts_with_their_own_cfg_scale():
+    """Wan2.2: the high-noise expert (`transformer`, guidance_scale) runs the first step, the
+    low-noise one (`transformer_2`, guidance_scale_2) the second; enable_sla / enable_stg on the
+    pipeline reach both."""
+    pipe = WanPipeline(
+        tokenizer=None, text_encoder=None, vae=None, transformer=tiny_wan(),
+        transformer_2=tiny_wan(seed=1), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        boundary_ratio=0.9,
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    prompt, negative = torch.randn(1, 5, 32, generator=g), torch.randn(1, 5, 32, generator=g)
+    guidance = {pipe.transformer: GUIDANCE, pipe.transformer_2: 5.0}
+
+    def call():
+        return pipe(
+            prompt_embeds=prompt, negative_prompt_embeds=negative, height=16, width=16,
+            num_frames=5, num_inference_steps=2, guidance_scale=GUIDANCE,
+            guidance_scale_2=guidance[pipe.transformer_2], output_type="latent",
+            generator=torch.Generator().manual_seed(0),
+        ).frames  # fmt: skip
+
+    plain = call()
+    enable_sla(pipe, critical=0.5, block_q=16, block_k=16)
+    assert all(isinstance(t.blocks[0].attn1.processor, SLAAttnProcessor) for t in guidance)
+    calls, guided = run_pipeline_with_stg(pipe, call, scale=SCALE, blocks=[1])
+    assert [r["model"] for r in calls] == [pipe.transformer] * 2 + [pipe.transformer_2] * 2
+    for i, record in enumerate(calls):
+        model = record["model"]
+        e = _plain(model, record["kwargs"])
+        if i % 2 == 0:  # each expert's conditional call, with its own CFG scale
+            e_p = _plain(model, record["kwargs"], perturb_block=1)
+            e = e + SCALE / guidance[model] * (e - e_p)
+        torch.testing.assert_close(record["output"], e, atol=1e-5, rtol=1e-5)
+    disable_sla(pipe)
+    assert not any(hasattr(m, "sla") for t in guidance for m in t.modules())
     assert (guided - plain).abs().max() > 1e-3
     torch.testing.assert_close(call(), plain, atol=0, rtol=0)

@@ -7,11 +7,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from diffusers_testing import model_inputs, tiny_latte, tiny_ltx, tiny_wan
+from diffusers_testing import model_inputs, naive_perturbed, tiny_latte, tiny_ltx, tiny_wan
 
 from slatte.guidance.strategies import STRATEGIES
 from slatte.integrations import diffusers_common
-from slatte.integrations.diffusers_common import ModelSpec, execution_blocks
+from slatte.integrations.diffusers_common import ModelSpec
 from slatte.integrations.diffusers_qk import no_rotary_qk
 from slatte.integrations.diffusers_stg import disable_stg, enable_stg
 
@@ -25,39 +25,13 @@ def _run(model, inputs):
         return model(**inputs).sample
 
 
-def _naive_perturbed(model, inputs, index, strategy):
-    """The perturbed prediction of a plain third pass, perturbing every row with hooks written
-    independently of slatte's (whole batch, no row bookkeeping)."""
-    block = execution_blocks(model)[index]
-    attn = block.attn1
-
-    def skip_block(module, args, kwargs, output):
-        h = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        return h
-
-    def attention(module, args, kwargs, output):
-        x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        if strategy == "attention_block":
-            return torch.zeros_like(output)
-        if strategy == "attention_skip":
-            return x
-        return module.to_out[0](module.to_v(x))  # identity attention map
-
-    target, fn = (block, skip_block) if strategy == "transformer_block" else (attn, attention)
-    handle = target.register_forward_hook(fn, with_kwargs=True)
-    try:
-        return _run(model, inputs)
-    finally:
-        handle.remove()
-
-
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_stg_equals_the_naive_third_pass(name, strategy):
     model, inputs = MODELS[name](), model_inputs(name)
     index = 1  # Wan/LTX: the second block (block 0 is the shared prefix); Latte: temporal 0
     e_c = _run(model, inputs)
-    e_p = _naive_perturbed(model, inputs, index, strategy)
+    e_p = naive_perturbed(model, inputs, index, strategy)
     expected = e_c + SCALE * (e_c - e_p)
     if name == "latte":  # learned sigma: only the mean channels are guided
         expected[:, 4:] = e_c[:, 4:]
@@ -134,7 +108,7 @@ def test_separate_cfg_calls_guide_only_the_conditional_call():
     for step in range(2):  # the second step (new timestep) must be guided again
         cond["timestep"] = uncond["timestep"] = cond["timestep"] + step
         e_c, e_u = _run(model, cond), _run(model, uncond)
-        e_p = _naive_perturbed(model, cond, 1, "transformer_block")
+        e_p = naive_perturbed(model, cond, 1, "transformer_block")
         with enable_stg(pipe, scale=SCALE, blocks=[1]):
             guided_c, guided_u = _run(model, cond), _run(model, uncond)
         torch.testing.assert_close(guided_u, e_u, atol=0, rtol=0)
@@ -216,6 +190,7 @@ class ToyTransformer(torch.nn.Module):
 TOY_SPEC = ModelSpec(
     block_lists=("blocks",),
     qk=no_rotary_qk,
+    processors=(),
     sample_inputs=("hidden_states", "timestep"),
     fork_inputs=("hidden_states", "temb"),
     batched_cfg=True,

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .diffusers_joint import COGVIDEOX, HUNYUAN_VIDEO, HUNYUAN_VIDEO_15, MOCHI, JointAttention
 from .diffusers_qk import ltx_qk, no_rotary_qk, wan_qk
 
 # Tested with 0.42; Wan's (cos, sin) rotary tables and the processor signatures used here exist
@@ -32,15 +33,28 @@ class ModelSpec:
     """What slatte needs to know about one diffusers transformer class.
 
     - `block_lists`: attribute names of the ModuleLists holding the transformer blocks;
+    - `side_block_lists`: ModuleLists of blocks that run beside those (Wan-VACE's control
+      blocks): their self-attention gets SLA, but STG neither counts nor perturbs them;
     - `qk`: `qk(attn, q, k, rotary) -> q, k` (B, N, H, D) from the projections (B, N, H·D):
       the attention's qk norms and rotary embedding as the model applies them (`diffusers_qk`);
+      None for a joint attention, which `joint` describes instead;
+    - `processors`: the class names of the self-attention processors the model comes with: the
+      only ones SLA replaces (any other was put there by someone else and is refused);
     - `sample_inputs`: the transformer forward's per-sample arguments (batch first): what STG
       gives the perturbed rows; every other argument is shared by the whole batch;
     - `fork_inputs`: the block forward's per-sample arguments, which the blocks before the first
       perturbed one see for the original rows only; None when a block's batch folds frames or
       patches into it (Latte: B·F or B·S rows), so the perturbed branch runs every block;
+    - `block_streams`: the block forward's arguments that it returns, updated, in the same
+      order (two-stream blocks: video and text); STG's skipped block returns them as they came;
+    - `joint`: video and text tokens share one attention (`diffusers_joint`): where its q, k, v
+      and outputs come from; SLA then serves the video-to-video part only;
     - `batched_cfg`: the pipeline runs classifier-free guidance as one batch [uncond; cond]
       (True) or as separate calls, conditional first (False);
+    - `cfg_scale`: the pipeline attribute (a dotted path) holding its CFG scale (CFG is on where the pipeline's
+      `do_classifier_free_guidance` says so, or, without one, where the scale exceeds 1); None
+      where the pipeline's guidance is not CFG that slatte can read (HunyuanVideo: its
+      `guidance_scale` is embedded, distilled guidance): every call is then conditional;
     - `self_attention`: the block's self-attention submodule;
     - `interleaved`: the forward runs the lists' blocks in turn (Latte: spatial 0, temporal 0,
       spatial 1, ...) instead of one list after the other; STG block indices follow that order;
@@ -51,33 +65,62 @@ class ModelSpec:
     """
 
     block_lists: tuple[str, ...]
-    qk: QKFunction
+    qk: QKFunction | None
+    processors: tuple[str, ...]
     sample_inputs: tuple[str, ...]
     fork_inputs: tuple[str, ...] | None
     batched_cfg: bool
     self_attention: str = "attn1"
+    cfg_scale: str | None = "guidance_scale"
+    block_streams: tuple[str, ...] = ("hidden_states",)
+    joint: JointAttention | None = None
+    side_block_lists: tuple[str, ...] = ()
     interleaved: bool = False
     learned_sigma: bool = False
     flow_finetune: bool = False
 
 
+_WAN_SAMPLE_INPUTS = (
+    "hidden_states",
+    "timestep",
+    "encoder_hidden_states",
+    "encoder_hidden_states_image",
+)
+
 SUPPORTED: dict[str, ModelSpec] = {
     "WanTransformer3DModel": ModelSpec(
         block_lists=("blocks",),
         qk=wan_qk,
-        sample_inputs=(
-            "hidden_states",
-            "timestep",
-            "encoder_hidden_states",
-            "encoder_hidden_states_image",
-        ),
+        processors=("WanAttnProcessor",),
+        sample_inputs=_WAN_SAMPLE_INPUTS,
         fork_inputs=("hidden_states", "encoder_hidden_states", "temb"),
         batched_cfg=False,
         flow_finetune=True,
     ),
+    "WanVACETransformer3DModel": ModelSpec(
+        block_lists=("blocks",),
+        qk=wan_qk,
+        processors=("WanAttnProcessor",),
+        # Not `control_hidden_states_scale`: one entry per VACE layer, shared by the batch.
+        sample_inputs=(*_WAN_SAMPLE_INPUTS, "control_hidden_states"),
+        # The control blocks' hints join the main stream after some blocks, so the perturbed
+        # rows run every block.
+        fork_inputs=None,
+        batched_cfg=False,
+        side_block_lists=("vace_blocks",),
+    ),
+    "SkyReelsV2Transformer3DModel": ModelSpec(
+        block_lists=("blocks",),
+        qk=wan_qk,
+        processors=("SkyReelsV2AttnProcessor",),
+        sample_inputs=_WAN_SAMPLE_INPUTS,
+        fork_inputs=("hidden_states", "encoder_hidden_states", "temb"),
+        batched_cfg=False,
+    ),
     "LTXVideoTransformer3DModel": ModelSpec(
         block_lists=("transformer_blocks",),
         qk=ltx_qk,
+        processors=("LTXVideoAttnProcessor",),
         sample_inputs=(
             "hidden_states",
             "encoder_hidden_states",
@@ -97,6 +140,7 @@ SUPPORTED: dict[str, ModelSpec] = {
     "LatteTransformer3DModel": ModelSpec(
         block_lists=("transformer_blocks", "temporal_transformer_blocks"),
         qk=no_rotary_qk,
+        processors=("AttnProcessor2_0",),
         sample_inputs=(
             "hidden_states",
             "timestep",
@@ -107,6 +151,80 @@ SUPPORTED: dict[str, ModelSpec] = {
         batched_cfg=True,
         interleaved=True,
         learned_sigma=True,
+    ),
+    "HunyuanVideoTransformer3DModel": ModelSpec(
+        block_lists=("transformer_blocks", "single_transformer_blocks"),
+        qk=None,
+        processors=("HunyuanVideoAttnProcessor2_0",),
+        sample_inputs=(
+            "hidden_states",
+            "timestep",
+            "encoder_hidden_states",
+            "encoder_attention_mask",
+            "pooled_projections",
+            "guidance",
+        ),
+        fork_inputs=(
+            "hidden_states",
+            "encoder_hidden_states",
+            "temb",
+            "attention_mask",
+            "token_replace_emb",
+        ),
+        # Guidance is distilled into the model; its pipeline's optional true CFG
+        # (`true_cfg_scale`) lives in a local variable, out of slatte's sight.
+        batched_cfg=False,
+        self_attention="attn",
+        cfg_scale=None,
+        block_streams=("hidden_states", "encoder_hidden_states"),
+        joint=HUNYUAN_VIDEO,
+    ),
+    "HunyuanVideo15Transformer3DModel": ModelSpec(
+        block_lists=("transformer_blocks",),
+        qk=None,
+        processors=("HunyuanVideo15AttnProcessor2_0",),
+        sample_inputs=(
+            "hidden_states",
+            "timestep",
+            "encoder_hidden_states",
+            "encoder_attention_mask",
+            "timestep_r",
+            "encoder_hidden_states_2",
+            "encoder_attention_mask_2",
+            "image_embeds",
+        ),
+        fork_inputs=("hidden_states", "encoder_hidden_states", "temb", "attention_mask"),
+        # Its pipeline's guider (ClassifierFreeGuidance) calls the conditional batch first.
+        batched_cfg=False,
+        self_attention="attn",
+        cfg_scale="guider.guidance_scale",
+        block_streams=("hidden_states", "encoder_hidden_states"),
+        joint=HUNYUAN_VIDEO_15,
+    ),
+    "MochiTransformer3DModel": ModelSpec(
+        block_lists=("transformer_blocks",),
+        qk=None,
+        processors=("MochiAttnProcessor2_0",),
+        sample_inputs=(
+            "hidden_states",
+            "encoder_hidden_states",
+            "timestep",
+            "encoder_attention_mask",
+        ),
+        fork_inputs=("hidden_states", "encoder_hidden_states", "temb", "encoder_attention_mask"),
+        batched_cfg=True,
+        block_streams=("hidden_states", "encoder_hidden_states"),
+        joint=MOCHI,
+    ),
+    "CogVideoXTransformer3DModel": ModelSpec(
+        block_lists=("transformer_blocks",),
+        qk=None,
+        processors=("CogVideoXAttnProcessor2_0",),
+        sample_inputs=("hidden_states", "encoder_hidden_states", "timestep", "timestep_cond"),
+        fork_inputs=("hidden_states", "encoder_hidden_states", "temb"),
+        batched_cfg=True,
+        block_streams=("hidden_states", "encoder_hidden_states"),
+        joint=COGVIDEOX,
     ),
 }
 
@@ -142,6 +260,13 @@ def resolve_transformer(model: Any) -> nn.Module:
     return transformer
 
 
+def resolve_transformers(model: Any) -> list[nn.Module]:
+    """Every transformer of a pipeline: `.transformer`, and `.transformer_2` where it has one
+    (Wan2.2's low-noise expert); or `model` itself."""
+    second = getattr(model, "transformer_2", None)
+    return [resolve_transformer(model), *([second] if second is not None else [])]
+
+
 def model_spec(transformer: nn.Module) -> ModelSpec:
     """The entry of `SUPPORTED` for `transformer`, or a ValueError naming what is supported."""
     check_diffusers_version()
@@ -154,21 +279,25 @@ def model_spec(transformer: nn.Module) -> ModelSpec:
 
 
 def blocks_of(transformer: nn.Module) -> list[nn.Module]:
-    """All transformer blocks, one block list after the other (the SLA projections' order)."""
-    return [blk for stack in _block_stacks(transformer) for blk in stack]
+    """All transformer blocks, one block list after the other, the side block lists last (the
+    SLA projections' order)."""
+    spec = model_spec(transformer)
+    lists = (*spec.block_lists, *spec.side_block_lists)
+    return [blk for stack in _block_stacks(transformer, lists) for blk in stack]
 
 
 def execution_blocks(transformer: nn.Module) -> list[nn.Module]:
     """The transformer blocks in the order the forward runs them (STG block indices)."""
-    stacks = _block_stacks(transformer)
-    if model_spec(transformer).interleaved:
+    spec = model_spec(transformer)
+    stacks = _block_stacks(transformer, spec.block_lists)
+    if spec.interleaved:
         return [blk for group in zip(*stacks, strict=True) for blk in group]
     return [blk for stack in stacks for blk in stack]
 
 
-def _block_stacks(transformer: nn.Module) -> list[nn.ModuleList]:
+def _block_stacks(transformer: nn.Module, lists: tuple[str, ...]) -> list[nn.ModuleList]:
     stacks = []
-    for attr in model_spec(transformer).block_lists:
+    for attr in lists:
         stack = getattr(transformer, attr, None)
         if not isinstance(stack, nn.ModuleList):
             raise ValueError(
@@ -183,13 +312,14 @@ def _block_stacks(transformer: nn.Module) -> list[nn.ModuleList]:
 def self_attentions(transformer: nn.Module) -> list[nn.Module]:
     """The self-attention module of every block, checked to have what slatte's processors use."""
     spec = model_spec(transformer)
+    # A joint attention's output projections are its `JointAttention`'s business.
+    # `processor`, not `set_processor`: MochiAttention has only the attribute (see set_processor).
+    needed = ("to_q", "to_k", "to_v", "heads", "processor")
+    needed += () if spec.joint is not None else ("to_out",)
     modules = []
     for i, block in enumerate(blocks_of(transformer)):
         attn = getattr(block, spec.self_attention, None)
-        missing = [
-            a for a in ("to_q", "to_k", "to_v", "to_out", "heads", "set_processor") if not
-            hasattr(attn, a)
-        ]  # fmt: skip
+        missing = [a for a in needed if not hasattr(attn, a)]
         if attn is None or missing:
             raise ValueError(
                 f"block {i} of {type(transformer).__name__} has no diffusers attention module "
@@ -198,6 +328,15 @@ def self_attentions(transformer: nn.Module) -> list[nn.Module]:
             )
         modules.append(attn)
     return modules
+
+
+def set_processor(attn: nn.Module, processor: Any) -> None:
+    """Install `processor` on a diffusers attention module; `MochiAttention` has no
+    `set_processor`, only the `processor` attribute its forward calls."""
+    if hasattr(attn, "set_processor"):
+        attn.set_processor(processor)
+    else:
+        attn.processor = processor
 
 
 def head_dim(attn: nn.Module) -> int:

@@ -1,4 +1,5 @@
-"""SLA for the self-attention of diffusers video transformers (Wan2.1, LTX-Video, Latte).
+"""SLA for the self-attention of diffusers video transformers (those of
+`diffusers_common.SUPPORTED`; joint video + text attention: `diffusers_joint`).
 
 `enable_sla(pipe.transformer, critical=0.05)` gives every block's self-attention module a
 `sla` submodule (a `slatte.nn.SparseLinearAttention`, which owns the zero-initialised fp32
@@ -31,13 +32,17 @@ from ..ops.sla.launch_policy import TRITON_HEAD_DIMS
 from ..parallel.ring import hybrid_sla
 from .diffusers_common import (
     SUPPORTED,
+    ModelSpec,
     QKFunction,
     diffusers_version,
     head_dim,
     model_spec,
     resolve_transformer,
+    resolve_transformers,
     self_attentions,
+    set_processor,
 )
+from .diffusers_joint import JointSLAAttnProcessor
 
 SLA_CONFIG_NAME = "slatte_sla.json"
 SLA_BACKENDS = tuple(SLA_POLICIES)
@@ -77,9 +82,9 @@ def output_projection(attn: nn.Module, out: torch.Tensor) -> torch.Tensor:
 class SLAAttnProcessor:
     """Self-attention through SLA; remembers the processor it replaced so it can be restored.
 
-    The call signature covers the three models: Wan and LTX pass (attn, hidden_states,
-    encoder_hidden_states, attention_mask, rotary) positionally, Latte's `Attention` passes
-    `encoder_hidden_states` / `attention_mask` by name.
+    The call signature covers the models without joint attention: Wan, Wan-VACE, SkyReels-V2
+    and LTX pass (attn, hidden_states, encoder_hidden_states, attention_mask, rotary)
+    positionally, Latte's `Attention` passes `encoder_hidden_states` / `attention_mask` by name.
 
     Context parallelism: `transformer.enable_parallelism(config=ContextParallelConfig(...))`
     sets `_parallel_config` on every processor that declares it, as on diffusers' own, and
@@ -174,15 +179,15 @@ def enable_sla(
     """Route every block's self-attention of a diffusers video transformer through SLA.
 
     Args:
-        model: a `WanTransformer3DModel`, `LTXVideoTransformer3DModel` or
-            `LatteTransformer3DModel`, or a pipeline holding one as `.transformer`.
+        model: a transformer of a class in `SUPPORTED`, or a pipeline holding one as
+            `.transformer` (and, for Wan2.2's two experts, `.transformer_2`: both get SLA).
         config: the SLA options; or give them as keywords (`critical=0.05, block_q=128, ...`,
             the fields of `SLAConfig`), not both.
         backend: "sla" (the fused Triton kernel on CUDA for bf16/fp16, the reference
             elsewhere) or "sla_reference" (plain PyTorch, any head dim).
 
     Layers that are already on SLA keep their trained projection and take the new options.
-    Returns the transformer.
+    Everything is checked before anything changes. Returns the (first) transformer.
     """
     if config is not None and options:
         raise ValueError(f"give either config or SLA options, not both (got {sorted(options)})")
@@ -191,7 +196,30 @@ def enable_sla(
     config = config if config is not None else SLAConfig.from_dict(options)
     if backend not in SLA_BACKENDS:
         raise ValueError(f"backend must be one of {SLA_BACKENDS}, got {backend!r}")
-    transformer = resolve_transformer(model)
+    transformers = resolve_transformers(model)
+    for transformer in transformers:
+        _check_sla_able(transformer, backend)
+    for transformer in transformers:
+        spec = model_spec(transformer)
+        param = next(transformer.parameters())
+        for attn in self_attentions(transformer):
+            previous = getattr(attn, "sla", None)
+            sla = SparseLinearAttention(head_dim(attn), config, backend=backend).to(param.device)
+            if isinstance(previous, SparseLinearAttention):
+                sla.proj_l.load_state_dict(previous.proj_l.state_dict())
+                original = attn.processor.original
+            else:
+                original = attn.processor
+            attn.sla = sla
+            processor = _sla_processor(spec, original)
+            if isinstance(processor, SLAAttnProcessor):
+                # Context parallelism enabled before SLA: keep running sharded.
+                processor._parallel_config = getattr(attn.processor, "_parallel_config", None)
+            set_processor(attn, processor)
+    return transformers[0]
+
+
+def _check_sla_able(transformer: nn.Module, backend: str) -> None:
     spec = model_spec(transformer)
     name = type(transformer).__name__
     attentions = self_attentions(transformer)
@@ -202,37 +230,46 @@ def enable_sla(
                 f"{name} has head dim {bad[0]}, which SLA's fused kernel cannot serve (head dims "
                 f"{TRITON_HEAD_DIMS}); use backend='sla_reference' (slow) for this model"
             )
-    param = next(transformer.parameters())
     for i, attn in enumerate(attentions):
         _check_plain_attention(attn, f"{name} block {i}")
-        previous = getattr(attn, "sla", None)
-        sla = SparseLinearAttention(head_dim(attn), config, backend=backend).to(param.device)
-        if isinstance(previous, SparseLinearAttention):
-            sla.proj_l.load_state_dict(previous.proj_l.state_dict())
-            original = attn.processor.original
-        else:
-            original = attn.processor
-        attn.sla = sla
-        processor = SLAAttnProcessor(spec.qk, original)
-        # Context parallelism enabled before SLA: keep running sharded.
-        processor._parallel_config = getattr(attn.processor, "_parallel_config", None)
-        attn.set_processor(processor)
-    return transformer
+        _check_own_processor(attn, spec, f"{name} block {i}")
+
+
+def _sla_processor(spec: ModelSpec, original: Any) -> SLAAttnProcessor | JointSLAAttnProcessor:
+    if spec.joint is not None:
+        return JointSLAAttnProcessor(spec.joint, original)
+    return SLAAttnProcessor(spec.qk, original)
+
+
+def _check_own_processor(attn: nn.Module, spec: ModelSpec, where: str) -> None:
+    """Refuse a processor someone else installed: wrapping it would silently drop its work."""
+    processor = attn.processor
+    if isinstance(processor, (SLAAttnProcessor, JointSLAAttnProcessor)):
+        return
+    if type(processor).__name__ not in spec.processors:
+        raise ValueError(
+            f"{where}: its self-attention processor is {type(processor).__name__}, not the "
+            f"model's own ({', '.join(spec.processors)}); slatte does not wrap a processor "
+            "that something else installed (restore the model's processor first)"
+        )
 
 
 def disable_sla(model: Any) -> nn.Module:
-    """Restore the processors `enable_sla` replaced and drop the SLA projections."""
-    transformer = resolve_transformer(model)
-    for attn in self_attentions(transformer):
-        if isinstance(attn.processor, SLAAttnProcessor):
-            original, parallel = attn.processor.original, attn.processor._parallel_config
-            # Context parallelism enabled after SLA reached only the SLA processor.
-            if parallel is not None and hasattr(original, "_parallel_config"):
-                original._parallel_config = parallel
-            attn.set_processor(original)
-        if hasattr(attn, "sla"):
-            del attn.sla
-    return transformer
+    """Restore the processors `enable_sla` replaced and drop the SLA projections (of every
+    transformer of a pipeline). Returns the (first) transformer."""
+    transformers = resolve_transformers(model)
+    for transformer in transformers:
+        for attn in self_attentions(transformer):
+            if isinstance(attn.processor, (SLAAttnProcessor, JointSLAAttnProcessor)):
+                original = attn.processor.original
+                # Context parallelism enabled after SLA reached only the SLA processor.
+                parallel = getattr(attn.processor, "_parallel_config", None)
+                if parallel is not None and hasattr(original, "_parallel_config"):
+                    original._parallel_config = parallel
+                set_processor(attn, original)
+            if hasattr(attn, "sla"):
+                del attn.sla
+    return transformers[0]
 
 
 def sla_config_of(model: Any) -> SLAConfig | None:
@@ -248,7 +285,9 @@ def sla_config_of(model: Any) -> SLAConfig | None:
 
 # `<anything>.<index>.<anything>proj_l.weight|bias`, where <index> follows a block-list name (of
 # a supported model, or `layers`).
-_BLOCK_LISTS = sorted({name for spec in SUPPORTED.values() for name in spec.block_lists})
+_BLOCK_LISTS = sorted(
+    {name for spec in SUPPORTED.values() for name in (*spec.block_lists, *spec.side_block_lists)}
+)
 _OFFICIAL_KEY = re.compile(
     rf"(?:^|\.)(?P<list>{'|'.join([*_BLOCK_LISTS, 'layers'])})\."
     r"(?P<index>\d+)\.(?:.*\.)?proj_l\.(?P<param>weight|bias)$"
@@ -278,7 +317,7 @@ def load_sla_projections(
     if not all(isinstance(getattr(a, "sla", None), SparseLinearAttention) for a in attentions):
         raise ValueError("load_sla_projections needs SLA enabled first (enable_sla(model, ...))")
     offsets, total = {}, 0
-    for attr in spec.block_lists:
+    for attr in (*spec.block_lists, *spec.side_block_lists):
         offsets[attr] = total
         total += len(getattr(transformer, attr))
     offsets["layers"] = 0

@@ -11,10 +11,12 @@ patched methods:
   per-sample input (the arguments the model's `ModelSpec.sample_inputs` names: latents,
   timestep, text states, masks; never a shared argument, whatever its shape) — these extra rows
   are the perturbed branch;
-- Wan / LTX (one block row per sample): the blocks before the first perturbed one run on the
-  original rows only, and the perturbed branch is forked from the conditional rows' hidden
-  states at that block ("fork, don't recompute"). Latte folds frames / patches into the block
-  batch, so there the perturbed rows run through every block;
+- models with one block row per sample (Wan, LTX, HunyuanVideo, CogVideoX, Mochi, ...): the
+  blocks before the first perturbed one run on the original rows only, and the perturbed branch
+  is forked from the conditional rows' states (every stream of a two-stream block) at that
+  block ("fork, don't recompute"). Latte folds frames / patches into the block batch, and
+  Wan-VACE adds control hints between blocks, so there the perturbed rows run through every
+  block;
 - the chosen blocks apply the strategy (`slatte.guidance.strategies`) to the perturbed rows only
   (batch-safe);
 - after the transformer, the conditional rows become `e_c + s'·(e_c − e_p)` and the extra rows
@@ -24,17 +26,19 @@ patched methods:
 All per-call state is reset at the start of every call, so an error mid-call leaks nothing into
 the next; `remove()` (or `disable_stg(model)`) takes every hook off.
 
-Which rows are conditional: with a pipeline, LTX-Video and Latte pipelines batch [uncond; cond]
-when CFG is on (second half conditional); the Wan pipeline calls the transformer separately,
-conditional first, so of two consecutive calls with the same timestep only the first is
-guided (`ModelSpec.batched_cfg`). With a bare transformer every row is conditional unless
-`cond_rows` says otherwise.
+Which rows are conditional: with a pipeline, LTX-Video, Latte, CogVideoX and Mochi pipelines
+batch [uncond; cond] when CFG is on (second half conditional); the Wan-family and
+HunyuanVideo-1.5 pipelines call the transformer separately, conditional first, so of two
+consecutive calls with the same timestep only the first is guided (`ModelSpec.batched_cfg`);
+the CFG scale comes from `ModelSpec.cfg_scale`. With a bare transformer every row is
+conditional unless `cond_rows` says otherwise.
 
-Block indices: Wan `blocks[i]`, LTX `transformer_blocks[i]`; Latte in execution order, even
-indices spatial (`transformer_blocks[i // 2]`), odd temporal
+Block indices: in the order the forward runs the blocks (`execution_blocks`): Wan `blocks[i]`,
+LTX `transformer_blocks[i]`, HunyuanVideo its dual-stream blocks then its single-stream ones;
+Latte even indices spatial (`transformer_blocks[i // 2]`), odd temporal
 (`temporal_transformer_blocks[i // 2]`). Published choices: LTX-Video 2B block 19 (the STG
 authors' LTX-Video command: `--stg_block_idx 19 --stg_scale 1.0`, with rescaling); Mochi blocks
-34/35 (not a diffusers class supported here). For Wan2.1 we know of no published STG block; the
+34/35. For the other models we know of no published STG block; the
 generic skip-layer-guidance default for DiTs (blocks 7, 8, 9, ComfyUI's `SkipLayerGuidanceDiT`)
 is a starting point to tune from.
 """
@@ -53,7 +57,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ..guidance.config import check_window, in_window
 from ..guidance.strategies import Strategy, get_strategy
-from .diffusers_common import ModelSpec, execution_blocks, model_spec, resolve_transformer
+from .diffusers_common import ModelSpec, execution_blocks, model_spec, resolve_transformers
 from .diffusers_sla import output_projection, qkv_projections
 
 # ---------------------------------------------------------------------------------------------
@@ -107,16 +111,19 @@ def _map_named(
     return args, {k: _map_tensors(v, fn) if k in names else v for k, v in kwargs.items()}
 
 
+def _dotted(obj: Any, path: str) -> Any:
+    """`obj.a.b` for path "a.b"; None where an attribute is missing."""
+    for name in path.split("."):
+        obj = getattr(obj, name, None)
+    return obj
+
+
 def _argument(params: tuple[str, ...], args: tuple, kwargs: dict, name: str) -> Any:
     """The argument called `name` (None when not given)."""
     if name in kwargs:
         return kwargs[name]
     i = params.index(name) if name in params else len(args)
     return args[i] if i < len(args) else None
-
-
-def _first_tensor(args: tuple, kwargs: dict, name: str) -> torch.Tensor:
-    return kwargs[name] if name in kwargs else args[0]
 
 
 def _identity_map(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -139,6 +146,10 @@ class STGHandle:
     start: float = 0.0
     stop: float = 1.0
     pipeline: Any = None
+    # The pipeline attribute with this transformer's CFG scale (`ModelSpec.cfg_scale`; Wan2.2's
+    # low-noise expert, `transformer_2`, runs with `guidance_scale_2`); None: no CFG to read.
+    guidance_attr: str | None = "guidance_scale"
+    _companions: list[STGHandle] = field(default_factory=list)
     _handles: list[RemovableHandle] = field(default_factory=list)
     _call: _Call | None = None
     _last_timestep: torch.Tensor | None = None
@@ -168,11 +179,15 @@ class STGHandle:
                 )
             return _Call(batch, rows, self.scale)
         pipe = self.pipeline
-        if pipe is None:
+        if pipe is None or self.guidance_attr is None:
             return _Call(batch, list(range(batch)), self.scale)
-        cfg = bool(getattr(pipe, "do_classifier_free_guidance", False))
-        guidance = float(getattr(pipe, "guidance_scale", 1.0)) if cfg else 1.0
-        scale = self.scale / guidance
+        guidance = _dotted(pipe, self.guidance_attr)
+        if guidance is None:
+            guidance = getattr(pipe, "guidance_scale", 1.0)
+        # CogVideoX's pipeline decides CFG locally, from guidance_scale > 1, as the rest say.
+        cfg = getattr(pipe, "do_classifier_free_guidance", None)
+        cfg = float(guidance) > 1 if cfg is None else bool(cfg)
+        scale = self.scale / float(guidance) if cfg else self.scale
         if self.spec.batched_cfg:
             if cfg and batch % 2:
                 raise ValueError(f"a CFG batch [uncond; cond] must be even, got {batch} rows")
@@ -262,35 +277,76 @@ class STGHandle:
 
         return _map_named(params, self.spec.fork_inputs, args, kwargs, drop)
 
-    def _fork_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    def _fork_pre(
+        self, params: tuple[str, ...], module: nn.Module, args: tuple, kwargs: dict
+    ) -> tuple[tuple, dict] | None:
         call = self._call
         if call is None or not call.forked:
             return None
-        h = _first_tensor(args, kwargs, "hidden_states")  # (B, N, D): the shared prefix's output
+        h = _argument(params, args, kwargs, "hidden_states")  # the shared prefix's output
         if h.shape[0] != call.batch:  # perturbed block 0: no prefix, the rows exist already
             return None
         rows = torch.tensor(call.cond_rows, device=h.device)
-        h = torch.cat([h, h.index_select(0, rows)])
-        if "hidden_states" in kwargs:
-            return args, {**kwargs, "hidden_states": h}
-        return (h, *args[1:]), kwargs
 
-    def _block_post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        def fork(t: torch.Tensor) -> torch.Tensor:
+            # Every per-sample block input, each stream (video, text) included, gets the
+            # conditional rows once more: the perturbed branch starts from them.
+            if t.dim() >= 1 and t.shape[0] == call.batch:
+                return torch.cat([t, t.index_select(0, rows.to(t.device))])
+            return t
+
+        return _map_named(params, self.spec.fork_inputs, args, kwargs, fork)
+
+    def _block_post(
+        self, params: tuple[str, ...], module: nn.Module, args: tuple, kwargs: dict, output: Any
+    ) -> Any:
         if self._call is None:
             return output
-        h_in = _first_tensor(args, kwargs, "hidden_states")
-        out = output[0] if isinstance(output, tuple) else output
-        rows = self._perturbed_rows(out.shape[0])
-        out = torch.cat([out[: rows.start], h_in[rows].to(out.dtype)])
-        return (out, *output[1:]) if isinstance(output, tuple) else out
+        outputs = output if isinstance(output, tuple) else (output,)
+        rows = self._perturbed_rows(outputs[0].shape[0])
+        # Each stream the block updates comes back as it went in for the perturbed rows.
+        skipped = tuple(
+            torch.cat(
+                [out[: rows.start], _argument(params, args, kwargs, name)[rows].to(out.dtype)]
+            )
+            for name, out in zip(self.spec.block_streams, outputs, strict=False)
+        )
+        skipped += outputs[len(skipped) :]
+        return skipped if isinstance(output, tuple) else skipped[0]
 
-    def _attention_post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+    def _attention_post(
+        self, params: tuple[str, ...], module: nn.Module, args: tuple, kwargs: dict, output: Any
+    ) -> Any:
         if self._call is None:
             return output
-        x = _first_tensor(args, kwargs, "hidden_states")
-        rows = self._perturbed_rows(output.shape[0])
-        replacement = self.strategy.attention_output(x[rows], partial(_identity_map, module))
-        return torch.cat([output[: rows.start], replacement.to(output.dtype)])
+        joint = self.spec.joint
+        x = _argument(params, args, kwargs, "hidden_states")
+        if joint is None:
+            rows = self._perturbed_rows(output.shape[0])
+            replacement = self.strategy.attention_output(x[rows], partial(_identity_map, module))
+            return torch.cat([output[: rows.start], replacement.to(output.dtype)])
+        # Joint video + text attention: both outputs are perturbed, each from its own input.
+        rows = self._perturbed_rows(output[0].shape[0])
+        inputs = (x[rows], _argument(params, args, kwargs, "encoder_hidden_states")[rows])
+        identity = None
+
+        def identity_map(stream: int, _: torch.Tensor) -> torch.Tensor:
+            nonlocal identity
+            if identity is None:
+                identity = joint.identity_map(module, *inputs)
+            return identity[stream]
+
+        def perturbed(stream: int, inp: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+            if inp.shape[1:] != out.shape[1:]:
+                # Not a residual branch of its input: the text output of Mochi's last block,
+                # which the block discards. It stays as computed.
+                return out[rows]
+            return self.strategy.attention_output(inp, partial(identity_map, stream))
+
+        return tuple(
+            torch.cat([out[: rows.start], perturbed(stream, inp, out).to(out.dtype)])
+            for stream, (inp, out) in enumerate(zip(inputs, output, strict=True))
+        )
 
     # -- install / remove ----------------------------------------------------------------------
 
@@ -311,21 +367,24 @@ class STGHandle:
             for block in blocks[:first]:
                 prefix_pre = partial(self._prefix_pre, _parameter_names(block))
                 self._handles.append(block.register_forward_pre_hook(prefix_pre, with_kwargs=True))
+            fork_pre = partial(self._fork_pre, _parameter_names(blocks[first]))
             self._handles.append(
-                blocks[first].register_forward_pre_hook(self._fork_pre, with_kwargs=True)
+                blocks[first].register_forward_pre_hook(fork_pre, with_kwargs=True)
             )
         for index in self.blocks:
             block = blocks[index]
             if self.strategy.skips_block:
-                hook = block.register_forward_hook(self._block_post, with_kwargs=True)
+                target, post = block, self._block_post
             else:
-                attn = getattr(block, spec.self_attention)
-                hook = attn.register_forward_hook(self._attention_post, with_kwargs=True)
-            self._handles.append(hook)
+                target, post = getattr(block, spec.self_attention), self._attention_post
+            hook = partial(post, _parameter_names(target))
+            self._handles.append(target.register_forward_hook(hook, with_kwargs=True))
         self.transformer._slatte_stg = self
         return self
 
     def remove(self) -> None:
+        for companion in self._companions:
+            companion.remove()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -354,9 +413,10 @@ def enable_stg(
     """Apply STG on every call of a diffusers video transformer until the handle is removed.
 
     Args:
-        model: a pipeline (its `.transformer` gets the hooks; its CFG settings are read at each
-            call) or a bare `WanTransformer3DModel` / `LTXVideoTransformer3DModel` /
-            `LatteTransformer3DModel` (every row conditional, unless `cond_rows` is given).
+        model: a pipeline (its `.transformer`, and `.transformer_2` where it has one (Wan2.2's
+            two experts), get the hooks; its CFG settings are read at each call) or a bare
+            transformer of a class in `SUPPORTED` (every row conditional, unless `cond_rows`
+            is given).
         scale: the STG weight w in `e = e_u + w_cfg (e_c − e_u) + w (e_c − e_p)`.
         blocks: indices of the perturbed blocks (see the module docstring for Latte's order).
         strategy: the name of one of `slatte.guidance.strategies.STRATEGIES`.
@@ -367,16 +427,40 @@ def enable_stg(
         start, stop: the step window, as fractions of the schedule from the noisy end
             (`slatte.guidance` convention: progress = 1 − t / (T − 1), T the scheduler's
             `num_train_timesteps`, 1000 by default); outside it STG is not computed.
-    Returns an `STGHandle` (also a context manager); a transformer holds at most one.
+    Returns an `STGHandle` (also a context manager; with two experts, the first one's, which
+    removes both); a transformer holds at most one.
     """
     perturbation = get_strategy(strategy)
     check_window("stg window", start, stop)
-    transformer = resolve_transformer(model)
-    spec = model_spec(transformer)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise ValueError(f"scale must be a number, got {scale!r}")
-    depth = len(execution_blocks(transformer))
+    transformers = resolve_transformers(model)
     blocks = tuple(blocks)
+    for transformer in transformers:
+        _check_blocks(transformer, blocks)
+    handles = [
+        STGHandle(
+            transformer=transformer,
+            spec=model_spec(transformer),
+            scale=float(scale),
+            blocks=blocks,
+            strategy=perturbation,
+            fork=fork,
+            cond_rows=cond_rows,
+            start=float(start),
+            stop=float(stop),
+            pipeline=model if model is not transformers[0] else None,
+            guidance_attr=model_spec(transformer).cfg_scale if i == 0 else "_guidance_scale_2",
+        ).install()
+        for i, transformer in enumerate(transformers)
+    ]
+    handles[0]._companions = handles[1:]
+    return handles[0]
+
+
+def _check_blocks(transformer: nn.Module, blocks: tuple) -> None:
+    model_spec(transformer)
+    depth = len(execution_blocks(transformer))
     if not blocks or any(
         isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < depth for b in blocks
     ):
@@ -387,27 +471,16 @@ def enable_stg(
         raise ValueError(f"blocks must be distinct, got {blocks}")
     if getattr(transformer, "_slatte_stg", None) is not None:
         raise ValueError("STG is already enabled on this transformer; remove its handle first")
-    handle = STGHandle(
-        transformer=transformer,
-        spec=spec,
-        scale=float(scale),
-        blocks=blocks,
-        strategy=perturbation,
-        fork=fork,
-        cond_rows=cond_rows,
-        start=float(start),
-        stop=float(stop),
-        pipeline=model if model is not transformer else None,
-    )
-    return handle.install()
 
 
 def disable_stg(model: Any) -> None:
-    """Remove the STG hooks of `model` (a pipeline or transformer), if any: the way to undo
+    """Remove the STG hooks of `model` (a pipeline, each of its transformers, or a
+    transformer), if any: the way to undo
     `enable_stg` where its handle is not at hand, as `disable_sla` undoes `enable_sla`."""
-    handle = getattr(resolve_transformer(model), "_slatte_stg", None)
-    if handle is not None:
-        handle.remove()
+    for transformer in resolve_transformers(model):
+        handle = getattr(transformer, "_slatte_stg", None)
+        if handle is not None:
+            handle.remove()
 
 
 __all__ = ["STGHandle", "disable_stg", "enable_stg"]
