@@ -51,6 +51,7 @@ TARGET_GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
     },
 }
 DEFAULT_TARGETS = "attn,mlp"
+LORA_TRAINABLE = ("lora", "lora+sla")  # what trains beside the frozen base model
 SLA_PROJECTION = ".sla.proj_l."  # trained beside the adapters with trainable "lora+sla"
 _LORA_KEY = ".lora_"
 
@@ -84,6 +85,24 @@ def check_lora_options(rank: int | None, alpha: float | None, targets: str) -> N
     if alpha is not None and not alpha > 0:
         raise ValueError(f"lora_alpha must be > 0 (default: the rank), got {alpha!r}")
     parse_targets(targets)
+
+
+def resolve_trainable(trainable: str | None, rank: int | None, allowed: tuple[str, ...]) -> str:
+    """What a run trains: `trainable` (one of `allowed`), by default "lora" with a LoRA rank and
+    "all" without; the LoRA choices need a rank and the others exclude one."""
+    if trainable is not None and trainable not in allowed:
+        raise ValueError(f"trainable must be one of {allowed}, got {trainable!r}")
+    if trainable is None:
+        return "all" if rank is None else "lora"
+    lora = trainable in LORA_TRAINABLE
+    if rank is None and lora:
+        raise ValueError(f"trainable {trainable!r} needs lora_rank (the adapters' rank)")
+    if rank is not None and not lora:
+        raise ValueError(
+            f"lora_rank={rank} trains adapters on a frozen model: trainable must be one of "
+            f"{LORA_TRAINABLE}, got {trainable!r}"
+        )
+    return trainable
 
 
 def add_lora(
@@ -124,8 +143,8 @@ def has_lora(model: nn.Module) -> bool:
 def set_trainable(model: nn.Module, trainable: str) -> None:
     """Freeze all but the adapters ("lora") or the adapters and the SLA projections
     ("lora+sla"); the error names what is missing."""
-    if trainable not in ("lora", "lora+sla"):
-        raise ValueError(f"trainable must be 'lora' or 'lora+sla' here, got {trainable!r}")
+    if trainable not in LORA_TRAINABLE:
+        raise ValueError(f"trainable must be one of {LORA_TRAINABLE} here, got {trainable!r}")
     model.requires_grad_(False)
     found_sla = False
     for name, param in model.named_parameters():
@@ -246,6 +265,7 @@ __all__ = [
     "ADAPTER_CONFIG",
     "ADAPTER_WEIGHTS",
     "DEFAULT_TARGETS",
+    "LORA_TRAINABLE",
     "TARGET_GROUPS",
     "add_lora",
     "check_lora_options",
@@ -253,6 +273,7 @@ __all__ = [
     "load_adapter",
     "merge_lora",
     "parse_targets",
+    "resolve_trainable",
     "save_adapter",
     "set_trainable",
     "split_state_dict",

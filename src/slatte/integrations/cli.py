@@ -180,7 +180,27 @@ def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="0 disables EMA")
-    p.add_argument("--trainable", choices=TRAINABLE, default=d.trainable)
+    p.add_argument(
+        "--trainable",
+        choices=TRAINABLE,
+        default=None,
+        help="all, sla (the SLA projections), or with --lora-rank lora (the adapters) or "
+        "lora+sla (default: lora with --lora-rank, else all)",
+    )
+    p.add_argument(
+        "--lora-rank",
+        type=int,
+        default=None,
+        help="train peft LoRA adapters of this rank on the frozen transformer; saved in "
+        "OUTPUT_DIR/adapter (peft folder + diffusers' pytorch_lora_weights.safetensors)",
+    )
+    p.add_argument("--lora-alpha", type=float, default=None, help="default: the rank")
+    p.add_argument(
+        "--lora-targets",
+        default=d.lora_targets,
+        help="comma list of attn (to_q, to_k, to_v, to_out.0), mlp (ffn), adaln (time "
+        f"embedding) (default: {d.lora_targets})",
+    )
     p.add_argument("--shift", type=float, default=d.shift, help="noise-level shift (Wan: 3-5)")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -228,6 +248,9 @@ def run_finetune(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay,
         ema_decay=args.ema_decay,
         trainable=args.trainable,
+        lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha,
+        lora_targets=args.lora_targets,
         sla=sla_from_args(args, SLAConfig()),
         sla_backend=args.sla_backend,
         latent_shape=args.latent_shape,

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..flags import flag, flag_names
-from ..lora import DEFAULT_TARGETS, check_lora_options
+from ..lora import DEFAULT_TARGETS, check_lora_options, resolve_trainable
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 PARALLEL_MODES = ("ddp", "fsdp")
@@ -209,24 +209,14 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
 
         check_lora_options(self.lora_rank, self.lora_alpha, self.lora_targets)
-        if self.trainable is not None and self.trainable not in TRAINABLE:
-            raise ValueError(f"trainable must be one of {TRAINABLE}, got {self.trainable!r}")
-        if self.lora_rank is None and self.trained != "all":
-            raise ValueError(f"trainable {self.trained!r} needs lora_rank (the adapters' rank)")
-        if self.lora_rank is not None and self.trained == "all":
-            raise ValueError(
-                f"lora_rank={self.lora_rank} trains adapters on a frozen model: trainable must "
-                "be 'lora' or 'lora+sla', got 'all'"
-            )
+        resolve_trainable(self.trainable, self.lora_rank, TRAINABLE)
         if self.lora_rank is not None and self.parallel == "fsdp":
             raise ValueError("LoRA training runs with parallel 'ddp', got 'fsdp'")
 
     @property
     def trained(self) -> str:
         """What is trained: `trainable`, or its default ("lora" with a LoRA rank, else "all")."""
-        if self.trainable is not None:
-            return self.trainable
-        return "all" if self.lora_rank is None else "lora"
+        return resolve_trainable(self.trainable, self.lora_rank, TRAINABLE)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
