@@ -141,19 +141,21 @@ def has_lora(model: nn.Module) -> bool:
 
 
 def set_trainable(model: nn.Module, trainable: str) -> None:
-    """Freeze all but the adapters ("lora") or the adapters and the SLA projections
-    ("lora+sla"); the error names what is missing."""
-    if trainable not in LORA_TRAINABLE:
-        raise ValueError(f"trainable must be one of {LORA_TRAINABLE} here, got {trainable!r}")
+    """Freeze all but the SLA projections ("sla"), the adapters ("lora") or both ("lora+sla");
+    the error names what the model lacks."""
+    if trainable not in ("sla", *LORA_TRAINABLE):
+        raise ValueError(
+            f"trainable must be one of {('sla', *LORA_TRAINABLE)} here, got {trainable!r}"
+        )
     model.requires_grad_(False)
     found_sla = False
     for name, param in model.named_parameters():
-        sla = trainable == "lora+sla" and SLA_PROJECTION in name
+        sla = "sla" in trainable.split("+") and SLA_PROJECTION in name
         found_sla |= sla
-        param.requires_grad_(sla or _LORA_KEY in name)
-    if trainable == "lora+sla" and not found_sla:
+        param.requires_grad_(sla or (trainable != "sla" and _LORA_KEY in name))
+    if "sla" in trainable.split("+") and not found_sla:
         raise ValueError(
-            "trainable 'lora+sla' trains the SLA projections, but the model has none: "
+            f"trainable {trainable!r} trains the SLA projections, but the model has none: "
             "use an SLA attention backend (e.g. --attention sla)"
         )
 

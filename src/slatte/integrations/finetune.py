@@ -39,7 +39,6 @@ from ..lora import (
     ADAPTER_NAME,
     DEFAULT_TARGETS,
     LORA_TRAINABLE,
-    SLA_PROJECTION,
     add_lora,
     check_lora_options,
     has_lora,
@@ -166,7 +165,7 @@ class FinetuneConfig:
             lora_rank=self.lora_rank,
             lora_alpha=self.lora_alpha,
             lora_targets=self.lora_targets,
-            trainable=self.trained if self.lora_rank is not None else None,
+            trainable=self.trained,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -284,11 +283,7 @@ class DiffusersFinetuneTask:
         enable_sla(student, cfg.sla, backend=cfg.sla_backend)
         if cfg.gradient_checkpointing:
             student.enable_gradient_checkpointing()
-        if cfg.trained == "sla":
-            student.requires_grad_(False)
-            for name, param in student.named_parameters():
-                param.requires_grad_(SLA_PROJECTION in name)
-        elif cfg.lora_rank is not None:
+        if cfg.lora_rank is not None:
             add_lora(
                 student,
                 rank=cfg.lora_rank,
@@ -296,6 +291,7 @@ class DiffusersFinetuneTask:
                 targets=cfg.lora_targets,
                 family="diffusers",
             )
+        if cfg.trained != "all":
             set_trainable(student, cfg.trained)
         self.model = student
         texts = {"text_length": cfg.text_length, "text_dim": text_dim, "seed": cfg.seed}

@@ -10,7 +10,7 @@ from ..lora import DEFAULT_TARGETS, check_lora_options, resolve_trainable
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 PARALLEL_MODES = ("ddp", "fsdp")
-TRAINABLE = ("all", "lora", "lora+sla")
+TRAINABLE = ("all", "sla", "lora", "lora+sla")
 # Model fields the training data decides; a model override may not set them.
 DATA_DERIVED = {
     "input_size": "size (--size)",
@@ -111,8 +111,8 @@ class TrainConfig:
     trainable: str | None = field(
         default=None,
         metadata=flag(
-            "what is trained: all, or with --lora-rank the adapters (lora) or the adapters and "
-            "the SLA projections (lora+sla)",
+            "what is trained: all, the SLA projections (sla), or with --lora-rank the adapters "
+            "(lora) or the adapters and the SLA projections (lora+sla)",
             choices=TRAINABLE,
             shown_default="lora with --lora-rank, else all",
         ),

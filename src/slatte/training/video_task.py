@@ -99,6 +99,7 @@ class VideoDiTTask:
         ).to(device)
         if cfg.lora_rank is not None:
             add_lora(self.model, rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=cfg.lora_targets)
+        if cfg.trained != "all":
             set_trainable(self.model, cfg.trained)
         self.model.enable_gradient_checkpointing(cfg.grad_checkpointing)
         check_heads(self.model.config.num_heads, cfg.sequence_parallel)  # fail before step 1
