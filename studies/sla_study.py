@@ -89,6 +89,35 @@ def attention_error(model: VideoDiT, real: torch.Tensor, device: str) -> float:
     return sum(errors) / len(errors)
 
 
+def train_command(
+    model: str, run_dir: Path, steps: int, every: int, device: str, flags: list[str]
+) -> list[str]:
+    """`slatte train` fine-tuning `model` into `run_dir`, keeping a checkpoint every `every`."""
+    return [sys.executable, "-m", "slatte.cli", "train", "--init-from", model,
+            "--out", str(run_dir), "--steps", str(steps), "--ckpt-every", str(every),
+            "--keep-checkpoints", "0", "--device", device, *flags]  # fmt: skip
+
+
+def fine_tune_all(commands: dict[str, list[str]], out: Path, jobs: int) -> None:
+    """Run each named command, `jobs` at a time, its stdout in OUT/NAME.out and its stderr in
+    OUT/NAME.log; stops at the first that fails."""
+    pending = list(commands.items())
+    running: list[tuple[str, subprocess.Popen, list[IO[str]]]] = []
+    while pending or running:
+        while pending and len(running) < jobs:
+            name, cmd = pending.pop(0)
+            log(f"fine-tuning {name}: {shlex.join(cmd)}")
+            stem = out / name.replace("@", "_")
+            files = [open(f"{stem}.out", "w"), open(f"{stem}.log", "w")]  # noqa: SIM115
+            running.append((name, subprocess.Popen(cmd, stdout=files[0], stderr=files[1]), files))
+        name, proc, files = running.pop(0)
+        code = proc.wait()
+        for f in files:
+            f.close()
+        if code != 0:
+            raise SystemExit(f"fine-tuning {name} failed; see its log in {out}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", help="the dense full-attention model directory")
@@ -113,25 +142,11 @@ def main() -> None:
     chosen = {k: v for k, v in variants(sparsities).items() if k in wanted or "@" in k}
     every = max(args.steps // args.checkpoints, 1)
     commands = {
-        name: [sys.executable, "-m", "slatte.cli", "train", "--init-from", args.model,
-               "--out", str(out / name.replace("@", "_")), "--steps", str(args.steps),
-               "--ckpt-every", str(every), "--keep-checkpoints", "0",
-               "--device", device, *flags, *shlex.split(args.train_args)]
+        name: train_command(args.model, out / name.replace("@", "_"), args.steps, every, device,
+                            [*flags, *shlex.split(args.train_args)])
         for name, flags in chosen.items()
     }  # fmt: skip
-    pending = list(commands.items())
-    running: list[tuple[str, subprocess.Popen, IO[str]]] = []
-    while pending or running:
-        while pending and len(running) < args.jobs:
-            name, cmd = pending.pop(0)
-            log(f"fine-tuning {name}: {shlex.join(cmd)}")
-            logfile = open(out / f"{name.replace('@', '_')}.log", "w")  # noqa: SIM115
-            running.append((name, subprocess.Popen(cmd, stdout=logfile, stderr=logfile), logfile))
-        name, proc, logfile = running.pop(0)
-        code = proc.wait()
-        logfile.close()
-        if code != 0:
-            raise SystemExit(f"sla_study: fine-tuning {name} failed; see its log in {out}")
+    fine_tune_all(commands, out, args.jobs)
 
     dense = load_model(args.model, device=device)
     real = real_set(dense, args.num_videos)

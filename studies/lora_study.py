@@ -1,0 +1,158 @@
+"""Cheap SLA fine-tuning (issue 26): from the dense full-attention digits model, switch to SLA at
+95% sparsity and fine-tune for the same steps and seed with full fine-tuning, LoRA adapters of
+each rank in `--ranks` plus the SLA projections, or the SLA projections alone; score every
+checkpoint as `sla_study.py` does and record what each costs.
+
+    python studies/lora_study.py DENSE_MODEL_DIR --out runs/lora_study --steps 2000 \
+        --ranks 4,16 --train-args "--precision bf16 --batch-size 64 --lr 1e-4 --workers 8"
+
+Writes `OUT/results.jsonl`: one line per checkpoint with the metrics of `common.score`,
+`attention_error` and the run's costs (trainable parameters, peak GPU memory in GiB — "n/a
+(cpu)" off CUDA —, seconds per step from `metrics.jsonl`), and `OUT/lora_study.png`: video
+accuracy over the steps of each variant beside their peak memory. LoRA checkpoints are scored
+with their adapter merged (`checkpoints/step_N/adapter`). The dense model is step 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+from pathlib import Path
+from typing import Any
+
+from sla_study import attention_error, fine_tune_all, train_command
+
+from common import (
+    add_metric_arguments,
+    checkpoints_of,
+    device_from_args,
+    log,
+    metrics_from_args,
+    real_set,
+    sample_videos,
+    score,
+)
+from slatte.lora import load_adapter, merge_lora
+from slatte.models import VideoDiT, load_model
+from slatte.training.video_task import ADAPTER_DIR
+
+SLA_95 = ["--attention", "sla", "--sla-critical", "0.05"]  # sla_study's sla@0.95
+
+
+def variants(ranks: list[int]) -> dict[str, list[str]]:
+    out = {"full": SLA_95, "sla_only": [*SLA_95, "--trainable", "sla"]}
+    for rank in ranks:
+        out[f"lora{rank}+sla"] = [*SLA_95, "--lora-rank", str(rank), "--trainable", "lora+sla"]
+    return out
+
+
+def costs(run_dir: Path, result_file: Path) -> dict[str, Any]:
+    """What a run cost: trainable parameters and peak memory (the `slatte train` result it
+    printed) and the median seconds per step over its logged windows."""
+    result = json.loads(result_file.read_text())
+    batch = json.loads((run_dir / "train_config.json").read_text())["batch_size"]
+    rates = [json.loads(line)["clips_per_s"] for line in (run_dir / "metrics.jsonl").open()]
+    return {
+        "trainable_parameters": result["trainable_parameters"],
+        "total_parameters": result["total_parameters"],
+        "peak_memory_gib": result["peak_memory_gib"],
+        "step_time_s": batch / statistics.median(rates),
+    }
+
+
+def load_checkpoint(model_dir: Path, device: str) -> VideoDiT:
+    """A checkpoint's model, its LoRA adapter (if the run had one) merged into it."""
+    model = load_model(model_dir)
+    adapter = model_dir.parent / ADAPTER_DIR
+    if adapter.is_dir():
+        model = merge_lora(load_adapter(model, adapter))
+    return model.to(device)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (curves, memory) = plt.subplots(1, 2, figsize=(10, 4))
+    dense = next(r for r in rows if r["variant"] == "dense")
+    names = [v for v in dict.fromkeys(r["variant"] for r in rows) if v != "dense"]
+    for name in names:
+        runs = [dense] + [r for r in rows if r["variant"] == name]
+        curves.plot(
+            [r["step"] for r in runs], [r["video_accuracy"] for r in runs], "o-", label=name
+        )
+    curves.set(xlabel="fine-tuning step", ylabel="video accuracy", title="SLA 95%: recovery")
+    curves.legend()
+    last = {r["variant"]: r for r in rows if r["variant"] != "dense"}
+    gib = [last[n]["peak_memory_gib"] for n in names]
+    if all(isinstance(g, float) for g in gib):
+        memory.bar(names, gib)
+        memory.set(ylabel="peak GPU memory (GiB)", title="cost at the same batch")
+    else:
+        memory.text(0.5, 0.5, "peak memory n/a (not on CUDA)", ha="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model", help="the dense full-attention model directory")
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=2000, help="fine-tuning steps per variant")
+    p.add_argument("--checkpoints", type=int, default=4, help="checkpoints per run (scored)")
+    p.add_argument("--ranks", default="4,16", help="LoRA ranks, one run each")
+    p.add_argument("--train-args", default="", help="passed on to every `slatte train`")
+    p.add_argument("--jobs", type=int, default=1, help="fine-tuning runs at a time")
+    p.add_argument("--num-videos", type=int, default=100)
+    p.add_argument("--sampling-steps", type=int, default=50)
+    p.add_argument("--device", default=None)
+    add_metric_arguments(p)
+    args = p.parse_args()
+    device = device_from_args(args.device)
+    metrics = metrics_from_args(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = variants([int(r) for r in args.ranks.split(",") if r])
+    every = max(args.steps // args.checkpoints, 1)
+    commands = {
+        name: train_command(
+            args.model, out / name, args.steps, every, device,
+            [*flags, *shlex.split(args.train_args)],
+        )
+        for name, flags in chosen.items()
+    }  # fmt: skip
+    fine_tune_all(commands, out, args.jobs)
+
+    dense = load_model(args.model, device=device)
+    real = real_set(dense, args.num_videos)
+    rows: list[dict[str, Any]] = []
+
+    def record(variant: str, step: int, model: VideoDiT, cost: dict[str, Any]) -> None:
+        videos, labels = sample_videos(model, num_videos=args.num_videos, steps=args.sampling_steps)
+        row = {
+            "variant": variant,
+            "step": step,
+            **score(videos, labels, real, device=device, metrics=metrics),
+            "attention_error": attention_error(model, real, device),
+            **cost,
+        }
+        rows.append(row)
+        with (out / "results.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        log(json.dumps(row))
+
+    record("dense", 0, dense, {})
+    for name in chosen:
+        cost = costs(out / name, out / f"{name}.out")
+        for model_dir in checkpoints_of(out / name):
+            step = int(model_dir.parent.name.split("_")[1])
+            record(name, step, load_checkpoint(model_dir, device), cost)
+    plot(rows, out / "lora_study.png")
+
+
+if __name__ == "__main__":
+    main()
