@@ -320,6 +320,8 @@ def _run_sample(args: argparse.Namespace) -> int:
     )
     settings = sampling_settings(args, sampling_defaults(model_dir))
     cfg_scale, stg_terms, rescale = guidance_from_options(settings)  # flag mistakes first
+    if args.lora is None and args.lora_scale != 1.0:
+        raise ValueError(f"--lora-scale {args.lora_scale} needs --lora DIR (an adapter folder)")
     stored = load_config(model_dir)
     backend, sla = attention_from_args(args, stored.attention_backend, stored.sla)
     check_writable(args.out, folder=True)
@@ -336,8 +338,6 @@ def _run_sample(args: argparse.Namespace) -> int:
         from .lora import load_adapter
 
         load_adapter(model, args.lora, scale=args.lora_scale).to(device, _torch_dtype(args.dtype))
-    elif args.lora_scale != 1.0:
-        raise ValueError(f"--lora-scale {args.lora_scale} needs --lora DIR (an adapter folder)")
     opts = SampleOptions(
         num_samples=args.num_samples,
         labels=tuple(args.classes) if args.classes else None,
