@@ -17,23 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
 from pathlib import Path
 from typing import Any
 
-from sla_study import attention_error, fine_tune_all, train_command
+from sla_study import add_study_arguments, run_study
 
-from common import (
-    add_metric_arguments,
-    checkpoints_of,
-    device_from_args,
-    log,
-    metrics_from_args,
-    real_set,
-    sample_videos,
-    score,
-)
 from slatte.lora import load_adapter, merge_lora
 from slatte.models import VideoDiT, load_model
 from slatte.training.video_task import ADAPTER_DIR
@@ -100,58 +89,16 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("model", help="the dense full-attention model directory")
-    p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=2000, help="fine-tuning steps per variant")
-    p.add_argument("--checkpoints", type=int, default=4, help="checkpoints per run (scored)")
+    add_study_arguments(p)
     p.add_argument("--ranks", default="4,16", help="LoRA ranks, one run each")
-    p.add_argument("--train-args", default="", help="passed on to every `slatte train`")
-    p.add_argument("--jobs", type=int, default=1, help="fine-tuning runs at a time")
-    p.add_argument("--num-videos", type=int, default=100)
-    p.add_argument("--sampling-steps", type=int, default=50)
-    p.add_argument("--device", default=None)
-    add_metric_arguments(p)
     args = p.parse_args()
-    device = device_from_args(args.device)
-    metrics = metrics_from_args(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    chosen = variants([int(r) for r in args.ranks.split(",") if r])
-    every = max(args.steps // args.checkpoints, 1)
-    commands = {
-        name: train_command(
-            args.model, out / name, args.steps, every, device,
-            [*flags, *shlex.split(args.train_args)],
-        )
-        for name, flags in chosen.items()
-    }  # fmt: skip
-    fine_tune_all(commands, out, args.jobs)
-
-    dense = load_model(args.model, device=device)
-    real = real_set(dense, args.num_videos)
-    rows: list[dict[str, Any]] = []
-
-    def record(variant: str, step: int, model: VideoDiT, cost: dict[str, Any]) -> None:
-        videos, labels = sample_videos(model, num_videos=args.num_videos, steps=args.sampling_steps)
-        row = {
-            "variant": variant,
-            "step": step,
-            **score(videos, labels, real, device=device, metrics=metrics),
-            "attention_error": attention_error(model, real, device),
-            **cost,
-        }
-        rows.append(row)
-        with (out / "results.jsonl").open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        log(json.dumps(row))
-
-    record("dense", 0, dense, {})
-    for name in chosen:
-        cost = costs(out / name, out / f"{name}.out")
-        for model_dir in checkpoints_of(out / name):
-            step = int(model_dir.parent.name.split("_")[1])
-            record(name, step, load_checkpoint(model_dir, device), cost)
-    plot(rows, out / "lora_study.png")
+    rows = run_study(
+        args,
+        variants([int(r) for r in args.ranks.split(",") if r]),
+        load=load_checkpoint,
+        run_figures=lambda name, run_dir: costs(run_dir, Path(args.out) / f"{name}.out"),
+    )
+    plot(rows, Path(args.out) / "lora_study.png")
 
 
 if __name__ == "__main__":
