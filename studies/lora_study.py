@@ -23,9 +23,8 @@ from typing import Any
 
 from sla_study import add_study_arguments, run_study
 
-from slatte.lora import load_adapter, merge_lora
+from slatte.lora import ADAPTER_DIR, load_adapter, merge_lora
 from slatte.models import VideoDiT, load_model
-from slatte.training.video_task import ADAPTER_DIR
 
 SLA_95 = ["--attention", "sla", "--sla-critical", "0.05"]  # sla_study's sla@0.95
 

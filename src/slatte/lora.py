@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # `slatte train --help` reads the defaults here without impor
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_NAME = "default"
+ADAPTER_DIR = "adapter"  # a LoRA run's adapter folder, beside its model directory
 # Module-name suffixes (peft matches a target as the name or its dotted tail) per target group.
 TARGET_GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
     "video_dit": {
@@ -265,6 +266,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 __all__ = [
     "ADAPTER_CONFIG",
+    "ADAPTER_DIR",
     "ADAPTER_WEIGHTS",
     "DEFAULT_TARGETS",
     "LORA_TRAINABLE",

@@ -16,7 +16,8 @@ Weights stay fp32 (AdamW master weights); on CUDA the forward runs under bf16 au
 default. The run folder (`run_dir`, default `OUTPUT_DIR/training`) holds the checkpoints,
 `metrics.jsonl` and the loss curve; the EMA of the weights is what gets saved, in diffusers
 format with the SLA options (`save_pretrained_sla`), so `from_pretrained_sla(output_dir)` loads
-the result.
+the result. With `lora_rank`, peft LoRA adapters are trained on the frozen transformer (with its
+SLA projections under `trainable="lora+sla"`) and saved in `output_dir/adapter`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from torch.utils.data import Dataset
 from ..diffusion.gaussian import ModelFn
 from ..diffusion.objectives import make_objective
 from ..lora import (
+    ADAPTER_DIR,
     ADAPTER_NAME,
     DEFAULT_TARGETS,
     LORA_TRAINABLE,
@@ -52,7 +54,6 @@ from ..training.config import PARALLEL_MODES, TrainConfig
 from ..training.ema import make_ema
 from ..training.fsdp import shard_model
 from ..training.trainer import Trainer
-from ..training.video_task import ADAPTER_DIR
 from .diffusers_common import SUPPORTED, model_spec
 from .diffusers_sla import disable_sla, enable_sla, from_pretrained_sla, save_pretrained_sla
 

@@ -14,14 +14,12 @@ from torch.utils.data import Dataset
 from ..data import CachedLatents, MovingDigits, VideoFolder
 from ..diffusion.gaussian import ModelFn
 from ..diffusion.objectives import make_objective
-from ..lora import add_lora, save_adapter, set_trainable, split_state_dict
+from ..lora import ADAPTER_DIR, add_lora, save_adapter, set_trainable, split_state_dict
 from ..memory import check_fits, training_bytes
 from ..models import VideoDiT, load_model, model_config, save_model
 from ..ops.sequence_parallel import check_heads
 from .config import TrainConfig
 from .fsdp import shard_model
-
-ADAPTER_DIR = "adapter"  # beside a checkpoint's model directory, for LoRA runs
 
 
 def build_dataset(cfg: TrainConfig) -> tuple[Dataset, int]:
@@ -182,4 +180,4 @@ class VideoDiTTask:
         return generate_and_save(ema, opts, out_dir, codec=self.codec)
 
 
-__all__ = ["ADAPTER_DIR", "VideoDiTTask", "build_codec", "build_dataset", "build_model"]
+__all__ = ["VideoDiTTask", "build_codec", "build_dataset", "build_model"]
