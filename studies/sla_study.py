@@ -21,8 +21,9 @@ import json
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import torch
 
@@ -89,71 +90,108 @@ def attention_error(model: VideoDiT, real: torch.Tensor, device: str) -> float:
     return sum(errors) / len(errors)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def train_command(
+    model: str, run_dir: Path, steps: int, every: int, device: str, flags: list[str]
+) -> list[str]:
+    """`slatte train` fine-tuning `model` into `run_dir`, keeping a checkpoint every `every`."""
+    return [sys.executable, "-m", "slatte.cli", "train", "--init-from", model,
+            "--out", str(run_dir), "--steps", str(steps), "--ckpt-every", str(every),
+            "--keep-checkpoints", "0", "--device", device, *flags]  # fmt: skip
+
+
+def fine_tune_all(commands: dict[str, list[str]], out: Path, jobs: int) -> None:
+    """Run each named command, `jobs` at a time, its stdout in OUT/NAME.out and its stderr in
+    OUT/NAME.log; stops at the first that fails."""
+    pending = list(commands.items())
+    running: list[tuple[str, subprocess.Popen, list[IO[str]]]] = []
+    while pending or running:
+        while pending and len(running) < jobs:
+            name, cmd = pending.pop(0)
+            log(f"fine-tuning {name}: {shlex.join(cmd)}")
+            stem = out / name.replace("@", "_")
+            files = [open(f"{stem}.out", "w"), open(f"{stem}.log", "w")]  # noqa: SIM115
+            running.append((name, subprocess.Popen(cmd, stdout=files[0], stderr=files[1]), files))
+        name, proc, files = running.pop(0)
+        code = proc.wait()
+        for f in files:
+            f.close()
+        if code != 0:
+            raise SystemExit(f"fine-tuning {name} failed; see its log in {out}")
+
+
+def add_study_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of a study that fine-tunes variants of one dense model and scores them."""
     p.add_argument("model", help="the dense full-attention model directory")
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=2000, help="fine-tuning steps per variant")
     p.add_argument("--checkpoints", type=int, default=4, help="checkpoints per run (scored)")
-    p.add_argument("--variants", default="dense,sla,sparse,linear,no_proj")
-    p.add_argument("--sparsities", default="0.8,0.9,0.95,0.97", help="sla@S runs ('' = none)")
     p.add_argument("--train-args", default="", help="passed on to every `slatte train`")
     p.add_argument("--jobs", type=int, default=1, help="fine-tuning runs at a time")
     p.add_argument("--num-videos", type=int, default=100)
     p.add_argument("--sampling-steps", type=int, default=50)
     p.add_argument("--device", default=None)
     add_metric_arguments(p)
-    args = p.parse_args()
+
+
+def run_study(
+    args: argparse.Namespace,
+    chosen: dict[str, list[str]],
+    *,
+    load: Callable[[Path, str], VideoDiT] = lambda path, device: load_model(path, device=device),
+    run_figures: Callable[[str, Path], dict[str, Any]] = lambda name, run_dir: {},
+) -> list[dict[str, Any]]:
+    """Fine-tune `args.model` once per variant (`slatte train` flags), then score the dense
+    model (step 0) and every checkpoint (loaded by `load`), each row with `run_figures` of its
+    run; rows go to OUT/results.jsonl as they come and are returned."""
     device = device_from_args(args.device)
     metrics = metrics_from_args(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    sparsities = [float(s) for s in args.sparsities.split(",") if s]
-    wanted = set(args.variants.split(","))
-    chosen = {k: v for k, v in variants(sparsities).items() if k in wanted or "@" in k}
     every = max(args.steps // args.checkpoints, 1)
+    run_dirs = {name: out / name.replace("@", "_") for name in chosen}
     commands = {
-        name: [sys.executable, "-m", "slatte.cli", "train", "--init-from", args.model,
-               "--out", str(out / name.replace("@", "_")), "--steps", str(args.steps),
-               "--ckpt-every", str(every), "--keep-checkpoints", "0",
-               "--device", device, *flags, *shlex.split(args.train_args)]
+        name: train_command(args.model, run_dirs[name], args.steps, every, device,
+                            [*flags, *shlex.split(args.train_args)])
         for name, flags in chosen.items()
     }  # fmt: skip
-    pending = list(commands.items())
-    running: list[tuple[str, subprocess.Popen, IO[str]]] = []
-    while pending or running:
-        while pending and len(running) < args.jobs:
-            name, cmd = pending.pop(0)
-            log(f"fine-tuning {name}: {shlex.join(cmd)}")
-            logfile = open(out / f"{name.replace('@', '_')}.log", "w")  # noqa: SIM115
-            running.append((name, subprocess.Popen(cmd, stdout=logfile, stderr=logfile), logfile))
-        name, proc, logfile = running.pop(0)
-        code = proc.wait()
-        logfile.close()
-        if code != 0:
-            raise SystemExit(f"sla_study: fine-tuning {name} failed; see its log in {out}")
+    fine_tune_all(commands, out, args.jobs)
 
     dense = load_model(args.model, device=device)
     real = real_set(dense, args.num_videos)
-    results = out / "results.jsonl"
+    rows: list[dict[str, Any]] = []
 
-    def record(variant: str, step: int, model: VideoDiT) -> None:
+    def record(variant: str, step: int, model: VideoDiT, figures: dict[str, Any]) -> None:
         videos, labels = sample_videos(model, num_videos=args.num_videos, steps=args.sampling_steps)
         row = {
             "variant": variant,
             "step": step,
             **score(videos, labels, real, device=device, metrics=metrics),
+            "attention_error": attention_error(model, real, device),
+            **figures,
         }
-        row["attention_error"] = attention_error(model, real, device)
-        with results.open("a") as f:
+        rows.append(row)
+        with (out / "results.jsonl").open("a") as f:
             f.write(json.dumps(row) + "\n")
         log(json.dumps(row))
 
-    record("dense", 0, dense)
-    for name in chosen:
-        for model_dir in checkpoints_of(out / name.replace("@", "_")):
+    record("dense", 0, dense, {})
+    for name, run_dir in run_dirs.items():
+        figures = run_figures(name, run_dir)
+        for model_dir in checkpoints_of(run_dir):
             step = int(model_dir.parent.name.split("_")[1])
-            record(name, step, load_model(model_dir, device=device))
+            record(name, step, load(model_dir, device), figures)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_study_arguments(p)
+    p.add_argument("--variants", default="dense,sla,sparse,linear,no_proj")
+    p.add_argument("--sparsities", default="0.8,0.9,0.95,0.97", help="sla@S runs ('' = none)")
+    args = p.parse_args()
+    sparsities = [float(s) for s in args.sparsities.split(",") if s]
+    wanted = set(args.variants.split(","))
+    run_study(args, {k: v for k, v in variants(sparsities).items() if k in wanted or "@" in k})
 
 
 if __name__ == "__main__":

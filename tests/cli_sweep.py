@@ -81,6 +81,15 @@ CASES = [
     _case("train --sla-critical 0.2 --out {root}/new"),
     _case("train --attention sla --sla-critical 2.5 --out {root}/new"),
     _case("train --sla-block-q 48 --out {root}/new"),
+    # --- train / sample / convert: LoRA
+    _case("train --lora-rank 0 --out {root}/new"),
+    _case("train --trainable lora+sla --out {root}/new"),
+    _case("train --lora-rank 2 --trainable lora+sla --out {root}/new " + " ".join(TINY)),
+    _case("sample --lora {root}/nonexistent --steps 1 --out {root}/s"),
+    _case("sample --lora {root}/empty --steps 1 --out {root}/s"),
+    _case("sample --lora-scale 0.5 --steps 1 --out {root}/s"),
+    _case("convert merge-lora {root}/nonexistent {root}/empty {root}/merged"),
+    _case("convert merge-lora {root}/run/checkpoints/step_0000002/model {root}/merged"),
     # --- train: data
     _case("train --data {root}/nonexistent --out {root}/new"),
     _case("train --data {root}/corrupt --size 8 --frames 2 --out {root}/new"),
@@ -130,6 +139,7 @@ CASES = [
     _case("convert latte-diffusers {root}/garbage_diffusers {root}/converted"),
     _case("convert latte-diffusers {root}/two_videos {root}/converted --num-heads 2"),
     _case("finetune {root}/nonexistent {root}/tuned"),
+    _case("finetune {root}/nonexistent {root}/tuned --latent-shape 4,3,8,8 --lora-rank 0"),
 ]
 
 

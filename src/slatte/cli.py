@@ -262,6 +262,16 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="under torchrun: split each video's frames over all processes (Ulysses)",
     )
+    p.add_argument(
+        "--lora",
+        default=None,
+        metavar="DIR",
+        help="a peft LoRA adapter folder (adapter_config.json + adapter_model.safetensors) to "
+        "apply to the model, e.g. a LoRA run's checkpoints/step_N/adapter",
+    )
+    p.add_argument(
+        "--lora-scale", type=float, default=1.0, help="multiplies the adapter's update (0: off)"
+    )
     add_guidance_arguments(p, from_model=True)  # unset ones filled by sampling_settings
     _add_attention_arguments(p)
     p.set_defaults(func=_run_sample)
@@ -310,6 +320,8 @@ def _run_sample(args: argparse.Namespace) -> int:
     )
     settings = sampling_settings(args, sampling_defaults(model_dir))
     cfg_scale, stg_terms, rescale = guidance_from_options(settings)  # flag mistakes first
+    if args.lora is None and args.lora_scale != 1.0:
+        raise ValueError(f"--lora-scale {args.lora_scale} needs --lora DIR (an adapter folder)")
     stored = load_config(model_dir)
     backend, sla = attention_from_args(args, stored.attention_backend, stored.sla)
     check_writable(args.out, folder=True)
@@ -322,6 +334,10 @@ def _run_sample(args: argparse.Namespace) -> int:
         attention_backend=backend,
         sla=sla,
     )
+    if args.lora is not None:
+        from .lora import load_adapter
+
+        load_adapter(model, args.lora, scale=args.lora_scale).to(device, _torch_dtype(args.dtype))
     opts = SampleOptions(
         num_samples=args.num_samples,
         labels=tuple(args.classes) if args.classes else None,

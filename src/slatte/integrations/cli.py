@@ -13,13 +13,13 @@ from pathlib import Path
 
 from ..flags import add_sla_arguments, sla_from_args
 
-CONVERT_SOURCES = ("latte-official", "latte-diffusers")
+CONVERT_SOURCES = ("latte-official", "latte-diffusers", "merge-lora")
 
 
 # --------------------------------------------------------------------------- convert
 def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """`slatte convert latte-official CKPT OUT [--num-heads N] [--no-temporal-attentions]` and
-    `slatte convert latte-diffusers DIR OUT`."""
+    """`slatte convert latte-official CKPT OUT [--num-heads N] [--no-temporal-attentions]`,
+    `slatte convert latte-diffusers DIR OUT` and `slatte convert merge-lora MODEL ADAPTER OUT`."""
     p = subparsers.add_parser(
         "convert",
         description=(
@@ -29,7 +29,9 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
             "diffusion_pytorch_model.safetensors/.bin or one .pt; or a pipeline directory with "
             "it in transformer/); latte-diffusers: a local diffusers LatteTransformer3DModel "
             "directory, or a pipeline directory with it in transformer/ (text-to-video). Either "
-            "becomes a slatte VideoDiT directory (config.json + model.safetensors)."
+            "becomes a slatte VideoDiT directory (config.json + model.safetensors). merge-lora "
+            "MODEL_DIR ADAPTER_DIR OUT: a slatte model directory with a peft LoRA adapter folded "
+            "into its weights, written to OUT (MODEL_DIR is left as it is)."
         ),
     )
     p.add_argument("source", choices=CONVERT_SOURCES, help="what the checkpoint is")
@@ -39,7 +41,14 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         help="the .pt file or Latte-T2V directory (latte-official), or the model directory "
         "(latte-diffusers)",
     )
-    p.add_argument("output", type=Path, help="the slatte model directory to write")
+    p.add_argument(
+        "output",
+        type=Path,
+        help="the slatte model directory to write (merge-lora: the adapter folder)",
+    )
+    p.add_argument(
+        "merged", type=Path, nargs="?", default=None, help="merge-lora only: the directory to write"
+    )
     p.add_argument(
         "--num-heads",
         type=int,
@@ -67,6 +76,13 @@ def run_convert(args: argparse.Namespace) -> int:
         load_diffusers_latte,
     )
 
+    if (args.source == "merge-lora") != (args.merged is not None):
+        raise ValueError(
+            "merge-lora takes MODEL_DIR ADAPTER_DIR OUT; the other sources take CHECKPOINT OUT, "
+            f"got {args.source} with {3 if args.merged is not None else 2} paths"
+        )
+    if args.source == "merge-lora":
+        return _merge_lora(args.checkpoint, args.output, args.merged)
     if args.source == "latte-official":
         model = _read(
             lambda path: convert_official_checkpoint(
@@ -93,6 +109,18 @@ def run_convert(args: argparse.Namespace) -> int:
             }
         )
     )
+    return 0
+
+
+def _merge_lora(model_dir: Path, adapter_dir: Path, out: Path) -> int:
+    from ..lora import load_adapter, merge_lora
+    from ..models import load_model, save_model
+
+    if out.resolve() == model_dir.resolve():
+        raise ValueError(f"merge-lora writes a new model directory; OUT is MODEL_DIR ({out})")
+    model = merge_lora(load_adapter(load_model(model_dir), adapter_dir))
+    save_model(model, out)
+    print(json.dumps({"output": str(out), "model": str(model_dir), "adapter": str(adapter_dir)}))
     return 0
 
 
@@ -152,7 +180,27 @@ def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="0 disables EMA")
-    p.add_argument("--trainable", choices=TRAINABLE, default=d.trainable)
+    p.add_argument(
+        "--trainable",
+        choices=TRAINABLE,
+        default=None,
+        help="all, sla (the SLA projections), or with --lora-rank lora (the adapters) or "
+        "lora+sla (default: lora with --lora-rank, else all)",
+    )
+    p.add_argument(
+        "--lora-rank",
+        type=int,
+        default=None,
+        help="train peft LoRA adapters of this rank on the frozen transformer; saved in "
+        "OUTPUT_DIR/adapter (peft folder + diffusers' pytorch_lora_weights.safetensors)",
+    )
+    p.add_argument("--lora-alpha", type=float, default=None, help="default: the rank")
+    p.add_argument(
+        "--lora-targets",
+        default=d.lora_targets,
+        help="comma list of attn (to_q, to_k, to_v, to_out.0), mlp (ffn), adaln (time "
+        f"embedding) (default: {d.lora_targets})",
+    )
     p.add_argument("--shift", type=float, default=d.shift, help="noise-level shift (Wan: 3-5)")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -200,6 +248,9 @@ def run_finetune(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay,
         ema_decay=args.ema_decay,
         trainable=args.trainable,
+        lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha,
+        lora_targets=args.lora_targets,
         sla=sla_from_args(args, SLAConfig()),
         sla_backend=args.sla_backend,
         latent_shape=args.latent_shape,

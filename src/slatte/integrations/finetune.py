@@ -16,7 +16,8 @@ Weights stay fp32 (AdamW master weights); on CUDA the forward runs under bf16 au
 default. The run folder (`run_dir`, default `OUTPUT_DIR/training`) holds the checkpoints,
 `metrics.jsonl` and the loss curve; the EMA of the weights is what gets saved, in diffusers
 format with the SLA options (`save_pretrained_sla`), so `from_pretrained_sla(output_dir)` loads
-the result.
+the result. With `lora_rank`, peft LoRA adapters are trained on the frozen transformer (with its
+SLA projections under `trainable="lora+sla"`) and saved in `output_dir/adapter`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,19 @@ from torch.utils.data import Dataset
 
 from ..diffusion.gaussian import ModelFn
 from ..diffusion.objectives import make_objective
+from ..lora import (
+    ADAPTER_DIR,
+    ADAPTER_NAME,
+    DEFAULT_TARGETS,
+    LORA_TRAINABLE,
+    add_lora,
+    check_lora_options,
+    has_lora,
+    resolve_trainable,
+    save_adapter,
+    set_trainable,
+    split_state_dict,
+)
 from ..ops.sla import SLAConfig
 from ..training.config import PARALLEL_MODES, TrainConfig
 from ..training.ema import make_ema
@@ -44,7 +58,7 @@ from .diffusers_common import SUPPORTED, model_spec
 from .diffusers_sla import disable_sla, enable_sla, from_pretrained_sla, save_pretrained_sla
 
 MODES = ("distill", "flow")  # the objectives (by name) that train a flow-matching velocity
-TRAINABLE = ("all", "sla")
+TRAINABLE = ("all", "sla", *LORA_TRAINABLE)
 FINETUNE_CLASSES = tuple(name for name, spec in SUPPORTED.items() if spec.flow_finetune)
 PRECISIONS = ("fp32", "bf16")
 RANDOM_CLIPS = 1 << 16  # random latents without data: this many distinct clips, then repeated
@@ -63,7 +77,10 @@ class FinetuneConfig:
     lr: float = 1e-5
     weight_decay: float = 0.0
     ema_decay: float = 0.999
-    trainable: str = "all"
+    trainable: str | None = None  # default: "lora" with lora_rank, else "all"
+    lora_rank: int | None = None
+    lora_alpha: float | None = None  # default: the rank
+    lora_targets: str = DEFAULT_TARGETS
     sla: SLAConfig = field(default_factory=SLAConfig)
     sla_backend: str = "sla"
     latent_shape: tuple[int, ...] | None = None
@@ -85,8 +102,8 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.trainable not in TRAINABLE:
-            raise ValueError(f"trainable must be one of {TRAINABLE}, got {self.trainable!r}")
+        check_lora_options(self.lora_rank, self.lora_alpha, self.lora_targets)
+        resolve_trainable(self.trainable, self.lora_rank, TRAINABLE)
         for name in ("steps", "batch_size", "text_length", "log_every", "ckpt_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -117,6 +134,11 @@ class FinetuneConfig:
         if not isinstance(self.sla, SLAConfig):
             raise ValueError(f"sla must be an SLAConfig, got {type(self.sla).__name__}")
 
+    @property
+    def trained(self) -> str:
+        """What is trained: `trainable`, or its default ("lora" with lora_rank, else "all")."""
+        return resolve_trainable(self.trainable, self.lora_rank, TRAINABLE)
+
     def train_config(self) -> TrainConfig:
         """The trainer's configuration of this fine-tuning run (the model and data fields of
         `TrainConfig` only record what is trained: the task reads them from here)."""
@@ -141,6 +163,10 @@ class FinetuneConfig:
             ckpt_every=self.ckpt_every,
             keep_checkpoints=self.keep_checkpoints,
             device=device,
+            lora_rank=self.lora_rank,
+            lora_alpha=self.lora_alpha,
+            lora_targets=self.lora_targets,
+            trainable=self.trained,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -258,10 +284,16 @@ class DiffusersFinetuneTask:
         enable_sla(student, cfg.sla, backend=cfg.sla_backend)
         if cfg.gradient_checkpointing:
             student.enable_gradient_checkpointing()
-        if cfg.trainable == "sla":
-            student.requires_grad_(False)
-            for name, param in student.named_parameters():
-                param.requires_grad_(".sla.proj_l." in name)
+        if cfg.lora_rank is not None:
+            add_lora(
+                student,
+                rank=cfg.lora_rank,
+                alpha=cfg.lora_alpha,
+                targets=cfg.lora_targets,
+                family="diffusers",
+            )
+        if cfg.trained != "all":
+            set_trainable(student, cfg.trained)
         self.model = student
         texts = {"text_length": cfg.text_length, "text_dim": text_dim, "seed": cfg.seed}
         self.dataset = (
@@ -288,20 +320,39 @@ class DiffusersFinetuneTask:
         shard_model(model, precision=precision, sla_units=False)
 
     def whole_model(self, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+        """The plain SLA model (no adapters) holding `state_dict`, whole weights on the CPU;
+        with LoRA, the base part of an adapted model's state dict."""
         whole = enable_sla(
             type(self.model).from_config(self.model.config),
             self.cfg.sla,
             backend=self.cfg.sla_backend,
         )
-        whole.load_state_dict(state_dict)
+        whole.load_state_dict(split_state_dict(state_dict)[0])
         return whole
 
     def save_model(
         self, model: nn.Module, state_dict: dict[str, torch.Tensor], directory: Path
     ) -> None:
-        # `model` itself holds the weights unless FSDP shards it.
+        """The model directory; with LoRA, the base model there and the adapter beside it in
+        `ADAPTER_DIR`: a peft adapter folder, plus the same weights in diffusers' LoRA file
+        (`pytorch_lora_weights.safetensors`, keys under "transformer.") that a pipeline's
+        `load_lora_weights(folder)` reads."""
+        # `model` itself holds the weights unless FSDP shards it or adapters sit in it.
         sharded = any(isinstance(p, DTensor) for p in model.parameters())
-        save_pretrained_sla(self.whole_model(state_dict) if sharded else model, directory)
+        if not (sharded or has_lora(model)):
+            save_pretrained_sla(model, directory)
+            return
+        save_pretrained_sla(self.whole_model(state_dict), directory)
+        if has_lora(model):
+            from diffusers import WanPipeline  # its LoRA writer serves any "transformer" pipeline
+
+            adapter = split_state_dict(state_dict)[1]
+            adapter_dir = save_adapter(model, adapter, directory.parent / ADAPTER_DIR)
+            WanPipeline.save_lora_weights(
+                adapter_dir,
+                transformer_lora_layers=adapter,
+                transformer_lora_adapter_metadata=model.peft_config[ADAPTER_NAME].to_dict(),
+            )
 
 
 def finetune(cfg: FinetuneConfig, *, resume: bool = False) -> dict[str, Any]:
@@ -316,6 +367,9 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False) -> dict[str, Any]:
         return {"losses": [], "output_dir": cfg.output_dir, "run_dir": str(run_dir)}
     # The last checkpoint's model directory is the EMA in diffusers format + slatte_sla.json.
     shutil.copytree(Path(result["checkpoint"]) / "model", cfg.output_dir, dirs_exist_ok=True)
+    if cfg.lora_rank is not None:  # diffusers' loaders ignore the subfolder
+        adapter = Path(cfg.output_dir) / ADAPTER_DIR
+        shutil.copytree(Path(result["checkpoint"]) / ADAPTER_DIR, adapter, dirs_exist_ok=True)
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [entry["loss"] for entry in metrics]
     (Path(cfg.output_dir) / "slatte_finetune.json").write_text(

@@ -6,9 +6,11 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..flags import flag, flag_names
+from ..lora import DEFAULT_TARGETS, check_lora_options, resolve_trainable
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 PARALLEL_MODES = ("ddp", "fsdp")
+TRAINABLE = ("all", "sla", "lora", "lora+sla")
 # Model fields the training data decides; a model override may not set them.
 DATA_DERIVED = {
     "input_size": "size (--size)",
@@ -94,6 +96,27 @@ class TrainConfig:
         ),
     )
     seed: int = field(default=0, metadata=flag("seed of the weights, data order and noise"))
+    # LoRA (peft): adapters on a frozen model, saved as a peft adapter beside the model directory
+    lora_rank: int | None = field(
+        default=None, metadata=flag("train LoRA adapters of this rank on the frozen model")
+    )
+    lora_alpha: float | None = field(
+        default=None,
+        metadata=flag("LoRA alpha (update scaled by alpha / rank)", shown_default="the rank"),
+    )
+    lora_targets: str = field(
+        default=DEFAULT_TARGETS,
+        metadata=flag("comma list of attn (qkv, proj, cross-attention), mlp, adaln"),
+    )
+    trainable: str | None = field(
+        default=None,
+        metadata=flag(
+            "what is trained: all, the SLA projections (sla), or with --lora-rank the adapters "
+            "(lora) or the adapters and the SLA projections (lora+sla)",
+            choices=TRAINABLE,
+            shown_default="lora with --lora-rank, else all",
+        ),
+    )
     parallel: str = field(
         default="ddp",
         metadata=flag(
@@ -184,6 +207,16 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+
+        check_lora_options(self.lora_rank, self.lora_alpha, self.lora_targets)
+        resolve_trainable(self.trainable, self.lora_rank, TRAINABLE)
+        if self.lora_rank is not None and self.parallel == "fsdp":
+            raise ValueError("LoRA training runs with parallel 'ddp', got 'fsdp'")
+
+    @property
+    def trained(self) -> str:
+        """What is trained: `trainable`, or its default ("lora" with a LoRA rank, else "all")."""
+        return resolve_trainable(self.trainable, self.lora_rank, TRAINABLE)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

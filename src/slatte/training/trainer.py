@@ -167,6 +167,10 @@ class Trainer:
             self.task.shard(self.model, cfg.precision)
             self.task.shard(self.ema, "fp32")
         trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.parameter_counts = {
+            "trainable_parameters": sum(p.numel() for p in trainable),
+            "total_parameters": sum(p.numel() for p in self.model.parameters()),
+        }
         self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
         self.step = 0
@@ -390,6 +394,14 @@ class Trainer:
         metrics_path = self.run_dir / METRICS_FILE
         writer = _tensorboard_writer(self.run_dir) if main else None
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not main, desc="train", unit="step")
+        if main:
+            counts = self.parameter_counts
+            print(
+                f"trainable parameters: {counts['trainable_parameters']:,} of "
+                f"{counts['total_parameters']:,}; peak memory: "
+                + ("in metrics.jsonl" if self.device.type == "cuda" else "n/a on the cpu"),
+                file=sys.stderr,
+            )
         self.task.train_mode()
         window_start, window_clips = time.perf_counter(), 0
         last: dict[str, float] = {}
@@ -408,6 +420,8 @@ class Trainer:
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     elapsed = time.perf_counter() - window_start
                     last["clips_per_s"] = window_clips / max(elapsed, 1e-9)
+                    if self.device.type == "cuda":
+                        last["peak_memory_gib"] = self._peak_memory()
                     window_start, window_clips = time.perf_counter(), 0
                     bar.set_postfix(
                         loss=f"{last['loss']:.4f}", clips_s=f"{last['clips_per_s']:.1f}"
@@ -439,7 +453,13 @@ class Trainer:
             "last": last,
             "samples": [str(p) for p in samples],
             "checkpoint": str(latest_checkpoint(self.run_dir)) if main else None,
+            **self.parameter_counts,
+            "peak_memory_gib": self._peak_memory() if self.device.type == "cuda" else "n/a (cpu)",
         }
+
+    def _peak_memory(self) -> float:
+        """GiB of CUDA memory this process's tensors have held at most."""
+        return torch.cuda.max_memory_allocated(self.device) / 2**30
 
     def _interrupted(self, saved_step: int) -> str:
         """Save the run at the current step after Ctrl-C (a step boundary: the state is whole)

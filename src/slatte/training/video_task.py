@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from ..data import CachedLatents, MovingDigits, VideoFolder
 from ..diffusion.gaussian import ModelFn
 from ..diffusion.objectives import make_objective
+from ..lora import ADAPTER_DIR, add_lora, save_adapter, set_trainable, split_state_dict
 from ..memory import check_fits, training_bytes
 from ..models import VideoDiT, load_model, model_config, save_model
 from ..ops.sequence_parallel import check_heads
@@ -78,10 +79,12 @@ class VideoDiTTask:
     """The `TrainTask` of `slatte train`: batches {"video": (B, F, C, H, W), "label": (B,)}."""
 
     collate_fn = None
-    whole_checkpoints = True
 
     def __init__(self, cfg: TrainConfig, device: torch.device):
         self.cfg = cfg
+        # A LoRA model's state dict is not a model directory's (the adapters sit inside it):
+        # sharded checkpoints hold it, and `save_model` writes the model directory and the adapter.
+        self.whole_checkpoints = cfg.lora_rank is None
         self.dataset, num_classes = build_dataset(cfg)
         self.codec = build_codec(cfg, device)
         if cfg.latent_cache is not None:  # items are latents from here on: no encode per step
@@ -92,6 +95,10 @@ class VideoDiTTask:
             input_size=cfg.size // self.codec.downsample,
             num_classes=num_classes,
         ).to(device)
+        if cfg.lora_rank is not None:
+            add_lora(self.model, rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=cfg.lora_targets)
+        if cfg.trained != "all":
+            set_trainable(self.model, cfg.trained)
         self.model.enable_gradient_checkpointing(cfg.grad_checkpointing)
         check_heads(self.model.config.num_heads, cfg.sequence_parallel)  # fail before step 1
         processes = dist.get_world_size() if dist.is_initialized() else 1
@@ -148,7 +155,16 @@ class VideoDiTTask:
     def save_model(
         self, model: nn.Module, state_dict: dict[str, torch.Tensor], directory: Path
     ) -> None:
-        save_model(model, directory, state_dict=state_dict)
+        """The model directory; with LoRA, the base weights (and trained SLA projections) there
+        and the peft adapter beside it, in `ADAPTER_DIR`."""
+        if self.cfg.lora_rank is None:
+            save_model(model, directory, state_dict=state_dict)
+            return
+        base, adapter = split_state_dict(state_dict)
+        with torch.device("meta"):  # only its config and key names are read
+            plain = VideoDiT(self.model.config)
+        save_model(plain, directory, state_dict=base)
+        save_adapter(model, adapter, directory.parent / ADAPTER_DIR)
 
     def preview(self, ema: nn.Module, out_dir: Path) -> list[Path]:
         from ..sampling import SampleOptions, generate_and_save
