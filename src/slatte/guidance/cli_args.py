@@ -17,7 +17,7 @@ from functools import partial
 from typing import Any
 
 from .config import STG, check_blocks, check_rescale, check_scale, check_window
-from .strategies import DEFAULT_STRATEGY, STRATEGY_NAMES, strategies_help
+from .strategies import DEFAULT_STRATEGY, STRATEGY_NAMES, get_strategy, strategies_help
 
 _PER_TERM = ("stg_scale", "stg_strategy", "stg_window")
 
@@ -68,10 +68,14 @@ def add_guidance_arguments(parser: argparse.ArgumentParser, *, from_model: bool 
     )
     group.add_argument(
         "--stg-strategy",
-        choices=STRATEGY_NAMES,
+        type=_strategy,
         action="append",
-        help=f"what a perturbed block does (default: {DEFAULT_STRATEGY}). {strategies_help()}. "
-        "Once for all terms or once per --stg-blocks.",
+        metavar="NAME[,NAME...]",
+        help=f"what a perturbed block does (default: {DEFAULT_STRATEGY}); one of "
+        f"{', '.join(STRATEGY_NAMES)}, or one per block of the term's --stg-blocks for "
+        "different strategies at different depths (e.g. --stg-blocks 0,5 --stg-strategy "
+        "transformer_block,attention_values: one branch, forked at block 0). "
+        f"{strategies_help()}. Once for all terms or once per --stg-blocks.",
     )
     group.add_argument(
         "--stg-window",
@@ -154,6 +158,17 @@ def _argument_type(flag: str, what: str, convert: Callable[[str], Any], check: C
         return value
 
     return parse
+
+
+def _strategy(text: str) -> str | tuple[str, ...]:
+    """One strategy name, or a comma list of them (one per block of the term)."""
+    names = tuple(text.split(","))
+    for name in names:
+        try:
+            get_strategy(name, what="--stg-strategy")
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return names[0] if len(names) == 1 else names
 
 
 def _pair(text: str) -> tuple[float, float]:
