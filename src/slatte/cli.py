@@ -357,7 +357,8 @@ SAMPLE_DEFAULTS = {"sampler": "ddpm", "steps": 50, "cfg_scale": 1.0, "guidance_r
 def apply_sampling_defaults(args: argparse.Namespace, recommended: dict) -> None:
     """Fill the sampling options the user left unset: from `recommended` (a sampling.json),
     then from SAMPLE_DEFAULTS. Its STG terms apply only when no --stg-blocks was given; then
-    --stg-scale / --stg-strategy given alone apply to them (--stg-scale 0 drops them)."""
+    --stg-scale / --stg-strategy / --stg-adaptive given alone apply to them (--stg-scale 0
+    drops them)."""
     for key, fallback in SAMPLE_DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, recommended.get(key, fallback))
@@ -369,6 +370,10 @@ def apply_sampling_defaults(args: argparse.Namespace, recommended: dict) -> None
         args.stg_scale = [float(term.get("scale", 1.0)) for term in terms]
     if not args.stg_strategy:
         args.stg_strategy = [term.get("strategy", DEFAULT_STRATEGY) for term in terms]
+    if not args.stg_adaptive and any(term.get("adaptive") for term in terms):
+        args.stg_adaptive = [
+            (term.get("adaptive"), term.get("adaptive_schedule", "constant")) for term in terms
+        ]
 
 
 def _run_sample(args: argparse.Namespace) -> int:

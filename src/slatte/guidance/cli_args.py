@@ -2,6 +2,7 @@
 
     --cfg-scale 4.0
     --stg-blocks 9 --stg-scale 1.0 --stg-strategy transformer_block --stg-window 0,1
+    --stg-adaptive 0.5,decay
     --guidance-rescale 0.7
 
 Each `--stg-blocks` starts one STG term (one extra, perturbed branch); give it several times for
@@ -16,10 +17,11 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from .config import STG, check_blocks, check_rescale, check_scale, check_window
+from .adaptive import SCHEDULE_NAMES, check_schedule
+from .config import STG, check_blocks, check_ratio, check_rescale, check_scale, check_window
 from .strategies import DEFAULT_STRATEGY, STRATEGY_NAMES, get_strategy, strategies_help
 
-_PER_TERM = ("stg_scale", "stg_strategy", "stg_window")
+_PER_TERM = ("stg_scale", "stg_strategy", "stg_window", "stg_adaptive")
 
 
 def add_guidance_arguments(parser: argparse.ArgumentParser, *, from_model: bool = False) -> None:
@@ -86,6 +88,16 @@ def add_guidance_arguments(parser: argparse.ArgumentParser, *, from_model: bool 
         "the term's branch is not computed. Once for all terms or once per --stg-blocks.",
     )
     group.add_argument(
+        "--stg-adaptive",
+        type=_adaptive,
+        action="append",
+        metavar="RATIO[,SCHEDULE]",
+        help="adaptive STG scale: per sample and step, the term's weight keeps its norm at RATIO "
+        "times the CFG term's norm, at most --stg-scale (which then caps it); SCHEDULE shapes "
+        f"RATIO over the steps: {', '.join(SCHEDULE_NAMES)} (default: constant). Needs CFG on "
+        "the term's window. Once for all terms or once per --stg-blocks.",
+    )
+    group.add_argument(
         "--guidance-rescale",
         "--stg-rescale",
         dest="guidance_rescale",
@@ -123,7 +135,10 @@ def _guidance(args: argparse.Namespace) -> tuple[float, tuple[STG, ...], float]:
         scale = per_term["stg_scale"][i] if per_term["stg_scale"] else 1.0
         strategy = per_term["stg_strategy"][i] if per_term["stg_strategy"] else DEFAULT_STRATEGY
         start, stop = per_term["stg_window"][i] if per_term["stg_window"] else (0.0, 1.0)
-        terms.append(STG(scale, term_blocks, strategy, start, stop))
+        ratio, schedule = (
+            per_term["stg_adaptive"][i] if per_term["stg_adaptive"] else (None, "constant")
+        )
+        terms.append(STG(scale, term_blocks, strategy, start, stop, ratio, schedule))
     return args.cfg_scale, tuple(terms), args.guidance_rescale
 
 
@@ -169,6 +184,24 @@ def _strategy(text: str) -> str | tuple[str, ...]:
         except ValueError as error:
             raise argparse.ArgumentTypeError(str(error)) from None
     return names[0] if len(names) == 1 else names
+
+
+def _adaptive(text: str) -> tuple[float, str]:
+    """`RATIO[,SCHEDULE]` as (ratio, schedule)."""
+    ratio_text, _, schedule = text.partition(",")
+    try:
+        ratio = float(ratio_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--stg-adaptive must be RATIO[,SCHEDULE] with RATIO a number > 0, got {text!r}"
+        ) from None
+    schedule = schedule or "constant"
+    try:
+        check_ratio("--stg-adaptive ratio", ratio)
+        check_schedule("--stg-adaptive schedule", schedule)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return ratio, schedule
 
 
 def _pair(text: str) -> tuple[float, float]:

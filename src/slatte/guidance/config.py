@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .adaptive import check_schedule
 from .strategies import DEFAULT_STRATEGY, STRATEGIES, Strategy, get_strategy
 
 
@@ -61,6 +62,11 @@ class STG:
     first block. `start` / `stop`: the step window (module docstring). Several terms give
     several branches, each with its own scale (for Latte, e.g. one spatial and one temporal
     block). A term with `scale = 0` is not computed.
+
+    `adaptive = ratio` (default None: a fixed scale): the weight is chosen per sample and step
+    so that the term's norm is `ratio` times the CFG term's (`slatte.guidance.adaptive`), shaped
+    over the schedule by `adaptive_schedule` (`constant`, `decay`, `rise`); `scale` is then the
+    largest weight allowed. An adaptive term needs CFG on every step of its window.
     """
 
     scale: float = 1.0
@@ -68,9 +74,14 @@ class STG:
     strategy: str | tuple[str, ...] = DEFAULT_STRATEGY
     start: float = 0.0
     stop: float = 1.0
+    adaptive: float | None = None
+    adaptive_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         check_scale("stg scale", self.scale)
+        if self.adaptive is not None:
+            check_ratio("stg adaptive ratio", self.adaptive)
+        check_schedule("stg adaptive schedule", self.adaptive_schedule)
         blocks = check_blocks("stg blocks", self.blocks)
         strategy = self.strategy
         if isinstance(strategy, str):
@@ -105,6 +116,30 @@ class STG:
             for block, name in zip(self.blocks, self.strategies, strict=True)
         }
 
+    @classmethod
+    def from_json(cls, entry: dict) -> STG:
+        """The term a `sampling.json` "stg" entry describes (keys as `to_json` writes them)."""
+        return cls(
+            scale=entry.get("scale", 1.0),
+            blocks=entry["blocks"],
+            strategy=entry.get("strategy", DEFAULT_STRATEGY),
+            adaptive=entry.get("adaptive"),
+            adaptive_schedule=entry.get("adaptive_schedule", "constant"),
+        )
+
+    def to_json(self) -> dict:
+        """This term as a `sampling.json` "stg" entry (what `slatte sample` reads back)."""
+        if (self.start, self.stop) != (0.0, 1.0):
+            raise ValueError(
+                f"sampling.json has no step window for stg terms; this term has ({self.start}, "
+                f"{self.stop})"
+            )
+        strategy = self.strategy if isinstance(self.strategy, str) else list(self.strategy)
+        entry = {"blocks": list(self.blocks), "scale": self.scale, "strategy": strategy}
+        if self.adaptive is not None:
+            entry |= {"adaptive": self.adaptive, "adaptive_schedule": self.adaptive_schedule}
+        return entry
+
     def validate_for(self, model: nn.Module) -> None:
         """Raise a ValueError if this term does not fit `model` (block index, strategy).
 
@@ -138,6 +173,14 @@ def _per_block_strategies(strategy: object, blocks: tuple[int, ...]) -> tuple[st
     for name in strategy:
         get_strategy(name)
     return strategy
+
+
+def check_ratio(name: str, ratio: float) -> None:
+    """Raise a ValueError naming `name` unless `ratio` is a finite number > 0."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
+        raise ValueError(f"{name} must be a finite number > 0, got {ratio!r}")
+    if ratio <= 0:
+        raise ValueError(f"{name} must be > 0, got {ratio}")
 
 
 def check_rescale(name: str, rescale: float) -> None:
