@@ -16,6 +16,7 @@ from .integrations.cli import add_convert_parser, add_finetune_parser
 from .ops.attention import BACKENDS
 from .ops.sla.config import FEATURE_MAPS, LINEAR_SCOPES, PROJECTIONS, SLAConfig
 from .pretrained import DEFAULT_MODEL, available
+from .stg_search import add_stg_search_parser
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -488,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_convert_parser(sub)
     add_finetune_parser(sub)
+    add_stg_search_parser(sub)
     return parser
 
 
