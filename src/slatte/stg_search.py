@@ -96,8 +96,13 @@ def stg_search(
     if cfg_scale == 1.0:
         raise ValueError("the search measures STG against CFG: give a cfg scale != 1")
     sampler = recommended.get("sampler", "ddim")
+    num_classes = model.config.num_classes
+    if num_classes < 1:
+        raise ValueError(
+            "the search measures STG against CFG towards a class, but this model is "
+            "unconditional (num_classes=0)"
+        )
     digits = is_digits_model(model)
-    num_classes = max(model.config.num_classes, 1)
     labels = torch.arange(num_inputs) % num_classes
     seconds = {}
 

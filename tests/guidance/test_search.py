@@ -63,6 +63,16 @@ def test_signal_bad_input(model):
         perturbation_signals(model, x0, y=torch.tensor([0, 1]), progress=(1.5,))
 
 
+def test_search_needs_a_class_conditional_model_and_cfg(model):
+    unconditional = _model("full", depth=1, num_classes=0)
+    with pytest.raises(ValueError, match=r"this model is unconditional \(num_classes=0\)"):
+        stg_search(unconditional, num_inputs=1)
+    with pytest.raises(ValueError, match="give a cfg scale != 1"):
+        stg_search(model, cfg_scale=1.0)
+    with pytest.raises(ValueError, match="top must be an integer >= 1, got 0"):
+        stg_search(model, top=0)
+
+
 def test_search_without_data_takes_the_top_signal_and_writes_sampling_json(model, tmp_path):
     recommended = {"sampler": "ddim", "steps": 7, "cfg_scale": 3.0}
     result = stg_search(model, recommended=recommended, num_inputs=2, steps=2)
