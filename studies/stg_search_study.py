@@ -68,12 +68,13 @@ def main() -> None:
     report["study_seconds_extrapolated"] = study_seconds
     report["search_fraction_of_study"] = search_seconds / study_seconds
     print(json.dumps(report["search"]["seconds"]), report["search_fraction_of_study"], flush=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
 
     chosen = result.chosen
     size = next(
         c.size
         for c in result.candidates
-        if (c.block, c.strategy) == (chosen.block, chosen.strategy)
+        if (c.block, c.strategy) == (chosen.first_block, chosen.strategy)
     )
     # The adaptive ratio that scale 1 gives on average (the signal's size is ||e_c - e_p|| in
     # units of ||e_c - e_u||, the CFG term is cfg_scale of those), capped at twice that scale.
@@ -86,9 +87,10 @@ def main() -> None:
     }
     report["settings"] = {}
     for name, stg in settings.items():
-        report["settings"][name] = measure(model, stg, seed=args.seed, **budget)
+        rescale = VERIFY_RESCALE if stg else 0.0  # CFG alone as in the STG study
+        report["settings"][name] = measure(model, stg, seed=args.seed, rescale=rescale, **budget)
         print(name, json.dumps(report["settings"][name]), flush=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":
