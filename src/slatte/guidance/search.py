@@ -9,13 +9,14 @@ perturbed prediction `e_p` is compared with the conditional `e_c` and unconditio
                                                    in units of the CFG direction
     alignment = cos(e_c - e_p, e_c - e_u)          whether it pushes along CFG's direction
 
-Pairs rank by `score = -alignment`, most orthogonal to CFG first. The part of `e_c - e_p` along
-`e_c - e_u` only adds more CFG, which over-saturates and draws the wrong class as the scale
-grows; the part across it is what STG adds beyond CFG. On the shipped `latte-digits-m` this
-ranks the 12 (block, strategy) pairs of the 49-setting STG study with Spearman 0.64 against
-their mean sampled frame accuracy and 0.25 against smoothness, and puts the study's best pair
-first (`docs/RESULTS.md`, "STG that chooses itself"); `size` is reported, not ranked by (it
-tracks smoothness, +0.38, but against accuracy, -0.58).
+Pairs rank by `score = -alignment`, the least aligned with CFG first (across or against it). The
+part of `e_c - e_p` along `e_c - e_u` only adds more CFG, which over-saturates and draws the
+wrong class as the scale grows; the part across it is what STG adds beyond CFG. On the shipped `latte-digits-m` this
+ranks the 12 (block, strategy) pairs of the 49-setting STG study with Spearman 0.66 against
+their mean sampled frame accuracy and 0.41 against smoothness (0.64 and 0.25 on another set of
+input clips), and puts the study's best pair first both times (`docs/RESULTS.md`, "STG that
+chooses itself"); `size` is reported, not ranked by (Spearman +0.38 with smoothness but -0.58
+with accuracy).
 """
 
 from __future__ import annotations
