@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from diffusers.models.attention_dispatch import attention_backend
 from diffusers.modular_pipelines.modular_pipeline import BlockState
 from diffusers_testing import model_inputs, tiny_ltx, tiny_wan
 from test_diffusers_stg import _naive_perturbed, _run  # the independent third pass made there
@@ -92,14 +93,16 @@ def test_attention_strategies_work_with_a_non_sdpa_backend(strategy):
     cond, uncond = _inputs("wan")
     guider = STGGuidance(guidance_scale=G, stg_scale=S, stg_blocks=[1], stg_strategy=strategy)
     sdpa = _denoise_step(guider, model, cond, uncond)
-    model.set_attention_backend("flex")
-    try:
-        flex = _denoise_step(guider, model, cond, uncond)
-        cfg_only = _denoise_step(
-            STGGuidance(guidance_scale=G, stg_scale=0.0, stg_blocks=[1]), model, cond, uncond
-        )
-    finally:
-        model.reset_attention_backend()
+    # set_attention_backend also sets diffusers' global active backend, which
+    # reset_attention_backend leaves as it is; the context manager restores it for later tests.
+    with attention_backend("flex"):
+        model.set_attention_backend("flex")
+        try:
+            flex = _denoise_step(guider, model, cond, uncond)
+            cfg_off = STGGuidance(guidance_scale=G, stg_scale=0.0, stg_blocks=[1])
+            cfg_only = _denoise_step(cfg_off, model, cond, uncond)
+        finally:
+            model.reset_attention_backend()
     torch.testing.assert_close(flex, sdpa, atol=1e-4, rtol=1e-4)
     assert (flex - cfg_only).abs().amax() > 1e-3  # not silently a no-op
 
