@@ -279,14 +279,14 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
 # What `slatte sample` uses where neither a flag nor the model's sampling.json says otherwise.
 SAMPLE_DEFAULTS = {"sampler": "ddpm", "steps": 50, "cfg_scale": 1.0, "guidance_rescale": 0.0}
-_STG_FLAGS = ("stg_blocks", "stg_scale", "stg_strategy", "stg_window")
+_STG_FLAGS = ("stg_blocks", "stg_scale", "stg_strategy", "stg_window", "stg_adaptive")
 
 
 def sampling_settings(args: argparse.Namespace, recommended: dict) -> dict[str, Any]:
     """The sampler, steps and guidance options: the flags given, then `recommended` (a
     sampling.json), then SAMPLE_DEFAULTS. Its STG terms apply only when no --stg-blocks was
-    given; then --stg-scale / --stg-strategy given alone apply to them (--stg-scale 0 drops
-    them)."""
+    given; then --stg-scale / --stg-strategy / --stg-adaptive given alone apply to them
+    (--stg-scale 0 drops them)."""
     from .guidance.config import DEFAULT_STRATEGY
 
     settings = {key: getattr(args, key) for key in (*SAMPLE_DEFAULTS, *_STG_FLAGS)}
@@ -301,6 +301,10 @@ def sampling_settings(args: argparse.Namespace, recommended: dict) -> dict[str, 
         settings["stg_scale"] = [float(term.get("scale", 1.0)) for term in terms]
     if not settings["stg_strategy"]:
         settings["stg_strategy"] = [term.get("strategy", DEFAULT_STRATEGY) for term in terms]
+    if not settings["stg_adaptive"] and any(term.get("adaptive") for term in terms):
+        settings["stg_adaptive"] = [
+            (term.get("adaptive"), term.get("adaptive_schedule", "constant")) for term in terms
+        ]
     return settings
 
 
@@ -436,6 +440,12 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     add_finetune_parser(sub)
 
 
+def _add_stg_search(sub: argparse._SubParsersAction) -> None:
+    from .stg_search import add_stg_search_parser
+
+    add_stg_search_parser(sub)
+
+
 COMMANDS = {
     "train": ("train a video DiT (default: Latte-digits on moving digits)", _add_train),
     "sample": ("generate videos from a trained model (default: the shipped one)", _add_sample),
@@ -449,6 +459,10 @@ COMMANDS = {
         _add_convert,
     ),
     "finetune": ("fine-tune a local diffusers Wan transformer with SLA attention", _add_finetune),
+    "stg-search": (
+        "choose STG blocks and strategies for a model and write them as its sampling.json",
+        _add_stg_search,
+    ),
 }
 
 

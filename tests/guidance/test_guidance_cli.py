@@ -33,6 +33,16 @@ def test_single_term_as_in_the_issue():
     assert _parse(argv.split()) == (4.0, (STG(1.0, (9,), "transformer_block", 0.0, 1.0),), 0.7)
 
 
+def test_per_depth_strategies_one_per_block_of_the_term():
+    argv = "--stg-blocks 5,0 --stg-strategy attention_values,transformer_block "
+    argv += "--stg-blocks 2 --stg-strategy attention_skip"
+    terms = _parse(argv.split())[1]
+    assert terms == (
+        STG(1.0, (0, 5), ("transformer_block", "attention_values")),
+        STG(1.0, (2,), "attention_skip"),
+    )
+
+
 def test_several_terms_pair_by_position_and_single_values_are_shared():
     argv = "--stg-blocks 4 --stg-blocks 5,7 --stg-scale 1.0 --stg-scale 0.5 "
     argv += "--stg-strategy attention_values --stg-window 0,0.5 --guidance-rescale 0.3"
@@ -54,7 +64,15 @@ def test_several_terms_pair_by_position_and_single_values_are_shared():
         ("--stg-blocks 1,a", "--stg-blocks must be block indices separated by commas"),
         ("--stg-blocks 3,3", "--stg-blocks must not repeat a block index"),
         ("--stg-blocks -2", "--stg-blocks must be one or more block indices >= 0"),
-        ("--stg-blocks 1 --stg-strategy skip", "invalid choice: 'skip'"),
+        ("--stg-blocks 1 --stg-strategy skip", "--stg-strategy must be one of"),
+        (
+            "--stg-blocks 1 --stg-strategy transformer_block,skip",
+            "--stg-strategy must be one of ('transformer_block'",
+        ),
+        (
+            "--stg-blocks 1,2,3 --stg-strategy transformer_block,attention_values",
+            "stg strategy must be one strategy name or one per block (3 for blocks (1, 2, 3))",
+        ),
         ("--stg-blocks 1 --stg-window 0.6,0.2", "--stg-window must satisfy 0 <= start < stop <= 1"),
         ("--stg-blocks 1 --stg-window 0.5", "--stg-window must be START,STOP"),
         ("--stg-rescale 1.5", "--guidance-rescale must lie in [0, 1]"),

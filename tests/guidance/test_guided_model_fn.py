@@ -112,6 +112,20 @@ def test_forked_equals_naive_with_several_terms_windows_and_no_cfg(alternating):
         torch.testing.assert_close(forked, naive, **TOL)
 
 
+def test_per_depth_strategies_in_one_branch(alternating):
+    x, t, y = _inputs(alternating)
+    per_depth = STG(1.0, (3, 0), ("attention_values", "transformer_block"))
+    singles = [STG(1.0, (0, 3), name) for name in ("transformer_block", "attention_values")]
+    with torch.no_grad():
+        forked = guided_model_fn(alternating, y=y, cfg_scale=3.0, stg=[per_depth])(x, t)
+        naive = guided_model_fn(alternating, y=y, cfg_scale=3.0, stg=[per_depth], fork=False)
+        outputs = [guided_model_fn(alternating, y=y, cfg_scale=3.0, stg=[s])(x, t) for s in singles]
+    torch.testing.assert_close(forked, naive(x, t), **TOL)
+    # Each block got its own strategy: the result is neither single-strategy one.
+    for single in outputs:
+        assert (forked - single).abs().amax() > 1e-3
+
+
 def test_matches_the_formula_on_separate_forward_passes(alternating):
     """Reference: one model forward per row and branch, combined by hand as in the spec."""
     model = alternating
@@ -237,6 +251,8 @@ class _BlockRows:
         (1.0, [STG(1.0, (2,))], True, [2, 2, 4, 4]),
         # Two terms fork at their own first blocks, the prefix still once.
         (3.0, [STG(1.0, (3,)), STG(0.5, (3, 1), "attention_values")], True, [4, 6, 6, 8]),
+        # Different strategies at blocks 1 and 3: one branch, forked once at block 1.
+        (3.0, [STG(1.0, (3, 1), ("attention_values", "transformer_block"))], True, [4, 6, 6, 6]),
         # Outside its window (both rows are at progress < 0.5) a term is not computed at all.
         (3.0, [STG(1.0, (0,), start=0.5)], True, [4, 4, 4, 4]),
         # A term with scale 0 is not computed either.

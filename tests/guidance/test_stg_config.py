@@ -81,6 +81,42 @@ def test_validate_for_model():
         STG(1.0, blocks=(1, 2), strategy="attention_values").validate_for(model)
 
 
+def test_per_depth_strategies_move_with_their_blocks():
+    term = STG(1.0, blocks=(5, 0), strategy=["attention_values", "transformer_block"])
+    assert term.blocks == (0, 5) and term.first_block == 0
+    assert term.strategy == term.strategies == ("transformer_block", "attention_values")
+    assert term.perturbations == {
+        0: STRATEGIES["transformer_block"],
+        5: STRATEGIES["attention_values"],
+    }
+    assert STG(1.0, blocks=(2, 1), strategy="attention_skip").strategies == ("attention_skip",) * 2
+
+
+@pytest.mark.parametrize(
+    ("strategy", "match"),
+    [
+        (
+            ("transformer_block",),
+            r"one per block \(2 for blocks \(1, 2\)\), got \('transformer_block',\)",
+        ),
+        (("transformer_block", "skip"), r"stg strategy must be one of .*got 'skip'"),
+        (3, r"one strategy name or one per block .* got 3"),
+    ],
+)
+def test_per_depth_strategies_bad_input(strategy, match):
+    with pytest.raises(ValueError, match=match):
+        STG(1.0, blocks=(1, 2), strategy=strategy)
+
+
+def test_per_depth_strategy_checked_against_each_block():
+    model = nn.Module()
+    model.blocks = nn.ModuleList([nn.Identity(), nn.Identity()])
+    model.blocks[1].perturbation_strategies = ("transformer_block",)
+    STG(1.0, (0, 1), ("attention_values", "transformer_block")).validate_for(model)
+    with pytest.raises(ValueError, match=r"'attention_values' is not supported by block 1"):
+        STG(1.0, (0, 1), ("transformer_block", "attention_values")).validate_for(model)
+
+
 def test_every_model_strategy_is_accepted():
     for strategy in STRATEGIES:
         assert STG(1.0, blocks=(0,), strategy=strategy).strategy == strategy

@@ -30,7 +30,11 @@ def test_cli_help_and_choices_come_from_the_table():
     parser = argparse.ArgumentParser()
     add_guidance_arguments(parser)
     action = next(a for a in parser._actions if a.dest == "stg_strategy")
-    assert tuple(action.choices) == tuple(STRATEGIES)
+    # The option accepts exactly the table's names (alone or one per block).
+    assert [action.type(name) for name in STRATEGIES] == list(STRATEGIES)
+    assert action.type(",".join(STRATEGIES)) == tuple(STRATEGIES)
+    with pytest.raises(argparse.ArgumentTypeError, match="must be one of"):
+        action.type("layer_skip")
     assert strategies_help() in action.help
     for strategy in STRATEGIES.values():
         assert f"{strategy.name}: {strategy.summary}" in strategies_help()

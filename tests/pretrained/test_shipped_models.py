@@ -55,6 +55,7 @@ def test_sample_without_checkpoint_uses_the_shipped_model(tmp_path, capsys):
 def _args(**given) -> argparse.Namespace:
     unset = {"sampler": None, "steps": None, "cfg_scale": None, "guidance_rescale": None}
     unset |= {"stg_blocks": None, "stg_scale": None, "stg_strategy": None, "stg_window": None}
+    unset |= {"stg_adaptive": None}
     return argparse.Namespace(**(unset | given))
 
 

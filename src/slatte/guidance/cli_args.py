@@ -2,6 +2,7 @@
 
     --cfg-scale 4.0
     --stg-blocks 9 --stg-scale 1.0 --stg-strategy transformer_block --stg-window 0,1
+    --stg-adaptive 0.5,decay
     --guidance-rescale 0.7
 
 Each `--stg-blocks` starts one STG term (one extra, perturbed branch); give it several times for
@@ -16,10 +17,11 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
-from .config import STG, check_blocks, check_rescale, check_scale, check_window
-from .strategies import DEFAULT_STRATEGY, STRATEGY_NAMES, strategies_help
+from .adaptive import SCHEDULE_NAMES, check_schedule
+from .config import STG, check_blocks, check_ratio, check_rescale, check_scale, check_window
+from .strategies import DEFAULT_STRATEGY, STRATEGY_NAMES, get_strategy, strategies_help
 
-_PER_TERM = ("stg_scale", "stg_strategy", "stg_window")
+_PER_TERM = ("stg_scale", "stg_strategy", "stg_window", "stg_adaptive")
 
 
 def add_guidance_arguments(parser: argparse.ArgumentParser, *, from_model: bool = False) -> None:
@@ -68,10 +70,14 @@ def add_guidance_arguments(parser: argparse.ArgumentParser, *, from_model: bool 
     )
     group.add_argument(
         "--stg-strategy",
-        choices=STRATEGY_NAMES,
+        type=_strategy,
         action="append",
-        help=f"what a perturbed block does (default: {DEFAULT_STRATEGY}). {strategies_help()}. "
-        "Once for all terms or once per --stg-blocks.",
+        metavar="NAME[,NAME...]",
+        help=f"what a perturbed block does (default: {DEFAULT_STRATEGY}); one of "
+        f"{', '.join(STRATEGY_NAMES)}, or one per block of the term's --stg-blocks for "
+        "different strategies at different depths (e.g. --stg-blocks 0,5 --stg-strategy "
+        "transformer_block,attention_values: one branch, forked at block 0). "
+        f"{strategies_help()}. Once for all terms or once per --stg-blocks.",
     )
     group.add_argument(
         "--stg-window",
@@ -80,6 +86,16 @@ def add_guidance_arguments(parser: argparse.ArgumentParser, *, from_model: bool 
         metavar="START,STOP",
         help="apply an STG term only on this part of the schedule (default: 0,1); outside it "
         "the term's branch is not computed. Once for all terms or once per --stg-blocks.",
+    )
+    group.add_argument(
+        "--stg-adaptive",
+        type=_adaptive,
+        action="append",
+        metavar="RATIO[,SCHEDULE]",
+        help="adaptive STG scale: per sample and step, the term's weight keeps its norm at RATIO "
+        "times the CFG term's norm, at most --stg-scale (which then caps it); SCHEDULE shapes "
+        f"RATIO over the steps: {', '.join(SCHEDULE_NAMES)} (default: constant). Needs CFG on "
+        "the term's window. Once for all terms or once per --stg-blocks.",
     )
     group.add_argument(
         "--guidance-rescale",
@@ -121,7 +137,10 @@ def guidance_from_options(options: Mapping[str, Any]) -> tuple[float, tuple[STG,
         scale = per_term["stg_scale"][i] if per_term["stg_scale"] else 1.0
         strategy = per_term["stg_strategy"][i] if per_term["stg_strategy"] else DEFAULT_STRATEGY
         start, stop = per_term["stg_window"][i] if per_term["stg_window"] else (0.0, 1.0)
-        terms.append(STG(scale, term_blocks, strategy, start, stop))
+        ratio, schedule = (
+            per_term["stg_adaptive"][i] if per_term["stg_adaptive"] else (None, "constant")
+        )
+        terms.append(STG(scale, term_blocks, strategy, start, stop, ratio, schedule))
     return options["cfg_scale"], tuple(terms), options["guidance_rescale"]
 
 
@@ -156,6 +175,35 @@ def _argument_type(flag: str, what: str, convert: Callable[[str], Any], check: C
         return value
 
     return parse
+
+
+def _strategy(text: str) -> str | tuple[str, ...]:
+    """One strategy name, or a comma list of them (one per block of the term)."""
+    names = tuple(text.split(","))
+    for name in names:
+        try:
+            get_strategy(name, what="--stg-strategy")
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return names[0] if len(names) == 1 else names
+
+
+def _adaptive(text: str) -> tuple[float, str]:
+    """`RATIO[,SCHEDULE]` as (ratio, schedule)."""
+    ratio_text, _, schedule = text.partition(",")
+    try:
+        ratio = float(ratio_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--stg-adaptive must be RATIO[,SCHEDULE] with RATIO a number > 0, got {text!r}"
+        ) from None
+    schedule = schedule or "constant"
+    try:
+        check_ratio("--stg-adaptive ratio", ratio)
+        check_schedule("--stg-adaptive schedule", schedule)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return ratio, schedule
 
 
 def _pair(text: str) -> tuple[float, float]:

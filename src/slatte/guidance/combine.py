@@ -16,9 +16,10 @@ import torch
 
 class BranchPrediction(NamedTuple):
     """One extra branch's prediction: `pred` for the rows `rows` (indices into the batch,
-    None = every row), entering the formula with weight `scale`."""
+    None = every row), entering the formula with weight `scale` (a number, or one per row of
+    `pred` as a tensor: the adaptive STG scale)."""
 
-    scale: float
+    scale: float | torch.Tensor
     pred: torch.Tensor
     rows: torch.Tensor | None = None
 
@@ -47,10 +48,17 @@ def combine(
         guided[rows] = e_u + uncond.scale * (cond[rows] - e_u)
     for branch in perturbed:
         rows = _rows(branch.rows)
-        guided[rows] += branch.scale * (cond[rows] - branch.pred.to(compute))
+        guided[rows] += _weight(branch.scale, cond.ndim) * (cond[rows] - branch.pred.to(compute))
     if rescale > 0:
         guided = guided * _rescale_factor(cond, guided, rescale)
     return guided.to(dtype)
+
+
+def _weight(scale: float | torch.Tensor, ndim: int) -> float | torch.Tensor:
+    """A number as is; per-row weights (R,) as (R, 1, ..., 1) against (R, ...) predictions."""
+    if isinstance(scale, torch.Tensor):
+        return scale.reshape(-1, *(1,) * (ndim - 1))
+    return scale
 
 
 def _rows(rows: torch.Tensor | None) -> slice | torch.Tensor:

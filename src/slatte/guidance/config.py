@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .adaptive import check_schedule
 from .strategies import DEFAULT_STRATEGY, STRATEGIES, Strategy, get_strategy
 
 
@@ -55,23 +56,53 @@ class STG:
 
     `blocks`: indices of the transformer blocks (counted from 0) perturbed together in this
     branch; `strategy`: the name of what a perturbed block does (one of
-    `slatte.guidance.strategies.STRATEGIES`); `start` / `stop`: the step window (module docstring). Several terms give several
-    branches, each with its own scale (for Latte, e.g. one spatial and one temporal block).
-    A term with `scale = 0` is not computed.
+    `slatte.guidance.strategies.STRATEGIES`), or one name per block of `blocks` (in the order
+    given) for different strategies at different depths, e.g. `blocks=(0, 5),
+    strategy=("transformer_block", "attention_values")`; the branch still forks once, at its
+    first block. `start` / `stop`: the step window (module docstring). Several terms give
+    several branches, each with its own scale (for Latte, e.g. one spatial and one temporal
+    block). A term with `scale = 0` is not computed.
+
+    `adaptive = ratio` (default None: a fixed scale): the weight is chosen per sample and step
+    so that the term's norm is `ratio` times the CFG term's (`slatte.guidance.adaptive`), shaped
+    over the schedule by `adaptive_schedule` (`constant`, `decay`, `rise`); `scale` is then the
+    largest weight allowed. An adaptive term needs CFG on every step of its window.
     """
 
     scale: float = 1.0
     blocks: tuple[int, ...] = ()
-    strategy: str = DEFAULT_STRATEGY
+    strategy: str | tuple[str, ...] = DEFAULT_STRATEGY
     start: float = 0.0
     stop: float = 1.0
+    adaptive: float | None = None
+    adaptive_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         check_scale("stg scale", self.scale)
-        # Sorted so that the first perturbed block (where the branch forks) is blocks[0].
-        object.__setattr__(self, "blocks", tuple(sorted(check_blocks("stg blocks", self.blocks))))
-        get_strategy(self.strategy)
+        if self.adaptive is not None:
+            check_ratio("stg adaptive ratio", self.adaptive)
+        check_schedule("stg adaptive schedule", self.adaptive_schedule)
+        blocks = check_blocks("stg blocks", self.blocks)
+        strategy = self.strategy
+        if isinstance(strategy, str):
+            get_strategy(strategy)
+            per_block = (strategy,) * len(blocks)
+        else:
+            per_block = _per_block_strategies(strategy, blocks)
+        # Sorted so that the first perturbed block (where the branch forks) is blocks[0]; the
+        # per-block strategies move with their blocks.
+        pairs = sorted(zip(blocks, per_block, strict=True))
+        object.__setattr__(self, "blocks", tuple(block for block, _ in pairs))
+        if not isinstance(strategy, str):
+            object.__setattr__(self, "strategy", tuple(name for _, name in pairs))
         check_window("stg window", self.start, self.stop)
+
+    @property
+    def strategies(self) -> tuple[str, ...]:
+        """The strategy name of each block of `blocks`, in the same order."""
+        if isinstance(self.strategy, str):
+            return (self.strategy,) * len(self.blocks)
+        return self.strategy
 
     @property
     def first_block(self) -> int:
@@ -80,7 +111,34 @@ class STG:
     @property
     def perturbations(self) -> dict[int, Strategy]:
         """The `perturbations` argument of the model's `run_blocks` / `forward` for this branch."""
-        return dict.fromkeys(self.blocks, STRATEGIES[self.strategy])
+        return {
+            block: STRATEGIES[name]
+            for block, name in zip(self.blocks, self.strategies, strict=True)
+        }
+
+    @classmethod
+    def from_json(cls, entry: dict) -> STG:
+        """The term a `sampling.json` "stg" entry describes (keys as `to_json` writes them)."""
+        return cls(
+            scale=entry.get("scale", 1.0),
+            blocks=entry["blocks"],
+            strategy=entry.get("strategy", DEFAULT_STRATEGY),
+            adaptive=entry.get("adaptive"),
+            adaptive_schedule=entry.get("adaptive_schedule", "constant"),
+        )
+
+    def to_json(self) -> dict:
+        """This term as a `sampling.json` "stg" entry (what `slatte sample` reads back)."""
+        if (self.start, self.stop) != (0.0, 1.0):
+            raise ValueError(
+                f"sampling.json has no step window for stg terms; this term has ({self.start}, "
+                f"{self.stop})"
+            )
+        strategy = self.strategy if isinstance(self.strategy, str) else list(self.strategy)
+        entry = {"blocks": list(self.blocks), "scale": self.scale, "strategy": strategy}
+        if self.adaptive is not None:
+            entry |= {"adaptive": self.adaptive, "adaptive_schedule": self.adaptive_schedule}
+        return entry
 
     def validate_for(self, model: nn.Module) -> None:
         """Raise a ValueError if this term does not fit `model` (block index, strategy).
@@ -94,13 +152,35 @@ class STG:
                 f"stg blocks {self.blocks} out of range: the model has {num_blocks} blocks, "
                 f"allowed indices are 0..{num_blocks - 1}"
             )
-        for index in self.blocks:
+        for index, strategy in zip(self.blocks, self.strategies, strict=True):
             supported = getattr(model.blocks[index], "perturbation_strategies", None)
-            if supported is not None and self.strategy not in supported:
+            if supported is not None and strategy not in supported:
                 raise ValueError(
-                    f"stg strategy {self.strategy!r} is not supported by block {index} "
+                    f"stg strategy {strategy!r} is not supported by block {index} "
                     f"({type(model.blocks[index]).__name__}); allowed: {tuple(supported)}"
                 )
+
+
+def _per_block_strategies(strategy: object, blocks: tuple[int, ...]) -> tuple[str, ...]:
+    """`strategy` as one name per block, or a ValueError saying what was given."""
+    if isinstance(strategy, list):
+        strategy = tuple(strategy)
+    if not isinstance(strategy, tuple) or len(strategy) != len(blocks):
+        raise ValueError(
+            f"stg strategy must be one strategy name or one per block ({len(blocks)} for "
+            f"blocks {blocks}), got {strategy!r}"
+        )
+    for name in strategy:
+        get_strategy(name)
+    return strategy
+
+
+def check_ratio(name: str, ratio: float) -> None:
+    """Raise a ValueError naming `name` unless `ratio` is a finite number > 0."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
+        raise ValueError(f"{name} must be a finite number > 0, got {ratio!r}")
+    if ratio <= 0:
+        raise ValueError(f"{name} must be > 0, got {ratio}")
 
 
 def check_rescale(name: str, rescale: float) -> None:

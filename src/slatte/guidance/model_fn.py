@@ -7,9 +7,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from .adaptive import adaptive_weights
 from .combine import BranchPrediction, combine
 from .condition import Condition
-from .config import CFG, STG, check_rescale, in_window
+from .config import CFG, STG, check_rescale, in_window, window_progress
 from .forked import PerturbedBranch, forked_predictions, naive_predictions
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -60,6 +61,8 @@ def guided_model_fn(
         if not isinstance(term, STG):
             raise ValueError(f"stg must be a sequence of STG terms, got an element {term!r}")
         term.validate_for(model)
+        if term.adaptive is not None:
+            _check_adaptive(term, cfg)
     check_rescale("rescale", rescale)
     if fork and not all(hasattr(model, step) for step in _FORWARD_STEPS):
         raise ValueError(
@@ -88,33 +91,71 @@ def guided_model_fn(
         if uncond is not None:
             present, uncond_rows = _rows(in_window(t, cfg.start, cfg.stop, num_train_timesteps))
             uncond_b = uncond.for_batch(batch) if present else None
-        branches, scales = [], []
+        branches, active = [], []
         for term in terms:
             present, rows = _rows(in_window(t, term.start, term.stop, num_train_timesteps))
             if present:
                 branches.append(PerturbedBranch(term.perturbations, rows))
-                scales.append(term.scale)
+                active.append(term)
         out = predictions(model, x_t, t, cond_b, uncond_b, uncond_rows, branches)
 
         channels = out.cond.shape[2] // 2 if learn_sigma else out.cond.shape[2]
         # (B, F, C_out, H, W): only the first `channels` are the prediction that is guided.
         mean = lambda pred: pred[:, :, :channels]
-        guided = combine(
-            mean(out.cond),
-            uncond=None
-            if out.uncond is None
-            else BranchPrediction(cfg.scale, mean(out.uncond), uncond_rows),
-            perturbed=[
-                BranchPrediction(scale, mean(pred), branch.rows)
-                for scale, pred, branch in zip(scales, out.perturbed, branches, strict=True)
-            ],
-            rescale=rescale,
-        )
+        e_c = mean(out.cond)
+        uncond_pred = None
+        if out.uncond is not None:
+            uncond_pred = BranchPrediction(cfg.scale, mean(out.uncond), uncond_rows)
+        perturbed = []
+        for term, pred, branch in zip(active, out.perturbed, branches, strict=True):
+            scale = term.scale
+            if term.adaptive is not None:
+                scale = _adaptive_scale(term, e_c, uncond_pred, mean(pred), branch.rows, t)
+            perturbed.append(BranchPrediction(scale, mean(pred), branch.rows))
+        guided = combine(e_c, uncond=uncond_pred, perturbed=perturbed, rescale=rescale)
         if not learn_sigma:
             return guided
         return torch.cat([guided, out.cond[:, :, channels:]], dim=2)
 
+    def _adaptive_scale(
+        term: STG,
+        e_c: torch.Tensor,
+        uncond_pred: BranchPrediction,
+        e_p: torch.Tensor,
+        rows: torch.Tensor | None,
+        t: torch.Tensor,
+    ) -> torch.Tensor:
+        """(R,) weights of an adaptive term for its rows; `_check_adaptive` made sure every one
+        of them has the unconditional prediction."""
+        cfg_term = torch.zeros_like(e_c)
+        u_rows = slice(None) if uncond_pred.rows is None else uncond_pred.rows
+        cfg_term[u_rows] = cfg.scale * (e_c[u_rows] - uncond_pred.pred.to(e_c.dtype))
+        t_rows, e_c_rows = (t, e_c) if rows is None else (t[rows], e_c[rows])
+        cfg_term = cfg_term if rows is None else cfg_term[rows]
+        return adaptive_weights(
+            cfg_term,
+            e_c_rows - e_p,
+            ratio=term.adaptive,
+            cap=term.scale,
+            progress=window_progress(t_rows, num_train_timesteps),
+            schedule=term.adaptive_schedule,
+        )
+
     return model_fn
+
+
+def _check_adaptive(term: STG, cfg: CFG) -> None:
+    """An adaptive term is measured against the CFG term, so CFG must cover its window."""
+    if not cfg.enabled:
+        raise ValueError(
+            f"stg adaptive ratio {term.adaptive} keeps the STG term at a ratio to the CFG term, "
+            "but cfg scale is 1 (no CFG): give a cfg scale != 1 or a fixed STG scale"
+        )
+    if term.start < cfg.start or term.stop > cfg.stop:
+        raise ValueError(
+            f"an adaptive stg term's window ({term.start}, {term.stop}) must lie within the cfg "
+            f"window ({cfg.start}, {cfg.stop}), where the CFG term it is measured against exists"
+        )
 
 
 def _rows(mask: torch.Tensor) -> tuple[bool, torch.Tensor | None]:

@@ -16,7 +16,7 @@ from typing import Any
 DEFAULT_MODEL = "latte-digits-m"
 SAMPLING_FILE = "sampling.json"
 SAMPLING_KEYS = ("sampler", "steps", "cfg_scale", "guidance_rescale", "stg")
-STG_KEYS = ("blocks", "scale", "strategy")
+STG_KEYS = ("blocks", "scale", "strategy", "adaptive", "adaptive_schedule")
 
 _ROOT = Path(__file__).resolve().parent
 
@@ -36,8 +36,7 @@ def pretrained_dir(name: str = DEFAULT_MODEL) -> Path:
 def sampling_defaults(model_dir: str | Path) -> dict[str, Any]:
     """The recommended sampling options in `model_dir`'s sampling.json ({} when it has none),
     checked like the flags they stand for (errors name the file); STG blocks as tuples."""
-    from slatte.guidance.config import DEFAULT_STRATEGY, check_blocks, check_rescale, check_scale
-    from slatte.guidance.strategies import get_strategy
+    from slatte.guidance.config import STG, check_blocks, check_rescale, check_scale
     from slatte.sampling import SAMPLERS
 
     path = Path(model_dir) / SAMPLING_FILE
@@ -70,6 +69,8 @@ def sampling_defaults(model_dir: str | Path) -> dict[str, Any]:
                 f"got {term!r}"
             )
         term["blocks"] = check_blocks(f"{path}: stg blocks", term["blocks"])
-        check_scale(f"{path}: stg scale", term.get("scale", 1.0))
-        get_strategy(term.get("strategy", DEFAULT_STRATEGY), what=f"{path}: stg strategy")
+        try:
+            STG.from_json(term)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
     return data
