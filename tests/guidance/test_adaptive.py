@@ -8,10 +8,14 @@ import pytest
 import torch
 from test_guided_model_fn import TOL, _inputs, _model  # the tiny random Latte made there
 
-from slatte.cli import apply_sampling_defaults
+from slatte.cli import sampling_settings
 from slatte.guidance import CFG, STG, guided_model_fn
 from slatte.guidance.adaptive import adaptive_weights
-from slatte.guidance.cli_args import add_guidance_arguments, guidance_from_args
+from slatte.guidance.cli_args import (
+    add_guidance_arguments,
+    guidance_from_args,
+    guidance_from_options,
+)
 from slatte.pretrained import sampling_defaults
 
 
@@ -114,7 +118,7 @@ def test_bad_adaptive_terms(kwargs, match):
 def _parse(argv, from_model=False):
     parser = argparse.ArgumentParser()
     add_guidance_arguments(parser, from_model=from_model)
-    # The sampling options apply_sampling_defaults fills besides guidance.
+    # The sampling options sampling_settings fills besides guidance.
     parser.set_defaults(sampler=None, steps=None)
     return parser, parser.parse_args(argv)
 
@@ -141,8 +145,8 @@ def test_sampling_json_round_trip(tmp_path):
     data = {"cfg_scale": 4.0, "stg": [term.to_json() for term in terms]}
     (tmp_path / "sampling.json").write_text(json.dumps(data))
     parser, args = _parse([], from_model=True)
-    apply_sampling_defaults(args, sampling_defaults(tmp_path))
-    assert guidance_from_args(args, parser)[1] == terms
+    settings = sampling_settings(args, sampling_defaults(tmp_path))
+    assert guidance_from_options(settings)[1] == terms
     with pytest.raises(ValueError, match="no step window"):
         STG(1.0, (0,), start=0.5).to_json()
     (tmp_path / "sampling.json").write_text(json.dumps({"stg": [{"blocks": [0], "adaptive": -1}]}))

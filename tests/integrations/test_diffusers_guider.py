@@ -9,8 +9,7 @@ import pytest
 import torch
 from diffusers.models.attention_dispatch import attention_backend
 from diffusers.modular_pipelines.modular_pipeline import BlockState
-from diffusers_testing import model_inputs, tiny_ltx, tiny_wan
-from test_diffusers_stg import _naive_perturbed, _run  # the independent third pass made there
+from diffusers_testing import model_inputs, naive_perturbed, run, tiny_ltx, tiny_wan
 
 from slatte.guidance.strategies import STRATEGIES
 from slatte.integrations.diffusers_guider import STGGuidance
@@ -53,16 +52,16 @@ def _denoise_step(guider, model, cond, uncond, step=0, num_steps=10):
 def test_guider_gives_the_spec_formula_for_every_strategy(name, strategy):
     model = MODELS[name]()
     cond, uncond = _inputs(name)
-    before = _run(model, cond)
+    before = run(model, cond)
     guider = STGGuidance(guidance_scale=G, stg_scale=S, stg_blocks=[1], stg_strategy=strategy)
     pred = _denoise_step(guider, model, cond, uncond)
-    e_c, e_u = _run(model, cond), _run(model, uncond)
-    e_p = _naive_perturbed(model, cond, 1, strategy)
+    e_c, e_u = run(model, cond), run(model, uncond)
+    e_p = naive_perturbed(model, cond, 1, strategy)
     expected = e_u + G * (e_c - e_u) + S * (e_c - e_p)
     torch.testing.assert_close(pred, expected, atol=1e-5, rtol=1e-5)
     assert (pred - (e_u + G * (e_c - e_u))).abs().amax() > 1e-3  # STG was applied
     # Nothing outlives the step: the model predicts as before.
-    torch.testing.assert_close(_run(model, cond), before, atol=0, rtol=0)
+    torch.testing.assert_close(run(model, cond), before, atol=0, rtol=0)
     assert not model._forward_hooks and not model._forward_pre_hooks
 
 
@@ -110,7 +109,7 @@ def test_attention_strategies_work_with_a_non_sdpa_backend(strategy):
 def test_windows_and_switches():
     model = tiny_wan()
     cond, uncond = _inputs("wan")
-    e_c, e_u = _run(model, cond), _run(model, uncond)
+    e_c, e_u = run(model, cond), run(model, uncond)
     cfg_only = e_u + G * (e_c - e_u)
     # Outside the STG window: CFG alone, and the conditional batch runs without hooks.
     late = STGGuidance(guidance_scale=G, stg_scale=S, stg_blocks=[1], stg_start=0.5)
@@ -120,7 +119,7 @@ def test_windows_and_switches():
     no_cfg = STGGuidance(guidance_scale=1.0, stg_scale=S, stg_blocks=[1])
     no_cfg.set_state(step=0, num_inference_steps=10, timestep=cond["timestep"])
     assert no_cfg.num_conditions == 1
-    e_p = _naive_perturbed(model, cond, 1, "transformer_block")
+    e_p = naive_perturbed(model, cond, 1, "transformer_block")
     pred = _denoise_step(no_cfg, model, cond, uncond)
     torch.testing.assert_close(pred, e_c + S * (e_c - e_p), atol=1e-5, rtol=1e-5)
 
