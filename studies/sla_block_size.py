@@ -79,7 +79,9 @@ def main() -> None:
     for (bq, bk), counts in BLOCK_SHAPES.items():
         for n_crit in counts:
             errors = {"sparse": [], "sla": []}
-            for (q, k, v), block in zip(layers, [b for _ in TIMESTEPS for b in model.blocks]):
+            for (q, k, v), block in zip(
+                layers, [b for _ in TIMESTEPS for b in model.blocks], strict=True
+            ):
                 dense = attention(q, k, v, backend="sdpa")
                 proj = block.attn.sla.proj_l
                 sparse_cfg = SLAConfig(critical=n_crit, negligible=0, block_q=bq, block_k=bk)
@@ -107,11 +109,11 @@ def main() -> None:
         import matplotlib.pyplot as plt
 
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
-        for ax, name in zip(axes, ("sparse", "sla")):
-            for (bq, bk) in BLOCK_SHAPES:
+        for ax, name in zip(axes, ("sparse", "sla"), strict=True):
+            for bq, bk in BLOCK_SHAPES:
                 pts = [(r["kept"], r[f"{name}_error"]) for r in rows
                        if (r["block_q"], r["block_k"]) == (bq, bk)]  # fmt: skip
-                ax.plot(*zip(*pts), marker="o", label=f"blocks {bq}x{bk}")
+                ax.plot(*zip(*pts, strict=True), marker="o", label=f"blocks {bq}x{bk}")
             ax.set_xscale("log")
             ax.set_xlabel("kept keys (fraction of N)")
             ax.set_title("sparse branch alone" if name == "sparse" else "SLA, trained projection")
