@@ -2,7 +2,7 @@
 runs them around FlashAttention-4: here a plain PyTorch sparse branch plays FA4's part, so the
 kernels' linear-branch-only paths (forward epilogue, dq, dk/dv) are checked on the CPU through
 Triton's interpreter, forward and every gradient. FA4 itself is checked on the GPU grid
-(test_sla_triton_gpu.py)."""
+(test_sla_hopper_gpu.py)."""
 
 from __future__ import annotations
 
