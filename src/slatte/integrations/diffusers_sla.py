@@ -28,7 +28,6 @@ from torch import nn
 from ..nn.sla import SparseLinearAttention
 from ..ops.attention import SLA_POLICIES
 from ..ops.sla import SLAConfig, sparse_linear_attention
-from ..ops.sla.launch_policy import TRITON_HEAD_DIMS
 from ..parallel.ring import hybrid_sla
 from .diffusers_common import (
     SUPPORTED,
@@ -198,7 +197,7 @@ def enable_sla(
         raise ValueError(f"backend must be one of {SLA_BACKENDS}, got {backend!r}")
     transformers = resolve_transformers(model)
     for transformer in transformers:
-        _check_sla_able(transformer, backend)
+        _check_sla_able(transformer)
     for transformer in transformers:
         spec = model_spec(transformer)
         param = next(transformer.parameters())
@@ -219,17 +218,12 @@ def enable_sla(
     return transformers[0]
 
 
-def _check_sla_able(transformer: nn.Module, backend: str) -> None:
+def _check_sla_able(transformer: nn.Module) -> None:
+    # Any head dim runs: where the fused kernels do not serve it, the op's launch policy takes
+    # the block-sparse PyTorch family (`ops/sla/launch_policy.select_kernels`).
     spec = model_spec(transformer)
     name = type(transformer).__name__
     attentions = self_attentions(transformer)
-    if backend == "sla":
-        bad = sorted({head_dim(a) for a in attentions} - set(TRITON_HEAD_DIMS))
-        if bad:
-            raise ValueError(
-                f"{name} has head dim {bad[0]}, which SLA's fused kernel cannot serve (head dims "
-                f"{TRITON_HEAD_DIMS}); use backend='sla_reference' (slow) for this model"
-            )
     for i, attn in enumerate(attentions):
         _check_plain_attention(attn, f"{name} block {i}")
         _check_own_processor(attn, spec, f"{name} block {i}")

@@ -48,7 +48,7 @@ from ..ops.sequence_parallel import (
 from ..ops.sla import sparse_linear_attention
 from ..ops.sla.block_map import CRITICAL, classify, linear_mask
 from ..ops.sla.config import SLAConfig
-from ..ops.sla.reference import LINEAR_EPS, feature_map
+from ..ops.sla.reference import LINEAR_EPS, add_projected, feature_map
 
 
 def _acc_dtype(x: torch.Tensor) -> torch.dtype:
@@ -366,11 +366,7 @@ def ring_sla(
     if proj_weight is None:
         return out
     out_l = _linear_branch(q, k, v, bmap, config, group, sum(lengths), offset)
-    # The projection in fp32 (fp64 for a float64 run), as on one process.
-    proj_dtype = _acc_dtype(q)
-    bias = None if proj_bias is None else proj_bias.to(proj_dtype)
-    projected = F.linear(out_l.to(proj_dtype), proj_weight.to(proj_dtype), bias)
-    return (out.to(proj_dtype) + projected).to(q.dtype)
+    return add_projected(out, out_l, proj_weight, proj_bias)
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
