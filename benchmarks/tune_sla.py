@@ -5,6 +5,7 @@ Prints the forward (with `--forward`) and forward+backward time of each candidat
 `slatte.ops.sla.triton.tiles.tiles`.
 
     python benchmarks/tune_sla.py --d 128 --block-q 128
+    python benchmarks/tune_sla.py --kernels hopper --block-k 128 --forward   # the linear epilogue
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from slatte.ops.sla import LaunchPolicy
 
 FWD = [dict(fwd_m=m, fwd_warps=w, fwd_stages=s) for m, w, s in
        [(64, 4, 2), (64, 4, 3), (128, 8, 2), (128, 8, 3), (128, 8, 4), (128, 4, 3)]]  # fmt: skip
+# The hopper family's forward kernel is only the linear epilogue (no key loop): its column chunk
+# and tile height are what matter there.
+FWD += [dict(fwd_m=m, fwd_warps=w, fwd_lin_chunk=c) for m, w, c in
+        [(128, 8, 16), (128, 8, 64), (64, 4, 32), (64, 4, 64), (128, 4, 32)]]  # fmt: skip
 # Training candidates, timed forward+backward: each changes a few knobs of the tiles' defaults
 # ({} = the defaults), so every kernel is tried in context (the isolated sweeps of NOTES.md
 # session 5 ranked D=64 configs differently from the full forward+backward).
@@ -41,6 +46,8 @@ def main() -> None:
     parser.add_argument("--block-q", type=int, default=128)
     parser.add_argument("--n", type=int, default=32760)
     parser.add_argument("--forward", action="store_true", help="also try forward tiles first")
+    parser.add_argument("--block-k", type=int, default=64)
+    parser.add_argument("--kernels", default="triton", help="LaunchPolicy.kernels: triton, hopper")
     args = parser.parse_args()
     d = args.d
     q, k, v = (torch.randn(1, 12, args.n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
@@ -48,10 +55,10 @@ def main() -> None:
     qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
     do = torch.randn_like(q)
 
-    config = SLAConfig(block_q=args.block_q, block_k=64)
+    config = SLAConfig(block_q=args.block_q, block_k=args.block_k)
 
     def call(q, k, v, tiles):
-        policy = LaunchPolicy(kernels="triton", tile_overrides={d: tiles})
+        policy = LaunchPolicy(kernels=args.kernels, tile_overrides={d: tiles})
         return sparse_linear_attention(q, k, v, proj.weight, proj.bias, config, policy=policy)
 
     def fwd(tiles):
@@ -70,7 +77,8 @@ def main() -> None:
         ms = try_bench(partial(fwdbwd, {**best_fwd, **cfg}), grad_to_none=[qg, kg, vg])
         rows.append(dict(kind="fwd+bwd", cfg=cfg, ms=ms))
     rows.sort(key=lambda r: (r["kind"], -r["ms"] if isinstance(r["ms"], float) else 0))
-    report({"benchmark": "tune_sla", "d": d, "block_q": args.block_q, **environment()}, rows,
+    report({"benchmark": "tune_sla", "d": d, "block_q": args.block_q, "block_k": args.block_k,
+            "kernels": args.kernels, **environment()}, rows,
            ["kind", "cfg", "ms"])  # fmt: skip
 
 
