@@ -198,7 +198,8 @@ class OfficialSLAProcessor:
 
         q, k, v = project_qkv(attn, hidden_states, wan_qk, rotary_emb)  # (B, N, H, D)
         out = attn.official_sla(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        return output_projection(attn, out.transpose(1, 2).flatten(2).type_as(hidden_states))
+        out = out.transpose(1, 2).flatten(2).type_as(hidden_states)
+        return output_projection(attn, out, hidden_states)
 
 
 def enable_official(model, path: Path, critical: float) -> None:
