@@ -174,7 +174,9 @@ class STGHandle:
     def _guidance(self, attr: str) -> float:
         """The pipeline's CFG scale at `attr` (its `guidance_scale` where that is missing)."""
         guidance = _dotted(self.pipeline, attr)
-        return float(getattr(self.pipeline, "guidance_scale", 1.0) if guidance is None else guidance)
+        if guidance is None:
+            guidance = getattr(self.pipeline, "guidance_scale", 1.0)
+        return float(guidance)
 
     def _rows(self, batch: int, timestep: Any) -> _Call | None:
         unscaled = (self.scale,) * (1 + len(self.spec.side_outputs))
