@@ -20,14 +20,15 @@ patched methods:
 - the chosen blocks apply the strategy (`slatte.guidance.strategies`) to the perturbed rows only
   (batch-safe);
 - after the transformer, the conditional rows become `e_c + s'·(e_c − e_p)` and the extra rows
-  are dropped, so the pipeline sees its usual batch. With the pipeline's CFG
+  are dropped, so the pipeline sees its usual batch (every output: LTX-2's audio too, guided
+  with its own CFG scale, `ModelSpec.side_outputs`). With the pipeline's CFG
   (`e_u + g·(e_c' − e_u)`), `s' = scale / g` makes the result the spec's
   `e_u + g·(e_c − e_u) + scale·(e_c − e_p)`.
 All per-call state is reset at the start of every call, so an error mid-call leaks nothing into
 the next; `remove()` (or `disable_stg(model)`) takes every hook off.
 
-Which rows are conditional: with a pipeline, LTX-Video, Latte, CogVideoX and Mochi pipelines
-batch [uncond; cond] when CFG is on (second half conditional); the Wan-family and
+Which rows are conditional: with a pipeline, LTX-Video, LTX-2, Latte, CogVideoX and Mochi
+pipelines batch [uncond; cond] when CFG is on (second half conditional); the Wan-family and
 HunyuanVideo-1.5 pipelines call the transformer separately, conditional first, so of two
 consecutive calls with the same timestep only the first is guided (`ModelSpec.batched_cfg`);
 the CFG scale comes from `ModelSpec.cfg_scale`. With a bare transformer every row is
@@ -37,8 +38,9 @@ Block indices: in the order the forward runs the blocks (`execution_blocks`): Wa
 LTX `transformer_blocks[i]`, HunyuanVideo its dual-stream blocks then its single-stream ones;
 Latte even indices spatial (`transformer_blocks[i // 2]`), odd temporal
 (`temporal_transformer_blocks[i // 2]`). Published choices: LTX-Video 2B block 19 (the STG
-authors' LTX-Video command: `--stg_block_idx 19 --stg_scale 1.0`, with rescaling); Mochi blocks
-34/35. For the other models we know of no published STG block; the
+authors' LTX-Video command: `--stg_block_idx 19 --stg_scale 1.0`, with rescaling); LTX-2.0
+block 29 and LTX-2.3 block 28 (diffusers' LTX2Pipeline docs, for the model's own STG, which is
+`attention_values` on the video and audio self-attention); Mochi blocks 34/35. For the other models we know of no published STG block; the
 generic skip-layer-guidance default for DiTs (blocks 7, 8, 9, ComfyUI's `SkipLayerGuidanceDiT`)
 is a starting point to tune from.
 """
