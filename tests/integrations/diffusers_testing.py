@@ -52,9 +52,11 @@ def _tiny_ltx(seed: int = 0) -> torch.nn.Module:
 
 
 @functools.cache
-def _tiny_ltx2(seed: int = 0, rope_type: str = "interleaved") -> torch.nn.Module:
+def _tiny_ltx2(
+    seed: int = 0, rope_type: str = "interleaved", ltx23: bool = True
+) -> torch.nn.Module:
     torch.manual_seed(seed)
-    # LTX-2.3's options on: per-head gates, and the processor that serves the model's own STG.
+    # ltx23: LTX-2.3's per-head gates, and the processor that serves the model's own STG.
     return diffusers.LTX2VideoTransformer3DModel(
         in_channels=4,
         out_channels=4,
@@ -68,9 +70,9 @@ def _tiny_ltx2(seed: int = 0, rope_type: str = "interleaved") -> torch.nn.Module
         audio_cross_attention_dim=16,
         num_layers=2,
         caption_channels=16,
-        gated_attn=True,
-        audio_gated_attn=True,
-        perturbed_attn=True,
+        gated_attn=ltx23,
+        audio_gated_attn=ltx23,
+        perturbed_attn=ltx23,
         rope_type=rope_type,
     ).eval()
 
@@ -282,8 +284,8 @@ def tiny_ltx(seed: int = 0) -> torch.nn.Module:
     return copy.deepcopy(_tiny_ltx(seed))
 
 
-def tiny_ltx2(seed: int = 0, rope_type: str = "interleaved") -> torch.nn.Module:
-    return copy.deepcopy(_tiny_ltx2(seed, rope_type))
+def tiny_ltx2(seed: int = 0, rope_type: str = "interleaved", ltx23: bool = True) -> torch.nn.Module:
+    return copy.deepcopy(_tiny_ltx2(seed, rope_type, ltx23))
 
 
 def tiny_latte(seed: int = 0, patch_size: int = 1) -> torch.nn.Module:

@@ -47,11 +47,13 @@ def _both(model, inputs, **extra):
         return model(**{**inputs, **extra, "return_dict": False})
 
 
-@pytest.mark.parametrize("rope_type", ["interleaved", "split"])
-def test_zero_projection_is_the_models_attention_over_the_critical_blocks(rope_type):
-    """With proj_l = 0, SLA is the model's own gated attention (its processor, untouched code)
-    with the critical-block mask as attention mask."""
-    model, inputs = tiny_ltx2(rope_type=rope_type), model_inputs("ltx2")
+# LTX-2.3's gates and STG-capable processor with one rotary layout, LTX-2.0's plain ones with the
+# other.
+@pytest.mark.parametrize(("rope_type", "ltx23"), [("interleaved", True), ("split", False)])
+def test_zero_projection_is_the_models_attention_over_the_critical_blocks(rope_type, ltx23):
+    """With proj_l = 0, SLA is the model's own attention (its processor, untouched code, gates
+    included) with the critical-block mask as attention mask."""
+    model, inputs = tiny_ltx2(rope_type=rope_type, ltx23=ltx23), model_inputs("ltx2")
     attn = model.transformer_blocks[1].attn1
     original = attn.processor
     seen = attention_inputs(model, attn, inputs)
@@ -70,7 +72,7 @@ def test_zero_projection_is_the_models_attention_over_the_critical_blocks(rope_t
         token_mask = critical.repeat_interleave(16, 2).repeat_interleave(16, 3)
         masked = original(attn, x, None, token_mask.flatten(0, 1), rotary)
     assert critical.sum(-1).eq(1).all()  # sparse: 1 of 3 blocks
-    assert attn.to_gate_logits is not None
+    assert (attn.to_gate_logits is not None) == ltx23
     torch.testing.assert_close(sla_out, masked, atol=2e-5, rtol=1e-5)
 
 
