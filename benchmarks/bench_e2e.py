@@ -17,7 +17,7 @@ SLA ≈ 327 ms on an H200).
 
 `--model NAME`: another supported diffusers transformer at its native shape (`MODELS`: Wan2.2
 5B, Wan-VACE 1.3B, SkyReels-V2 1.3B 540p, HunyuanVideo 720p, HunyuanVideo-1.5 720p, CogVideoX
-5B, Mochi 1), random weights, forward dense vs `enable_sla`; "slatte_fused" and "official" are
+5B, Mochi 1, LTX-2 with its audio), random weights, forward dense vs `enable_sla`; "slatte_fused" and "official" are
 for `WanTransformer3DModel` (Wan2.1 / 2.2) only. `--smoke` shrinks any of them to a tiny shape.
 
 `--official PATH`: a checkout of github.com/thu-ml/SLA (the folder holding the
@@ -122,7 +122,28 @@ def _inputs(name: str, config: dict, latents: tuple, text: tuple, device, dtype)
             "hidden_states": x, "timestep": timestep, "encoder_hidden_states": context,
             "encoder_attention_mask": text_mask,
         }  # fmt: skip
+    if name == "ltx-2":  # packed latents (B, F·H·W, C), and the clip's audio latents
+        audio_frames = _ltx2_audio_frames(latents[2])
+        audio = (latents[0], audio_frames, config["audio_in_channels"])
+        return {
+            "hidden_states": x.flatten(2).transpose(1, 2),
+            "audio_hidden_states": torch.randn(audio, device=device, dtype=dtype),
+            "encoder_hidden_states": context, "audio_encoder_hidden_states": context,
+            "timestep": timestep.to(dtype), "encoder_attention_mask": text_mask,
+            "audio_encoder_attention_mask": text_mask, "num_frames": latents[2],
+            "height": latents[3], "width": latents[4], "fps": LTX2_FPS,
+            "audio_num_frames": audio_frames,
+        }  # fmt: skip
     raise ValueError(name)
+
+
+# LTX2Pipeline's defaults: 24 frames per second; audio latents at 16 kHz, hop 160, 4× in time.
+LTX2_FPS, LTX2_AUDIO_LATENTS_PER_S = 24.0, 16000 / 160 / 4
+
+
+def _ltx2_audio_frames(latent_frames: int) -> int:
+    """Audio latents of the clip LTX2Pipeline makes for these video latent frames (8× in time)."""
+    return round((8 * (latent_frames - 1) + 1) / LTX2_FPS * LTX2_AUDIO_LATENTS_PER_S)
 
 
 # name: (diffusers class, native config, latents, text states, smoke overrides of the config,
@@ -179,6 +200,14 @@ MODELS = {
                 {**_SMOKE_TRANSFORMER, "pooled_projection_dim": 32, "text_embed_dim": 32,
                  "time_embed_dim": 32, "max_sequence_length": 8},
                 (1, 12, 3, 16, 16), SMOKE_TEXT),
+    # LTX-2 (19B: 48 blocks, video 32 × 128, audio 32 × 64), LTX2Pipeline's default 512 × 768
+    # × 121 frames at 24 fps: 16 × 16 × 24 = 6,144 video tokens + 126 audio + 1024 text.
+    "ltx-2": ("LTX2VideoTransformer3DModel", {}, (1, 128, 16, 16, 24), (1, 1024, 3840),
+              {**_SMOKE_TRANSFORMER, "cross_attention_dim": 64, "audio_in_channels": 8,
+               "audio_out_channels": 8, "audio_num_attention_heads": 2,
+               "audio_attention_head_dim": 16, "audio_cross_attention_dim": 32,
+               "caption_channels": 32},
+              (1, 128, 3, 16, 16), SMOKE_TEXT),
 }  # fmt: skip
 
 
@@ -198,7 +227,8 @@ class OfficialSLAProcessor:
 
         q, k, v = project_qkv(attn, hidden_states, wan_qk, rotary_emb)  # (B, N, H, D)
         out = attn.official_sla(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        return output_projection(attn, out.transpose(1, 2).flatten(2).type_as(hidden_states))
+        out = out.transpose(1, 2).flatten(2).type_as(hidden_states)
+        return output_projection(attn, out, hidden_states)
 
 
 def enable_official(model, path: Path, critical: float) -> None:

@@ -52,6 +52,32 @@ def _tiny_ltx(seed: int = 0) -> torch.nn.Module:
 
 
 @functools.cache
+def _tiny_ltx2(
+    seed: int = 0, rope_type: str = "interleaved", ltx23: bool = True
+) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    # ltx23: LTX-2.3's per-head gates, and the processor that serves the model's own STG.
+    return diffusers.LTX2VideoTransformer3DModel(
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=16,
+        cross_attention_dim=32,
+        audio_in_channels=4,
+        audio_out_channels=4,
+        audio_num_attention_heads=2,
+        audio_attention_head_dim=8,
+        audio_cross_attention_dim=16,
+        num_layers=2,
+        caption_channels=16,
+        gated_attn=ltx23,
+        audio_gated_attn=ltx23,
+        perturbed_attn=ltx23,
+        rope_type=rope_type,
+    ).eval()
+
+
+@functools.cache
 def _tiny_latte(seed: int = 0, patch_size: int = 1) -> torch.nn.Module:
     torch.manual_seed(seed)
     return diffusers.LatteTransformer3DModel(
@@ -160,7 +186,8 @@ def _tiny_mochi(seed: int = 0) -> torch.nn.Module:
 
 def model_inputs(name: str, batch: int = 2, seed: int = 1) -> dict:
     """Keyword inputs for the tiny model `name`, 3 frames each: Wan 8×8 latents in 2×2 patches
-    (48 tokens per sample), LTX 4×4 unpatched (48), Latte 8×8 (64 or 16 tokens per frame)."""
+    (48 tokens per sample), LTX and LTX-2 4×4 unpatched (48; LTX-2 also 5 audio tokens), Latte
+    8×8 (64 or 16 tokens per frame)."""
     g = torch.Generator().manual_seed(seed)
     t = torch.linspace(10, 900, batch).round().long()
     if name == "wan":
@@ -178,6 +205,21 @@ def model_inputs(name: str, batch: int = 2, seed: int = 1) -> dict:
             "num_frames": 3,
             "height": 4,
             "width": 4,
+        }
+    if name == "ltx2":  # the second prompt padded: 4 of 6 text tokens real
+        mask = (torch.arange(6) < torch.tensor([[6], [4]] * batch)[:batch]).long()
+        return {
+            "hidden_states": torch.randn(batch, 3 * 4 * 4, 4, generator=g),
+            "audio_hidden_states": torch.randn(batch, 5, 4, generator=g),
+            "encoder_hidden_states": torch.randn(batch, 6, 16, generator=g),
+            "audio_encoder_hidden_states": torch.randn(batch, 6, 16, generator=g),
+            "timestep": t.float(),
+            "encoder_attention_mask": mask,
+            "audio_encoder_attention_mask": mask,
+            "num_frames": 3,
+            "height": 4,
+            "width": 4,
+            "audio_num_frames": 5,
         }
     if name == "latte":
         return {
@@ -242,6 +284,10 @@ def tiny_ltx(seed: int = 0) -> torch.nn.Module:
     return copy.deepcopy(_tiny_ltx(seed))
 
 
+def tiny_ltx2(seed: int = 0, rope_type: str = "interleaved", ltx23: bool = True) -> torch.nn.Module:
+    return copy.deepcopy(_tiny_ltx2(seed, rope_type, ltx23))
+
+
 def tiny_latte(seed: int = 0, patch_size: int = 1) -> torch.nn.Module:
     # patch_size=1: 64 tokens per frame, enough for several SLA blocks of 16.
     return copy.deepcopy(_tiny_latte(seed, patch_size))
@@ -275,6 +321,7 @@ def tiny_hunyuan(seed: int = 0) -> torch.nn.Module:
 MODELS: dict[str, Callable[..., torch.nn.Module]] = {
     "wan": tiny_wan,
     "ltx": tiny_ltx,
+    "ltx2": tiny_ltx2,
     "latte": tiny_latte,
     "hunyuan": tiny_hunyuan,
     "cogvideox": tiny_cogvideox,
@@ -346,7 +393,9 @@ def _record(transformer, calls):
         calls.append({"model": module, "kwargs": dict(kwargs)})
 
     def after(module, args, kwargs, output):
-        calls[-1]["output"] = (output[0] if isinstance(output, tuple) else output.sample).clone()
+        outputs = output if isinstance(output, tuple) else tuple(output.values())
+        calls[-1]["outputs"] = tuple(o.clone() for o in outputs)  # LTX-2: video, audio
+        calls[-1]["output"] = calls[-1]["outputs"][0]
 
     return transformer.register_forward_pre_hook(before, with_kwargs=True), after
 

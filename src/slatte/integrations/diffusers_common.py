@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .diffusers_joint import COGVIDEOX, HUNYUAN_VIDEO, HUNYUAN_VIDEO_15, MOCHI, JointAttention
-from .diffusers_qk import ltx_qk, no_rotary_qk, wan_qk
+from .diffusers_qk import ltx2_qk, ltx_qk, no_rotary_qk, wan_qk
 
 # Tested with 0.42; Wan's (cos, sin) rotary tables and the processor signatures used here exist
 # from 0.36 on (older layouts get a clear error where they differ).
@@ -46,7 +46,14 @@ class ModelSpec:
       perturbed one see for the original rows only; None when a block's batch folds frames or
       patches into it (Latte: B·F or B·S rows), so the perturbed branch runs every block;
     - `block_streams`: the block forward's arguments that it returns, updated, in the same
-      order (two-stream blocks: video and text); STG's skipped block returns them as they came;
+      order (two-stream blocks: video and text, or LTX-2's video and audio); STG's skipped
+      block returns them as they came;
+    - `side_self_attentions`: further self-attention submodules of a block that SLA leaves
+      dense but STG's attention strategies perturb with `self_attention` (LTX-2's audio
+      self-attention, which the model's own STG perturbs too);
+    - `side_outputs`: the forward's per-sample outputs after `sample`, each with the pipeline
+      attribute (a dotted path) holding its CFG scale (LTX-2's audio, `audio_guidance_scale`):
+      STG trims them to the caller's batch and guides them as `sample`;
     - `joint`: video and text tokens share one attention (`diffusers_joint`): where its q, k, v
       and outputs come from; SLA then serves the video-to-video part only;
     - `batched_cfg`: the pipeline runs classifier-free guidance as one batch [uncond; cond]
@@ -73,6 +80,8 @@ class ModelSpec:
     self_attention: str = "attn1"
     cfg_scale: str | None = "guidance_scale"
     block_streams: tuple[str, ...] = ("hidden_states",)
+    side_self_attentions: tuple[str, ...] = ()
+    side_outputs: tuple[tuple[str, str], ...] = ()
     joint: JointAttention | None = None
     side_block_lists: tuple[str, ...] = ()
     interleaved: bool = False
@@ -136,6 +145,55 @@ SUPPORTED: dict[str, ModelSpec] = {
             "encoder_attention_mask",
         ),
         batched_cfg=True,
+    ),
+    "LTX2VideoTransformer3DModel": ModelSpec(
+        block_lists=("transformer_blocks",),
+        qk=ltx2_qk,
+        # The second is the processor of models built with `perturbed_attn` (the model's STG).
+        processors=("LTX2AudioVideoAttnProcessor", "LTX2PerturbedAttnProcessor"),
+        sample_inputs=(
+            "hidden_states",
+            "audio_hidden_states",
+            "encoder_hidden_states",
+            "audio_encoder_hidden_states",
+            "timestep",
+            "audio_timestep",
+            "sigma",
+            "audio_sigma",
+            "encoder_attention_mask",
+            "audio_encoder_attention_mask",
+            "video_coords",
+            "audio_coords",
+            "perturbation_mask",
+            "video_self_attention_mask",
+            "video_keyframes_mask",
+        ),
+        fork_inputs=(
+            "hidden_states",
+            "audio_hidden_states",
+            "encoder_hidden_states",
+            "audio_encoder_hidden_states",
+            "temb",
+            "temb_audio",
+            "temb_ca_scale_shift",
+            "temb_ca_audio_scale_shift",
+            "temb_ca_gate",
+            "temb_ca_audio_gate",
+            "temb_prompt",
+            "temb_prompt_audio",
+            "video_rotary_emb",
+            "audio_rotary_emb",
+            "ca_video_rotary_emb",
+            "ca_audio_rotary_emb",
+            "encoder_attention_mask",
+            "audio_encoder_attention_mask",
+            "self_attention_mask",
+            "perturbation_mask",
+        ),
+        batched_cfg=True,
+        block_streams=("hidden_states", "audio_hidden_states"),
+        side_self_attentions=("audio_attn1",),
+        side_outputs=(("audio_sample", "audio_guidance_scale"),),
     ),
     "LatteTransformer3DModel": ModelSpec(
         block_lists=("transformer_blocks", "temporal_transformer_blocks"),

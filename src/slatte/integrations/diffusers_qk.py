@@ -46,6 +46,28 @@ def ltx_qk(
     return _heads(attn, q, k)
 
 
+def ltx2_qk(
+    attn: nn.Module, q: torch.Tensor, k: torch.Tensor, rotary: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """LTX-2: qk RMS norms over H·D, then the model's own rotation of (B, N, H·D) by its (cos,
+    sin) tables, interleaved pairs or split halves as the attention's `rope_type` says."""
+    q, k = _normed(attn, q, k)
+    if rotary is not None:
+        from diffusers.models.transformers import transformer_ltx2
+
+        rotate = {
+            "interleaved": transformer_ltx2.apply_interleaved_rotary_emb,
+            "split": transformer_ltx2.apply_split_rotary_emb,
+        }.get(attn.rope_type)
+        if rotate is None:
+            raise ValueError(
+                f"LTX-2 attention with rope_type={attn.rope_type!r}; slatte knows "
+                "'interleaved' and 'split'"
+            )
+        q, k = rotate(q, rotary), rotate(k, rotary)
+    return _heads(attn, q, k)
+
+
 def wan_qk(
     attn: nn.Module, q: torch.Tensor, k: torch.Tensor, rotary: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:

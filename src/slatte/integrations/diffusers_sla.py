@@ -68,8 +68,15 @@ def project_qkv(
     return q, k, v.unflatten(2, (attn.heads, -1))
 
 
-def output_projection(attn: nn.Module, out: torch.Tensor) -> torch.Tensor:
-    """(B, N, H·D) → the attention module's output (linear, then dropout)."""
+def output_projection(attn: nn.Module, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B, N, H·D) → the attention module's output: per-head gates where the module has them
+    (LTX-2's `to_gate_logits`, computed from the attention's input x (B, N, C)), then linear,
+    then dropout."""
+    gate_logits = getattr(attn, "to_gate_logits", None)
+    if gate_logits is not None:
+        # 2·sigmoid: zero logits give gates of one, as the model's processor has it.
+        gates = 2.0 * torch.sigmoid(gate_logits(x))  # (B, N, H)
+        out = (out.unflatten(2, (attn.heads, -1)) * gates[..., None]).flatten(2)
     return attn.to_out[1](attn.to_out[0](out))
 
 
@@ -83,7 +90,11 @@ class SLAAttnProcessor:
 
     The call signature covers the models without joint attention: Wan, Wan-VACE, SkyReels-V2
     and LTX pass (attn, hidden_states, encoder_hidden_states, attention_mask, rotary)
-    positionally, Latte's `Attention` passes `encoder_hidden_states` / `attention_mask` by name.
+    positionally, Latte's `Attention` passes `encoder_hidden_states` / `attention_mask` by name,
+    LTX-2 adds a key rotary embedding (None in self-attention: the keys share the queries'
+    positions) and, from its STG-capable processor, `perturbation_mask` / `all_perturbed`: rows
+    whose mask is 0 get the identity attention map (V) as the model's processor gives them, so
+    the model's own STG still works under SLA. LTX-2's per-head gates: `output_projection`.
 
     Context parallelism: `transformer.enable_parallelism(config=ContextParallelConfig(...))`
     sets `_parallel_config` on every processor that declares it, as on diffusers' own, and
@@ -106,8 +117,16 @@ class SLAAttnProcessor:
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         rotary_emb: Any = None,
+        key_rotary_emb: Any = None,
+        perturbation_mask: torch.Tensor | None = None,
+        all_perturbed: bool | torch.Tensor | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
+        if key_rotary_emb is not None and key_rotary_emb is not rotary_emb:
+            raise ValueError(
+                "SLAAttnProcessor serves self-attention, whose keys are rotated as its queries; "
+                "it was called with a separate key rotary embedding"
+            )
         if encoder_hidden_states is not None or attention_mask is not None:
             raise ValueError(
                 "SLAAttnProcessor serves self-attention without a mask; it was called with "
@@ -118,12 +137,24 @@ class SLAAttnProcessor:
             raise ValueError(
                 f"SLAAttnProcessor expects hidden_states (B, N, C), got {tuple(hidden_states.shape)}"
             )
-        sla: SparseLinearAttention = attn.sla
-        q, k, v = project_qkv(attn, hidden_states, self.qk, rotary_emb)
+        q, k, v = project_qkv(attn, hidden_states, self.qk, rotary_emb)  # (B, N, H, D)
+        if all_perturbed is None:
+            all_perturbed = perturbation_mask is not None and bool((perturbation_mask == 0).all())
+        if all_perturbed:  # every row perturbed: no attention to compute
+            return output_projection(attn, v.flatten(2), hidden_states)
+        out = self._attention(attn.sla, q, k, v).flatten(2).type_as(hidden_states)  # (B, N, H·D)
+        if perturbation_mask is not None:  # (B, 1, 1): 0 takes V, 1 the attention
+            out = torch.lerp(v.flatten(2), out, perturbation_mask.to(out.dtype))
+        return output_projection(attn, out, hidden_states)
+
+    def _attention(
+        self, sla: SparseLinearAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
+        """SLA of q, k, v (B, N, H, D), over the whole sequence when it is sharded."""
         cp = getattr(self._parallel_config, "context_parallel_config", None)
         if cp is not None:
             q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, n, D) views
-            out = hybrid_sla(
+            return hybrid_sla(
                 q,
                 k,
                 v,
@@ -133,8 +164,7 @@ class SLAAttnProcessor:
                 cp._ring_mesh.get_group(),
                 cp._ulysses_mesh.get_group(),
             ).transpose(1, 2)  # (B, n, H, D)
-            return output_projection(attn, out.flatten(2).type_as(hidden_states))
-        out = sparse_linear_attention(
+        return sparse_linear_attention(
             q,
             k,
             v,
@@ -143,8 +173,7 @@ class SLAAttnProcessor:
             sla.config,
             layout="bnhd",
             policy=SLA_POLICIES[sla.backend],
-        )  # (B, N, H, D)
-        return output_projection(attn, out.flatten(2).type_as(hidden_states))
+        )
 
 
 # ---------------------------------------------------------------------------------------------

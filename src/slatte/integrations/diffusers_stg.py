@@ -20,14 +20,15 @@ patched methods:
 - the chosen blocks apply the strategy (`slatte.guidance.strategies`) to the perturbed rows only
   (batch-safe);
 - after the transformer, the conditional rows become `e_c + s'·(e_c − e_p)` and the extra rows
-  are dropped, so the pipeline sees its usual batch. With the pipeline's CFG
+  are dropped, so the pipeline sees its usual batch (every output: LTX-2's audio too, guided
+  with its own CFG scale, `ModelSpec.side_outputs`). With the pipeline's CFG
   (`e_u + g·(e_c' − e_u)`), `s' = scale / g` makes the result the spec's
   `e_u + g·(e_c − e_u) + scale·(e_c − e_p)`.
 All per-call state is reset at the start of every call, so an error mid-call leaks nothing into
 the next; `remove()` (or `disable_stg(model)`) takes every hook off.
 
-Which rows are conditional: with a pipeline, LTX-Video, Latte, CogVideoX and Mochi pipelines
-batch [uncond; cond] when CFG is on (second half conditional); the Wan-family and
+Which rows are conditional: with a pipeline, LTX-Video, LTX-2, Latte, CogVideoX and Mochi
+pipelines batch [uncond; cond] when CFG is on (second half conditional); the Wan-family and
 HunyuanVideo-1.5 pipelines call the transformer separately, conditional first, so of two
 consecutive calls with the same timestep only the first is guided (`ModelSpec.batched_cfg`);
 the CFG scale comes from `ModelSpec.cfg_scale`. With a bare transformer every row is
@@ -37,8 +38,9 @@ Block indices: in the order the forward runs the blocks (`execution_blocks`): Wa
 LTX `transformer_blocks[i]`, HunyuanVideo its dual-stream blocks then its single-stream ones;
 Latte even indices spatial (`transformer_blocks[i // 2]`), odd temporal
 (`temporal_transformer_blocks[i // 2]`). Published choices: LTX-Video 2B block 19 (the STG
-authors' LTX-Video command: `--stg_block_idx 19 --stg_scale 1.0`, with rescaling); Mochi blocks
-34/35. For the other models we know of no published STG block; the
+authors' LTX-Video command: `--stg_block_idx 19 --stg_scale 1.0`, with rescaling); LTX-2.0
+block 29 and LTX-2.3 block 28 (diffusers' LTX2Pipeline docs, for the model's own STG, which is
+`attention_values` on the video and audio self-attention); Mochi blocks 34/35. For the other models we know of no published STG block; the
 generic skip-layer-guidance default for DiTs (blocks 7, 8, 9, ComfyUI's `SkipLayerGuidanceDiT`)
 is a starting point to tune from.
 """
@@ -68,11 +70,12 @@ from .diffusers_sla import output_projection, qkv_projections
 @dataclass
 class _Call:
     """One transformer call with STG: B original rows, the conditional rows among them, the
-    scale to use inside the model."""
+    scale to use inside the model for each guided output (`sample`, then the model's
+    `ModelSpec.side_outputs`)."""
 
     batch: int
     cond_rows: list[int]
-    scale: float
+    scales: tuple[float, ...]
     forked: bool = False
 
     @property
@@ -128,7 +131,7 @@ def _argument(params: tuple[str, ...], args: tuple, kwargs: dict, name: str) -> 
 
 def _identity_map(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A diffusers attention's output under the identity attention map: out_proj(V)."""
-    return output_projection(attn, qkv_projections(attn, x)[2])
+    return output_projection(attn, qkv_projections(attn, x)[2], x)
 
 
 @dataclass
@@ -170,28 +173,34 @@ class STGHandle:
         # Outside the window the perturbed branch is not computed at all.
         return call if call.cond_rows else None
 
+    def _guidance(self, attr: str) -> float:
+        """The pipeline's CFG scale at `attr` (its `guidance_scale` where that is missing)."""
+        guidance = _dotted(self.pipeline, attr)
+        if guidance is None:
+            guidance = getattr(self.pipeline, "guidance_scale", 1.0)
+        return float(guidance)
+
     def _rows(self, batch: int, timestep: Any) -> _Call | None:
+        unscaled = (self.scale,) * (1 + len(self.spec.side_outputs))
         if self.cond_rows is not None:
             rows = [int(r) for r in self.cond_rows(batch)]
             if not rows or any(not 0 <= r < batch for r in rows) or len(set(rows)) != len(rows):
                 raise ValueError(
                     f"cond_rows({batch}) must give distinct row indices in [0, {batch}), got {rows}"
                 )
-            return _Call(batch, rows, self.scale)
+            return _Call(batch, rows, unscaled)
         pipe = self.pipeline
         if pipe is None or self.guidance_attr is None:
-            return _Call(batch, list(range(batch)), self.scale)
-        guidance = _dotted(pipe, self.guidance_attr)
-        if guidance is None:
-            guidance = getattr(pipe, "guidance_scale", 1.0)
+            return _Call(batch, list(range(batch)), unscaled)
         # CogVideoX's pipeline decides CFG locally, from guidance_scale > 1, as the rest say.
         cfg = getattr(pipe, "do_classifier_free_guidance", None)
-        cfg = float(guidance) > 1 if cfg is None else bool(cfg)
-        scale = self.scale / float(guidance) if cfg else self.scale
+        cfg = self._guidance(self.guidance_attr) > 1 if cfg is None else bool(cfg)
+        attrs = (self.guidance_attr, *(attr for _, attr in self.spec.side_outputs))
+        scales = tuple(self.scale / self._guidance(a) for a in attrs) if cfg else unscaled
         if self.spec.batched_cfg:
             if cfg and batch % 2:
                 raise ValueError(f"a CFG batch [uncond; cond] must be even, got {batch} rows")
-            return _Call(batch, list(range(batch // 2 if cfg else 0, batch)), scale)
+            return _Call(batch, list(range(batch // 2 if cfg else 0, batch)), scales)
         # Separate calls: the first call of a step (new timestep) is the conditional one.
         if cfg and isinstance(timestep, torch.Tensor):
             same = (
@@ -202,7 +211,7 @@ class STGHandle:
             self._last_timestep = None if same else timestep.detach().cpu()
             if same:
                 return None
-        return _Call(batch, list(range(batch)), scale)
+        return _Call(batch, list(range(batch)), scales)
 
     # -- the transformer's hooks ---------------------------------------------------------------
 
@@ -231,20 +240,26 @@ class STGHandle:
         call, self._call = self._call, None
         if call is None or output is None:  # output is None when the forward raised
             return output
-        sample = output[0] if isinstance(output, tuple) else output.sample
+        names = ("sample", *(name for name, _ in self.spec.side_outputs))
+        if isinstance(output, tuple):
+            results = [self._guide(call, i, out) for i, out in enumerate(output[: len(names)])]
+            return (*results, *output[len(names) :])
+        for i, name in enumerate(names):
+            setattr(output, name, self._guide(call, i, getattr(output, name)))
+        return output
+
+    def _guide(self, call: _Call, index: int, sample: torch.Tensor) -> torch.Tensor:
+        """Output `index` of the extended batch → the caller's batch, its conditional rows
+        guided: e_c + s'·(e_c − e_p)."""
         e, e_p = sample[: call.batch], sample[call.batch :]
         rows = torch.tensor(call.cond_rows, device=e.device)
         e_c = e.index_select(0, rows)
-        guided = e_c + call.scale * (e_c - e_p)
-        channels = self._guided_channels()
+        guided = e_c + call.scales[index] * (e_c - e_p)
+        channels = self._guided_channels() if index == 0 else None
         if channels is not None:
             # Learned variance: only the mean channels are guided (the rest stays e_c's).
             guided = torch.cat([guided[:, :channels], e_c[:, channels:]], dim=1)
-        result = e.index_copy(0, rows, guided.to(e.dtype))
-        if isinstance(output, tuple):
-            return (result, *output[1:])
-        output.sample = result
-        return output
+        return e.index_copy(0, rows, guided.to(e.dtype))
 
     def _guided_channels(self) -> int | None:
         """With a learned variance, (mean; variance) along dim 1: guide the mean channels."""
@@ -374,11 +389,13 @@ class STGHandle:
         for index in self.blocks:
             block = blocks[index]
             if self.strategy.skips_block:
-                target, post = block, self._block_post
+                targets, post = [block], self._block_post
             else:
-                target, post = getattr(block, spec.self_attention), self._attention_post
-            hook = partial(post, _parameter_names(target))
-            self._handles.append(target.register_forward_hook(hook, with_kwargs=True))
+                names = (spec.self_attention, *spec.side_self_attentions)
+                targets, post = [getattr(block, n) for n in names], self._attention_post
+            for target in targets:
+                hook = partial(post, _parameter_names(target))
+                self._handles.append(target.register_forward_hook(hook, with_kwargs=True))
         self.transformer._slatte_stg = self
         return self
 
