@@ -55,8 +55,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ..guidance.config import check_window, in_window
-from ..guidance.strategies import Strategy, get_strategy
+from ..guidance.config import check_window, in_window, per_block_strategies
+from ..guidance.strategies import STRATEGIES, Strategy
 from .diffusers_common import ModelSpec, execution_blocks, model_spec, resolve_transformers
 from .diffusers_sla import output_projection, qkv_projections
 
@@ -140,7 +140,8 @@ class STGHandle:
     spec: ModelSpec
     scale: float
     blocks: tuple[int, ...]
-    strategy: Strategy
+    # One per block of `blocks`, in the same order.
+    strategies: tuple[Strategy, ...]
     fork: bool
     cond_rows: Callable[[int], Sequence[int]] | None
     start: float = 0.0
@@ -236,7 +237,7 @@ class STGHandle:
         rows = torch.tensor(call.cond_rows, device=e.device)
         e_c = e.index_select(0, rows)
         guided = e_c + call.scale * (e_c - e_p)
-        channels = self._guided_channels()
+        channels = guided_channels(self.transformer)
         if channels is not None:
             # Learned variance: only the mean channels are guided (the rest stays e_c's).
             guided = torch.cat([guided[:, :channels], e_c[:, channels:]], dim=1)
@@ -245,14 +246,6 @@ class STGHandle:
             return (result, *output[1:])
         output.sample = result
         return output
-
-    def _guided_channels(self) -> int | None:
-        """With a learned variance, (mean; variance) along dim 1: guide the mean channels."""
-        config = getattr(self.transformer, "config", None)
-        in_ch, out_ch = getattr(config, "in_channels", None), getattr(config, "out_channels", None)
-        if self.spec.learned_sigma and out_ch == 2 * in_ch:
-            return in_ch
-        return None
 
     # -- the blocks' hooks ---------------------------------------------------------------------
 
@@ -315,7 +308,13 @@ class STGHandle:
         return skipped if isinstance(output, tuple) else skipped[0]
 
     def _attention_post(
-        self, params: tuple[str, ...], module: nn.Module, args: tuple, kwargs: dict, output: Any
+        self,
+        strategy: Strategy,
+        params: tuple[str, ...],
+        module: nn.Module,
+        args: tuple,
+        kwargs: dict,
+        output: Any,
     ) -> Any:
         if self._call is None:
             return output
@@ -323,7 +322,7 @@ class STGHandle:
         x = _argument(params, args, kwargs, "hidden_states")
         if joint is None:
             rows = self._perturbed_rows(output.shape[0])
-            replacement = self.strategy.attention_output(x[rows], partial(_identity_map, module))
+            replacement = strategy.attention_output(x[rows], partial(_identity_map, module))
             return torch.cat([output[: rows.start], replacement.to(output.dtype)])
         # Joint video + text attention: both outputs are perturbed, each from its own input.
         rows = self._perturbed_rows(output[0].shape[0])
@@ -341,7 +340,7 @@ class STGHandle:
                 # Not a residual branch of its input: the text output of Mochi's last block,
                 # which the block discards. It stays as computed.
                 return out[rows]
-            return self.strategy.attention_output(inp, partial(identity_map, stream))
+            return strategy.attention_output(inp, partial(identity_map, stream))
 
         return tuple(
             torch.cat([out[: rows.start], perturbed(stream, inp, out).to(out.dtype)])
@@ -371,12 +370,13 @@ class STGHandle:
             self._handles.append(
                 blocks[first].register_forward_pre_hook(fork_pre, with_kwargs=True)
             )
-        for index in self.blocks:
+        for index, strategy in zip(self.blocks, self.strategies, strict=True):
             block = blocks[index]
-            if self.strategy.skips_block:
+            if strategy.skips_block:
                 target, post = block, self._block_post
             else:
-                target, post = getattr(block, spec.self_attention), self._attention_post
+                target = getattr(block, spec.self_attention)
+                post = partial(self._attention_post, strategy)
             hook = partial(post, _parameter_names(target))
             self._handles.append(target.register_forward_hook(hook, with_kwargs=True))
         self.transformer._slatte_stg = self
@@ -404,7 +404,7 @@ def enable_stg(
     *,
     scale: float = 1.0,
     blocks: Sequence[int],
-    strategy: str = "transformer_block",
+    strategy: str | Sequence[str] = "transformer_block",
     fork: bool = True,
     cond_rows: Callable[[int], Sequence[int]] | None = None,
     start: float = 0.0,
@@ -419,7 +419,8 @@ def enable_stg(
             is given).
         scale: the STG weight w in `e = e_u + w_cfg (e_c − e_u) + w (e_c − e_p)`.
         blocks: indices of the perturbed blocks (see the module docstring for Latte's order).
-        strategy: the name of one of `slatte.guidance.strategies.STRATEGIES`.
+        strategy: the name of one of `slatte.guidance.strategies.STRATEGIES`, or one name per
+            block of `blocks` (different strategies at different depths, one perturbed branch).
         fork: share the blocks before the first perturbed one between the conditional and
             perturbed branches (Wan, LTX); False runs the perturbed rows through every block.
         cond_rows: `cond_rows(batch) -> row indices` of the conditional rows of a bare
@@ -430,7 +431,6 @@ def enable_stg(
     Returns an `STGHandle` (also a context manager; with two experts, the first one's, which
     removes both); a transformer holds at most one.
     """
-    perturbation = get_strategy(strategy)
     check_window("stg window", start, stop)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise ValueError(f"scale must be a number, got {scale!r}")
@@ -438,13 +438,15 @@ def enable_stg(
     blocks = tuple(blocks)
     for transformer in transformers:
         _check_blocks(transformer, blocks)
+    names = (strategy,) * len(blocks) if isinstance(strategy, str) else strategy
+    strategies = tuple(STRATEGIES[name] for name in per_block_strategies(names, blocks))
     handles = [
         STGHandle(
             transformer=transformer,
             spec=model_spec(transformer),
             scale=float(scale),
             blocks=blocks,
-            strategy=perturbation,
+            strategies=strategies,
             fork=fork,
             cond_rows=cond_rows,
             start=float(start),
@@ -456,6 +458,44 @@ def enable_stg(
     ]
     handles[0]._companions = handles[1:]
     return handles[0]
+
+
+def capture_perturbed(
+    transformer: nn.Module,
+    *,
+    blocks: Sequence[int],
+    strategy: str | Sequence[str],
+    store: Callable[[torch.Tensor], None],
+    fork: bool = True,
+) -> STGHandle:
+    """STG hooks on a bare `transformer` that leave its output as it is (`e_c`: every row
+    conditional, weight 0) and hand each call's perturbed prediction `e_p`, one row per input
+    row, to `store`: for callers that combine the branches themselves (`STGGuidance`, the STG
+    search). `blocks`, `strategy`, `fork` as in `enable_stg`; `remove()` takes every hook off.
+    """
+    handle = enable_stg(
+        transformer, scale=0.0, blocks=blocks, strategy=strategy, fork=fork, cond_rows=range
+    )
+
+    def keep(module: nn.Module, args: tuple, output: Any) -> None:
+        if output is None:  # the forward raised
+            return
+        sample = output[0] if isinstance(output, tuple) else output.sample
+        store(sample[sample.shape[0] // 2 :])
+
+    # Prepended, it sees the raw output [e_c; e_p] before the STG hook drops the perturbed rows.
+    handle._handles.append(transformer.register_forward_hook(keep, prepend=True, always_call=True))
+    return handle
+
+
+def guided_channels(transformer: nn.Module) -> int | None:
+    """With a learned variance, (mean; variance) along dim 1 of the output: the number of mean
+    channels, the only ones guidance acts on; None where the whole output is the prediction."""
+    config = getattr(transformer, "config", None)
+    in_ch, out_ch = getattr(config, "in_channels", None), getattr(config, "out_channels", None)
+    if model_spec(transformer).learned_sigma and out_ch == 2 * in_ch:
+        return in_ch
+    return None
 
 
 def _check_blocks(transformer: nn.Module, blocks: tuple) -> None:
@@ -483,4 +523,4 @@ def disable_stg(model: Any) -> None:
             handle.remove()
 
 
-__all__ = ["STGHandle", "disable_stg", "enable_stg"]
+__all__ = ["STGHandle", "capture_perturbed", "disable_stg", "enable_stg", "guided_channels"]
