@@ -164,16 +164,15 @@ class STG:
 def per_block_strategies(strategy: object, blocks: tuple[int, ...]) -> tuple[str, ...]:
     """`strategy` (a sequence of names) as one name per block, or a ValueError saying what was
     given."""
-    if isinstance(strategy, list):
-        strategy = tuple(strategy)
-    if not isinstance(strategy, tuple) or len(strategy) != len(blocks):
+    names = tuple(strategy) if isinstance(strategy, list) else strategy
+    if not isinstance(names, tuple) or len(names) != len(blocks):
         raise ValueError(
             f"stg strategy must be one strategy name or one per block ({len(blocks)} for "
-            f"blocks {blocks}), got {strategy!r}"
+            f"blocks {tuple(blocks)}), got {strategy!r}"
         )
-    for name in strategy:
+    for name in names:
         get_strategy(name)
-    return strategy
+    return names
 
 
 def check_ratio(name: str, ratio: float) -> None:
