@@ -71,6 +71,8 @@ def test_search_needs_a_class_conditional_model_and_cfg(model):
         stg_search(model, cfg_scale=1.0)
     with pytest.raises(ValueError, match="top must be an integer >= 1, got 0"):
         stg_search(model, top=0)
+    with pytest.raises(ValueError, match=r"got Linear; for a diffusers pipeline use .*"):
+        stg_search(torch.nn.Linear(2, 2))
 
 
 def test_search_without_data_takes_the_top_signal_and_writes_sampling_json(model, tmp_path):
