@@ -20,7 +20,7 @@ from slatte.guidance.strategies import STRATEGIES
 from slatte.integrations import diffusers_common
 from slatte.integrations.diffusers_common import ModelSpec
 from slatte.integrations.diffusers_qk import no_rotary_qk
-from slatte.integrations.diffusers_stg import disable_stg, enable_stg
+from slatte.integrations.diffusers_stg import disable_stg, enable_stg, perturbed_pass
 
 SCALE = 1.5
 # STG needs no long sequences: Latte in 2×2 patches keeps these tests fast.
@@ -49,6 +49,18 @@ def test_stg_equals_the_naive_third_pass(name, strategy):
         torch.testing.assert_close(guided, expected, atol=1e-5, rtol=1e-5)
     # Every strategy changes a random model's prediction.
     assert (guided - e_c).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("name", ["wan", "latte"])
+def test_perturbed_pass_returns_the_naive_third_pass(name, strategy):
+    model, inputs = MODELS[name](), model_inputs(name)
+    expected = naive_perturbed(model, inputs, 1, strategy)
+    with perturbed_pass(model, blocks=[1], strategy=strategy):
+        e_p = _run(model, inputs)
+    torch.testing.assert_close(e_p, expected, atol=1e-5, rtol=1e-5)
+    assert (e_p - _run(model, inputs)).abs().amax() > 1e-3  # perturbed, and undone after
+    assert not model._forward_hooks and not model._forward_pre_hooks
 
 
 @pytest.mark.parametrize("name", ["wan", "latte"])

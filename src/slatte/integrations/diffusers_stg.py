@@ -150,6 +150,9 @@ class STGHandle:
     # The pipeline attribute with this transformer's CFG scale (`ModelSpec.cfg_scale`; Wan2.2's
     # low-noise expert, `transformer_2`, runs with `guidance_scale_2`); None: no CFG to read.
     guidance_attr: str | None = "guidance_scale"
+    # Every row of a call is the perturbed branch: no extra rows, the output is e_p
+    # (`perturbed_pass`).
+    perturb_all: bool = False
     _companions: list[STGHandle] = field(default_factory=list)
     _handles: list[RemovableHandle] = field(default_factory=list)
     _call: _Call | None = None
@@ -172,6 +175,9 @@ class STGHandle:
         return call if call.cond_rows else None
 
     def _rows(self, batch: int, timestep: Any) -> _Call | None:
+        if self.perturb_all:
+            # No original rows: the blocks see every row as a perturbed one.
+            return _Call(0, list(range(batch)), 0.0)
         if self.cond_rows is not None:
             rows = [int(r) for r in self.cond_rows(batch)]
             if not rows or any(not 0 <= r < batch for r in rows) or len(set(rows)) != len(rows):
@@ -230,7 +236,8 @@ class STGHandle:
 
     def _model_post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         call, self._call = self._call, None
-        if call is None or output is None:  # output is None when the forward raised
+        # output is None when the forward raised; without original rows it is e_p as it is.
+        if call is None or output is None or call.batch == 0:
             return output
         sample = output[0] if isinstance(output, tuple) else output.sample
         e, e_p = sample[: call.batch], sample[call.batch :]
@@ -488,6 +495,17 @@ def capture_perturbed(
     return handle
 
 
+def perturbed_pass(
+    transformer: nn.Module, *, blocks: Sequence[int], strategy: str | Sequence[str]
+) -> STGHandle:
+    """Hooks under which every call of a bare `transformer` returns the perturbed prediction
+    `e_p` of all its rows: a plain third pass (no extra rows, no fork), for callers that have
+    `e_c` already (the STG search). `blocks`, `strategy` as in `enable_stg`."""
+    handle = enable_stg(transformer, scale=0.0, blocks=blocks, strategy=strategy, fork=False)
+    handle.perturb_all = True
+    return handle
+
+
 def guided_channels(transformer: nn.Module) -> int | None:
     """With a learned variance, (mean; variance) along dim 1 of the output: the number of mean
     channels, the only ones guidance acts on; None where the whole output is the prediction."""
@@ -523,4 +541,11 @@ def disable_stg(model: Any) -> None:
             handle.remove()
 
 
-__all__ = ["STGHandle", "capture_perturbed", "disable_stg", "enable_stg", "guided_channels"]
+__all__ = [
+    "STGHandle",
+    "capture_perturbed",
+    "disable_stg",
+    "enable_stg",
+    "guided_channels",
+    "perturbed_pass",
+]

@@ -8,9 +8,10 @@ as an `STGGuidance` config.
    samples. Wan-family and HunyuanVideo-1.5 pipelines call it once per condition, conditional
    first; LTX-Video, Latte, CogVideoX and Mochi pipelines batch [uncond; cond]
    (`ModelSpec.batched_cfg`).
-2. `diffusers_perturbation_signals(transformer, inputs)`: per recorded step, `e_u` from one
-   forward and, per pair, `e_c` and `e_p` from one forward with the STG hooks
-   (`capture_perturbed`: the perturbed rows fork at the pair's block); the signal's
+2. `diffusers_perturbation_signals(transformer, inputs)`: per recorded step, `e_c` and `e_u`
+   from one forward each and, per pair, `e_p` from one forward under the STG hooks
+   (`perturbed_pass`: every row perturbed; forking would run the conditional rows after the
+   pair's block again, which the signal does not need); the signal's
    `alignment = cos(e_c − e_p, e_c − e_u)` ranks the pairs, least aligned with CFG first.
 3. `diffusers_stg_search(pipe, ...)`: both; the top pair becomes
    `STGGuidance(guidance_scale, stg_scale=1, stg_blocks=[block], stg_strategy=strategy,
@@ -38,7 +39,7 @@ from torch import nn
 from ..guidance.search import DEFAULT_PROGRESS, Candidate, ranked, row_signals
 from ..guidance.strategies import STRATEGY_NAMES, get_strategy
 from .diffusers_common import execution_blocks, model_spec
-from .diffusers_stg import _map_tensors, _parameter_names, capture_perturbed, guided_channels
+from .diffusers_stg import _map_tensors, _parameter_names, guided_channels, perturbed_pass
 
 SEARCH_RESCALE = 0.7  # as the search for slatte models writes (`slatte.stg_search`)
 
@@ -191,15 +192,13 @@ def diffusers_perturbation_signals(
     *,
     blocks: Sequence[int] | None = None,
     strategies: Sequence[str] = STRATEGY_NAMES,
-    fork: bool = True,
 ) -> list[Candidate]:
     """Every (block, strategy) pair of a diffusers `transformer` (all blocks by default, in
     `enable_stg`'s order) with its signal over `inputs` (every row of every step), best first.
 
     `inputs`: from `record_guidance_inputs`, or built by hand (keyword arguments of the
     transformer's forward: noised latents, their timestep, the conditional and unconditional
-    text states). Cost per step: one forward for `e_u` and, per pair, one in which the rows
-    before the pair's block run once and the rest twice (conditional and perturbed rows).
+    text states). Cost per step: 2 + (number of pairs) forwards of its batch.
     """
     depth = len(execution_blocks(transformer))
     blocks = list(range(depth)) if blocks is None else list(blocks)
@@ -215,14 +214,12 @@ def diffusers_perturbation_signals(
     pairs = [(block, name) for block in blocks for name in strategies]
     rows: dict[tuple[int, str], list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
     for step in inputs:
+        e_c = _predict(transformer, step.cond)[:, mean]
         e_u = _predict(transformer, step.uncond)[:, mean]
         for block, name in pairs:
-            kept: list[torch.Tensor] = []
-            with capture_perturbed(
-                transformer, blocks=[block], strategy=name, store=kept.append, fork=fork
-            ):
-                e_c = _predict(transformer, step.cond)[:, mean]
-            rows[block, name].append(row_signals(e_c, e_u, kept[0][:, mean]))
+            with perturbed_pass(transformer, blocks=[block], strategy=name):
+                e_p = _predict(transformer, step.cond)[:, mean]
+            rows[block, name].append(row_signals(e_c, e_u, e_p))
     return ranked(
         {
             pair: (torch.cat([s for s, _ in rows[pair]]), torch.cat([a for _, a in rows[pair]]))
