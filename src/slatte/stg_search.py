@@ -261,6 +261,13 @@ def run_stg_search(args: argparse.Namespace) -> int:
         from .integrations.diffusers_stg_search import run_diffusers_stg_search
 
         return run_diffusers_stg_search(args)
+    pipeline_only = ("prompt", "negative_prompt", "height", "width", "num_frames", "dtype")
+    given = [f"--{name.replace('_', '-')}" for name in pipeline_only if getattr(args, name)]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} apply to a diffusers pipeline directory (model_index.json); "
+            f"{args.model} is a slatte model"
+        )
     model_dir = resolve_model_dir(args.model)
     model = load_model(model_dir, device=args.device).eval()
     result = stg_search(

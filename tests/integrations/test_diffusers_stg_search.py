@@ -212,3 +212,6 @@ def test_cli_searches_a_diffusers_pipeline_directory(tmp_path, capsys):
     assert "is a diffusers pipeline: give the inputs' prompts" in capsys.readouterr().err
     assert main(["stg-search", str(pipeline), "--out", str(pipeline), "--prompt", "a cat"]) == 2
     assert "is the model directory" in capsys.readouterr().err
+    argv = ["stg-search", str(pipeline), "--out", str(out), "--prompt", "a", "--num-inputs", "0"]
+    assert main(argv) == 2
+    assert "--num-inputs must be an integer >= 1, got 0" in capsys.readouterr().err

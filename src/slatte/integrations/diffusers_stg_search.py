@@ -294,6 +294,8 @@ def run_diffusers_stg_search(args: Any) -> int:
             f"{args.model} is a diffusers pipeline: give the inputs' prompts with --prompt TEXT "
             "(repeat it for several)"
         )
+    if args.num_inputs < 1:
+        raise ValueError(f"--num-inputs must be an integer >= 1, got {args.num_inputs}")
     check_out_dir(args.out, args.model)
     on_cuda = str(args.device).startswith("cuda")
     dtype = _torch_dtype(args.dtype or ("bf16" if on_cuda else "fp32"))
