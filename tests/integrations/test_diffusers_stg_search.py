@@ -85,11 +85,12 @@ def test_recorded_wan_inputs_are_the_pipelines_conditional_and_unconditional_cal
     pipe = _wan_pipeline()
     prompt, negative = _embeds()
     seen = []  # every call's (latents, timestep, text) in order, recorded independently
-    handle = pipe.transformer.register_forward_pre_hook(
-        lambda m, a, k: seen.append({n: k[n].clone() for n in ("hidden_states", "timestep",
-                                                               "encoder_hidden_states")}),
-        with_kwargs=True,
-    )  # fmt: skip
+    names = ("hidden_states", "timestep", "encoder_hidden_states")
+
+    def see(module, args, kwargs):
+        seen.append({n: (kwargs[n].clone(), kwargs[n].data_ptr()) for n in names})
+
+    handle = pipe.transformer.register_forward_pre_hook(see, with_kwargs=True)
     try:
         inputs = record_guidance_inputs(
             pipe, num_inference_steps=5, guidance_scale=G, progress=(0.1, 0.4, 0.7),
@@ -102,8 +103,9 @@ def test_recorded_wan_inputs_are_the_pipelines_conditional_and_unconditional_cal
     assert len(inputs) == 3  # steps 0, 2 and 4 (progress × 5, rounded)
     for step, recorded in zip((0, 2, 4), inputs, strict=True):
         for got, call in ((recorded.cond, seen[2 * step]), (recorded.uncond, seen[2 * step + 1])):
-            for name, value in call.items():
+            for name, (value, pointer) in call.items():
                 torch.testing.assert_close(got[name], value, atol=0, rtol=0)
+                assert got[name].data_ptr() != pointer  # a copy, whatever the pipeline does
         torch.testing.assert_close(recorded.cond["encoder_hidden_states"], prompt)
         torch.testing.assert_close(recorded.uncond["encoder_hidden_states"], negative)
     assert not pipe.transformer._forward_pre_hooks

@@ -131,8 +131,8 @@ def record_guidance_inputs(
         if not last_timestep or not torch.equal(last_timestep[-1], timestep):
             last_timestep.append(timestep)
         step = len(last_timestep) - 1
-        if step in wanted:
-            calls[step].append(_map_tensors(named, torch.clone))
+        if step in wanted:  # copies: a pipeline may update its latents in place
+            calls[step].append({k: _map_tensors(v, torch.clone) for k, v in named.items()})
 
     handle = transformer.register_forward_pre_hook(record, with_kwargs=True)
     try:
@@ -162,6 +162,11 @@ def _split(calls: list[dict], batched_cfg: bool, sample_inputs: tuple[str, ...])
                 "measures STG against CFG"
             )
         return GuidanceInputs(cond=calls[0], uncond=calls[1])
+    if len(calls) != 1:
+        raise ValueError(
+            f"a pipeline that batches [uncond; cond] calls its transformer once per step, this "
+            f"one {len(calls)} times"
+        )
     (both,) = calls
     batch = both["hidden_states"].shape[0]
     if batch % 2:
