@@ -200,7 +200,8 @@ def add_stg_search_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
 
     p = subparsers.add_parser(
         "stg-search",
-        help="choose the STG block and strategy for a model; write its sampling.json",
+        help="choose the STG block and strategy for a model; write its sampling.json (a "
+        "diffusers pipeline: an STGGuidance guider_config.json)",
         description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
