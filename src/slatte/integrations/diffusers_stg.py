@@ -25,6 +25,9 @@ patched methods:
   `e_u + g·(e_c − e_u) + scale·(e_c − e_p)`.
 All per-call state is reset at the start of every call, so an error mid-call leaks nothing into
 the next; `remove()` (or `disable_stg(model)`) takes every hook off.
+`capture_perturbed` (`e_c` returned, `e_p` handed over: STGGuidance) and `perturbed_pass`
+(`e_p` alone, every row perturbed: the STG search) install the same hooks for callers that
+combine the branches themselves.
 
 Which rows are conditional: with a pipeline, LTX-Video, Latte, CogVideoX and Mochi pipelines
 batch [uncond; cond] when CFG is on (second half conditional); the Wan-family and
