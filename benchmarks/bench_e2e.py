@@ -283,6 +283,24 @@ def cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> Non
         tensor.data = tensor.data.to(wanted)
 
 
+def build(
+    name: str, smoke: bool, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.nn.Module, dict, tuple]:
+    """The transformer `name` of `MODELS` with random weights (seed 0), cast as a pipeline
+    loads it; its forward keyword arguments (B = 1); its latents' shape. `smoke`: the tiny
+    shape."""
+    import diffusers
+
+    class_name, config, latents, text, smoke_config, smoke_latents, smoke_text = MODELS[name]
+    if smoke:
+        config, latents, text = {**config, **smoke_config}, smoke_latents, smoke_text
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = getattr(diffusers, class_name)(**config)
+    cast_like_from_pretrained(model, dtype)
+    return model, _inputs(name, model.config, latents, text, device, dtype), latents
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny shape on any device")
@@ -326,14 +344,8 @@ def main() -> None:
     if not args.smoke and device.type != "cuda":
         raise SystemExit("bench_e2e.py needs a CUDA GPU for the full shape; use --smoke")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    class_name, config, latents, text, smoke, smoke_latents, smoke_text = MODELS[args.model]
-    if args.smoke:
-        config, latents, text = {**config, **smoke}, smoke_latents, smoke_text
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = getattr(diffusers, class_name)(**config)
-    cast_like_from_pretrained(model, dtype)
-    inputs = _inputs(args.model, model.config, latents, text, device, dtype)
+    class_name = MODELS[args.model][0]
+    model, inputs, latents = build(args.model, args.smoke, device, dtype)
     # The Wan2.1 / 2.2 transformer: the fused GELU and the official SLA serve its blocks.
     wan = class_name == "WanTransformer3DModel"
     originals = [block.attn1.processor for block in model.blocks] if wan else None

@@ -460,7 +460,8 @@ COMMANDS = {
     ),
     "finetune": ("fine-tune a local diffusers Wan transformer with SLA attention", _add_finetune),
     "stg-search": (
-        "choose STG blocks and strategies for a model and write them as its sampling.json",
+        "choose STG blocks and strategies for a model and write them as its sampling.json "
+        "(a diffusers pipeline: as an STGGuidance config)",
         _add_stg_search,
     ),
 }

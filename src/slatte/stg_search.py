@@ -9,6 +9,11 @@
    smoothest; for other models the signal alone decides (no sampling).
 3. Write the model's recommended options with the chosen term as `sampling.json` in `out`
    (never into the model directory).
+
+A diffusers pipeline directory (`model_index.json`) is searched by
+`slatte.integrations.diffusers_stg_search` instead: the signal on the transformer's inputs at
+three steps of one pipeline run with the `--prompt`s, no verification, and the chosen term as an
+STGGuidance config, `guider_config.json` in `out`.
 """
 
 from __future__ import annotations
@@ -81,6 +86,12 @@ def stg_search(
     from .eval.motion import motion_smoothness
     from .sampling import SampleOptions, generate
 
+    if not isinstance(model, VideoDiT):
+        raise ValueError(
+            f"stg_search takes a slatte VideoDiT, got {type(model).__name__}; for a diffusers "
+            "pipeline use slatte.integrations.diffusers_stg_search.diffusers_stg_search(pipe, "
+            "...), for a diffusers transformer its diffusers_perturbation_signals"
+        )
     for name, value, low in (
         ("num_inputs", num_inputs, 1),
         ("top", top, 1),
@@ -163,15 +174,20 @@ def stg_search(
     return result
 
 
-def write_sampling_json(sampling: dict, out: str | Path, model_dir: str | Path) -> Path:
-    """Write `sampling` as `out/sampling.json`; refuses the model directory itself, so a shipped
-    model's files are never overwritten."""
-    out = Path(out)
-    if out.resolve() == Path(model_dir).resolve():
+def check_out_dir(out: str | Path, model_dir: str | Path) -> None:
+    """Refuse to write the search's files into the model directory itself, so that a shipped
+    model's (or a pipeline's) files are never overwritten."""
+    if Path(out).resolve() == Path(model_dir).resolve():
         raise ValueError(
-            f"--out {out} is the model directory; write the search's sampling.json elsewhere "
-            "and copy it in if you want it"
+            f"--out {out} is the model directory; write the search's files elsewhere and copy "
+            "them in if you want them"
         )
+
+
+def write_sampling_json(sampling: dict, out: str | Path, model_dir: str | Path) -> Path:
+    """Write `sampling` as `out/sampling.json` (`check_out_dir` first)."""
+    check_out_dir(out, model_dir)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "sampling.json"
     path.write_text(json.dumps(sampling, indent=2) + "\n")
@@ -180,21 +196,59 @@ def write_sampling_json(sampling: dict, out: str | Path, model_dir: str | Path) 
 
 def add_stg_search_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `stg-search` on the `slatte` command's subparsers; returns its parser."""
+    from .cli import DTYPE_NAMES
+
     p = subparsers.add_parser(
         "stg-search",
-        help="choose the STG block and strategy for a model; write its sampling.json",
+        help="choose the STG block and strategy for a model; write its sampling.json (a "
+        "diffusers pipeline: an STGGuidance guider_config.json)",
         description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", help="a model directory, a run folder or a shipped model's name")
-    p.add_argument("--out", required=True, help="folder for sampling.json and search.json")
-    p.add_argument("--num-inputs", type=int, default=4, help="noised inputs for the signal")
+    p.add_argument(
+        "model",
+        help="a model directory, a run folder, a shipped model's name or a diffusers pipeline "
+        "directory (model_index.json)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="folder for sampling.json (a diffusers pipeline: guider_config.json) and search.json",
+    )
+    p.add_argument(
+        "--num-inputs", type=int, default=4, help="noised inputs (diffusers: videos) for the signal"
+    )
     p.add_argument("--top", type=int, default=3, help="pairs verified by sampling")
     p.add_argument("--num-videos", type=int, default=5, help="videos per verified pair")
-    p.add_argument("--steps", type=int, default=10, help="sampling steps of the verification")
-    p.add_argument("--cfg-scale", type=float, default=None, help="default: sampling.json's, else 4")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=10,
+        help="sampling steps of the verification (diffusers: of the run that makes the inputs)",
+    )
+    p.add_argument(
+        "--cfg-scale",
+        type=float,
+        default=None,
+        help="default: sampling.json's, else 4 (diffusers: 5)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    d = p.add_argument_group("diffusers pipelines")
+    d.add_argument(
+        "--prompt",
+        action="append",
+        default=None,
+        help="a prompt of the inputs (required; repeat for several, cycled over --num-inputs)",
+    )
+    d.add_argument("--negative-prompt", default=None, help="default: the pipeline's")
+    d.add_argument("--height", type=int, default=None, help="default: the pipeline's")
+    d.add_argument("--width", type=int, default=None, help="default: the pipeline's")
+    d.add_argument("--num-frames", type=int, default=None, help="default: the pipeline's")
+    d.add_argument(
+        "--dtype", choices=DTYPE_NAMES, default=None,
+        help="default: bf16 on CUDA, fp32 on CPU",
+    )  # fmt: skip
     p.set_defaults(func=run_stg_search)
     return p
 
@@ -204,6 +258,17 @@ def run_stg_search(args: argparse.Namespace) -> int:
     from .models import load_model
     from .pretrained import sampling_defaults
 
+    if (Path(args.model) / "model_index.json").is_file():
+        from .integrations.diffusers_stg_search import run_diffusers_stg_search
+
+        return run_diffusers_stg_search(args)
+    pipeline_only = ("prompt", "negative_prompt", "height", "width", "num_frames", "dtype")
+    given = [f"--{name.replace('_', '-')}" for name in pipeline_only if getattr(args, name)]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} apply to a diffusers pipeline directory (model_index.json); "
+            f"{args.model} is a slatte model"
+        )
     model_dir = resolve_model_dir(args.model)
     model = load_model(model_dir, device=args.device).eval()
     result = stg_search(

@@ -71,6 +71,8 @@ def test_search_needs_a_class_conditional_model_and_cfg(model):
         stg_search(model, cfg_scale=1.0)
     with pytest.raises(ValueError, match="top must be an integer >= 1, got 0"):
         stg_search(model, top=0)
+    with pytest.raises(ValueError, match=r"got Linear; for a diffusers pipeline use .*"):
+        stg_search(torch.nn.Linear(2, 2))
 
 
 def test_search_without_data_takes_the_top_signal_and_writes_sampling_json(model, tmp_path):
@@ -129,3 +131,6 @@ def test_cli_writes_sampling_json_beside_the_model(model, tmp_path, capsys):
     assert json.loads((model_dir / "sampling.json").read_text()) == {"cfg_scale": 2.0, "steps": 3}
     report = json.loads((out / "search.json").read_text())
     assert report["chosen"] == written["stg"][0] | {"blocks": list(written["stg"][0]["blocks"])}
+    argv = ["stg-search", str(model_dir), "--out", str(out), "--prompt", "a cat", "--height", "8"]
+    assert main(argv) == 2
+    assert "--prompt, --height apply to a diffusers pipeline directory" in capsys.readouterr().err

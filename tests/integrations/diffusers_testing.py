@@ -335,14 +335,17 @@ MODELS: dict[str, Callable[..., torch.nn.Module]] = {
 def naive_perturbed(model, inputs, index, strategy):
     """The perturbed prediction of a plain third pass, perturbing every row with hooks written
     independently of slatte's (whole batch, no row bookkeeping)."""
-    block = execution_blocks(model)[index]
-    attn = block.attn1
+    return naive_perturbed_blocks(model, inputs, {index: strategy})
+
+
+def naive_perturbed_blocks(model, inputs, strategies):
+    """`naive_perturbed` with several blocks perturbed together: `{block index: strategy}`."""
 
     def skip_block(module, args, kwargs, output):
         h = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         return h
 
-    def attention(module, args, kwargs, output):
+    def attention(strategy, module, args, kwargs, output):
         x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         if strategy == "attention_block":
             return torch.zeros_like(output)
@@ -350,13 +353,20 @@ def naive_perturbed(model, inputs, index, strategy):
             return x
         return module.to_out[0](module.to_v(x))  # identity attention map
 
-    target, fn = (block, skip_block) if strategy == "transformer_block" else (attn, attention)
-    handle = target.register_forward_hook(fn, with_kwargs=True)
+    handles = []
+    for index, strategy in strategies.items():
+        block = execution_blocks(model)[index]
+        if strategy == "transformer_block":
+            handles.append(block.register_forward_hook(skip_block, with_kwargs=True))
+        else:
+            hook = functools.partial(attention, strategy)
+            handles.append(block.attn1.register_forward_hook(hook, with_kwargs=True))
     try:
         with torch.no_grad():
             return model(**inputs).sample
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 def run(model: torch.nn.Module, inputs: dict) -> torch.Tensor:

@@ -9,7 +9,14 @@ import pytest
 import torch
 from diffusers.models.attention_dispatch import attention_backend
 from diffusers.modular_pipelines.modular_pipeline import BlockState
-from diffusers_testing import model_inputs, naive_perturbed, run, tiny_ltx, tiny_wan
+from diffusers_testing import (
+    model_inputs,
+    naive_perturbed,
+    naive_perturbed_blocks,
+    run,
+    tiny_ltx,
+    tiny_wan,
+)
 
 from slatte.guidance.strategies import STRATEGIES
 from slatte.integrations.diffusers_guider import STGGuidance
@@ -132,6 +139,23 @@ def test_windows_and_switches():
         ({"stg_blocks": [1], "stg_scale": -1.0}, r"stg_scale must be >= 0, got -1\.0"),
         ({"stg_blocks": [1], "stg_start": 0.6, "stg_stop": 0.2}, r"start=0\.6, stop=0\.2"),
         ({"stg_blocks": [-1]}, r"stg_blocks must be one or more block indices >= 0"),
+        (
+            {"stg_blocks": [0, 1], "stg_strategy": ["attention_values"]},
+            r"one per block \(2 for blocks \(0, 1\)\), got \['attention_values'\]",
+        ),
+        ({"stg_blocks": [1], "stg_adaptive": 0.0}, r"stg_adaptive must be > 0, got 0\.0"),
+        (
+            {"stg_blocks": [1], "stg_adaptive": 0.5, "guidance_scale": 1.0},
+            "guidance_scale is 1 \\(no CFG\\)",
+        ),
+        (
+            {"stg_blocks": [1], "stg_adaptive": 0.5, "stop": 0.5},
+            r"\(stg_start, stg_stop\) = \(0\.0, 1\.0\) must lie within the CFG window",
+        ),
+        (
+            {"stg_blocks": [1], "stg_adaptive_schedule": "linear"},
+            r"stg_adaptive_schedule must be one of \('constant', 'decay', 'rise'\), got 'linear'",
+        ),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -145,3 +169,57 @@ def test_forward_without_the_conditional_pass_says_what_is_missing():
     pred = torch.zeros(1, 4)
     with pytest.raises(ValueError, match="no perturbed prediction .* call prepare_models"):
         guider.forward(pred, pred)
+
+
+def _modular_wan(model, guider):
+    """A Wan modular pipeline's denoise part (text encoding and decoding need downloaded
+    weights), with `guider`."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.modular_pipelines import WanBlocks
+
+    pipe = WanBlocks().sub_blocks["denoise"].init_pipeline()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    pipe.update_components(transformer=model, scheduler=scheduler, guider=guider)
+    return pipe
+
+
+def test_adaptive_per_depth_guider_in_a_modular_wan_pipeline():
+    """Per-depth strategies (block 0 skipped whole, identity attention map at block 1, one
+    branch) with the adaptive scale on its `decay` schedule, against the whole denoise loop
+    written out by hand: the adaptive weight from its definition, per sample and step."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    model = tiny_wan()
+    g = torch.Generator().manual_seed(0)
+    prompt, negative = torch.randn(2, 5, 32, generator=g), torch.randn(2, 5, 32, generator=g)
+    latents = torch.randn(2, 4, 2, 8, 8, generator=g)  # 5 frames of 64 × 64 px
+    steps, ratio, cap = 3, 0.4, 0.7
+    guider = STGGuidance(
+        guidance_scale=G, stg_scale=cap, stg_blocks=[1, 0],
+        stg_strategy=["attention_values", "transformer_block"], stg_adaptive=ratio,
+        stg_adaptive_schedule="decay",
+    )  # fmt: skip
+    out = _modular_wan(model, guider)(
+        latents=latents.clone(), prompt_embeds=prompt, negative_prompt_embeds=negative,
+        num_frames=5, height=64, width=64, num_inference_steps=steps, output="latents",
+    )  # fmt: skip
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    scheduler.set_timesteps(steps)
+    x, weights = latents, []
+    for i, t in enumerate(scheduler.timesteps):
+        inputs = {"hidden_states": x, "timestep": t.expand(2).float()}
+        cond = {**inputs, "encoder_hidden_states": prompt}
+        e_c, e_u = run(model, cond), run(model, {**inputs, "encoder_hidden_states": negative})
+        e_p = naive_perturbed_blocks(model, cond, {0: "transformer_block", 1: "attention_values"})
+        norm_cfg = (G * (e_c - e_u)).flatten(1).norm(dim=1)
+        norm_stg = (e_c - e_p).flatten(1).norm(dim=1)
+        w = (ratio * (1 - i / steps) * norm_cfg / norm_stg).clamp(max=cap)
+        weights.append(w)
+        pred = e_u + G * (e_c - e_u) + w.view(2, 1, 1, 1, 1) * (e_c - e_p)
+        x = scheduler.step(pred, t, x, return_dict=False)[0]
+    torch.testing.assert_close(out, x, atol=1e-5, rtol=1e-5)
+    weights = torch.stack(weights)
+    # The weights move per sample and step, and the cap binds somewhere but not everywhere.
+    assert (weights[:, 0] - weights[:, 1]).abs().amax() > 1e-3
+    assert (weights == cap).any() and (weights < cap - 1e-3).any()

@@ -7,13 +7,20 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from diffusers_testing import model_inputs, naive_perturbed, tiny_latte, tiny_ltx, tiny_wan
+from diffusers_testing import (
+    model_inputs,
+    naive_perturbed,
+    naive_perturbed_blocks,
+    tiny_latte,
+    tiny_ltx,
+    tiny_wan,
+)
 
 from slatte.guidance.strategies import STRATEGIES
 from slatte.integrations import diffusers_common
 from slatte.integrations.diffusers_common import ModelSpec
 from slatte.integrations.diffusers_qk import no_rotary_qk
-from slatte.integrations.diffusers_stg import disable_stg, enable_stg
+from slatte.integrations.diffusers_stg import disable_stg, enable_stg, perturbed_pass
 
 SCALE = 1.5
 # STG needs no long sequences: Latte in 2×2 patches keeps these tests fast.
@@ -42,6 +49,37 @@ def test_stg_equals_the_naive_third_pass(name, strategy):
         torch.testing.assert_close(guided, expected, atol=1e-5, rtol=1e-5)
     # Every strategy changes a random model's prediction.
     assert (guided - e_c).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("name", ["wan", "latte"])
+def test_perturbed_pass_returns_the_naive_third_pass(name, strategy):
+    model, inputs = MODELS[name](), model_inputs(name)
+    expected = naive_perturbed(model, inputs, 1, strategy)
+    with perturbed_pass(model, blocks=[1], strategy=strategy):
+        e_p = _run(model, inputs)
+    torch.testing.assert_close(e_p, expected, atol=1e-5, rtol=1e-5)
+    assert (e_p - _run(model, inputs)).abs().amax() > 1e-3  # perturbed, and undone after
+    assert not model._forward_hooks and not model._forward_pre_hooks
+
+
+@pytest.mark.parametrize("name", ["wan", "latte"])
+def test_per_depth_strategies_in_one_branch(name):
+    """One strategy per block (whole block skipped at one, identity attention map at the
+    other), given in any order: the naive pass with both perturbations at once."""
+    model, inputs = MODELS[name](), model_inputs(name)
+    e_c = _run(model, inputs)
+    e_p = naive_perturbed_blocks(model, inputs, {0: "attention_values", 1: "transformer_block"})
+    expected = e_c + SCALE * (e_c - e_p)
+    if name == "latte":  # learned sigma: only the mean channels are guided
+        expected[:, 4:] = e_c[:, 4:]
+    strategy = ["transformer_block", "attention_values"]
+    with enable_stg(model, scale=SCALE, blocks=[1, 0], strategy=strategy):
+        guided = _run(model, inputs)
+    torch.testing.assert_close(guided, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"one per block \(2 for blocks \(1, 0\)\)"):
+        enable_stg(model, blocks=[1, 0], strategy=["attention_values"])
+    assert not model._forward_hooks  # the refused call installed nothing
 
 
 def test_stg_is_batch_safe_and_only_guides_the_conditional_rows():

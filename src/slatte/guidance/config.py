@@ -88,7 +88,7 @@ class STG:
             get_strategy(strategy)
             per_block = (strategy,) * len(blocks)
         else:
-            per_block = _per_block_strategies(strategy, blocks)
+            per_block = per_block_strategies(strategy, blocks)
         # Sorted so that the first perturbed block (where the branch forks) is blocks[0]; the
         # per-block strategies move with their blocks.
         pairs = sorted(zip(blocks, per_block, strict=True))
@@ -161,18 +161,18 @@ class STG:
                 )
 
 
-def _per_block_strategies(strategy: object, blocks: tuple[int, ...]) -> tuple[str, ...]:
-    """`strategy` as one name per block, or a ValueError saying what was given."""
-    if isinstance(strategy, list):
-        strategy = tuple(strategy)
-    if not isinstance(strategy, tuple) or len(strategy) != len(blocks):
+def per_block_strategies(strategy: object, blocks: tuple[int, ...]) -> tuple[str, ...]:
+    """`strategy` (a sequence of names) as one name per block, or a ValueError saying what was
+    given."""
+    names = tuple(strategy) if isinstance(strategy, list) else strategy
+    if not isinstance(names, tuple) or len(names) != len(blocks):
         raise ValueError(
             f"stg strategy must be one strategy name or one per block ({len(blocks)} for "
-            f"blocks {blocks}), got {strategy!r}"
+            f"blocks {tuple(blocks)}), got {strategy!r}"
         )
-    for name in strategy:
+    for name in names:
         get_strategy(name)
-    return strategy
+    return names
 
 
 def check_ratio(name: str, ratio: float) -> None:

@@ -89,15 +89,36 @@ def perturbation_signals(
     branches = [PerturbedBranch({block: STRATEGIES[name]}) for block, name in pairs]
     preds = forked_predictions(model, x, t, Condition(y=y), Condition(y=None), None, branches)
     channels = x.shape[2]  # a learned variance's extra channels are not guided
-    e_c = preds.cond[:, :, :channels].flatten(1).double()
-    cfg_dir = e_c - preds.uncond[:, :, :channels].flatten(1).double()
-    cfg_norm = cfg_dir.norm(dim=1).clamp_min(1e-12)
+    e_c, e_u = preds.cond[:, :, :channels], preds.uncond[:, :, :channels]
+    return ranked(
+        {
+            pair: row_signals(e_c, e_u, e_p[:, :, :channels])
+            for pair, e_p in zip(pairs, preds.perturbed, strict=True)
+        }
+    )
+
+
+def row_signals(
+    e_c: torch.Tensor, e_u: torch.Tensor, e_p: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(size, alignment), each (B,) in fp64, of one pair's perturbed predictions `e_p` against
+    the conditional `e_c` and unconditional `e_u` ones, all (B, ...) (module docstring)."""
+    e_c = e_c.flatten(1).double()
+    cfg_dir = e_c - e_u.flatten(1).double()
+    diff = e_c - e_p.flatten(1).double()
+    size = diff.norm(dim=1) / cfg_dir.norm(dim=1).clamp_min(1e-12)
+    return size, torch.nn.functional.cosine_similarity(diff, cfg_dir, dim=1)
+
+
+def ranked(signals: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]) -> list[Candidate]:
+    """The candidates of `{(block, strategy): row_signals(...)}` (rows of every input and
+    timestep), their means, best first."""
     candidates = []
-    for (block, name), e_p in zip(pairs, preds.perturbed, strict=True):
-        diff = e_c - e_p[:, :, :channels].flatten(1).double()
-        size = (diff.norm(dim=1) / cfg_norm).mean().item()
-        alignment = torch.nn.functional.cosine_similarity(diff, cfg_dir, dim=1).mean().item()
-        candidates.append(Candidate(block, name, size, alignment, -alignment))
+    for (block, name), (size, alignment) in signals.items():
+        mean_alignment = alignment.mean().item()
+        candidates.append(
+            Candidate(block, name, size.mean().item(), mean_alignment, -mean_alignment)
+        )
     return sorted(candidates, key=lambda c: -c.score)
 
 

@@ -26,6 +26,9 @@ patched methods:
   `e_u + g·(e_c − e_u) + scale·(e_c − e_p)`.
 All per-call state is reset at the start of every call, so an error mid-call leaks nothing into
 the next; `remove()` (or `disable_stg(model)`) takes every hook off.
+`capture_perturbed` (`e_c` returned, `e_p` handed over: STGGuidance) and `perturbed_pass`
+(`e_p` alone, every row perturbed: the STG search) install the same hooks for callers that
+combine the branches themselves.
 
 Which rows are conditional: with a pipeline, LTX-Video, LTX-2, Latte, CogVideoX and Mochi
 pipelines batch [uncond; cond] when CFG is on (second half conditional); the Wan-family and
@@ -57,8 +60,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ..guidance.config import check_window, in_window
-from ..guidance.strategies import Strategy, get_strategy
+from ..guidance.config import check_window, in_window, per_block_strategies
+from ..guidance.strategies import STRATEGIES, Strategy
 from .diffusers_common import ModelSpec, execution_blocks, model_spec, resolve_transformers
 from .diffusers_sla import output_projection, qkv_projections
 
@@ -143,7 +146,8 @@ class STGHandle:
     spec: ModelSpec
     scale: float
     blocks: tuple[int, ...]
-    strategy: Strategy
+    # One per block of `blocks`, in the same order.
+    strategies: tuple[Strategy, ...]
     fork: bool
     cond_rows: Callable[[int], Sequence[int]] | None
     start: float = 0.0
@@ -152,6 +156,9 @@ class STGHandle:
     # The pipeline attribute with this transformer's CFG scale (`ModelSpec.cfg_scale`; Wan2.2's
     # low-noise expert, `transformer_2`, runs with `guidance_scale_2`); None: no CFG to read.
     guidance_attr: str | None = "guidance_scale"
+    # Every row of a call is the perturbed branch: no extra rows, the output is e_p
+    # (`perturbed_pass`).
+    perturb_all: bool = False
     _companions: list[STGHandle] = field(default_factory=list)
     _handles: list[RemovableHandle] = field(default_factory=list)
     _call: _Call | None = None
@@ -182,6 +189,9 @@ class STGHandle:
 
     def _rows(self, batch: int, timestep: Any) -> _Call | None:
         unscaled = (self.scale,) * (1 + len(self.spec.side_outputs))
+        if self.perturb_all:
+            # No original rows: the blocks see every row as a perturbed one.
+            return _Call(0, list(range(batch)), (0.0,) * len(unscaled))
         if self.cond_rows is not None:
             rows = [int(r) for r in self.cond_rows(batch)]
             if not rows or any(not 0 <= r < batch for r in rows) or len(set(rows)) != len(rows):
@@ -238,7 +248,8 @@ class STGHandle:
 
     def _model_post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         call, self._call = self._call, None
-        if call is None or output is None:  # output is None when the forward raised
+        # output is None when the forward raised; without original rows it is e_p as it is.
+        if call is None or output is None or call.batch == 0:
             return output
         names = ("sample", *(name for name, _ in self.spec.side_outputs))
         if isinstance(output, tuple):
@@ -255,19 +266,11 @@ class STGHandle:
         rows = torch.tensor(call.cond_rows, device=e.device)
         e_c = e.index_select(0, rows)
         guided = e_c + call.scales[index] * (e_c - e_p)
-        channels = self._guided_channels() if index == 0 else None
+        channels = guided_channels(self.transformer) if index == 0 else None
         if channels is not None:
             # Learned variance: only the mean channels are guided (the rest stays e_c's).
             guided = torch.cat([guided[:, :channels], e_c[:, channels:]], dim=1)
         return e.index_copy(0, rows, guided.to(e.dtype))
-
-    def _guided_channels(self) -> int | None:
-        """With a learned variance, (mean; variance) along dim 1: guide the mean channels."""
-        config = getattr(self.transformer, "config", None)
-        in_ch, out_ch = getattr(config, "in_channels", None), getattr(config, "out_channels", None)
-        if self.spec.learned_sigma and out_ch == 2 * in_ch:
-            return in_ch
-        return None
 
     # -- the blocks' hooks ---------------------------------------------------------------------
 
@@ -330,7 +333,13 @@ class STGHandle:
         return skipped if isinstance(output, tuple) else skipped[0]
 
     def _attention_post(
-        self, params: tuple[str, ...], module: nn.Module, args: tuple, kwargs: dict, output: Any
+        self,
+        strategy: Strategy,
+        params: tuple[str, ...],
+        module: nn.Module,
+        args: tuple,
+        kwargs: dict,
+        output: Any,
     ) -> Any:
         if self._call is None:
             return output
@@ -338,7 +347,7 @@ class STGHandle:
         x = _argument(params, args, kwargs, "hidden_states")
         if joint is None:
             rows = self._perturbed_rows(output.shape[0])
-            replacement = self.strategy.attention_output(x[rows], partial(_identity_map, module))
+            replacement = strategy.attention_output(x[rows], partial(_identity_map, module))
             return torch.cat([output[: rows.start], replacement.to(output.dtype)])
         # Joint video + text attention: both outputs are perturbed, each from its own input.
         rows = self._perturbed_rows(output[0].shape[0])
@@ -356,7 +365,7 @@ class STGHandle:
                 # Not a residual branch of its input: the text output of Mochi's last block,
                 # which the block discards. It stays as computed.
                 return out[rows]
-            return self.strategy.attention_output(inp, partial(identity_map, stream))
+            return strategy.attention_output(inp, partial(identity_map, stream))
 
         return tuple(
             torch.cat([out[: rows.start], perturbed(stream, inp, out).to(out.dtype)])
@@ -386,13 +395,14 @@ class STGHandle:
             self._handles.append(
                 blocks[first].register_forward_pre_hook(fork_pre, with_kwargs=True)
             )
-        for index in self.blocks:
+        for index, strategy in zip(self.blocks, self.strategies, strict=True):
             block = blocks[index]
-            if self.strategy.skips_block:
+            if strategy.skips_block:
                 targets, post = [block], self._block_post
             else:
                 names = (spec.self_attention, *spec.side_self_attentions)
-                targets, post = [getattr(block, n) for n in names], self._attention_post
+                targets = [getattr(block, n) for n in names]
+                post = partial(self._attention_post, strategy)
             for target in targets:
                 hook = partial(post, _parameter_names(target))
                 self._handles.append(target.register_forward_hook(hook, with_kwargs=True))
@@ -421,7 +431,7 @@ def enable_stg(
     *,
     scale: float = 1.0,
     blocks: Sequence[int],
-    strategy: str = "transformer_block",
+    strategy: str | Sequence[str] = "transformer_block",
     fork: bool = True,
     cond_rows: Callable[[int], Sequence[int]] | None = None,
     start: float = 0.0,
@@ -436,7 +446,8 @@ def enable_stg(
             is given).
         scale: the STG weight w in `e = e_u + w_cfg (e_c − e_u) + w (e_c − e_p)`.
         blocks: indices of the perturbed blocks (see the module docstring for Latte's order).
-        strategy: the name of one of `slatte.guidance.strategies.STRATEGIES`.
+        strategy: the name of one of `slatte.guidance.strategies.STRATEGIES`, or one name per
+            block of `blocks` (different strategies at different depths, one perturbed branch).
         fork: share the blocks before the first perturbed one between the conditional and
             perturbed branches (Wan, LTX); False runs the perturbed rows through every block.
         cond_rows: `cond_rows(batch) -> row indices` of the conditional rows of a bare
@@ -447,7 +458,6 @@ def enable_stg(
     Returns an `STGHandle` (also a context manager; with two experts, the first one's, which
     removes both); a transformer holds at most one.
     """
-    perturbation = get_strategy(strategy)
     check_window("stg window", start, stop)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise ValueError(f"scale must be a number, got {scale!r}")
@@ -455,13 +465,15 @@ def enable_stg(
     blocks = tuple(blocks)
     for transformer in transformers:
         _check_blocks(transformer, blocks)
+    names = (strategy,) * len(blocks) if isinstance(strategy, str) else strategy
+    strategies = tuple(STRATEGIES[name] for name in per_block_strategies(names, blocks))
     handles = [
         STGHandle(
             transformer=transformer,
             spec=model_spec(transformer),
             scale=float(scale),
             blocks=blocks,
-            strategy=perturbation,
+            strategies=strategies,
             fork=fork,
             cond_rows=cond_rows,
             start=float(start),
@@ -473,6 +485,55 @@ def enable_stg(
     ]
     handles[0]._companions = handles[1:]
     return handles[0]
+
+
+def capture_perturbed(
+    transformer: nn.Module,
+    *,
+    blocks: Sequence[int],
+    strategy: str | Sequence[str],
+    store: Callable[[torch.Tensor], None],
+    fork: bool = True,
+) -> STGHandle:
+    """STG hooks on a bare `transformer` that leave its output as it is (`e_c`: every row
+    conditional, weight 0) and hand each call's perturbed prediction `e_p`, one row per input
+    row, to `store`: for callers that combine the branches themselves (`STGGuidance`, the STG
+    search). `blocks`, `strategy`, `fork` as in `enable_stg`; `remove()` takes every hook off.
+    """
+    handle = enable_stg(
+        transformer, scale=0.0, blocks=blocks, strategy=strategy, fork=fork, cond_rows=range
+    )
+
+    def keep(module: nn.Module, args: tuple, output: Any) -> None:
+        if output is None:  # the forward raised
+            return
+        sample = output[0] if isinstance(output, tuple) else output.sample
+        store(sample[sample.shape[0] // 2 :])
+
+    # Prepended, it sees the raw output [e_c; e_p] before the STG hook drops the perturbed rows.
+    handle._handles.append(transformer.register_forward_hook(keep, prepend=True, always_call=True))
+    return handle
+
+
+def perturbed_pass(
+    transformer: nn.Module, *, blocks: Sequence[int], strategy: str | Sequence[str]
+) -> STGHandle:
+    """Hooks under which every call of a bare `transformer` returns the perturbed prediction
+    `e_p` of all its rows: a plain third pass (no extra rows, no fork), for callers that have
+    `e_c` already (the STG search). `blocks`, `strategy` as in `enable_stg`."""
+    handle = enable_stg(transformer, scale=0.0, blocks=blocks, strategy=strategy, fork=False)
+    handle.perturb_all = True
+    return handle
+
+
+def guided_channels(transformer: nn.Module) -> int | None:
+    """With a learned variance, (mean; variance) along dim 1 of the output: the number of mean
+    channels, the only ones guidance acts on; None where the whole output is the prediction."""
+    config = getattr(transformer, "config", None)
+    in_ch, out_ch = getattr(config, "in_channels", None), getattr(config, "out_channels", None)
+    if model_spec(transformer).learned_sigma and out_ch == 2 * in_ch:
+        return in_ch
+    return None
 
 
 def _check_blocks(transformer: nn.Module, blocks: tuple) -> None:
@@ -500,4 +561,11 @@ def disable_stg(model: Any) -> None:
             handle.remove()
 
 
-__all__ = ["STGHandle", "disable_stg", "enable_stg"]
+__all__ = [
+    "STGHandle",
+    "capture_perturbed",
+    "disable_stg",
+    "enable_stg",
+    "guided_channels",
+    "perturbed_pass",
+]
