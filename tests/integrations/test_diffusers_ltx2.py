@@ -240,3 +240,23 @@ def test_stg_on_a_bare_transformer_guides_the_chosen_rows_of_both_outputs():
         assert got.shape == e.shape
         torch.testing.assert_close(got[0], e[0], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(got[1], e[1] + SCALE * (e[1] - p[1]), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("own", [dict(stg_scale=1.0), dict(modality_scale=3.0)])
+def test_stg_refuses_the_pipelines_own_guidance_passes(own):
+    """LTX2Pipeline's own STG / modality passes are extra transformer calls that slatte's STG
+    cannot tell from the CFG calls: refused with what to pass instead, never mis-scaled."""
+    pipe = _pipeline()
+    g = torch.Generator().manual_seed(0)
+    prompts, negatives = torch.randn(1, 6, 32, generator=g), torch.randn(1, 6, 32, generator=g)
+    mask = torch.ones(1, 6, dtype=torch.long)
+    settings = dict(stg_scale=0.0, audio_stg_scale=0.0, modality_scale=1.0, audio_modality_scale=1.0)
+    settings.update(own)
+    handle = enable_stg(pipe, scale=SCALE, blocks=[1])
+    with handle, pytest.raises(ValueError, match="stg_scale=0.0 and modality_scale=1.0"):
+        pipe(
+            prompt_embeds=prompts, prompt_attention_mask=mask, negative_prompt_embeds=negatives,
+            negative_prompt_attention_mask=mask, height=32, width=32, num_frames=9,
+            frame_rate=25.0, num_inference_steps=1, guidance_scale=GUIDANCE,
+            spatio_temporal_guidance_blocks=[0], output_type="latent", **settings,
+        )  # fmt: skip

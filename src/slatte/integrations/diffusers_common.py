@@ -54,6 +54,9 @@ class ModelSpec:
     - `side_outputs`: the forward's per-sample outputs after `sample`, each with the pipeline
       attribute (a dotted path) holding its CFG scale (LTX-2's audio, `audio_guidance_scale`):
       STG trims them to the caller's batch and guides them as `sample`;
+    - `own_guidance_inputs`: forward arguments that, when set, mark a call as one of the
+      pipeline's own extra guidance passes (LTX-2's STG and modality-isolation passes), which
+      slatte's STG cannot tell apart from the CFG calls it guides: such a call is refused;
     - `joint`: video and text tokens share one attention (`diffusers_joint`): where its q, k, v
       and outputs come from; SLA then serves the video-to-video part only;
     - `batched_cfg`: the pipeline runs classifier-free guidance as one batch [uncond; cond]
@@ -82,6 +85,7 @@ class ModelSpec:
     block_streams: tuple[str, ...] = ("hidden_states",)
     side_self_attentions: tuple[str, ...] = ()
     side_outputs: tuple[tuple[str, str], ...] = ()
+    own_guidance_inputs: tuple[str, ...] = ()
     joint: JointAttention | None = None
     side_block_lists: tuple[str, ...] = ()
     interleaved: bool = False
@@ -194,6 +198,7 @@ SUPPORTED: dict[str, ModelSpec] = {
         block_streams=("hidden_states", "audio_hidden_states"),
         side_self_attentions=("audio_attn1",),
         side_outputs=(("audio_sample", "audio_guidance_scale"),),
+        own_guidance_inputs=("spatio_temporal_guidance_blocks", "isolate_modalities"),
     ),
     "LatteTransformer3DModel": ModelSpec(
         block_lists=("transformer_blocks", "temporal_transformer_blocks"),

@@ -229,6 +229,16 @@ class STGHandle:
         self, params: tuple[str, ...], module: nn.Module, args: tuple, kwargs: dict
     ) -> tuple[tuple, dict]:
         self._call = None  # never carry state over from an earlier (possibly failed) call
+        for name in self.spec.own_guidance_inputs:
+            value = _argument(params, args, kwargs, name)
+            if value:
+                raise ValueError(
+                    f"{type(module).__name__} was called with {name}={value!r}: the pipeline is "
+                    "running its own guidance pass beside CFG, which slatte's STG cannot tell from "
+                    "the calls it guides. Call the pipeline with stg_scale=0.0 and "
+                    "modality_scale=1.0 (LTX2Pipeline's defaults are 1.0 and 3.0) to use slatte's "
+                    "STG, or remove slatte's STG to use the pipeline's own."
+                )
         x = _argument(params, args, kwargs, "hidden_states")
         call = self._plan(x.shape[0], _argument(params, args, kwargs, "timestep"))
         if call is None:
