@@ -250,7 +250,9 @@ def test_stg_refuses_the_pipelines_own_guidance_passes(own):
     g = torch.Generator().manual_seed(0)
     prompts, negatives = torch.randn(1, 6, 32, generator=g), torch.randn(1, 6, 32, generator=g)
     mask = torch.ones(1, 6, dtype=torch.long)
-    settings = dict(stg_scale=0.0, audio_stg_scale=0.0, modality_scale=1.0, audio_modality_scale=1.0)
+    settings = dict(
+        stg_scale=0.0, audio_stg_scale=0.0, modality_scale=1.0, audio_modality_scale=1.0
+    )
     settings.update(own)
     handle = enable_stg(pipe, scale=SCALE, blocks=[1])
     with handle, pytest.raises(ValueError, match="stg_scale=0.0 and modality_scale=1.0"):
