@@ -304,8 +304,9 @@ def test_search_on_a_wan_pipeline_writes_a_guider_config_the_guider_and_enable_s
         assert handle.strategies == (STRATEGIES[top.strategy],)
 
 
-def _save_tiny_wan_pipeline(path):
-    """A tiny Wan pipeline with a word-level tokenizer and a random UMT5 encoder, made here."""
+def _save_tiny_wan_pipeline(path, two_experts=False):
+    """A tiny Wan pipeline with a word-level tokenizer and a random UMT5 encoder, made here
+    (`two_experts`: Wan2.2's, as `_wan22_pipeline`)."""
     from diffusers import AutoencoderKLWan
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
@@ -327,9 +328,10 @@ def _save_tiny_wan_pipeline(path):
         base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
         temperal_downsample=[False, True, True],
     ).eval()  # fmt: skip
+    second = dict(transformer_2=tiny_wan(seed=1), boundary_ratio=0.8) if two_experts else {}
     WanPipeline(
         tokenizer=tokenizer, text_encoder=encoder, vae=vae, transformer=tiny_wan(),
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), **second,
     ).save_pretrained(path)  # fmt: skip
     return path
 
@@ -357,3 +359,29 @@ def test_cli_searches_a_diffusers_pipeline_directory(tmp_path, capsys):
     argv = ["stg-search", str(pipeline), "--out", str(out), "--prompt", "a", "--num-inputs", "0"]
     assert main(argv) == 2
     assert "--num-inputs must be an integer >= 1, got 0" in capsys.readouterr().err
+    argv = ["stg-search", str(pipeline), "--out", str(out), "--prompt", "a", "--cfg-scale-2", "3"]
+    assert main(argv) == 2
+    assert "--cfg-scale-2 is the CFG scale of a second expert" in capsys.readouterr().err
+
+
+def test_cli_searches_each_expert_of_a_wan22_pipeline_directory(tmp_path, capsys):
+    pipeline = _save_tiny_wan_pipeline(tmp_path / "pipe", two_experts=True)
+    out = tmp_path / "search"
+    argv = [
+        "stg-search", str(pipeline), "--out", str(out), "--prompt", "a cat runs",
+        "--steps", "5", "--cfg-scale", "4", "--cfg-scale-2", "3", "--num-inputs", "1",
+        "--height", "32", "--width", "32", "--num-frames", "5", "--device", "cpu",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed[-2:] == [
+        str(out / "guider_config.json"),
+        str(out / "guider_2" / "guider_config.json"),
+    ]
+    report = json.loads((out / "search.json").read_text())
+    for suffix, subfolder, scale in (("", None, 4.0), ("_2", "guider_2", 3.0)):
+        top = report["candidates" + suffix][0]
+        guider = STGGuidance.from_pretrained(out, subfolder=subfolder)
+        assert (list(guider.stg_blocks), guider.stg_strategy) == ([top["block"]], top["strategy"])
+        assert guider.guidance_scale == scale
+        assert report["chosen" + suffix]["stg_blocks"] == [top["block"]]
