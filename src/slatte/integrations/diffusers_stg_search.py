@@ -21,8 +21,8 @@ as an `STGGuidance` config.
    `guider_config.json`, diffusers' own format for guiders: `STGGuidance.from_pretrained(DIR)`
    reads it back, and its `stg_blocks` / `stg_strategy` / `stg_scale` are `enable_stg`'s
    `blocks` / `strategy` / `scale`. With two experts the low-noise expert's choice is written
-   the same way into the subfolder `guider_2` (`SECOND_GUIDER`), the name of its guider in
-   diffusers' modular Wan2.2 pipelines: `STGGuidance.from_pretrained(DIR, subfolder="guider_2")`
+   the same way into the subfolder `guider_2` (`SECOND_GUIDER`), named after its guider
+   component in diffusers' modular Wan2.2 pipelines: `STGGuidance.from_pretrained(DIR, subfolder="guider_2")`
    reads it, and its keys are `enable_stg`'s `blocks_2` / `strategy_2` / `scale_2`.
 No verification by sampling: without a metric for the model's videos, the signal decides (as
 for slatte models without the digits data).
@@ -48,8 +48,8 @@ from .diffusers_common import execution_blocks, model_spec, resolve_transformers
 from .diffusers_stg import _map_tensors, _parameter_names, guided_channels, perturbed_pass
 
 SEARCH_RESCALE = 0.7  # as the search for slatte models writes (`slatte.stg_search`)
-# Where the low-noise expert's guider config goes: diffusers' modular Wan2.2 pipelines name the
-# guider of `transformer_2` so, and load a component from the subfolder of its name.
+# The subfolder of the low-noise expert's guider config, named after the guider of
+# `transformer_2` in diffusers' modular Wan2.2 pipelines; `from_pretrained(out, subfolder=...)`.
 SECOND_GUIDER = "guider_2"
 EXPERT_NAMES = ("transformer", "transformer_2")  # `resolve_transformers`' order
 
