@@ -22,8 +22,9 @@ as an `STGGuidance` config.
    reads it back, and its `stg_blocks` / `stg_strategy` / `stg_scale` are `enable_stg`'s
    `blocks` / `strategy` / `scale`. With two experts the low-noise expert's choice is written
    the same way into the subfolder `guider_2` (`SECOND_GUIDER`), named after its guider
-   component in diffusers' modular Wan2.2 pipelines: `STGGuidance.from_pretrained(DIR, subfolder="guider_2")`
-   reads it, and its keys are `enable_stg`'s `blocks_2` / `strategy_2` / `scale_2`.
+   component in diffusers' modular Wan2.2 pipelines:
+   `STGGuidance.from_pretrained(DIR, subfolder="guider_2")` reads it, and its keys are
+   `enable_stg`'s `blocks_2` / `strategy_2` / `scale_2`.
 No verification by sampling: without a metric for the model's videos, the signal decides (as
 for slatte models without the digits data).
 """
@@ -135,7 +136,9 @@ def record_guidance_inputs(
     step_experts: list[int] = []  # the expert that ran each step so far
     last_timestep: list[torch.Tensor] = []
 
-    def record(expert: int, params: tuple[str, ...], module: nn.Module, args: tuple, kwargs: dict):
+    def record(
+        expert: int, params: tuple[str, ...], module: nn.Module, args: tuple, kwargs: dict
+    ) -> None:
         named = {**dict(zip(params, args, strict=False)), **kwargs}
         timestep = named["timestep"].detach().cpu()
         # A new timestep (or expert) starts a step; the calls of one step share it.
