@@ -13,7 +13,8 @@
 A diffusers pipeline directory (`model_index.json`) is searched by
 `slatte.integrations.diffusers_stg_search` instead: the signal on the transformer's inputs at
 three steps of one pipeline run with the `--prompt`s, no verification, and the chosen term as an
-STGGuidance config, `guider_config.json` in `out`.
+STGGuidance config, `guider_config.json` in `out` (Wan2.2's two experts: each searched on the
+steps it runs, the low-noise expert's choice in `out/guider_2/guider_config.json`).
 """
 
 from __future__ import annotations
@@ -242,6 +243,10 @@ def add_stg_search_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
         help="a prompt of the inputs (required; repeat for several, cycled over --num-inputs)",
     )
     d.add_argument("--negative-prompt", default=None, help="default: the pipeline's")
+    d.add_argument(
+        "--cfg-scale-2", type=float, default=None,
+        help="Wan2.2: the low-noise expert's (transformer_2) CFG scale; default: --cfg-scale",
+    )  # fmt: skip
     d.add_argument("--height", type=int, default=None, help="default: the pipeline's")
     d.add_argument("--width", type=int, default=None, help="default: the pipeline's")
     d.add_argument("--num-frames", type=int, default=None, help="default: the pipeline's")
@@ -262,7 +267,9 @@ def run_stg_search(args: argparse.Namespace) -> int:
         from .integrations.diffusers_stg_search import run_diffusers_stg_search
 
         return run_diffusers_stg_search(args)
-    pipeline_only = ("prompt", "negative_prompt", "height", "width", "num_frames", "dtype")
+    pipeline_only = (
+        "prompt", "negative_prompt", "cfg_scale_2", "height", "width", "num_frames", "dtype",
+    )  # fmt: skip
     given = [f"--{name.replace('_', '-')}" for name in pipeline_only if getattr(args, name)]
     if given:
         raise ValueError(

@@ -132,5 +132,6 @@ def test_cli_writes_sampling_json_beside_the_model(model, tmp_path, capsys):
     report = json.loads((out / "search.json").read_text())
     assert report["chosen"] == written["stg"][0] | {"blocks": list(written["stg"][0]["blocks"])}
     argv = ["stg-search", str(model_dir), "--out", str(out), "--prompt", "a cat", "--height", "8"]
-    assert main(argv) == 2
-    assert "--prompt, --height apply to a diffusers pipeline directory" in capsys.readouterr().err
+    assert main(argv + ["--cfg-scale-2", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--prompt, --cfg-scale-2, --height apply to a diffusers pipeline directory" in err

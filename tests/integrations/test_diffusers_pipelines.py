@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers_testing import run_pipeline_with_stg, tiny_ltx, tiny_wan
+from diffusers_testing import naive_perturbed, run_pipeline_with_stg, tiny_ltx, tiny_wan
 
 from slatte.integrations.diffusers_sla import SLAAttnProcessor, disable_sla, enable_sla
+from slatte.integrations.diffusers_stg import enable_stg
 
 pytest.importorskip("transformers")  # diffusers' Wan / LTX pipelines import it
 from diffusers import FlowMatchEulerDiscreteScheduler, LTXPipeline, WanPipeline  # noqa: E402
@@ -130,3 +131,51 @@ def test_wan22_two_expert_pipeline_guides_both_experts_with_their_own_cfg_scale(
     assert not any(hasattr(m, "sla") for t in guidance for m in t.modules())
     assert (guided - plain).abs().max() > 1e-3
     torch.testing.assert_close(call(), plain, atol=0, rtol=0)
+
+
+def test_wan22_experts_take_their_own_stg_terms():
+    """scale_2 / blocks_2 / strategy_2 give the low-noise expert its own STG term (the STG
+    search's `guider_2` choice); bad ones are refused before any hook goes on."""
+    pipe = WanPipeline(
+        tokenizer=None, text_encoder=None, vae=None, transformer=tiny_wan(),
+        transformer_2=tiny_wan(seed=1), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        boundary_ratio=0.9,
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    prompt, negative = torch.randn(1, 5, 32, generator=g), torch.randn(1, 5, 32, generator=g)
+    terms = {
+        pipe.transformer: (SCALE, 1, "transformer_block", GUIDANCE),
+        pipe.transformer_2: (0.5, 0, "attention_values", 5.0),
+    }
+
+    def call():
+        return pipe(
+            prompt_embeds=prompt, negative_prompt_embeds=negative, height=16, width=16,
+            num_frames=5, num_inference_steps=2, guidance_scale=GUIDANCE, guidance_scale_2=5.0,
+            output_type="latent", generator=torch.Generator().manual_seed(0),
+        ).frames  # fmt: skip
+
+    calls, _ = run_pipeline_with_stg(
+        pipe, call, scale=SCALE, blocks=[1], strategy="transformer_block", scale_2=0.5,
+        blocks_2=[0], strategy_2="attention_values",
+    )  # fmt: skip
+    assert [r["model"] for r in calls] == [pipe.transformer] * 2 + [pipe.transformer_2] * 2
+    for i, record in enumerate(calls):
+        model, kwargs = record["model"], {**record["kwargs"], "return_dict": False}
+        e = _plain(model, kwargs)
+        if i % 2 == 0:
+            scale, block, strategy, guidance = terms[model]
+            e_p = naive_perturbed(model, {**kwargs, "return_dict": True}, block, strategy)
+            e = e + scale / guidance * (e - e_p)
+        torch.testing.assert_close(record["output"], e, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"blocks_2 must be a non-empty list .* got \(2,\)"):
+        enable_stg(pipe, blocks=[1], blocks_2=[2])
+    with pytest.raises(ValueError, match="scale_2 must be a number, got 'x'"):
+        enable_stg(pipe, blocks=[1], scale_2="x")
+    assert not pipe.transformer._forward_pre_hooks and not pipe.transformer_2._forward_pre_hooks
+    one = WanPipeline(
+        tokenizer=None, text_encoder=None, vae=None, transformer=tiny_wan(),
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="blocks_2, strategy_2 set the STG of a second expert"):
+        enable_stg(one, blocks=[1], blocks_2=[0], strategy_2="attention_values")

@@ -446,6 +446,9 @@ def enable_stg(
     cond_rows: Callable[[int], Sequence[int]] | None = None,
     start: float = 0.0,
     stop: float = 1.0,
+    scale_2: float | None = None,
+    blocks_2: Sequence[int] | None = None,
+    strategy_2: str | Sequence[str] | None = None,
 ) -> STGHandle:
     """Apply STG on every call of a diffusers video transformer until the handle is removed.
 
@@ -465,36 +468,67 @@ def enable_stg(
         start, stop: the step window, as fractions of the schedule from the noisy end
             (`slatte.guidance` convention: progress = 1 − t / (T − 1), T the scheduler's
             `num_train_timesteps`, 1000 by default); outside it STG is not computed.
+        scale_2, blocks_2, strategy_2: Wan2.2's low-noise expert (`transformer_2`) on its own
+            terms, as the pipeline's `guidance_scale_2` is its CFG scale (the STG search's
+            `guider_2` config); None: the first expert's `scale` / `blocks` / `strategy`.
     Returns an `STGHandle` (also a context manager; with two experts, the first one's, which
     removes both); a transformer holds at most one.
     """
     check_window("stg window", start, stop)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise ValueError(f"scale must be a number, got {scale!r}")
     transformers = resolve_transformers(model)
-    blocks = tuple(blocks)
-    for transformer in transformers:
-        _check_blocks(transformer, blocks)
-    names = (strategy,) * len(blocks) if isinstance(strategy, str) else strategy
-    strategies = tuple(STRATEGIES[name] for name in per_block_strategies(names, blocks))
-    handles = [
-        STGHandle(
-            transformer=transformer,
-            spec=model_spec(transformer),
-            scale=float(scale),
-            blocks=blocks,
-            strategies=strategies,
-            fork=fork,
-            cond_rows=cond_rows,
-            start=float(start),
-            stop=float(stop),
-            pipeline=model if model is not transformers[0] else None,
-            guidance_attr=model_spec(transformer).cfg_scale if i == 0 else "_guidance_scale_2",
-        ).install()
-        for i, transformer in enumerate(transformers)
-    ]
+    second = {"scale_2": scale_2, "blocks_2": blocks_2, "strategy_2": strategy_2}
+    given = [name for name, value in second.items() if value is not None]
+    if given and len(transformers) == 1:
+        raise ValueError(
+            f"{', '.join(given)} set the STG of a second expert (a pipeline's transformer_2, "
+            f"Wan2.2); {type(model).__name__} has one transformer"
+        )
+    terms = [(scale, blocks, strategy)]
+    if len(transformers) == 2:
+        terms.append(
+            (
+                scale if scale_2 is None else scale_2,
+                blocks if blocks_2 is None else blocks_2,
+                strategy if strategy_2 is None else strategy_2,
+            )
+        )
+    handles = []
+    for i, (transformer, suffix) in enumerate(zip(transformers, ("", "_2"), strict=False)):
+        # Every expert's terms are checked before any hook goes on.
+        expert_scale, expert_blocks, expert_strategies = _check_terms(transformer, terms[i], suffix)
+        handles.append(
+            STGHandle(
+                transformer=transformer,
+                spec=model_spec(transformer),
+                scale=float(expert_scale),
+                blocks=expert_blocks,
+                strategies=expert_strategies,
+                fork=fork,
+                cond_rows=cond_rows,
+                start=float(start),
+                stop=float(stop),
+                pipeline=model if model is not transformers[0] else None,
+                guidance_attr=model_spec(transformer).cfg_scale if i == 0 else "_guidance_scale_2",
+            )
+        )
+    for handle in handles:
+        handle.install()
     handles[0]._companions = handles[1:]
     return handles[0]
+
+
+def _check_terms(
+    transformer: nn.Module, terms: tuple[float, Sequence[int], str | Sequence[str]], suffix: str
+) -> tuple[float, tuple[int, ...], tuple[Strategy, ...]]:
+    """One expert's (scale, blocks, strategy) (`enable_stg`'s arguments ending in `suffix`),
+    checked: the blocks as a tuple, one strategy per block."""
+    scale, blocks, strategy = terms
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise ValueError(f"scale{suffix} must be a number, got {scale!r}")
+    blocks = tuple(blocks)
+    _check_blocks(transformer, blocks, f"blocks{suffix}")
+    names = (strategy,) * len(blocks) if isinstance(strategy, str) else strategy
+    return scale, blocks, tuple(STRATEGIES[name] for name in per_block_strategies(names, blocks))
 
 
 def capture_perturbed(
@@ -546,17 +580,17 @@ def guided_channels(transformer: nn.Module) -> int | None:
     return None
 
 
-def _check_blocks(transformer: nn.Module, blocks: tuple) -> None:
+def _check_blocks(transformer: nn.Module, blocks: tuple, name: str = "blocks") -> None:
     model_spec(transformer)
     depth = len(execution_blocks(transformer))
     if not blocks or any(
         isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < depth for b in blocks
     ):
         raise ValueError(
-            f"blocks must be a non-empty list of indices in [0, {depth}), got {blocks}"
+            f"{name} must be a non-empty list of indices in [0, {depth}), got {blocks}"
         )
     if len(set(blocks)) != len(blocks):
-        raise ValueError(f"blocks must be distinct, got {blocks}")
+        raise ValueError(f"{name} must be distinct, got {blocks}")
     if getattr(transformer, "_slatte_stg", None) is not None:
         raise ValueError("STG is already enabled on this transformer; remove its handle first")
 

@@ -7,7 +7,9 @@ as an `STGGuidance` config.
    nearest to the progress points: the noised latents the model meets at those timesteps when it
    samples. Wan-family and HunyuanVideo-1.5 pipelines call it once per condition, conditional
    first; LTX-Video, Latte, CogVideoX and Mochi pipelines batch [uncond; cond]
-   (`ModelSpec.batched_cfg`).
+   (`ModelSpec.batched_cfg`). Wan2.2's two experts (`transformer` for the high-noise steps,
+   `transformer_2` for the low-noise ones, switching at the pipeline's `boundary_ratio`): each
+   recorded step goes to the expert that ran it, so each expert is searched on its own inputs.
 2. `diffusers_perturbation_signals(transformer, inputs)`: per recorded step, `e_c` and `e_u`
    from one forward each and, per pair, `e_p` from one forward under the STG hooks
    (`perturbed_pass`: every row perturbed; forking would run the conditional rows after the
@@ -18,7 +20,11 @@ as an `STGGuidance` config.
    guidance_rescale=0.7)` (`chosen_guider`), which `write_guider_config` saves as
    `guider_config.json`, diffusers' own format for guiders: `STGGuidance.from_pretrained(DIR)`
    reads it back, and its `stg_blocks` / `stg_strategy` / `stg_scale` are `enable_stg`'s
-   `blocks` / `strategy` / `scale`.
+   `blocks` / `strategy` / `scale`. With two experts the low-noise expert's choice is written
+   the same way into the subfolder `guider_2` (`SECOND_GUIDER`), named after its guider
+   component in diffusers' modular Wan2.2 pipelines:
+   `STGGuidance.from_pretrained(DIR, subfolder="guider_2")` reads it, and its keys are
+   `enable_stg`'s `blocks_2` / `strategy_2` / `scale_2`.
 No verification by sampling: without a metric for the model's videos, the signal decides (as
 for slatte models without the digits data).
 """
@@ -30,6 +36,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +45,14 @@ from torch import nn
 
 from ..guidance.search import DEFAULT_PROGRESS, Candidate, ranked, row_signals
 from ..guidance.strategies import STRATEGY_NAMES, get_strategy
-from .diffusers_common import execution_blocks, model_spec
+from .diffusers_common import execution_blocks, model_spec, resolve_transformers
 from .diffusers_stg import _map_tensors, _parameter_names, guided_channels, perturbed_pass
 
 SEARCH_RESCALE = 0.7  # as the search for slatte models writes (`slatte.stg_search`)
+# The subfolder of the low-noise expert's guider config, named after the guider of
+# `transformer_2` in diffusers' modular Wan2.2 pipelines; `from_pretrained(out, subfolder=...)`.
+SECOND_GUIDER = "guider_2"
+EXPERT_NAMES = ("transformer", "transformer_2")  # `resolve_transformers`' order
 
 
 @dataclass(frozen=True)
@@ -56,18 +67,22 @@ class GuidanceInputs:
 @dataclass
 class DiffusersSearchResult:
     """The ranked `candidates`, the `chosen` guider's config and the wall time of each phase
-    (seconds: `record`, the pipeline run; `signal`, the ranking)."""
+    (seconds: `record`, the pipeline run; `signal`, the ranking of every expert). With two
+    experts (Wan2.2), `candidates` / `chosen` are the high-noise expert's (`transformer`) and
+    `candidates_2` / `chosen_2` the low-noise one's (`transformer_2`); otherwise those are None."""
 
     candidates: list[Candidate]
     chosen: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
+    candidates_2: list[Candidate] | None = None
+    chosen_2: dict | None = None
 
     def to_dict(self) -> dict:
-        return {
-            "candidates": [c.to_dict() for c in self.candidates],
-            "chosen": self.chosen,
-            "seconds": self.seconds,
-        }
+        result = {"candidates": [c.to_dict() for c in self.candidates], "chosen": self.chosen}
+        if self.candidates_2 is not None:
+            result["candidates_2"] = [c.to_dict() for c in self.candidates_2]
+            result["chosen_2"] = self.chosen_2
+        return {**result, "seconds": self.seconds}
 
 
 def _step_indices(num_inference_steps: int, progress: Sequence[float]) -> list[int]:
@@ -86,13 +101,15 @@ def record_guidance_inputs(
     guidance_scale: float,
     progress: Sequence[float] = DEFAULT_PROGRESS,
     **call_kwargs: Any,
-) -> list[GuidanceInputs]:
-    """Run `pipe` once and return its transformer's inputs at the steps nearest to `progress`
-    (fractions of the run, 0 = the first step; module docstring).
+) -> list[list[GuidanceInputs]]:
+    """Run `pipe` once and return its transformers' inputs at the steps nearest to `progress`
+    (fractions of the run, 0 = the first step; module docstring): one list per transformer, in
+    `EXPERT_NAMES` order (Wan2.2: the high-noise expert's steps, then the low-noise one's), each
+    step given to the transformer that ran it.
 
     `call_kwargs` go to the pipeline call as they are (prompt or prompt_embeds, negative ones,
-    height, width, num_frames, generator, ...); the pipeline returns latents (`output_type
-    "latent"`), so nothing is decoded.
+    height, width, num_frames, generator, Wan2.2's guidance_scale_2, ...); the pipeline returns
+    latents (`output_type "latent"`), so nothing is decoded.
     """
     if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int):
         raise ValueError(
@@ -106,35 +123,42 @@ def record_guidance_inputs(
         raise ValueError(
             f"the search measures STG against CFG: give guidance_scale > 1, got {guidance_scale}"
         )
-    transformer = getattr(pipe, "transformer", None)
-    if not isinstance(transformer, nn.Module):
+    if not isinstance(getattr(pipe, "transformer", None), nn.Module):
         raise ValueError(
             f"record_guidance_inputs takes a diffusers pipeline with a .transformer, got "
             f"{type(pipe).__name__}; for a bare transformer, give its inputs to "
             "diffusers_perturbation_signals"
         )
-    if getattr(pipe, "transformer_2", None) is not None:
-        raise ValueError(
-            "this pipeline has two experts (transformer and transformer_2, Wan2.2); search each "
-            "one with diffusers_perturbation_signals on its own steps' inputs"
-        )
-    spec = model_spec(transformer)
+    experts = resolve_transformers(pipe)
+    specs = [model_spec(expert) for expert in experts]
     wanted = set(_step_indices(num_inference_steps, progress))
-    params = _parameter_names(transformer)
     calls: dict[int, list[dict]] = defaultdict(list)
+    step_experts: list[int] = []  # the expert that ran each step so far
     last_timestep: list[torch.Tensor] = []
 
-    def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    def record(
+        expert: int, params: tuple[str, ...], module: nn.Module, args: tuple, kwargs: dict
+    ) -> None:
         named = {**dict(zip(params, args, strict=False)), **kwargs}
         timestep = named["timestep"].detach().cpu()
-        # A new timestep starts a step; the calls of one step share it.
-        if not last_timestep or not torch.equal(last_timestep[-1], timestep):
+        # A new timestep (or expert) starts a step; the calls of one step share it.
+        if (
+            not last_timestep
+            or step_experts[-1] != expert
+            or not torch.equal(last_timestep[-1], timestep)
+        ):
             last_timestep.append(timestep)
+            step_experts.append(expert)
         step = len(last_timestep) - 1
         if step in wanted:  # copies: a pipeline may update its latents in place
             calls[step].append({k: _map_tensors(v, torch.clone) for k, v in named.items()})
 
-    handle = transformer.register_forward_pre_hook(record, with_kwargs=True)
+    handles = [
+        expert.register_forward_pre_hook(
+            partial(record, i, _parameter_names(expert)), with_kwargs=True
+        )
+        for i, expert in enumerate(experts)
+    ]
     try:
         pipe(
             num_inference_steps=num_inference_steps,
@@ -143,14 +167,28 @@ def record_guidance_inputs(
             **call_kwargs,
         )
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     missing = sorted(wanted - set(calls))
     if missing:
         raise ValueError(
             f"the pipeline ran {len(last_timestep)} denoising steps, not the "
             f"{num_inference_steps} asked for: no inputs recorded for steps {missing}"
         )
-    return [_split(calls[step], spec.batched_cfg, spec.sample_inputs) for step in sorted(calls)]
+    inputs: list[list[GuidanceInputs]] = [[] for _ in experts]
+    for step in sorted(calls):
+        spec = specs[step_experts[step]]
+        inputs[step_experts[step]].append(_split(calls[step], spec.batched_cfg, spec.sample_inputs))
+    for expert, recorded in enumerate(inputs):
+        if not recorded:
+            ran = [step for step, e in enumerate(step_experts) if e == expert]
+            raise ValueError(
+                f"no progress point falls on a step of {EXPERT_NAMES[expert]}, which ran "
+                f"{f'steps {ran}' if ran else 'no step'} of the {len(step_experts)} (progress p "
+                f"picks step round(p × {num_inference_steps})): give progress points (or a step "
+                "count) that reach every expert"
+            )
+    return inputs
 
 
 def _split(calls: list[dict], batched_cfg: bool, sample_inputs: tuple[str, ...]) -> GuidanceInputs:
@@ -256,9 +294,12 @@ def diffusers_stg_search(
     strategies: Sequence[str] = STRATEGY_NAMES,
     **call_kwargs: Any,
 ) -> DiffusersSearchResult:
-    """Rank the (block, strategy) pairs of `pipe.transformer` and choose one (module
+    """Rank the (block, strategy) pairs of `pipe.transformer` (and of Wan2.2's
+    `pipe.transformer_2`, on its own steps' inputs) and choose one per transformer (module
     docstring). `call_kwargs` go to the pipeline's call (`record_guidance_inputs`): the
-    prompts (or their embeddings) of the inputs, the video size, a generator."""
+    prompts (or their embeddings) of the inputs, the video size, a generator; Wan2.2's
+    `guidance_scale_2` is the low-noise expert's CFG scale in its chosen guider (as in the
+    pipeline, `guidance_scale` where it is not given)."""
     start = time.perf_counter()
     inputs = record_guidance_inputs(
         pipe,
@@ -269,17 +310,31 @@ def diffusers_stg_search(
     )
     seconds = {"record": time.perf_counter() - start}
     start = time.perf_counter()
-    candidates = diffusers_perturbation_signals(
-        pipe.transformer, inputs, blocks=blocks, strategies=strategies
-    )
+    ranking = [
+        diffusers_perturbation_signals(expert, steps, blocks=blocks, strategies=strategies)
+        for expert, steps in zip(resolve_transformers(pipe), inputs, strict=True)
+    ]
     seconds["signal"] = time.perf_counter() - start
-    chosen = dict(chosen_guider(candidates[0], guidance_scale).config)
-    return DiffusersSearchResult(candidates=candidates, chosen=chosen, seconds=seconds)
+    guidance_scale_2 = call_kwargs.get("guidance_scale_2")
+    scales = (guidance_scale, guidance_scale if guidance_scale_2 is None else guidance_scale_2)
+    chosen = [
+        dict(chosen_guider(candidates[0], scale).config)
+        for candidates, scale in zip(ranking, scales, strict=False)
+    ]
+    second = len(ranking) > 1
+    return DiffusersSearchResult(
+        candidates=ranking[0],
+        chosen=chosen[0],
+        seconds=seconds,
+        candidates_2=ranking[1] if second else None,
+        chosen_2=chosen[1] if second else None,
+    )
 
 
 def write_guider_config(config: dict, out: str | Path) -> Path:
     """Save the chosen guider's `config` as `out/guider_config.json` (diffusers' format for
-    guiders; `STGGuidance.from_pretrained(out)` reads it)."""
+    guiders; `STGGuidance.from_pretrained(out)` reads it). Wan2.2's low-noise expert:
+    `write_guider_config(result.chosen_2, out / SECOND_GUIDER)`."""
     from .diffusers_guider import STGGuidance
 
     out = Path(out)
@@ -311,6 +366,13 @@ def run_diffusers_stg_search(args: Any) -> int:
         for name in ("height", "width", "num_frames")
         if getattr(args, name) is not None
     }
+    if args.cfg_scale_2 is not None:
+        if getattr(pipe, "transformer_2", None) is None:
+            raise ValueError(
+                f"--cfg-scale-2 is the CFG scale of a second expert (transformer_2, Wan2.2); "
+                f"{args.model} has one transformer"
+            )
+        call["guidance_scale_2"] = args.cfg_scale_2
     prompts = [args.prompt[i % len(args.prompt)] for i in range(args.num_inputs)]
     if args.negative_prompt is not None:
         call["negative_prompt"] = [args.negative_prompt] * args.num_inputs
@@ -322,14 +384,20 @@ def run_diffusers_stg_search(args: Any) -> int:
         generator=torch.Generator(args.device).manual_seed(args.seed),
         **call,
     )
-    path = write_guider_config(result.chosen, args.out)
+    paths = [write_guider_config(result.chosen, args.out)]
+    if result.chosen_2 is not None:
+        paths.append(write_guider_config(result.chosen_2, Path(args.out) / SECOND_GUIDER))
     (Path(args.out) / "search.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-    print(json.dumps({"chosen": result.chosen, "seconds": result.seconds}))
-    print(path)
+    summary = {k: v for k, v in result.to_dict().items() if k.startswith("chosen")}
+    print(json.dumps({**summary, "seconds": result.seconds}))
+    for path in paths:
+        print(path)
     return 0
 
 
 __all__ = [
+    "EXPERT_NAMES",
+    "SECOND_GUIDER",
     "DiffusersSearchResult",
     "GuidanceInputs",
     "chosen_guider",
