@@ -36,7 +36,7 @@ def _torch_dtype(name: str):
 
 # --------------------------------------------------------------------------- shared flags
 def _add_attention_arguments(parser: argparse.ArgumentParser) -> None:
-    from .ops.attention import BACKENDS
+    from .ops.backends import BACKENDS
 
     parser.add_argument(
         "--attention",
@@ -196,8 +196,9 @@ def _run_train(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- sample
 def _add_sample(sub: argparse._SubParsersAction) -> None:
+    from .diffusion.sampler_names import SAMPLER_NAMES
     from .guidance.cli_args import add_guidance_arguments
-    from .sampling import FORMATS, SAMPLERS
+    from .sampling_options import FORMATS
 
     p = sub.add_parser(
         "sample",
@@ -230,7 +231,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--sampler",
-        choices=SAMPLERS,
+        choices=SAMPLER_NAMES,
         default=None,
         help=f"default: sampling.json's, else {SAMPLE_DEFAULTS['sampler']}",
     )
@@ -316,7 +317,8 @@ def _run_sample(args: argparse.Namespace) -> int:
     from .ops.sequence_parallel import check_heads
     from .parallel import sequence_shard
     from .pretrained import pretrained_dir, sampling_defaults
-    from .sampling import SampleOptions, generate, generate_and_save
+    from .sampling import generate, generate_and_save
+    from .sampling_options import SampleOptions
     from .training.distributed import DistInfo, close_distributed, init_distributed
 
     model_dir = (
@@ -374,7 +376,7 @@ def _run_sample(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- bench
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    from .ops.attention import BACKENDS
+    from .ops.backends import BACKENDS
 
     p = sub.add_parser(
         "bench",
@@ -419,6 +421,57 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- stg-search
+STG_SEARCH_DESCRIPTION = """\
+Choose a model's STG term and write it as sampling.json in --out (never into the model
+directory): every (block, strategy) pair is ranked by a label-free signal on a few noised
+inputs, the best --top are verified by sampling --num-videos each (for a digits model: digit
+accuracy, then motion smoothness), and the chosen term is written with the model's other
+recommended options. search.json beside it holds the ranking and the verification."""
+
+
+def _add_stg_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "stg-search",
+        description=STG_SEARCH_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", help="a model directory, a run folder or a shipped model's name")
+    p.add_argument("--out", required=True, help="folder for sampling.json and search.json")
+    p.add_argument("--num-inputs", type=int, default=4, help="noised inputs for the signal")
+    p.add_argument("--top", type=int, default=3, help="pairs verified by sampling")
+    p.add_argument("--num-videos", type=int, default=5, help="videos per verified pair")
+    p.add_argument("--steps", type=int, default=10, help="sampling steps of the verification")
+    p.add_argument("--cfg-scale", type=float, default=None, help="default: sampling.json's, else 4")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
+    p.set_defaults(func=_run_stg_search)
+
+
+def _run_stg_search(args: argparse.Namespace) -> int:
+    from .models import load_model
+    from .pretrained import sampling_defaults
+    from .stg_search import stg_search, write_sampling_json
+
+    model_dir = resolve_model_dir(args.model)
+    model = load_model(model_dir, device=check_device(args.device)).eval()
+    result = stg_search(
+        model,
+        recommended=sampling_defaults(model_dir),
+        num_inputs=args.num_inputs,
+        top=args.top,
+        num_videos=args.num_videos,
+        steps=args.steps,
+        cfg_scale=args.cfg_scale,
+        seed=args.seed,
+    )
+    path = write_sampling_json(result.sampling, args.out, model_dir)
+    (Path(args.out) / "search.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    print(json.dumps({"chosen": result.to_dict()["chosen"], "seconds": result.seconds}))
+    print(path)
+    return 0
+
+
 # --------------------------------------------------------------------------- entry
 # The commands, each with its one-line summary and the function that adds its parser; only the
 # parser of the command given is built, so the others' imports (torch) are not paid for.
@@ -438,12 +491,6 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     from .integrations.cli import add_finetune_parser
 
     add_finetune_parser(sub)
-
-
-def _add_stg_search(sub: argparse._SubParsersAction) -> None:
-    from .stg_search import add_stg_search_parser
-
-    add_stg_search_parser(sub)
 
 
 COMMANDS = {

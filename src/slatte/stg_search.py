@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass, field
@@ -176,48 +175,3 @@ def write_sampling_json(sampling: dict, out: str | Path, model_dir: str | Path) 
     path = out / "sampling.json"
     path.write_text(json.dumps(sampling, indent=2) + "\n")
     return path
-
-
-def add_stg_search_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register `stg-search` on the `slatte` command's subparsers; returns its parser."""
-    p = subparsers.add_parser(
-        "stg-search",
-        help="choose the STG block and strategy for a model; write its sampling.json",
-        description=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("model", help="a model directory, a run folder or a shipped model's name")
-    p.add_argument("--out", required=True, help="folder for sampling.json and search.json")
-    p.add_argument("--num-inputs", type=int, default=4, help="noised inputs for the signal")
-    p.add_argument("--top", type=int, default=3, help="pairs verified by sampling")
-    p.add_argument("--num-videos", type=int, default=5, help="videos per verified pair")
-    p.add_argument("--steps", type=int, default=10, help="sampling steps of the verification")
-    p.add_argument("--cfg-scale", type=float, default=None, help="default: sampling.json's, else 4")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.set_defaults(func=run_stg_search)
-    return p
-
-
-def run_stg_search(args: argparse.Namespace) -> int:
-    from .cli import resolve_model_dir
-    from .models import load_model
-    from .pretrained import sampling_defaults
-
-    model_dir = resolve_model_dir(args.model)
-    model = load_model(model_dir, device=args.device).eval()
-    result = stg_search(
-        model,
-        recommended=sampling_defaults(model_dir),
-        num_inputs=args.num_inputs,
-        top=args.top,
-        num_videos=args.num_videos,
-        steps=args.steps,
-        cfg_scale=args.cfg_scale,
-        seed=args.seed,
-    )
-    path = write_sampling_json(result.sampling, args.out, model_dir)
-    (Path(args.out) / "search.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-    print(json.dumps({"chosen": result.to_dict()["chosen"], "seconds": result.seconds}))
-    print(path)
-    return 0

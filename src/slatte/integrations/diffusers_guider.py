@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ..guidance.config import check_blocks, check_rescale, check_scale, check_window
+from ..guidance.options import check_blocks, check_rescale, check_scale, check_window
 from ..guidance.strategies import DEFAULT_STRATEGY, get_strategy
 from .diffusers_stg import enable_stg
 
