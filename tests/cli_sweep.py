@@ -80,6 +80,7 @@ CASES = [
     _case("train --model-option input_size=8 --out {root}/new"),
     _case("train --sla-critical 0.2 --out {root}/new"),
     _case("train --attention sla --sla-critical 2.5 --out {root}/new"),
+    _case("train --attention sla --sla-critical 0.95 --sla-negligible 0.10 --out {root}/new"),
     _case("train --sla-block-q 48 --out {root}/new"),
     # --- train / sample / convert: LoRA
     _case("train --lora-rank 0 --out {root}/new"),
