@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .data import PixelSpace, write_frame_grid, write_video
+from .data import LatentCodec, PixelSpace, write_frame_grid, write_video
 from .diffusion import SAMPLERS, create_diffusion
-from .diffusion.long_video import sample_long_video, seam_frames, seam_report
+from .diffusion.long_video import sample_long_video, seam_frames, seam_report, window_starts
 from .guidance import guided_model_fn
-from .memory import check_fits, video_bytes
+from .memory import check_fits, long_video_bytes, output_bytes
 from .models import VideoDiT
 from .sampling_options import FORMATS, SampleOptions
 
@@ -43,6 +43,41 @@ def resolve_labels(model: VideoDiT, opts: SampleOptions) -> torch.Tensor | None:
     return torch.tensor(labels, dtype=torch.long)
 
 
+def check_memory(
+    model: VideoDiT, opts: SampleOptions, codec: LatentCodec, *, formats: tuple[str, ...]
+) -> None:
+    """Refuse, before sampling, what cannot fit: the decoded videos on the host (and their
+    writing in `formats`), and a long video's windows on the model's device."""
+    cfg = model.config
+    long_video = long_video_plan(model, opts)
+    frames = (
+        long_video[0]
+        if long_video is not None
+        else min(opts.num_frames or cfg.num_frames, cfg.num_frames)
+    )
+    what = f"sampling {opts.num_samples} videos of {frames:,} frames"
+    if long_video is not None:
+        total, window, overlap = long_video
+        windows = len(window_starts(total, window, overlap))
+        # The model sees at most its window of frames at once; longer videos chain windows.
+        what += f" ({windows:,} windows of the model's {window} frames, overlap {overlap})"
+        check_fits(
+            long_video_bytes(cfg, min(opts.batch_size, opts.num_samples), total, windows),
+            next(model.parameters()).device,
+            what,
+            "ask for fewer --num-frames or a smaller --batch-size",
+        )
+    # One frame decoded gives the codec's output channels and size (a VAE's is not the model's).
+    probe = codec.decode(torch.zeros(1, 1, cfg.in_channels, cfg.input_size, cfg.input_size))
+    check_fits(
+        output_bytes(opts.num_samples, frames, tuple(probe.shape[2:]), formats),
+        torch.device("cpu"),
+        what + (f", written as {','.join(formats)}" if formats else ""),
+        "ask for fewer --num-samples or --num-frames"
+        + (" (the png grid holds every video at once: leave out png)" if "png" in formats else ""),
+    )
+
+
 def long_video_plan(model: VideoDiT, opts: SampleOptions) -> tuple[int, int, int] | None:
     """(total frames, window, overlap) when `opts` asks for more frames than the model's window,
     else None."""
@@ -69,14 +104,7 @@ def generate(
     """
     codec = codec if codec is not None else PixelSpace()
     long_video = long_video_plan(model, opts)
-    total_frames = long_video[0] if long_video is not None else model.config.num_frames
-    # The finished videos are gathered on the host, decoded, then concatenated (two copies).
-    check_fits(
-        2 * video_bytes(model.config, opts.num_samples, total_frames),
-        torch.device("cpu"),
-        f"sampling {opts.num_samples} videos of {total_frames} frames",
-        "ask for fewer --num-samples or --num-frames",
-    )
+    check_memory(model, opts, codec, formats=())
     labels = resolve_labels(model, opts)
     for term in opts.stg:
         term.validate_for(model)
@@ -105,7 +133,8 @@ def generate(
                 shape,
                 noise=noise,
                 generator=gen,
-                progress=opts.progress,
+                # A long video shows one bar over its windows instead of one per window.
+                progress=opts.progress and long_video is None,
                 step_callback=step_callback,
                 **sampler_options,
             )
@@ -123,6 +152,7 @@ def generate(
                 generator=gen,
                 noise_reuse=opts.noise_reuse,
                 device=device,
+                progress=opts.progress,
             ).video
         videos.append(codec.decode(x0).clamp(-1, 1).float().cpu())
     return torch.cat(videos), labels
@@ -133,6 +163,7 @@ def generate_and_save(
 ) -> list[Path]:
     """Generate and write each sample as `sample_XX_classY.{mp4,gif}` plus one PNG grid; a long
     video also gets `seams.json`, how much it jumps where windows meet (`seam_report`)."""
+    check_memory(model, opts, codec if codec is not None else PixelSpace(), formats=opts.formats)
     videos, labels = generate(model, opts, codec=codec)
     paths = save_videos(videos, labels, out_dir, fps=opts.fps, formats=opts.formats)
     long_video = long_video_plan(model, opts)

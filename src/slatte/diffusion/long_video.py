@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from .gaussian import GaussianDiffusion
 from .samplers import StepCallback, randn_cpu
@@ -107,35 +108,36 @@ def sample_long_video(
     noise_reuse: bool = False,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    progress: bool = False,
 ) -> LongVideo:
     """Sample `total_frames` frames with a sampler of `window_shape` = (B, W, C, H, W) windows.
 
     `sample_window(noise, step_callback)` runs one window's sampler (e.g. `ddpm_sample` with the
     model) from the initial `noise`, calling `step_callback` before each model call; all the
     noise this function draws comes from `generator` (CPU), so a seed gives the same video.
+    `progress`: a tqdm bar over the windows, with the time left.
     """
     if len(window_shape) != 5:
         raise ValueError(f"window_shape must be (B, W, C, H, W), got {tuple(window_shape)}")
     window = window_shape[1]
     starts = window_starts(total_frames, window, overlap)
-    video: torch.Tensor | None = None
     windows: list[torch.Tensor] = []
     previous_noise: torch.Tensor | None = None
-    for start in starts:
+    for _ in tqdm(starts, desc="windows", unit="window", disable=not progress):
         noise = randn_cpu(window_shape, generator, device, dtype)
         callback = None
-        if video is not None:
-            frames = video[:, start : start + overlap]  # the last `overlap` frames so far
+        if windows:
+            # The next window starts `overlap` frames before the previous one ends.
+            frames = windows[-1][:, window - overlap :]
             reuse = previous_noise[:, window - overlap :] if noise_reuse else None
             callback = ConditionOnFrames(diffusion, frames, generator=generator, reuse_noise=reuse)
         x0 = sample_window(noise, callback)
-        if video is None:
-            video = x0
-        else:
+        if windows:
             x0 = torch.cat([frames, x0[:, overlap:]], dim=1)  # the known frames, exactly
-            video = torch.cat([video, x0[:, overlap:]], dim=1)
         windows.append(x0)
         previous_noise = noise
+    # Assembled once at the end: growing the video window by window copies it every window.
+    video = torch.cat([windows[0], *(w[:, overlap:] for w in windows[1:])], dim=1)
     return LongVideo(
         video=video[:, :total_frames],
         windows=tuple(windows),
