@@ -221,7 +221,7 @@ class Trainer:
         writes from the first process only (returning None elsewhere)."""
         state = {
             "scaler": self.scaler.state_dict(),
-            "train_config": json.dumps(self.cfg.for_run_folder()),
+            "train_config": json.dumps(self.cfg.for_run_folder(self.run_dir)),
         }
         if self.sharded_checkpoints:
             return save_sharded_checkpoint(
@@ -389,7 +389,7 @@ class Trainer:
         cfg, main = self.cfg, self.info.is_main
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            config_text = json.dumps(cfg.for_run_folder(), indent=2)
+            config_text = json.dumps(cfg.for_run_folder(self.run_dir), indent=2)
             (self.run_dir / CONFIG_FILE).write_text(config_text)
         metrics_path = self.run_dir / METRICS_FILE
         writer = _tensorboard_writer(self.run_dir) if main else None
