@@ -81,8 +81,10 @@ A run folder holds one run: train_config.json, metrics.jsonl, loss_curve.png, sa
 checkpoints/step_N/ with `latest` naming the newest. Nothing inside names the folder itself, so
 a copied run folder is a run of its own. A folder that is not empty is refused unless --resume
 (continue its run from its latest checkpoint, to its own --steps unless given) or --overwrite
-(move it aside to FOLDER.old-TIMESTAMP and start anew). Ctrl-C saves a checkpoint at the
-current step and exits with code 130; a second Ctrl-C stops at once."""
+(move it aside to FOLDER.old-TIMESTAMP and start anew). Paths inside the folder are recorded
+relative to it and others absolute, so --resume works from any directory. Ctrl-C, or SIGTERM
+(what torchrun sends its workers on Ctrl-C), saves a checkpoint at the current step and exits
+with code 130; a second one stops at once."""
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
