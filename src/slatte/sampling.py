@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from .data import LatentCodec, PixelSpace, write_frame_grid, write_video
 from .diffusion import SAMPLERS, create_diffusion
-from .diffusion.long_video import sample_long_video, seam_frames, seam_report, window_starts
+from .diffusion.long_video import sample_long_video, seam_frames, seam_report, window_count
 from .guidance import guided_model_fn
 from .memory import check_fits, long_video_bytes, output_bytes
 from .models import VideoDiT
@@ -58,7 +58,7 @@ def check_memory(
     what = f"sampling {opts.num_samples} videos of {frames:,} frames"
     if long_video is not None:
         total, window, overlap = long_video
-        windows = len(window_starts(total, window, overlap))
+        windows = window_count(total, window, overlap)
         # The model sees at most its window of frames at once; longer videos chain windows.
         what += f" ({windows:,} windows of the model's {window} frames, overlap {overlap})"
         check_fits(

@@ -14,6 +14,7 @@ from slatte.diffusion.long_video import (
     sample_long_video,
     seam_frames,
     seam_report,
+    window_count,
     window_starts,
 )
 from slatte.models import VideoDiT, model_config, save_model
@@ -36,6 +37,9 @@ def test_window_plan_covers_the_video():
     assert window_starts(10, 4, 1) == [0, 3, 6]  # 4 + 3 + 3 frames
     assert window_starts(11, 4, 1) == [0, 3, 6, 9]  # the last window is trimmed
     assert window_starts(4, 4, 1) == [0]
+    for total in (1, 4, 10, 11, 64, 1000):
+        assert window_count(total, 4, 1) == len(window_starts(total, 4, 1))
+    assert window_count(10**15, 16, 4) == 83_333_333_333_333  # counted, not listed
     with pytest.raises(ValueError, match="overlap must lie in"):
         window_starts(64, 16, 16)
 

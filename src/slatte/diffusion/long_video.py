@@ -20,7 +20,6 @@ reasonable trade between consistency and speed (each window adds `window - overl
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -34,8 +33,9 @@ WindowSampler = Callable[[torch.Tensor, StepCallback | None], torch.Tensor]
 """`sample_window(noise, step_callback) -> x0`: one window, noise and x0 (B, W, C, H, W)."""
 
 
-def window_starts(total_frames: int, window: int, overlap: int) -> list[int]:
-    """First frame of each window; the last window may reach past `total_frames` (trimmed)."""
+def window_count(total_frames: int, window: int, overlap: int) -> int:
+    """How many windows make `total_frames` frames (counted, not listed: the memory check asks
+    this of any length it is given)."""
     if window < 1 or total_frames < 1:
         raise ValueError(f"window and total_frames must be >= 1, got {window}, {total_frames}")
     if not 0 < overlap < window:
@@ -43,9 +43,14 @@ def window_starts(total_frames: int, window: int, overlap: int) -> list[int]:
             f"overlap must lie in [1, window - 1] = [1, {window - 1}] frames, got {overlap}"
         )
     if total_frames <= window:
-        return [0]
-    stride = window - overlap
-    return [i * stride for i in range(math.ceil((total_frames - window) / stride) + 1)]
+        return 1
+    return -(-(total_frames - window) // (window - overlap)) + 1
+
+
+def window_starts(total_frames: int, window: int, overlap: int) -> list[int]:
+    """First frame of each window; the last window may reach past `total_frames` (trimmed)."""
+    count = window_count(total_frames, window, overlap)
+    return [i * (window - overlap) for i in range(count)]
 
 
 def seam_frames(total_frames: int, window: int, overlap: int) -> list[int]:
@@ -178,5 +183,6 @@ __all__ = [
     "sample_long_video",
     "seam_frames",
     "seam_report",
+    "window_count",
     "window_starts",
 ]
