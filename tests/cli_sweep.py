@@ -1,6 +1,7 @@
 """The bad-input sweep (issue 21): user mistakes given to `slatte` as a new user would, each run
 as its own process, each of which must end cleanly: exit code 2, the last line of stderr
-`slatte[ COMMAND]: error: ...`, no traceback, within its time limit (no hang).
+`slatte[ COMMAND]: error: ...`, no traceback, within its time limit (no hang); a request that
+is allowed but takes hours must instead show its progress and the time left.
 
     PYTHONPATH=src python3 tests/cli_sweep.py          # every case (a few minutes on 2 cores)
     PYTHONPATH=src python3 tests/cli_sweep.py --fast   # the subset CI runs (tests/test_cli_sweep.py)
@@ -33,6 +34,9 @@ class Case:
     fast: bool = False
     timeout: float = 120.0
     unprivileged: bool = False  # a permission case: root may write anywhere, so skipped as root
+    # A request that is allowed but long: within `timeout` it must show progress with the time
+    # left (`progress` in stderr, then "<" of tqdm's [elapsed<left]); it is then stopped.
+    progress: str | None = None
 
     @property
     def name(self) -> str:
@@ -80,6 +84,7 @@ CASES = [
     _case("train --model-option input_size=8 --out {root}/new"),
     _case("train --sla-critical 0.2 --out {root}/new"),
     _case("train --attention sla --sla-critical 2.5 --out {root}/new"),
+    _case("train --attention sla --sla-critical 0.95 --sla-negligible 0.10 --out {root}/new"),
     _case("train --sla-block-q 48 --out {root}/new"),
     # --- train / sample / convert: LoRA
     _case("train --lora-rank 0 --out {root}/new"),
@@ -114,6 +119,7 @@ CASES = [
     _case("sample --num-frames 0 --out {root}/s"),
     _case("sample --num-frames 40 --overlap 16 --steps 1 --out {root}/s"),
     _case("sample --num-frames 100000000 --out {root}/s"),
+    _case("sample --num-frames 100000 --steps 1 --out {root}/s", progress="windows:", timeout=90),
     _case("sample --sla-critical 0.2 --out {root}/s"),
     # --- bench
     _case("bench --heads -1", fast=True),
@@ -188,6 +194,8 @@ def _env() -> dict[str, str]:
 def run_case(case: Case, root: Path) -> str | None:
     """None when `case` ended cleanly, else what went wrong."""
     argv = [part.format(root=root) for part in case.argv]
+    if case.progress is not None:
+        return _run_long_case(case, argv, root)
     try:
         done = subprocess.run(
             [sys.executable, "-m", "slatte.cli", *argv],
@@ -207,6 +215,29 @@ def run_case(case: Case, root: Path) -> str | None:
         return f"exit code {done.returncode}; stderr: {done.stderr[-500:]}"
     if not lines or not lines[-1].startswith(("slatte: error:", f"{prefix}: error:")):
         return f"last line of stderr is not one error line: {lines[-1:] or done.stderr!r}"
+    return None
+
+
+def _run_long_case(case: Case, argv: list[str], root: Path) -> str | None:
+    """None when the command shows its progress and the time left within `case.timeout`."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "slatte.cli", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        cwd=root,
+    ) as process:
+        try:
+            _, stderr = process.communicate(timeout=case.timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, stderr = process.communicate()
+    if "Traceback" in stderr or "error:" in stderr:
+        return "failed instead of running:\n" + stderr[-2000:]
+    shown = [line for line in stderr.replace("\r", "\n").splitlines() if case.progress in line]
+    if not any("<" in line and "<?" not in line for line in shown):
+        return f"no {case.progress!r} progress with the time left in {case.timeout:.0f} s"
     return None
 
 

@@ -22,40 +22,33 @@ The command line is `slatte` (`python -m slatte.cli`): train, sample, bench, eva
 finetune. Everything is imported on first use, so `import slatte` stays light.
 """
 
-import importlib
+from slatte._lazy import lazy_package
 
 __version__ = "0.1.0"
 
-_INTEGRATIONS = (
-    "enable_sla",
-    "disable_sla",
-    "enable_stg",
-    "disable_stg",
-    "enable_fused_gelu",
-    "disable_fused_gelu",
+lazy_package(
+    __name__,
+    {
+        ".integrations": (
+            "enable_sla",
+            "disable_sla",
+            "enable_stg",
+            "disable_stg",
+            "enable_fused_gelu",
+            "disable_fused_gelu",
+        )
+    },
+    submodules=(
+        "ops",
+        "nn",
+        "models",
+        "guidance",
+        "diffusion",
+        "training",
+        "data",
+        "eval",
+        "integrations",
+        "pretrained",
+        "sampling",
+    ),
 )
-_MODULES = (
-    "ops",
-    "nn",
-    "models",
-    "guidance",
-    "diffusion",
-    "training",
-    "data",
-    "eval",
-    "integrations",
-    "pretrained",
-    "sampling",
-)
-
-
-def __getattr__(name: str):
-    if name in _INTEGRATIONS:
-        return getattr(importlib.import_module(".integrations", __name__), name)
-    if name in _MODULES:
-        return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module 'slatte' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_INTEGRATIONS, *_MODULES})

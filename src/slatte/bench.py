@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from .ops.attention import BACKENDS, attention, check_backend
+from .ops.attention import attention
+from .ops.backends import BACKENDS, check_backend
 from .ops.sla.config import SLAConfig
 
 

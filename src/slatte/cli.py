@@ -36,7 +36,7 @@ def _torch_dtype(name: str):
 
 # --------------------------------------------------------------------------- shared flags
 def _add_attention_arguments(parser: argparse.ArgumentParser) -> None:
-    from .ops.attention import BACKENDS
+    from .ops.backends import BACKENDS
 
     parser.add_argument(
         "--attention",
@@ -81,8 +81,10 @@ A run folder holds one run: train_config.json, metrics.jsonl, loss_curve.png, sa
 checkpoints/step_N/ with `latest` naming the newest. Nothing inside names the folder itself, so
 a copied run folder is a run of its own. A folder that is not empty is refused unless --resume
 (continue its run from its latest checkpoint, to its own --steps unless given) or --overwrite
-(move it aside to FOLDER.old-TIMESTAMP and start anew). Ctrl-C saves a checkpoint at the
-current step and exits with code 130; a second Ctrl-C stops at once."""
+(move it aside to FOLDER.old-TIMESTAMP and start anew). Paths inside the folder are recorded
+relative to it and others absolute, so --resume works from any directory. Ctrl-C, or SIGTERM
+(what torchrun sends its workers on Ctrl-C), saves a checkpoint at the current step and exits
+with code 130; a second one stops at once."""
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -196,8 +198,9 @@ def _run_train(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- sample
 def _add_sample(sub: argparse._SubParsersAction) -> None:
+    from .diffusion.sampler_names import SAMPLER_NAMES
     from .guidance.cli_args import add_guidance_arguments
-    from .sampling import FORMATS, SAMPLERS
+    from .sampling_options import FORMATS
 
     p = sub.add_parser(
         "sample",
@@ -230,7 +233,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--sampler",
-        choices=SAMPLERS,
+        choices=SAMPLER_NAMES,
         default=None,
         help=f"default: sampling.json's, else {SAMPLE_DEFAULTS['sampler']}",
     )
@@ -316,7 +319,8 @@ def _run_sample(args: argparse.Namespace) -> int:
     from .ops.sequence_parallel import check_heads
     from .parallel import sequence_shard
     from .pretrained import pretrained_dir, sampling_defaults
-    from .sampling import SampleOptions, generate, generate_and_save
+    from .sampling import generate, generate_and_save
+    from .sampling_options import SampleOptions
     from .training.distributed import DistInfo, close_distributed, init_distributed
 
     model_dir = (
@@ -374,7 +378,7 @@ def _run_sample(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- bench
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    from .ops.attention import BACKENDS
+    from .ops.backends import BACKENDS
 
     p = sub.add_parser(
         "bench",
@@ -419,6 +423,111 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- stg-search
+STG_SEARCH_DESCRIPTION = """\
+Choose a model's STG term and write it as sampling.json in --out (never into the model
+directory): every (block, strategy) pair is ranked by a label-free signal on a few noised
+inputs, the best --top are verified by sampling --num-videos each (for a digits model: digit
+accuracy, then motion smoothness), and the chosen term is written with the model's other
+recommended options. search.json beside it holds the ranking and the verification.
+
+A diffusers pipeline directory (model_index.json) is searched on the transformer's inputs at
+three steps of one pipeline run with the --prompts, without verification, and the chosen term is
+written as an STGGuidance config, guider_config.json in --out (Wan2.2's two experts: each
+searched on the steps it runs, the low-noise expert's choice in --out/guider_2/)."""
+
+# The flags that only a diffusers pipeline takes.
+_PIPELINE_ONLY = ("prompt", "negative_prompt", "cfg_scale_2", "height", "width", "num_frames", "dtype")
+
+
+def _add_stg_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "stg-search",
+        description=STG_SEARCH_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "model",
+        help="a model directory, a run folder, a shipped model's name or a diffusers pipeline "
+        "directory (model_index.json)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="folder for sampling.json (a diffusers pipeline: guider_config.json) and search.json",
+    )
+    p.add_argument(
+        "--num-inputs", type=int, default=4, help="noised inputs (diffusers: videos) for the signal"
+    )
+    p.add_argument("--top", type=int, default=3, help="pairs verified by sampling")
+    p.add_argument("--num-videos", type=int, default=5, help="videos per verified pair")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=10,
+        help="sampling steps of the verification (diffusers: of the run that makes the inputs)",
+    )
+    p.add_argument(
+        "--cfg-scale", type=float, default=None, help="default: sampling.json's, else 4 (diffusers: 5)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
+    d = p.add_argument_group("diffusers pipelines")
+    d.add_argument(
+        "--prompt",
+        action="append",
+        default=None,
+        help="a prompt of the inputs (required; repeat for several, cycled over --num-inputs)",
+    )
+    d.add_argument("--negative-prompt", default=None, help="default: the pipeline's")
+    d.add_argument(
+        "--cfg-scale-2", type=float, default=None,
+        help="Wan2.2: the low-noise expert's (transformer_2) CFG scale; default: --cfg-scale",
+    )  # fmt: skip
+    d.add_argument("--height", type=int, default=None, help="default: the pipeline's")
+    d.add_argument("--width", type=int, default=None, help="default: the pipeline's")
+    d.add_argument("--num-frames", type=int, default=None, help="default: the pipeline's")
+    d.add_argument(
+        "--dtype", choices=DTYPE_NAMES, default=None, help="default: bf16 on CUDA, fp32 on CPU"
+    )
+    p.set_defaults(func=_run_stg_search)
+
+
+def _run_stg_search(args: argparse.Namespace) -> int:
+    args.device = check_device(args.device)
+    if (Path(args.model) / "model_index.json").is_file():
+        from .integrations.diffusers_stg_search import run_diffusers_stg_search
+
+        return run_diffusers_stg_search(args)
+    given = [f"--{name.replace('_', '-')}" for name in _PIPELINE_ONLY if getattr(args, name)]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} apply to a diffusers pipeline directory (model_index.json); "
+            f"{args.model} is a slatte model"
+        )
+    from .models import load_model
+    from .pretrained import sampling_defaults
+    from .stg_search import stg_search, write_sampling_json
+
+    model_dir = resolve_model_dir(args.model)
+    model = load_model(model_dir, device=args.device).eval()
+    result = stg_search(
+        model,
+        recommended=sampling_defaults(model_dir),
+        num_inputs=args.num_inputs,
+        top=args.top,
+        num_videos=args.num_videos,
+        steps=args.steps,
+        cfg_scale=args.cfg_scale,
+        seed=args.seed,
+    )
+    path = write_sampling_json(result.sampling, args.out, model_dir)
+    (Path(args.out) / "search.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    print(json.dumps({"chosen": result.to_dict()["chosen"], "seconds": result.seconds}))
+    print(path)
+    return 0
+
+
 # --------------------------------------------------------------------------- entry
 # The commands, each with its one-line summary and the function that adds its parser; only the
 # parser of the command given is built, so the others' imports (torch) are not paid for.
@@ -438,12 +547,6 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     from .integrations.cli import add_finetune_parser
 
     add_finetune_parser(sub)
-
-
-def _add_stg_search(sub: argparse._SubParsersAction) -> None:
-    from .stg_search import add_stg_search_parser
-
-    add_stg_search_parser(sub)
 
 
 COMMANDS = {

@@ -38,10 +38,28 @@ def training_bytes(config: VideoDiTConfig, samples: int, *, grad_checkpointing: 
     return samples * config.depth * tokens * config.hidden_size * kept * _FLOAT_BYTES
 
 
-def video_bytes(config: VideoDiTConfig, samples: int, frames: int) -> int:
-    """The bytes of `samples` generated videos of `frames` frames, in the model's space."""
+def long_video_bytes(config: VideoDiTConfig, samples: int, frames: int, windows: int) -> int:
+    """The bytes one batch of `samples` long videos of `frames` frames keeps on the device while
+    it is sampled in `windows` windows: every window's frames and the assembled video, in the
+    model's space."""
     pixels = config.in_channels * config.input_size**2
-    return samples * frames * pixels * _FLOAT_BYTES
+    return samples * (windows * config.num_frames + frames) * pixels * _FLOAT_BYTES
+
+
+def output_bytes(
+    samples: int, frames: int, frame_shape: tuple[int, int, int], formats: tuple[str, ...]
+) -> int:
+    """The host bytes `samples` decoded videos of `frames` frames of `frame_shape` (C, H, W)
+    hold at their peak: gathered and concatenated (two float copies), or one copy while they are
+    written in `formats`, beside the uint8 RGB frames being written (two copies, the frames and
+    the writer's: mp4's padded frames, gif's images; of every video at once for the png grid,
+    the frames and the grid)."""
+    channels, height, width = frame_shape
+    decoded = samples * frames * channels * height * width * _FLOAT_BYTES
+    if not formats:
+        return 2 * decoded
+    rgb = 2 * frames * height * width * 3
+    return max(2 * decoded, decoded + rgb * (samples if "png" in formats else 1))
 
 
 def check_fits(needed: int, device: torch.device, what: str, hint: str) -> None:

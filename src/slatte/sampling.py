@@ -3,72 +3,19 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from .data import PixelSpace, write_frame_grid, write_video
+from .data import LatentCodec, PixelSpace, write_frame_grid, write_video
 from .diffusion import SAMPLERS, create_diffusion
-from .diffusion.long_video import sample_long_video, seam_frames, seam_report
-from .guidance import STG, guided_model_fn
-from .memory import check_fits, video_bytes
+from .diffusion.long_video import sample_long_video, seam_frames, seam_report, window_count
+from .guidance import guided_model_fn
+from .memory import check_fits, long_video_bytes, output_bytes
 from .models import VideoDiT
-
-FORMATS = ("mp4", "gif", "png")
-
-
-@dataclass(frozen=True)
-class SampleOptions:
-    """What to generate and how. `labels=None` cycles through the classes (0, 1, 2, …).
-
-    `num_frames` (default: the model's) beyond the model's window makes a long video window by
-    window (`diffusion.long_video`): each window conditioned on the last `overlap` frames of the
-    previous one (default: a quarter of the window), `noise_reuse` re-noising them with the noise
-    they were made from.
-    """
-
-    num_samples: int = 4
-    labels: tuple[int, ...] | None = None
-    steps: int = 50
-    sampler: str = "ddpm"
-    eta: float = 0.0
-    cfg_scale: float = 1.0
-    stg: tuple[STG, ...] = ()
-    rescale: float = 0.0
-    seed: int = 0
-    batch_size: int = 8
-    fps: int = 8
-    formats: tuple[str, ...] = FORMATS
-    progress: bool = True
-    num_frames: int | None = None
-    overlap: int | None = None
-    noise_reuse: bool = False
-    extra: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
-        if self.steps < 1 or self.steps > 1000:
-            raise ValueError(f"steps must lie in [1, 1000], got {self.steps}")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {tuple(SAMPLERS)}, got {self.sampler!r}")
-        if not (math.isfinite(self.eta) and self.eta >= 0.0):
-            raise ValueError(f"eta must be a finite number >= 0, got {self.eta}")
-        if self.fps < 1:
-            raise ValueError(f"fps must be >= 1, got {self.fps}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.num_frames is not None and self.num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
-        if self.overlap is not None and self.overlap < 1:
-            raise ValueError(f"overlap must be >= 1 frame, got {self.overlap}")
-        bad = [f for f in self.formats if f not in FORMATS]
-        if bad or not self.formats:
-            raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {self.formats}")
+from .sampling_options import FORMATS, SampleOptions
 
 
 def resolve_labels(model: VideoDiT, opts: SampleOptions) -> torch.Tensor | None:
@@ -94,6 +41,41 @@ def resolve_labels(model: VideoDiT, opts: SampleOptions) -> torch.Tensor | None:
                 f"class {label} is out of range: this model has classes 0..{num_classes - 1}"
             )
     return torch.tensor(labels, dtype=torch.long)
+
+
+def check_memory(
+    model: VideoDiT, opts: SampleOptions, codec: LatentCodec, *, formats: tuple[str, ...]
+) -> None:
+    """Refuse, before sampling, what cannot fit: the decoded videos on the host (and their
+    writing in `formats`), and a long video's windows on the model's device."""
+    cfg = model.config
+    long_video = long_video_plan(model, opts)
+    frames = (
+        long_video[0]
+        if long_video is not None
+        else min(opts.num_frames or cfg.num_frames, cfg.num_frames)
+    )
+    what = f"sampling {opts.num_samples} videos of {frames:,} frames"
+    if long_video is not None:
+        total, window, overlap = long_video
+        windows = window_count(total, window, overlap)
+        # The model sees at most its window of frames at once; longer videos chain windows.
+        what += f" ({windows:,} windows of the model's {window} frames, overlap {overlap})"
+        check_fits(
+            long_video_bytes(cfg, min(opts.batch_size, opts.num_samples), total, windows),
+            next(model.parameters()).device,
+            what,
+            "ask for fewer --num-frames or a smaller --batch-size",
+        )
+    # One frame decoded gives the codec's output channels and size (a VAE's is not the model's).
+    probe = codec.decode(torch.zeros(1, 1, cfg.in_channels, cfg.input_size, cfg.input_size))
+    check_fits(
+        output_bytes(opts.num_samples, frames, tuple(probe.shape[2:]), formats),
+        torch.device("cpu"),
+        what + (f", written as {','.join(formats)}" if formats else ""),
+        "ask for fewer --num-samples or --num-frames"
+        + (" (the png grid holds every video at once: leave out png)" if "png" in formats else ""),
+    )
 
 
 def long_video_plan(model: VideoDiT, opts: SampleOptions) -> tuple[int, int, int] | None:
@@ -122,14 +104,7 @@ def generate(
     """
     codec = codec if codec is not None else PixelSpace()
     long_video = long_video_plan(model, opts)
-    total_frames = long_video[0] if long_video is not None else model.config.num_frames
-    # The finished videos are gathered on the host, decoded, then concatenated (two copies).
-    check_fits(
-        2 * video_bytes(model.config, opts.num_samples, total_frames),
-        torch.device("cpu"),
-        f"sampling {opts.num_samples} videos of {total_frames} frames",
-        "ask for fewer --num-samples or --num-frames",
-    )
+    check_memory(model, opts, codec, formats=())
     labels = resolve_labels(model, opts)
     for term in opts.stg:
         term.validate_for(model)
@@ -158,7 +133,8 @@ def generate(
                 shape,
                 noise=noise,
                 generator=gen,
-                progress=opts.progress,
+                # A long video shows one bar over its windows instead of one per window.
+                progress=opts.progress and long_video is None,
                 step_callback=step_callback,
                 **sampler_options,
             )
@@ -176,6 +152,7 @@ def generate(
                 generator=gen,
                 noise_reuse=opts.noise_reuse,
                 device=device,
+                progress=opts.progress,
             ).video
         videos.append(codec.decode(x0).clamp(-1, 1).float().cpu())
     return torch.cat(videos), labels
@@ -186,6 +163,7 @@ def generate_and_save(
 ) -> list[Path]:
     """Generate and write each sample as `sample_XX_classY.{mp4,gif}` plus one PNG grid; a long
     video also gets `seams.json`, how much it jumps where windows meet (`seam_report`)."""
+    check_memory(model, opts, codec if codec is not None else PixelSpace(), formats=opts.formats)
     videos, labels = generate(model, opts, codec=codec)
     paths = save_videos(videos, labels, out_dir, fps=opts.fps, formats=opts.formats)
     long_video = long_video_plan(model, opts)

@@ -14,6 +14,7 @@ from slatte.diffusion.long_video import (
     sample_long_video,
     seam_frames,
     seam_report,
+    window_count,
     window_starts,
 )
 from slatte.models import VideoDiT, model_config, save_model
@@ -36,6 +37,9 @@ def test_window_plan_covers_the_video():
     assert window_starts(10, 4, 1) == [0, 3, 6]  # 4 + 3 + 3 frames
     assert window_starts(11, 4, 1) == [0, 3, 6, 9]  # the last window is trimmed
     assert window_starts(4, 4, 1) == [0]
+    for total in (1, 4, 10, 11, 64, 1000):
+        assert window_count(total, 4, 1) == len(window_starts(total, 4, 1))
+    assert window_count(10**15, 16, 4) == 83_333_333_333_333  # counted, not listed
     with pytest.raises(ValueError, match="overlap must lie in"):
         window_starts(64, 16, 16)
 
@@ -151,3 +155,45 @@ def test_generate_long_video_and_cli_report(tmp_path):
     report = json.loads((out / "seams.json").read_text())
     assert report["seams"] == [4, 6, 8] and report["num_frames"] == 10
     assert report["seam_jump_ratio"] > 0
+
+
+def test_long_video_shows_its_windows_and_the_time_left(capsys):
+    model = tiny_model()
+    diffusion = create_diffusion("1", learn_sigma=model.config.learn_sigma)
+    gen = torch.Generator().manual_seed(0)
+    sample_long_video(
+        lambda noise, callback: noise,  # the sampler itself is not what is shown
+        diffusion,
+        (1, 4, 1, 8, 8),
+        total_frames=9,
+        overlap=2,
+        generator=gen,
+        progress=True,
+    )
+    bar = capsys.readouterr().err
+    assert "windows" in bar and "4/4" in bar and "<" in bar  # "[elapsed<left]"
+
+
+def test_sampling_refuses_what_its_written_output_cannot_fit(monkeypatch, tmp_path):
+    # 2 samples of 1000 frames of 1×8×8 in 333 windows: the windows and the video on the device
+    # take 1.19 MB, the decoded floats 512 KB (two copies: 1.02 MB); the png grid adds every
+    # video's RGB frames and the grid (768 KB): 1.28 MB. With 1.25 MB of memory all but the
+    # written output fit.
+    import slatte.memory
+    from slatte.sampling import generate_and_save
+
+    monkeypatch.setattr(slatte.memory, "device_memory", lambda device: 1_250_000)
+    model = tiny_model()
+    opts = dict(num_samples=2, steps=1, num_frames=1000, overlap=1, progress=False)
+    with pytest.raises(ValueError) as refused:
+        generate_and_save(model, SampleOptions(**opts, formats=("png",)), tmp_path / "out")
+    message = str(refused.value)
+    assert message.startswith(
+        "sampling 2 videos of 1,000 frames (333 windows of the model's 4 frames, overlap 1), "
+        "written as png needs at least"
+    )
+    assert "leave out png" in message
+    assert not (tmp_path / "out").exists()  # refused before anything was sampled or written
+    with pytest.raises(ValueError, match="smaller --batch-size"):  # the windows do not fit
+        monkeypatch.setattr(slatte.memory, "device_memory", lambda device: 1_100_000)
+        generate_and_save(model, SampleOptions(**opts, formats=("gif",)), tmp_path / "out")

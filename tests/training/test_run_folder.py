@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from slatte.cli import main
 from slatte.training.checkpoint import latest_checkpoint
@@ -117,7 +118,9 @@ def test_out_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
     assert "is a file" in capsys.readouterr().err
 
 
-def test_ctrl_c_saves_the_current_step_and_exits_130(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_saves_the_current_step_and_exits_130(tmp_path, signum):
+    # SIGTERM is what torchrun sends its workers on the terminal's Ctrl-C: the same path.
     out = tmp_path / "run"
     argv = [*TRAIN, "--steps", "100000", "--ckpt-every", "100000", "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": SRC}
@@ -133,7 +136,7 @@ def test_ctrl_c_saves_the_current_step_and_exits_130(tmp_path):
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
@@ -142,3 +145,43 @@ def test_ctrl_c_saves_the_current_step_and_exits_130(tmp_path):
     step = int(last_line.removeprefix("slatte train: interrupted at step ").split(";")[0])
     assert latest_checkpoint(out).name == f"step_{step:07d}"
     assert "saved checkpoint" in last_line
+
+
+def test_a_run_with_relative_paths_resumes_from_another_directory(tmp_path, monkeypatch):
+    from slatte.data import write_video
+
+    start, other = tmp_path / "a", tmp_path / "b"
+    (start / "videos").mkdir(parents=True)
+    other.mkdir()
+    for name in ("x.gif", "y.gif"):
+        write_video(start / "videos" / name, torch.rand(3, 1, 8, 8) * 2 - 1)
+    monkeypatch.chdir(start)
+    argv = [*TRAIN, "--data", "videos", "--channels", "1"]
+    assert main([*argv, "--steps", "2", "--out", "run"]) == 0
+    recorded = json.loads((start / "run" / "train_config.json").read_text())
+    assert recorded["data"] == str((start / "videos").resolve())  # outside the folder: absolute
+    assert recorded["out_dir"] == "."
+    monkeypatch.chdir(other)
+    assert main([*TRAIN, "--out", str(start / "run"), "--resume", "--steps", "4"]) == 0
+    assert latest_checkpoint(start / "run").name == "step_0000004"
+    # The data given again, spelled from here, is the same folder: no "keeps its --data" error.
+    rel = os.path.relpath(start / "videos")
+    assert (
+        main([*TRAIN, "--out", str(start / "run"), "--resume", "--steps", "5", "--data", rel]) == 0
+    )
+
+
+def test_paths_inside_the_run_folder_are_recorded_relative_to_it(tmp_path):
+    from slatte.training import TrainConfig
+
+    run = tmp_path / "run"
+    (run / "cache").mkdir(parents=True)
+    (tmp_path / "vae").mkdir()
+    cfg = TrainConfig(out_dir=str(run), vae=str(tmp_path / "vae"), latent_cache=str(run / "cache"))
+    recorded = cfg.for_run_folder(run)
+    assert recorded["latent_cache"] == "cache" and recorded["vae"] == str(tmp_path / "vae")
+    assert recorded["data"] == "digits"  # the built-in dataset, not a path
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    resumed = TrainConfig.from_dict(recorded).resumed(str(copy), {})
+    assert resumed.latent_cache == str(copy / "cache")  # the copy's own cache

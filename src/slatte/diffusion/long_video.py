@@ -20,11 +20,11 @@ reasonable trade between consistency and speed (each window adds `window - overl
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from .gaussian import GaussianDiffusion
 from .samplers import StepCallback, randn_cpu
@@ -33,8 +33,9 @@ WindowSampler = Callable[[torch.Tensor, StepCallback | None], torch.Tensor]
 """`sample_window(noise, step_callback) -> x0`: one window, noise and x0 (B, W, C, H, W)."""
 
 
-def window_starts(total_frames: int, window: int, overlap: int) -> list[int]:
-    """First frame of each window; the last window may reach past `total_frames` (trimmed)."""
+def window_count(total_frames: int, window: int, overlap: int) -> int:
+    """How many windows make `total_frames` frames (counted, not listed: the memory check asks
+    this of any length it is given)."""
     if window < 1 or total_frames < 1:
         raise ValueError(f"window and total_frames must be >= 1, got {window}, {total_frames}")
     if not 0 < overlap < window:
@@ -42,9 +43,14 @@ def window_starts(total_frames: int, window: int, overlap: int) -> list[int]:
             f"overlap must lie in [1, window - 1] = [1, {window - 1}] frames, got {overlap}"
         )
     if total_frames <= window:
-        return [0]
-    stride = window - overlap
-    return [i * stride for i in range(math.ceil((total_frames - window) / stride) + 1)]
+        return 1
+    return -(-(total_frames - window) // (window - overlap)) + 1
+
+
+def window_starts(total_frames: int, window: int, overlap: int) -> list[int]:
+    """First frame of each window; the last window may reach past `total_frames` (trimmed)."""
+    count = window_count(total_frames, window, overlap)
+    return [i * (window - overlap) for i in range(count)]
 
 
 def seam_frames(total_frames: int, window: int, overlap: int) -> list[int]:
@@ -107,35 +113,36 @@ def sample_long_video(
     noise_reuse: bool = False,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    progress: bool = False,
 ) -> LongVideo:
     """Sample `total_frames` frames with a sampler of `window_shape` = (B, W, C, H, W) windows.
 
     `sample_window(noise, step_callback)` runs one window's sampler (e.g. `ddpm_sample` with the
     model) from the initial `noise`, calling `step_callback` before each model call; all the
     noise this function draws comes from `generator` (CPU), so a seed gives the same video.
+    `progress`: a tqdm bar over the windows, with the time left.
     """
     if len(window_shape) != 5:
         raise ValueError(f"window_shape must be (B, W, C, H, W), got {tuple(window_shape)}")
     window = window_shape[1]
     starts = window_starts(total_frames, window, overlap)
-    video: torch.Tensor | None = None
     windows: list[torch.Tensor] = []
     previous_noise: torch.Tensor | None = None
-    for start in starts:
+    for _ in tqdm(starts, desc="windows", unit="window", disable=not progress):
         noise = randn_cpu(window_shape, generator, device, dtype)
         callback = None
-        if video is not None:
-            frames = video[:, start : start + overlap]  # the last `overlap` frames so far
+        if windows:
+            # The next window starts `overlap` frames before the previous one ends.
+            frames = windows[-1][:, window - overlap :]
             reuse = previous_noise[:, window - overlap :] if noise_reuse else None
             callback = ConditionOnFrames(diffusion, frames, generator=generator, reuse_noise=reuse)
         x0 = sample_window(noise, callback)
-        if video is None:
-            video = x0
-        else:
+        if windows:
             x0 = torch.cat([frames, x0[:, overlap:]], dim=1)  # the known frames, exactly
-            video = torch.cat([video, x0[:, overlap:]], dim=1)
         windows.append(x0)
         previous_noise = noise
+    # Assembled once at the end: growing the video window by window copies it every window.
+    video = torch.cat([windows[0], *(w[:, overlap:] for w in windows[1:])], dim=1)
     return LongVideo(
         video=video[:, :total_frames],
         windows=tuple(windows),
@@ -176,5 +183,6 @@ __all__ = [
     "sample_long_video",
     "seam_frames",
     "seam_report",
+    "window_count",
     "window_starts",
 ]

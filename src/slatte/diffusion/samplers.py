@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from slatte.diffusion.gaussian import GaussianDiffusion, ModelFn
+from slatte.diffusion.sampler_names import SAMPLER_NAMES
 
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
 
@@ -176,7 +177,14 @@ class Sampler:
     takes_eta: bool
 
 
-SAMPLERS: dict[str, Sampler] = {
-    "ddpm": Sampler(respacing=str, sample=ddpm_sample, takes_eta=False),
-    "ddim": Sampler(respacing=lambda steps: f"ddim{steps}", sample=ddim_sample, takes_eta=True),
-}
+# One sampler per name of SAMPLER_NAMES, in its order.
+SAMPLERS: dict[str, Sampler] = dict(
+    zip(
+        SAMPLER_NAMES,
+        (
+            Sampler(respacing=str, sample=ddpm_sample, takes_eta=False),
+            Sampler(respacing=lambda steps: f"ddim{steps}", sample=ddim_sample, takes_eta=True),
+        ),
+        strict=True,
+    )
+)

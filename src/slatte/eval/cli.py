@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .evaluate import DEFAULT_METRICS, METRICS
+from .metric_names import DEFAULT_METRICS, METRICS
 
 __all__ = ["add_eval_parser"]
 

@@ -25,14 +25,12 @@ from slatte.data import MovingDigits
 from .classifier import digit_accuracy, load_classifier
 from .frechet import frechet_distance_from_features
 from .i3d import fvd, load_i3d
+from .metric_names import DEFAULT_METRICS, METRICS
 from .motion import motion_smoothness
 from .video_encoder import encode_videos, load_video_encoder
 from .videos import check_videos, label_from_filename, load_video_folder
 
 __all__ = ["METRICS", "evaluate_folder", "evaluate_videos", "real_digits"]
-
-METRICS = ("accuracy", "fd", "fvd", "motion")
-DEFAULT_METRICS = ("accuracy", "fd", "motion")
 
 
 def _check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:

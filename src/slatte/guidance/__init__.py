@@ -4,18 +4,14 @@
 `model_fn(x_t, t)` every sampler takes.
 """
 
-from .combine import BranchPrediction, combine
-from .config import CFG, STG, in_window
-from .model_fn import guided_model_fn
-from .strategies import STRATEGIES, Strategy
+from slatte._lazy import lazy_package
 
-__all__ = [
-    "CFG",
-    "STG",
-    "STRATEGIES",
-    "BranchPrediction",
-    "Strategy",
-    "combine",
-    "guided_model_fn",
-    "in_window",
-]
+__all__ = lazy_package(
+    __name__,
+    {
+        ".combine": ("BranchPrediction", "combine"),
+        ".config": ("CFG", "STG", "in_window"),
+        ".model_fn": ("guided_model_fn",),
+        ".strategies": ("STRATEGIES", "Strategy"),
+    },
+)

@@ -15,23 +15,9 @@ branch is computed at all.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-SCHEDULES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "constant": torch.ones_like,
-    # Strong while the layout forms, fading as details are drawn.
-    "decay": lambda progress: 1.0 - progress,
-    "rise": lambda progress: progress,
-}
-SCHEDULE_NAMES = tuple(SCHEDULES)
-
-
-def check_schedule(name: str, schedule: str) -> None:
-    """Raise a ValueError naming `name` unless `schedule` is one of `SCHEDULES`."""
-    if not isinstance(schedule, str) or schedule not in SCHEDULES:
-        raise ValueError(f"{name} must be one of {SCHEDULE_NAMES}, got {schedule!r}")
+from .options import SCHEDULES
 
 
 def adaptive_weights(

@@ -8,6 +8,9 @@
 Each `--stg-blocks` starts one STG term (one extra, perturbed branch); give it several times for
 several terms. Every other `--stg-*` option is given either once (it then applies to every term)
 or exactly as many times as `--stg-blocks` (the i-th value belongs to the i-th term).
+
+The flags are added and checked without torch (`options.py`, `strategies.py`), so a command's
+`--help` and its argument errors answer at once; the STG terms are built after parsing.
 """
 
 from __future__ import annotations
@@ -15,11 +18,21 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .adaptive import SCHEDULE_NAMES, check_schedule
-from .config import STG, check_blocks, check_ratio, check_rescale, check_scale, check_window
+from .options import (
+    SCHEDULE_NAMES,
+    check_blocks,
+    check_ratio,
+    check_rescale,
+    check_scale,
+    check_schedule,
+    check_window,
+)
 from .strategies import DEFAULT_STRATEGY, STRATEGY_NAMES, get_strategy, strategies_help
+
+if TYPE_CHECKING:
+    from .config import STG
 
 _PER_TERM = ("stg_scale", "stg_strategy", "stg_window", "stg_adaptive")
 
@@ -130,6 +143,8 @@ def guidance_from_args(
 def guidance_from_options(options: Mapping[str, Any]) -> tuple[float, tuple[STG, ...], float]:
     """`guidance_from_args` on a mapping of the same option names (e.g. the flags with a
     model's recommended options filled in); inconsistent options raise a ValueError."""
+    from .config import STG
+
     blocks = options["stg_blocks"] or []
     per_term = {name: _spread(options, name, len(blocks)) for name in _PER_TERM}
     terms = []

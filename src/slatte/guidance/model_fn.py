@@ -10,8 +10,9 @@ from torch import nn
 from .adaptive import adaptive_weights
 from .combine import BranchPrediction, combine
 from .condition import Condition
-from .config import CFG, STG, check_rescale, in_window, window_progress
+from .config import CFG, STG, in_window, window_progress
 from .forked import PerturbedBranch, forked_predictions, naive_predictions
+from .options import check_rescale
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 _FORWARD_STEPS = ("embed", "run_blocks", "final")

@@ -10,17 +10,20 @@ A strategy acts at one of the two places every block that supports STG offers:
   strategy needs it, `identity_map(x)`: the attention layer's output under the identity
   attention map, i.e. its output projection of its value projection, `out_proj(V)`.
 This module imports nothing from the models: the model's blocks and the diffusers hooks receive
-`Strategy` objects and call these two operations.
+`Strategy` objects and call these two operations. Nor does it import torch (the operations use
+tensor methods only), so the command line's help and flag checks read the table at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-IdentityMap = Callable[[torch.Tensor], torch.Tensor]
+IdentityMap = Callable[["torch.Tensor"], "torch.Tensor"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class Strategy:
 
 def _no_attention(x: torch.Tensor, identity_map: IdentityMap) -> torch.Tensor:
     # A zero output makes the sub-layer's residual add a no-op.
-    return torch.zeros_like(x)
+    return x.new_zeros(x.shape)
 
 
 def _attention_input(x: torch.Tensor, identity_map: IdentityMap) -> torch.Tensor:

@@ -11,38 +11,28 @@ conversion, SLA fine-tuning of diffusers transformers.
 diffusers itself is imported only where needed.
 """
 
-from .diffusers_common import SUPPORTED
-from .diffusers_gelu import disable_fused_gelu, enable_fused_gelu
-from .diffusers_sla import (
-    SLAAttnProcessor,
-    disable_sla,
-    enable_sla,
-    from_pretrained_sla,
-    load_sla_projections,
-    save_pretrained_sla,
-    sla_config_of,
-)
-from .diffusers_stg import STGHandle, disable_stg, enable_stg
-from .finetune import FinetuneConfig, finetune
-from .latte_convert import convert_diffusers_latte, convert_official_latte, load_official_checkpoint
+from slatte._lazy import lazy_package
 
-__all__ = [
-    "SUPPORTED",
-    "FinetuneConfig",
-    "SLAAttnProcessor",
-    "STGHandle",
-    "convert_diffusers_latte",
-    "convert_official_latte",
-    "disable_fused_gelu",
-    "disable_sla",
-    "disable_stg",
-    "enable_fused_gelu",
-    "enable_sla",
-    "enable_stg",
-    "finetune",
-    "from_pretrained_sla",
-    "load_official_checkpoint",
-    "load_sla_projections",
-    "save_pretrained_sla",
-    "sla_config_of",
-]
+__all__ = lazy_package(
+    __name__,
+    {
+        ".diffusers_common": ("SUPPORTED",),
+        ".diffusers_gelu": ("disable_fused_gelu", "enable_fused_gelu"),
+        ".diffusers_sla": (
+            "SLAAttnProcessor",
+            "disable_sla",
+            "enable_sla",
+            "from_pretrained_sla",
+            "load_sla_projections",
+            "save_pretrained_sla",
+            "sla_config_of",
+        ),
+        ".diffusers_stg": ("STGHandle", "disable_stg", "enable_stg"),
+        ".finetune": ("FinetuneConfig", "finetune"),
+        ".latte_convert": (
+            "convert_diffusers_latte",
+            "convert_official_latte",
+            "load_official_checkpoint",
+        ),
+    },
+)

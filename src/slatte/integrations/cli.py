@@ -148,7 +148,7 @@ def _shape(text: str) -> tuple[int, ...]:
 def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """`slatte finetune MODEL_DIR OUTPUT_DIR [--mode distill|flow] [--data DIR] ...`."""
     from ..training.config import PARALLEL_MODES
-    from .finetune import MODES, PRECISIONS, TRAINABLE, FinetuneConfig
+    from .finetune_config import MODES, PRECISIONS, TRAINABLE, FinetuneConfig
 
     d = FinetuneConfig(model_dir="", output_dir="", latent_shape=(1, 1, 1, 1))
     p = subparsers.add_parser(

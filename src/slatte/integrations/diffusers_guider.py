@@ -36,14 +36,15 @@ from typing import Any
 
 import torch
 
-from ..guidance.adaptive import adaptive_weights, check_schedule
-from ..guidance.config import (
+from ..guidance.adaptive import adaptive_weights
+from ..guidance.config import per_block_strategies
+from ..guidance.options import (
     check_blocks,
     check_ratio,
     check_rescale,
     check_scale,
+    check_schedule,
     check_window,
-    per_block_strategies,
 )
 from ..guidance.strategies import DEFAULT_STRATEGY, get_strategy
 from .diffusers_stg import capture_perturbed

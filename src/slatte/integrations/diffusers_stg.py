@@ -60,7 +60,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ..guidance.config import check_window, in_window, per_block_strategies
+from ..guidance.config import in_window, per_block_strategies
+from ..guidance.options import check_window
 from ..guidance.strategies import STRATEGIES, Strategy
 from .diffusers_common import ModelSpec, execution_blocks, model_spec, resolve_transformers
 from .diffusers_sla import output_projection, qkv_projections

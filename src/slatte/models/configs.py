@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from ..ops.attention import BACKENDS
+from ..ops.backends import BACKENDS
 from ..ops.sla.config import SLAConfig
 
 BLOCK_PATTERNS = ("alternating", "full", "spatial")

@@ -31,7 +31,7 @@ from ..nn.embeddings import LabelEmbedder, PatchEmbed, TimestepEmbedder, sincos_
 from ..nn.mlp import Mlp
 from ..nn.norm import FP32LayerNorm
 from ..nn.sla import SparseLinearAttention
-from ..ops.attention import check_backend
+from ..ops.backends import check_backend
 from ..ops.sla.config import SLAConfig
 from ..parallel import SequenceShard
 from .configs import VideoDiTConfig

@@ -1,20 +1,20 @@
 """Reusable modules."""
 
-from .attention import Attention, CrossAttention
-from .embeddings import LabelEmbedder, PatchEmbed, TimestepEmbedder, sincos_1d, sincos_2d
-from .mlp import Mlp
-from .norm import FP32LayerNorm
-from .sla import SparseLinearAttention
+from slatte._lazy import lazy_package
 
-__all__ = [
-    "Attention",
-    "CrossAttention",
-    "FP32LayerNorm",
-    "LabelEmbedder",
-    "Mlp",
-    "PatchEmbed",
-    "SparseLinearAttention",
-    "TimestepEmbedder",
-    "sincos_1d",
-    "sincos_2d",
-]
+__all__ = lazy_package(
+    __name__,
+    {
+        ".attention": ("Attention", "CrossAttention"),
+        ".embeddings": (
+            "LabelEmbedder",
+            "PatchEmbed",
+            "TimestepEmbedder",
+            "sincos_1d",
+            "sincos_2d",
+        ),
+        ".mlp": ("Mlp",),
+        ".norm": ("FP32LayerNorm",),
+        ".sla": ("SparseLinearAttention",),
+    },
+)

@@ -8,7 +8,8 @@ import torch.distributed as dist
 from einops import rearrange
 from torch import nn
 
-from ..ops.attention import attention, check_backend
+from ..ops.attention import attention
+from ..ops.backends import check_backend
 from ..ops.dense import dense_attention
 from ..ops.sequence_parallel import ulysses_attention
 from ..ops.sla.config import SLAConfig

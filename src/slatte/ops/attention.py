@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import torch
 
+from .backends import check_backend
 from .dense import dense_attention
 from .linear_attention import linear_attention
 from .sla.config import SLAConfig
 from .sla.launch_policy import LaunchPolicy
 
-BACKENDS = ("sdpa", "sla", "sla_reference", "linear")
 # The SLA backends as launch policies of the SLA op: "sla" lets it choose its kernels (the
 # fused ones where they apply), "sla_reference" forces the plain PyTorch reference.
 SLA_POLICIES = {"sla": LaunchPolicy(), "sla_reference": LaunchPolicy(kernels="reference")}
-
-
-def check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
 
 
 def attention(

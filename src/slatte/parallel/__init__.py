@@ -6,23 +6,19 @@ state they need, as a value the trainer and the sampler give the model, and the 
 decomposition of SLA and dense attention (`ring.py`).
 """
 
-from .ring import (
-    hybrid_attention,
-    hybrid_groups,
-    hybrid_sla,
-    ring_attention,
-    ring_block_map,
-    ring_sla,
-)
-from .sequence import SequenceShard, sequence_shard
+from slatte._lazy import lazy_package
 
-__all__ = [
-    "SequenceShard",
-    "hybrid_attention",
-    "hybrid_groups",
-    "hybrid_sla",
-    "ring_attention",
-    "ring_block_map",
-    "ring_sla",
-    "sequence_shard",
-]
+__all__ = lazy_package(
+    __name__,
+    {
+        ".ring": (
+            "hybrid_attention",
+            "hybrid_groups",
+            "hybrid_sla",
+            "ring_attention",
+            "ring_block_map",
+            "ring_sla",
+        ),
+        ".sequence": ("SequenceShard", "sequence_shard"),
+    },
+)

@@ -36,8 +36,9 @@ def pretrained_dir(name: str = DEFAULT_MODEL) -> Path:
 def sampling_defaults(model_dir: str | Path) -> dict[str, Any]:
     """The recommended sampling options in `model_dir`'s sampling.json ({} when it has none),
     checked like the flags they stand for (errors name the file); STG blocks as tuples."""
-    from slatte.guidance.config import STG, check_blocks, check_rescale, check_scale
-    from slatte.sampling import SAMPLERS
+    from slatte.diffusion.sampler_names import SAMPLER_NAMES
+    from slatte.guidance.config import STG
+    from slatte.guidance.options import check_blocks, check_rescale, check_scale
 
     path = Path(model_dir) / SAMPLING_FILE
     if not path.is_file():
@@ -48,10 +49,8 @@ def sampling_defaults(model_dir: str | Path) -> dict[str, Any]:
     unknown = sorted(set(data) - set(SAMPLING_KEYS))
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {unknown}; allowed: {list(SAMPLING_KEYS)}")
-    if "sampler" in data and data["sampler"] not in SAMPLERS:
-        raise ValueError(
-            f"{path}: sampler must be one of {tuple(SAMPLERS)}, got {data['sampler']!r}"
-        )
+    if "sampler" in data and data["sampler"] not in SAMPLER_NAMES:
+        raise ValueError(f"{path}: sampler must be one of {SAMPLER_NAMES}, got {data['sampler']!r}")
     steps = data.get("steps", 1)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"{path}: steps must be an integer >= 1, got {steps!r}")

@@ -1,6 +1,11 @@
 """Training: the loop, EMA, checkpoints, distributed setup."""
 
-from .config import TrainConfig
-from .trainer import Trainer, TrainingError, train
+from slatte._lazy import lazy_package
 
-__all__ = ["TrainConfig", "Trainer", "TrainingError", "train"]
+__all__ = lazy_package(
+    __name__,
+    {
+        ".config": ("TrainConfig",),
+        ".trainer": ("Trainer", "TrainingError", "train"),
+    },
+)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from ..flags import flag, flag_names
@@ -18,6 +19,26 @@ DATA_DERIVED = {
     "in_channels": "channels (--channels) or the VAE's latent channels",
     "num_classes": "the dataset",
 }
+
+
+# Fields that name files or folders (data: unless it names the built-in dataset).
+PATH_FIELDS = ("init_from", "data", "vae", "latent_cache")
+DATA_KEYWORDS = ("digits",)
+
+
+def _is_keyword(name: str, value: str) -> bool:
+    return name == "data" and value in DATA_KEYWORDS
+
+
+def _is_path(name: str, value: str | None) -> bool:
+    """Whether `value` of field `name` is a path that exists (from the current directory)."""
+    return value is not None and not _is_keyword(name, value) and Path(value).exists()
+
+
+def _same_value(name: str, given: Any, saved: Any) -> bool:
+    if name in PATH_FIELDS and _is_path(name, given) and _is_path(name, saved):
+        return Path(given).resolve() == Path(saved).resolve()
+    return given == saved
 
 
 # What a resumed run may change: its length, logging, device and the split over processes.
@@ -221,22 +242,42 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def for_run_folder(self) -> dict[str, Any]:
-        """`to_dict` as a run folder records it: the folder is "." (itself), so that a copy of
-        the folder is a run of its own."""
-        return {**self.to_dict(), "out_dir": "."}
+    def for_run_folder(self, run_dir: str | Path) -> dict[str, Any]:
+        """`to_dict` as the run folder `run_dir` records it: the folder is "." (itself) and the
+        paths of PATH_FIELDS are relative to it when inside it, else absolute, so that the folder
+        works from any directory and a copy of it is a run of its own."""
+        data = {**self.to_dict(), "out_dir": "."}
+        root = Path(run_dir).resolve()
+        for name in PATH_FIELDS:
+            if _is_path(name, data[name]):
+                path = Path(data[name]).resolve()
+                data[name] = str(path.relative_to(root) if path.is_relative_to(root) else path)
+        return data
 
     def resumed(self, out_dir: str, changes: dict[str, Any]) -> TrainConfig:
-        """This config (a run's saved one) continued in `out_dir` with `changes`: only RESUMABLE
-        fields may differ from the run's values."""
-        fixed = {k: v for k, v in changes.items() if k not in RESUMABLE and v != getattr(self, k)}
+        """This config (a run's saved one, `for_run_folder`) continued in `out_dir` with
+        `changes`: its paths inside the folder are found there, and only RESUMABLE fields may
+        differ from the run's values (a path given again may be spelled another way)."""
+        paths = {
+            name: str(Path(out_dir) / value)
+            for name in PATH_FIELDS
+            if (value := getattr(self, name)) is not None
+            and not _is_keyword(name, value)
+            and (Path(out_dir) / value).exists()
+        }
+        saved = replace(self, **paths)
+        fixed = {
+            k: v
+            for k, v in changes.items()
+            if k not in RESUMABLE and not _same_value(k, v, getattr(saved, k))
+        }
         if fixed:
             raise ValueError(
                 f"a resumed run keeps its {flag_names(TrainConfig, list(fixed))} "
-                f"({', '.join(f'{k}={getattr(self, k)!r}' for k in fixed)}); only "
+                f"({', '.join(f'{k}={getattr(saved, k)!r}' for k in fixed)}); only "
                 f"{flag_names(TrainConfig, RESUMABLE)} may change"
             )
-        return replace(self, out_dir=out_dir, **changes)
+        return replace(saved, out_dir=out_dir, **changes)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

@@ -73,7 +73,7 @@ class TrainingError(RuntimeError):
 
 
 class TrainingInterrupted(TrainingError):
-    """Ctrl-C stopped training; the message says which checkpoint holds the run."""
+    """Ctrl-C or SIGTERM stopped training; the message says which checkpoint holds the run."""
 
 
 def step_seed(seed: int, step: int, index: int) -> int:
@@ -221,7 +221,7 @@ class Trainer:
         writes from the first process only (returning None elsewhere)."""
         state = {
             "scaler": self.scaler.state_dict(),
-            "train_config": json.dumps(self.cfg.for_run_folder()),
+            "train_config": json.dumps(self.cfg.for_run_folder(self.run_dir)),
         }
         if self.sharded_checkpoints:
             return save_sharded_checkpoint(
@@ -389,7 +389,7 @@ class Trainer:
         cfg, main = self.cfg, self.info.is_main
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            config_text = json.dumps(cfg.for_run_folder(), indent=2)
+            config_text = json.dumps(cfg.for_run_folder(self.run_dir), indent=2)
             (self.run_dir / CONFIG_FILE).write_text(config_text)
         metrics_path = self.run_dir / METRICS_FILE
         writer = _tensorboard_writer(self.run_dir) if main else None
@@ -408,7 +408,7 @@ class Trainer:
         samples: list[Path] = []
         loader = iter(self._loader())
         image_loader = iter(self._loader(images=True)) if cfg.image_batch else None
-        interrupt = DeferredInterrupt(enabled=not self.info.enabled)
+        interrupt = DeferredInterrupt()
         saved_step = self.step
         with interrupt:
             while self.step < cfg.steps:
@@ -440,7 +440,9 @@ class Trainer:
                         plot_loss_curve(metrics_path, self.run_dir / "loss_curve.png")
                 if at_end or (cfg.sample_every and self.step % cfg.sample_every == 0):
                     samples = self._sample()
-                if interrupt.requested and not at_end:
+                # Every process stops at the same step (the save is collective): any signalled.
+                stop = mean_over_processes([float(interrupt.requested)], self.device)[0] > 0
+                if stop and not at_end:
                     bar.close()
                     raise TrainingInterrupted(self._interrupted(saved_step))
         bar.close()
@@ -462,8 +464,8 @@ class Trainer:
         return torch.cuda.max_memory_allocated(self.device) / 2**30
 
     def _interrupted(self, saved_step: int) -> str:
-        """Save the run at the current step after Ctrl-C (a step boundary: the state is whole)
-        and say what holds it."""
+        """Save the run at the current step after Ctrl-C or SIGTERM (a step boundary: the state
+        is whole) and say what holds it."""
         if self.step > saved_step:
             self._save()
             saved = latest_checkpoint(self.run_dir)

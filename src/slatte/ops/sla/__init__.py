@@ -1,7 +1,12 @@
 """SLA sparse-linear attention: reference, block map, kernel families, public op."""
 
-from .config import SLAConfig
-from .interface import sla_block_map, sparse_linear_attention
-from .launch_policy import LaunchPolicy
+from slatte._lazy import lazy_package
 
-__all__ = ["LaunchPolicy", "SLAConfig", "sla_block_map", "sparse_linear_attention"]
+__all__ = lazy_package(
+    __name__,
+    {
+        ".config": ("SLAConfig",),
+        ".interface": ("sla_block_map", "sparse_linear_attention"),
+        ".launch_policy": ("LaunchPolicy",),
+    },
+)

@@ -17,7 +17,10 @@ class SLAConfig:
     """How SLA splits attention (see `shared/specs/SLA.md`).
 
     `critical` / `negligible`: a float is a fraction of the key blocks of each query-block row,
-    an int a count of blocks (capped at the number of key blocks).
+    an int a count of blocks (capped at the number of key blocks). As fractions they share one
+    row, so critical + negligible may not exceed 1, except that critical 1.0 makes every block
+    critical (dense attention) and negligible is then ignored. Counts are capped per row instead
+    (the row's length is known only at the call).
     `projection`: "learned" (the zero-initialised, trainable projection of the linear branch) or
     "identity" (the linear branch added as it is, fixed: the paper's sparse + linear ablation).
     """
@@ -59,7 +62,8 @@ class SLAConfig:
 
 
 def validate_fractions(critical: float | int, negligible: float | int) -> None:
-    """Raise a ValueError naming the argument when `critical` or `negligible` is out of range."""
+    """Raise a ValueError naming the argument when `critical` or `negligible` is out of range,
+    or when, both fractions, they add up to more than the whole row (`SLAConfig`)."""
     if isinstance(critical, bool) or not isinstance(critical, (int, float)):
         raise ValueError(f"critical must be a float in (0, 1] or an int >= 1, got {critical!r}")
     if isinstance(critical, int):
@@ -74,6 +78,15 @@ def validate_fractions(critical: float | int, negligible: float | int) -> None:
             raise ValueError(f"negligible as a block count must be >= 0, got {negligible}")
     elif not 0.0 <= negligible < 1.0:
         raise ValueError(f"negligible as a fraction must lie in [0, 1), got {negligible}")
+    # A tolerance so that fractions summing to 1 in decimal (0.05 + 0.95) are not refused for
+    # their binary rounding.
+    both_fractions = isinstance(critical, float) and isinstance(negligible, float)
+    if both_fractions and critical < 1.0 and critical + negligible > 1.0 + 1e-9:
+        raise ValueError(
+            f"critical {critical:g} + negligible {negligible:g} = {critical + negligible:g} > 1: "
+            f"at most 1 - critical = {1.0 - critical:g} of the key blocks can be negligible "
+            "(critical 1.0 means dense attention, negligible then ignored)"
+        )
 
 
 def block_counts(critical: float | int, negligible: float | int, n_blocks: int) -> tuple[int, int]:

@@ -1,0 +1,7 @@
+"""`python -m slatte`: the `slatte` command."""
+
+import sys
+
+from slatte.cli import main
+
+sys.exit(main())
