@@ -1,5 +1,5 @@
 """slatte inside other codebases: SLA and STG for diffusers video transformers (Wan2.1 / 2.2,
-Wan-VACE, SkyReels-V2, LTX-Video, Latte, HunyuanVideo / 1.5, CogVideoX, Mochi), Latte checkpoint
+Wan-VACE, SkyReels-V2, LTX-Video, LTX-2, Latte, HunyuanVideo / 1.5, CogVideoX, Mochi), Latte checkpoint
 conversion, SLA fine-tuning of diffusers transformers.
 
     import slatte.integrations as si
