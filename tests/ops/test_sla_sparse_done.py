@@ -87,8 +87,9 @@ def sparse_done(q, k, v, w, bias, config, layout, policy):
         (65, 32, torch.float32, "marginal", "bhnd", 0.25),
         (200, 64, torch.float16, "all", "bnhd", 0.25),
         (130, 32, torch.float16, "noncritical", "bhnd", 0.25),
-        # No marginal block: no linear branch, but the projection's bias is still added.
-        (70, 32, torch.float32, "marginal", "bhnd", 0.9),
+        # No marginal block (5 key blocks: 1 critical, 4 negligible): no linear branch, but the
+        # projection's bias is still added.
+        (70, 32, torch.float32, "marginal", "bhnd", 4),
     ],
 )
 def test_linear_branch_around_another_sparse_branch(n, d, dtype, scope, layout, negligible):
