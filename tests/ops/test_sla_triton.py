@@ -40,7 +40,7 @@ def opts(**kw):
 
 
 @pytest.mark.parametrize("n", [1, 63, 64, 65, 200])
-@pytest.mark.parametrize("d", [32, 64])
+@pytest.mark.parametrize("d", [32, 40, 64, 72])
 def test_forward_backward_sizes(n, d):
     dtype = torch.float16 if (n + d) % 2 else torch.float32
     check_sla(*make_inputs(1, 2, n, d, dtype, DEVICE, seed=n + d), opts())
