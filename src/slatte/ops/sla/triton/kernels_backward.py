@@ -20,7 +20,6 @@ from .kernels_common import (
     load_vector,
     round_tf32,
     rows_mask,
-    store_rows,
     store_tile,
     store_vector,
 )
@@ -105,10 +104,11 @@ def sla_bwd_dq_kernel(
     delta_s = tl.load(DELTA_S + rows, mask=row_ok, other=0.0)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
-    dq_base = DQ + b * stride_dqb + h * stride_dqh
+    dq_ptrs = DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqn + offs_d[None, :]
+    dq_ok = rows_mask(row_ok[:, None], offs_d, D)
     if SPARSE_DONE:
         # Another kernel family (`ops/sla/hopper`) wrote the sparse branch's dq into DQ.
-        dq = load_rows(dq_base, offs_m, stride_dqn, offs_d, row_ok, D).to(tl.float32)
+        dq = tl.load(dq_ptrs, mask=dq_ok, other=0.0).to(tl.float32)
     else:
         dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         for t in range(N_CRIT):
@@ -135,13 +135,12 @@ def sla_bwd_dq_kernel(
         den = tl.load(DEN + rows, mask=row_ok, other=1.0)
         offs_h = q_block * D * D + offs_d[:, None] * D + offs_d[None, :]
         z_i = load_vector(ZBLK + q_block * D + offs_d, offs_d, D, BLOCK_D)
-        h_i = load_tile(HBLK + offs_h, offs_d, offs_d, D, BLOCK_D)
         if PAIR:  # H_i as a bf16 pair: exact products with the bf16 dO_l
-            g = tl.dot(do_l, tl.trans(h_i))
+            g = tl.dot(do_l, tl.trans(load_tile(HBLK + offs_h, offs_d, offs_d, D, BLOCK_D)))
             g = tl.dot(do_l, tl.trans(load_tile(HBLK_LO + offs_h, offs_d, offs_d, D, BLOCK_D)), g)
         else:
             g = dot_exact_b(
-                do_l.to(tl.float32), tl.trans(h_i),
+                do_l.to(tl.float32), tl.trans(load_tile(HBLK + offs_h, offs_d, offs_d, D, BLOCK_D)),
                 tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32), SPLIT, DOT_PREC,
             )  # fmt: skip
         q32 = q.to(tl.float32)
@@ -152,7 +151,7 @@ def sla_bwd_dq_kernel(
         dfq = (g - delta_l[:, None] * z_i[None, :]) / den[:, None]
         dq += feature_map_grad(q32, fq, dfq, FEATURE)
 
-    store_rows(dq_base, offs_m, stride_dqn, offs_d, row_ok, dq, D)
+    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=dq_ok)
 
 
 @triton.jit
@@ -303,13 +302,14 @@ def sla_bwd_dkdv_kernel(
                 ds_t = p_t * (dp_t - delta_s[None, :])
                 dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PREC)
     dk = dk * sm_scale
-    dk_base = DK + b * stride_dkb + h * stride_dkh
-    dv_base = DV + b * stride_dvb + h * stride_dvh
+    dk_ptrs = DK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :]
+    dv_ptrs = DV + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :]
+    kv_ok = rows_mask(col_ok[:, None], offs_d, D)
     if SPARSE_DONE:  # the sparse branch's dk, dv, written by another kernel family
-        dk += load_rows(dk_base, offs_n, stride_dkn, offs_d, col_ok, D).to(tl.float32)
-        dv += load_rows(dv_base, offs_n, stride_dvn, offs_d, col_ok, D).to(tl.float32)
-    store_rows(dk_base, offs_n, stride_dkn, offs_d, col_ok, dk, D)
-    store_rows(dv_base, offs_n, stride_dvn, offs_d, col_ok, dv, D)
+        dk += tl.load(dk_ptrs, mask=kv_ok, other=0.0).to(tl.float32)
+        dv += tl.load(dv_ptrs, mask=kv_ok, other=0.0).to(tl.float32)
+    tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=kv_ok)
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=kv_ok)
 
 
 @triton.jit(do_not_specialize=["N"])
@@ -357,8 +357,8 @@ def sla_bwd_key_linear_kernel(
         SPLIT, PAIR,
     )  # fmt: skip
     lin = (bh * N + offs_n)[:, None] * D + offs_d[None, :]
-    tl.store(DK_LIN + lin, dk, mask=rows_mask(col_ok, offs_d, D))
-    tl.store(DV_LIN + lin, dv, mask=rows_mask(col_ok, offs_d, D))
+    tl.store(DK_LIN + lin, dk, mask=rows_mask(col_ok[:, None], offs_d, D))
+    tl.store(DV_LIN + lin, dv, mask=rows_mask(col_ok[:, None], offs_d, D))
 
 
 @triton.jit(do_not_specialize=["N"])
@@ -412,7 +412,7 @@ def sla_bwd_preprocess_kernel(
         row_ok = offs_m < N
         rows = bh * N + offs_m
         ptrs = rows[:, None] * D + offs_d[None, :]
-        ok = rows_mask(row_ok, offs_d, D)
+        ok = rows_mask(row_ok[:, None], offs_d, D)
         do = tl.load(DO + ptrs, mask=ok, other=0.0)
         o_s = tl.load(O_S + ptrs, mask=ok, other=0.0)
         do32 = do.to(tl.float32)
@@ -434,7 +434,7 @@ def sla_bwd_preprocess_kernel(
             tl.store(DO_L + ptrs, do_l.to(DO_L.dtype.element_ty), mask=ok)
     part = bh * tl.num_programs(0) + chunk
     if LINEAR:
-        offs_w = part * D * D + offs_d[:, None] * D + offs_d[None, :]
-        store_tile(DW_PART + offs_w, dw, offs_d, offs_d, D, BLOCK_D)
+        dw_ptrs = DW_PART + part * D * D + offs_d[:, None] * D + offs_d[None, :]
+        store_tile(dw_ptrs, dw, offs_d, offs_d, D, BLOCK_D)
     if HAS_BIAS:
         store_vector(DB_PART + part * D + offs_d, db, offs_d, D, BLOCK_D)

@@ -52,12 +52,13 @@ def feature_map_grad(x, y, dy, FEATURE: tl.constexpr):
 
 @triton.jit
 def rows_mask(ok, offs_d, D: tl.constexpr):
-    """The mask of a (len(ok), len(offs_d)) tile: rows where `ok`, lanes below D; only the rows
-    where D is a multiple of the tile's width (then no tile has lanes past D)."""
-    width = offs_d.shape[0]
+    """The mask of a (len(ok), len(offs_d)) tile from `ok` (a column: the rows to touch): also
+    lanes below D, unless D is a multiple of the tile's width (then no tile has lanes past D and
+    the mask is `ok` itself)."""
+    width: tl.constexpr = offs_d.shape[0]
     # (D % width, but the interpreter's D is an int and width a constexpr, which has no __rmod__)
-    whole = D // width * width == D
-    mask = ok[:, None] if whole else ok[:, None] & (offs_d[None, :] < D)
+    whole: tl.constexpr = D // width * width == D
+    mask = ok if whole else ok & (offs_d[None, :] < D)
     return mask
 
 
@@ -66,7 +67,9 @@ def load_rows(base, rows, stride_n, offs_d, ok, D: tl.constexpr):
     """The (len(rows), len(offs_d)) tile of rows `rows` at `base` (row stride `stride_n`,
     feature dim contiguous); rows where `ok` is false and lanes past D read as 0."""
     return tl.load(
-        base + rows[:, None] * stride_n + offs_d[None, :], mask=rows_mask(ok, offs_d, D), other=0.0
+        base + rows[:, None] * stride_n + offs_d[None, :],
+        mask=rows_mask(ok[:, None], offs_d, D),
+        other=0.0,
     )
 
 
@@ -77,7 +80,7 @@ def store_rows(base, rows, stride_n, offs_d, ok, x, D: tl.constexpr):
     tl.store(
         base + rows[:, None] * stride_n + offs_d[None, :],
         x.to(base.dtype.element_ty),
-        mask=rows_mask(ok, offs_d, D),
+        mask=rows_mask(ok[:, None], offs_d, D),
     )
 
 
@@ -280,7 +283,7 @@ def _load_x_tile(
         return tl.reshape(tile, (tile.shape[1], tile.shape[2]))
     return tl.load(
         X + (bh * C + cols_c[:, None]) * COLS + offs_col[None, :],
-        mask=rows_mask(cols_c < C, offs_col, COLS),
+        mask=rows_mask(cols_c[:, None] < C, offs_col, COLS),
         other=0.0,
     )
 
@@ -352,10 +355,11 @@ def mask_gemm_kernel(
             x_lo = _load_x_tile(X_LO, X_LO_TMA, bh, c0, cols_c, pid_col, offs_col, C, COLS, TMA)
             acc = tl.dot(w, x_lo, acc, input_precision=DOT_PREC)
     offs_out = (bh * R + offs_r[:, None]) * COLS + offs_col[None, :]
-    out_ok = rows_mask(offs_r < R, offs_col, COLS)
     if PAIR_OUT:
         hi, lo = bf16_pair(acc)
+        out_ok = rows_mask(offs_r[:, None] < R, offs_col, COLS)
         tl.store(OUT + offs_out, hi.to(OUT.dtype.element_ty), mask=out_ok)
         tl.store(OUT_LO + offs_out, lo.to(OUT_LO.dtype.element_ty), mask=out_ok)
     else:
+        out_ok = rows_mask(offs_r[:, None] < R, offs_col, COLS)
         tl.store(OUT + offs_out, acc.to(OUT.dtype.element_ty), mask=out_ok)
