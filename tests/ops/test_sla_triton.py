@@ -140,8 +140,9 @@ def test_linear_scopes(scope, dtype):
 @pytest.mark.parametrize("feature", ["elu", "relu"])
 @pytest.mark.parametrize("d", [32, 40])
 def test_feature_maps(feature, d):
-    """With D = 40 on 64-wide tiles the padding lanes must give phi = 0 (elu's exp(0) = 1 there
-    would add 24 phantom features to every row); softmax's exclusion is in the tests above."""
+    """With D = 40 on 64-wide tiles: elu's phi is 1 on the 24 padding lanes, which must meet
+    only zeros (the padding lanes of H, Z, dH, dZ: never stored, loaded as 0). The softmax's
+    exclusion of those lanes is checked by the tests above."""
     check_sla(*make_inputs(1, 2, 90, d, torch.float32, DEVICE, seed=2), opts(feature_map=feature))
 
 

@@ -20,9 +20,11 @@ FEATURE_CODES = {"softmax": 0, "elu": 1, "relu": 2}
 
 @triton.jit
 def feature_map(x, FEATURE: tl.constexpr, D: tl.constexpr):
-    """phi of an fp32 tile, row-wise: 0 softmax over the last axis, 1 elu + 1, 2 relu. Lanes
-    of the last axis past D (padding, loaded as 0) give 0: outside the softmax's sum (exp(0)
-    there would take a share of every row) and not elu's exp(0) = 1; relu(0) is 0 already."""
+    """phi of an fp32 tile, row-wise: 0 softmax over the last axis, 1 elu + 1, 2 relu.
+    Lanes of the last axis past D (padding, loaded as 0) are left out of the softmax's sum
+    (exp(0) there would take a share of every real lane) and give 0. The elementwise maps need
+    no mask: a padding lane of phi (elu: exp(0) = 1) only ever multiplies padding lanes of
+    H, Z, dH or dZ, which are never stored and load as 0."""
     if FEATURE == 0:
         if x.shape[1] != D:
             x = tl.where(tl.arange(0, x.shape[1])[None, :] < D, x, float("-inf"))
@@ -30,8 +32,6 @@ def feature_map(x, FEATURE: tl.constexpr, D: tl.constexpr):
         y = e / tl.sum(e, 1)[:, None]
     elif FEATURE == 1:
         y = tl.where(x > 0, x + 1.0, tl.exp(x))
-        if x.shape[1] != D:
-            y = tl.where(tl.arange(0, x.shape[1])[None, :] < D, y, 0.0)
     else:
         y = tl.maximum(x, 0.0)
     return y
@@ -39,8 +39,8 @@ def feature_map(x, FEATURE: tl.constexpr, D: tl.constexpr):
 
 @triton.jit
 def feature_map_grad(x, y, dy, FEATURE: tl.constexpr):
-    """d(loss)/dx from x, y = phi(x) and dy = d(loss)/dy, all fp32 tiles. Padding lanes (x = y
-    = 0 from `feature_map`) give 0 for every map."""
+    """d(loss)/dx from x, y = phi(x) and dy = d(loss)/dy, all fp32 tiles (padding lanes, where
+    dy is 0, give 0)."""
     if FEATURE == 0:
         dx = y * (dy - tl.sum(dy * y, 1)[:, None])
     elif FEATURE == 1:
