@@ -1,13 +1,14 @@
 """Triton helpers shared by the SLA forward and backward kernels: the feature maps and the
 per-(head, row-chunk) outer-product sums that pre-aggregate the linear branch.
 
-Head dims. Every kernel takes the head dim D and the width BLOCK_D of its feature tiles
-(`tiles.feature_tile`: a power of two, as `tl.arange` needs, and at least 16, as `tl.dot`
+Head dims. The attention kernels take the head dim D and the width BLOCK_D of their feature
+tiles (`tiles.feature_tile`: a power of two, as `tl.arange` needs, and at least 16, as `tl.dot`
 needs). Where D < BLOCK_D the lanes past D are padding that lives only in registers: loads give
-them 0, stores skip them, the feature maps give them phi = 0, so they add exactly nothing to any
-product or sum. Where D == BLOCK_D (every power-of-two D) those masks are left out at compile
-time (`D == BLOCK_D` is a constexpr test), so those head dims compile as if padding did not
-exist."""
+them 0 (masked pointer loads; TMA copies fill what lies outside the tensor with 0), stores skip
+them, and the softmax feature map leaves them out of its sum, so they add exactly nothing to any
+real lane (see `feature_map` for the elementwise maps). No tensor is padded in memory. Where
+D == BLOCK_D (every power-of-two D from 16) the masks are left out at compile time (constexpr
+tests), so those head dims compile to the same code as before padding existed."""
 
 from __future__ import annotations
 
