@@ -16,8 +16,9 @@ Prints one JSON line and a table.
     python benchmarks/bench_attention.py \
         --official-main .external/sla_official_main --official-sla1 .external/sla_official_sla_1
 
-`--quick` keeps only ours at the reference shape (`--d 64` for the other head dim); `--label`
-tags its rows, e.g. when another tree's `slatte` is put first on PYTHONPATH to compare builds:
+`--quick` keeps only ours at the reference shape (`--d 64` or `--d 72` for another head dim);
+`--label` tags its rows, e.g. when another tree's `slatte` is put first on PYTHONPATH to compare
+builds:
 
     python benchmarks/bench_attention.py --quick --d 64 --block-q 64,128 --label other
 """
@@ -168,7 +169,13 @@ def main() -> None:
     parser.add_argument("--official-sla1", type=Path, help="folder with SLA-1's package")
     parser.add_argument("--no-sweep", action="store_true", help="only the reference shape")
     parser.add_argument("--quick", action="store_true", help="only ours, reference shape")
-    parser.add_argument("--d", type=int, default=128, choices=(64, 128), help="head dim")
+    parser.add_argument(
+        "--d",
+        type=int,
+        default=128,
+        choices=(64, 72, 128),
+        help="head dim (72, the released diffusers Latte's: Triton family only, other rows error)",
+    )
     parser.add_argument("--block-q", default="128,64", help="comma list of block_q for ours")
     parser.add_argument("--label", default="", help="tag of our rows (e.g. which tree)")
     args = parser.parse_args()

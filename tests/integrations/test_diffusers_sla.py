@@ -129,11 +129,11 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     ):
         enable_sla(torch.nn.Linear(2, 2))
     wide = pytest.importorskip("diffusers").WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=24, in_channels=4,
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=36, in_channels=4,
         out_channels=4, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=1,
     )  # fmt: skip
-    # A head dim the fused kernels do not serve runs through the block-sparse PyTorch ops, and
-    # gives the reference's output.
+    # A head dim the fused kernels do not serve (no multiple of 8) runs through the block-sparse
+    # PyTorch ops, and gives the reference's output.
     inputs = model_inputs("wan")
     enable_sla(wide, backend="sla_reference", critical=0.5, block_q=16, block_k=16)
     randomize_projections(wide)
@@ -179,3 +179,33 @@ def test_wan_qk_norms_and_rotation_run_fused_in_inference_only(monkeypatch):
     assert model.blocks[0].attn1.norm_q.weight.grad.abs().sum() > 0
     monkeypatch.setattr(diffusers_qk, "_fused_wan_qk", lambda *args: None)
     torch.testing.assert_close(_run(model, inputs), out, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_latte_head_dim_72_runs_on_the_fused_kernels(monkeypatch):
+    """The released diffusers Latte has head dim 72: "auto" takes the fused Triton kernels for
+    it (their tiles 128 wide, the lanes past 72 masked), with the reference's output."""
+    from diffusers import LatteTransformer3DModel
+
+    from slatte.ops.sla import interface
+
+    chosen = []
+    select = interface.select_kernels
+    monkeypatch.setattr(
+        interface, "select_kernels", lambda *args: chosen.append(select(*args)) or chosen[-1]
+    )
+    torch.manual_seed(0)
+    model = LatteTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=72, in_channels=4, out_channels=8,
+        num_layers=2, sample_size=8, patch_size=1, cross_attention_dim=144, caption_channels=16,
+        video_length=3, norm_elementwise_affine=False,
+    ).eval().cuda()  # fmt: skip
+    inputs = {k: v.cuda() for k, v in model_inputs("latte").items()}
+    enable_sla(model, backend="sla_reference", critical=0.5, **SMALL_BLOCKS)
+    randomize_projections(model)
+    reference = _run(model, inputs)
+    enable_sla(model, critical=0.5, **SMALL_BLOCKS)  # keeps the projections
+    chosen.clear()
+    out = _run(model, inputs)
+    assert chosen and set(chosen) == {"triton"}, chosen
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-4)

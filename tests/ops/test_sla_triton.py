@@ -39,27 +39,36 @@ def opts(**kw):
     return SLAConfig(**base)
 
 
-@pytest.mark.parametrize("n", [1, 63, 64, 65, 200])
-@pytest.mark.parametrize("d", [32, 64])
+# Head dims that are no power of two (40: 64-wide feature tiles; 72, the released diffusers
+# Latte's: 128-wide) run with the lanes past D masked; fewer lengths, their tiles cost more here.
+SIZES = [(n, d) for d in (32, 64) for n in (1, 63, 64, 65, 200)] + [
+    (n, d) for d in (40, 72) for n in (1, 65, 200)
+]
+
+
+@pytest.mark.parametrize("n,d", SIZES)
 def test_forward_backward_sizes(n, d):
     dtype = torch.float16 if (n + d) % 2 else torch.float32
     check_sla(*make_inputs(1, 2, n, d, dtype, DEVICE, seed=n + d), opts())
 
 
 @pytest.mark.parametrize("tma", [True, False])
-def test_wide_head_tiles(tma):
+@pytest.mark.parametrize("d", [128, 72])
+def test_wide_head_tiles(tma, d):
     """D = 128 with 128-row query blocks takes other tiles (`triton.tiles.tiles`): the forward
     on 128-row tiles with pointer loads, 64-row ones with TMA; the key side's linear share on
-    32-row tiles, two per 64-row key block."""
+    32-row tiles, two per 64-row key block. D = 72 takes the same 128-wide tiles, its lanes past
+    72 read as 0 through TMA descriptors (which fill what lies outside the tensor) or through
+    masked pointer loads; the forward's linear epilogue skips the last 32-column chunk."""
     check_sla(
-        *make_inputs(1, 2, 200, 128, torch.float32, DEVICE, seed=3),
+        *make_inputs(1, 2, 200, d, torch.float32, DEVICE, seed=3),
         opts(critical=0.25, negligible=0.25, block_q=128, block_k=64),
         policy=LaunchPolicy(tma=tma),
     )
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="fp32 stands in for bf16 only in the interpreter")
-@pytest.mark.parametrize("d,block_q", [(32, 32), (128, 128)])
+@pytest.mark.parametrize("d,block_q", [(32, 32), (128, 128), (72, 128)])
 def test_bf16_pair_path(monkeypatch, exact_products, d, block_q):
     """bf16 inputs take H_i and dH^(j) as (hi, lo) bf16 pairs in the backward
     (`launchers.bf16_pairs`). The interpreter cannot run bf16 products, so fp32 inputs take
@@ -129,8 +138,12 @@ def test_linear_scopes(scope, dtype):
 
 
 @pytest.mark.parametrize("feature", ["elu", "relu"])
-def test_feature_maps(feature):
-    check_sla(*make_inputs(1, 2, 90, 32, torch.float32, DEVICE, seed=2), opts(feature_map=feature))
+@pytest.mark.parametrize("d", [32, 40])
+def test_feature_maps(feature, d):
+    """With D = 40 on 64-wide tiles: elu's phi is 1 on the 24 padding lanes, which must meet
+    only zeros (the padding lanes of H, Z, dH, dZ: never stored, loaded as 0). The softmax's
+    exclusion of those lanes is checked by the tests above."""
+    check_sla(*make_inputs(1, 2, 90, d, torch.float32, DEVICE, seed=2), opts(feature_map=feature))
 
 
 @pytest.mark.parametrize(
@@ -173,9 +186,10 @@ def test_nan_input_gives_nan_output():
     assert out.isnan().any()
 
 
-def test_triton_refuses_what_it_cannot_run():
-    q = torch.randn(1, 1, 40, 48, device=DEVICE, dtype=torch.float16)
-    with pytest.raises(ValueError, match="head dims"):
+@pytest.mark.parametrize("d", [44, 136])
+def test_triton_refuses_what_it_cannot_run(d):
+    q = torch.randn(1, 1, 40, d, device=DEVICE, dtype=torch.float16)
+    with pytest.raises(ValueError, match=f"multiples of 8 up to 128, got D={d}"):
         sparse_linear_attention(q, q, q, config=SLAConfig(block_q=16, block_k=16), policy=TRITON)
     q = torch.randn(1, 1, 40, 32, device=DEVICE, dtype=torch.float64)
     with pytest.raises(ValueError, match="dtypes"):

@@ -135,7 +135,7 @@ def sparse_linear_attention(
         policy: how to launch (`LaunchPolicy()` if None). Its `kernels` picks the kernel family:
             "auto" (the fused Triton kernels where they apply, else "torch"), "triton" (CUDA, or
             the CPU under TRITON_INTERPRET=1; bf16, fp16, or fp32 with exact fp32 products; head
-            dims 16, 32, 64, 128; an error elsewhere), "torch" (block-sparse PyTorch ops: only
+            dims that are multiples of 8 up to 128; an error elsewhere), "torch" (block-sparse PyTorch ops: only
             the critical blocks and per-block linear sums; any float dtype and device) or
             "reference" (plain PyTorch with N x N matrices, the executable spec).
 

@@ -25,9 +25,11 @@ from ..triton_interpreter import triton_interpreting
 # any float dtype, head dim and device.
 KERNELS = ("auto", "hopper", "triton", "torch", "reference")
 
-# What the Triton kernels serve.
+# What the Triton kernels serve. Head dims that are no power of two run on tiles of the next
+# power of two, the lanes past D masked (`triton/kernels_common.py`); multiples of 8, so that
+# rows of 16-bit values start on 16-byte boundaries (vector loads, TMA tensor descriptors).
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-TRITON_HEAD_DIMS = (16, 32, 64, 128)
+TRITON_HEAD_DIMS = tuple(range(8, 129, 8))
 
 # What the Hopper family serves besides that: half precision, and (block_q, block_k) that
 # FlashAttention-4's SM90 kernels tile exactly; its backward only 128 x 128 blocks.
@@ -120,7 +122,7 @@ def _triton_problem(q: torch.Tensor, forced: bool) -> str | None:
     if q.dtype not in TRITON_DTYPES:
         return f"supports dtypes {TRITON_DTYPES}, got {q.dtype}"
     if q.shape[-1] not in TRITON_HEAD_DIMS:
-        return f"supports head dims {TRITON_HEAD_DIMS}, got D={q.shape[-1]}"
+        return f"supports head dims that are multiples of 8 up to 128, got D={q.shape[-1]}"
     return None
 
 

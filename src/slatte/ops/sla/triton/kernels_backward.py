@@ -16,7 +16,12 @@ from .kernels_common import (
     feature_map_grad,
     load_block,
     load_rows,
+    load_tile,
+    load_vector,
     round_tf32,
+    rows_mask,
+    store_tile,
+    store_vector,
 )
 
 
@@ -56,6 +61,7 @@ def sla_bwd_dq_kernel(
     qk_scale,
     sm_scale,
     D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     LUT_BLOCK_Q: tl.constexpr,
@@ -89,21 +95,22 @@ def sla_bwd_dq_kernel(
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D)
+    offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_m < N
     rows = bh * N + offs_m
-    q = load_rows(Q + b * stride_qb + h * stride_qh, offs_m, stride_qn, offs_d, row_ok)
-    do = load_rows(DO, rows, D, offs_d, row_ok)
+    q = load_rows(Q + b * stride_qb + h * stride_qh, offs_m, stride_qn, offs_d, row_ok, D)
+    do = load_rows(DO, rows, D, offs_d, row_ok, D)
     lse = tl.load(LSE + rows, mask=row_ok, other=0.0)
     delta_s = tl.load(DELTA_S + rows, mask=row_ok, other=0.0)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
     dq_ptrs = DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqn + offs_d[None, :]
+    dq_ok = rows_mask(row_ok[:, None], offs_d, D)
     if SPARSE_DONE:
         # Another kernel family (`ops/sla/hopper`) wrote the sparse branch's dq into DQ.
-        dq = tl.load(dq_ptrs, mask=row_ok[:, None], other=0.0).to(tl.float32)
+        dq = tl.load(dq_ptrs, mask=dq_ok, other=0.0).to(tl.float32)
     else:
-        dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+        dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         for t in range(N_CRIT):
             block = tl.load(CRIT_LUT + q_block * N_CRIT + t)
             for sub in tl.static_range(LUT_BLOCK_K // BLOCK_N):
@@ -111,10 +118,10 @@ def sla_bwd_dq_kernel(
                 offs_k = first + offs_n
                 col_ok = offs_k < N
                 k = load_block(
-                    K_TMA, k_base, b, h, first, offs_k, stride_kn, offs_d, col_ok, KV_TMA
+                    K_TMA, k_base, b, h, first, offs_k, stride_kn, offs_d, col_ok, D, KV_TMA
                 )
                 v = load_block(
-                    V_TMA, v_base, b, h, first, offs_k, stride_vn, offs_d, col_ok, KV_TMA
+                    V_TMA, v_base, b, h, first, offs_k, stride_vn, offs_d, col_ok, D, KV_TMA
                 )
                 s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
                 p = tl.where(col_ok[None, :], tl.math.exp2(s - lse[:, None]), 0.0)
@@ -124,32 +131,32 @@ def sla_bwd_dq_kernel(
         dq = dq * sm_scale
 
     if LINEAR:
-        do_l = load_rows(DO_L, rows, D, offs_d, row_ok)
+        do_l = load_rows(DO_L, rows, D, offs_d, row_ok, D)
         den = tl.load(DEN + rows, mask=row_ok, other=1.0)
         offs_h = q_block * D * D + offs_d[:, None] * D + offs_d[None, :]
-        z_i = tl.load(ZBLK + q_block * D + offs_d)
+        z_i = load_vector(ZBLK + q_block * D + offs_d, offs_d, D, BLOCK_D)
         if PAIR:  # H_i as a bf16 pair: exact products with the bf16 dO_l
-            g = tl.dot(do_l, tl.trans(tl.load(HBLK + offs_h)))
-            g = tl.dot(do_l, tl.trans(tl.load(HBLK_LO + offs_h)), g)
+            g = tl.dot(do_l, tl.trans(load_tile(HBLK + offs_h, offs_d, offs_d, D, BLOCK_D)))
+            g = tl.dot(do_l, tl.trans(load_tile(HBLK_LO + offs_h, offs_d, offs_d, D, BLOCK_D)), g)
         else:
             g = dot_exact_b(
-                do_l.to(tl.float32), tl.trans(tl.load(HBLK + offs_h)),
-                tl.zeros([BLOCK_M, D], dtype=tl.float32), SPLIT, DOT_PREC,
+                do_l.to(tl.float32), tl.trans(load_tile(HBLK + offs_h, offs_d, offs_d, D, BLOCK_D)),
+                tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32), SPLIT, DOT_PREC,
             )  # fmt: skip
         q32 = q.to(tl.float32)
-        fq = feature_map(q32, FEATURE)
+        fq = feature_map(q32, FEATURE, D)
         # phi(q) as the forward rounded it (its den was built from this one).
         delta_l = tl.sum(fq.to(q.dtype).to(tl.float32) * g, 1) / den
         tl.store(DELTA_L + rows, delta_l, mask=row_ok)
         dfq = (g - delta_l[:, None] * z_i[None, :]) / den[:, None]
         dq += feature_map_grad(q32, fq, dfq, FEATURE)
 
-    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=dq_ok)
 
 
 @triton.jit
 def key_linear_share(
-    k, v, col_ok, DHBLK, DHBLK_LO, DZBLK, k_block, offs_d, sm_scale,
+    k, v, col_ok, DHBLK, DHBLK_LO, DZBLK, k_block, offs_d, sm_scale, D: tl.constexpr,
     FEATURE: tl.constexpr, DOT_PREC: tl.constexpr, SPLIT: tl.constexpr, PAIR: tl.constexpr,
 ):  # fmt: skip
     """The linear branch's share of (dk, dv) for the key rows k, v (rows not `col_ok` are
@@ -160,10 +167,10 @@ def key_linear_share(
     products are exact in fp32.
     """
     k32 = k.to(tl.float32)
-    fk = tl.where(col_ok[:, None], feature_map(k32, FEATURE), 0.0)
-    d = offs_d.shape[0]
-    offs_dh = k_block * d * d + offs_d[:, None] * d + offs_d[None, :]
-    dz = tl.load(DZBLK + k_block * d + offs_d)
+    fk = tl.where(col_ok[:, None], feature_map(k32, FEATURE, D), 0.0)
+    block_d: tl.constexpr = offs_d.shape[0]
+    offs_dh = k_block * D * D + offs_d[:, None] * D + offs_d[None, :]
+    dz = load_vector(DZBLK + k_block * D + offs_d, offs_d, D, block_d)
     # dH unrounded in both products: v dH^T and dZ cancel where the query rows' O_l is close
     # to v, and dv = phi(k) dH sums same-signed terms (relu / softmax features), where the
     # one-sided error of dH truncated by the tensor cores adds up.
@@ -171,14 +178,14 @@ def key_linear_share(
     # phi(k) rounded as in the forward's sums (exact in tf32 and in bf16).
     fk_r = fk.to(k.dtype)
     if PAIR:
-        dh_hi = tl.load(DHBLK + offs_dh)
-        dh_lo = tl.load(DHBLK_LO + offs_dh)
+        dh_hi = load_tile(DHBLK + offs_dh, offs_d, offs_d, D, block_d)
+        dh_lo = load_tile(DHBLK_LO + offs_dh, offs_d, offs_d, D, block_d)
         dfk = tl.dot(v, tl.trans(dh_hi), dz_rows)
         dfk = tl.dot(v, tl.trans(dh_lo), dfk)
         dv = tl.dot(fk_r, dh_hi)
         dv = tl.dot(fk_r, dh_lo, dv)
     else:
-        dh = tl.load(DHBLK + offs_dh)
+        dh = load_tile(DHBLK + offs_dh, offs_d, offs_d, D, block_d)
         dfk = dot_exact_b(v.to(tl.float32), tl.trans(dh), dz_rows, SPLIT, DOT_PREC)
         dv = dot_exact_b(
             fk_r.to(tl.float32), dh, tl.zeros(k.shape, dtype=tl.float32), SPLIT, DOT_PREC
@@ -224,6 +231,7 @@ def sla_bwd_dkdv_kernel(
     qk_scale,
     sm_scale,
     D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     LUT_BLOCK_Q: tl.constexpr,
@@ -258,22 +266,22 @@ def sla_bwd_dkdv_kernel(
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D)
+    offs_d = tl.arange(0, BLOCK_D)
     col_ok = offs_n < N
-    k = load_rows(K + b * stride_kb + h * stride_kh, offs_n, stride_kn, offs_d, col_ok)
-    v = load_rows(V + b * stride_vb + h * stride_vh, offs_n, stride_vn, offs_d, col_ok)
+    k = load_rows(K + b * stride_kb + h * stride_kh, offs_n, stride_kn, offs_d, col_ok, D)
+    v = load_rows(V + b * stride_vb + h * stride_vh, offs_n, stride_vn, offs_d, col_ok, D)
     q_base = Q + b * stride_qb + h * stride_qh
     if LINEAR and LIN_PROLOGUE:
         dk, dv = key_linear_share(
-            k, v, col_ok, DHBLK, DHBLK_LO, DZBLK, k_block, offs_d, sm_scale, FEATURE, DOT_PREC,
-            SPLIT, PAIR,
+            k, v, col_ok, DHBLK, DHBLK_LO, DZBLK, k_block, offs_d, sm_scale, D, FEATURE,
+            DOT_PREC, SPLIT, PAIR,
         )  # fmt: skip
     elif LINEAR:
-        dk = load_rows(DK_LIN + bh * N * D, offs_n, D, offs_d, col_ok)
-        dv = load_rows(DV_LIN + bh * N * D, offs_n, D, offs_d, col_ok)
+        dk = load_rows(DK_LIN + bh * N * D, offs_n, D, offs_d, col_ok, D)
+        dv = load_rows(DV_LIN + bh * N * D, offs_n, D, offs_d, col_ok, D)
     else:
-        dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
-        dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+        dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     if not SPARSE_DONE:
         start = tl.load(CRIT_STARTS + k_block + bh)
         end = tl.load(CRIT_STARTS + k_block + bh + 1)
@@ -283,8 +291,8 @@ def sla_bwd_dkdv_kernel(
                 offs_q = block * LUT_BLOCK_Q + sub * BLOCK_M + offs_m
                 row_ok = offs_q < N
                 rows = bh * N + offs_q
-                q = load_rows(q_base, offs_q, stride_qn, offs_d, row_ok)
-                do = load_rows(DO, rows, D, offs_d, row_ok)
+                q = load_rows(q_base, offs_q, stride_qn, offs_d, row_ok, D)
+                do = load_rows(DO, rows, D, offs_d, row_ok, D)
                 lse = tl.load(LSE + rows, mask=row_ok, other=float("inf"))
                 delta_s = tl.load(DELTA_S + rows, mask=row_ok, other=0.0)
                 s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale
@@ -296,11 +304,12 @@ def sla_bwd_dkdv_kernel(
     dk = dk * sm_scale
     dk_ptrs = DK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :]
     dv_ptrs = DV + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :]
+    kv_ok = rows_mask(col_ok[:, None], offs_d, D)
     if SPARSE_DONE:  # the sparse branch's dk, dv, written by another kernel family
-        dk += tl.load(dk_ptrs, mask=col_ok[:, None], other=0.0).to(tl.float32)
-        dv += tl.load(dv_ptrs, mask=col_ok[:, None], other=0.0).to(tl.float32)
-    tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=col_ok[:, None])
-    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
+        dk += tl.load(dk_ptrs, mask=kv_ok, other=0.0).to(tl.float32)
+        dv += tl.load(dv_ptrs, mask=kv_ok, other=0.0).to(tl.float32)
+    tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=kv_ok)
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=kv_ok)
 
 
 @triton.jit(do_not_specialize=["N"])
@@ -322,6 +331,7 @@ def sla_bwd_key_linear_kernel(
     N,
     sm_scale,
     D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     LUT_BLOCK_K: tl.constexpr,
     FEATURE: tl.constexpr,
@@ -338,17 +348,17 @@ def sla_bwd_key_linear_kernel(
     h = bh % H
     k_block = bh * tl.cdiv(N, LUT_BLOCK_K) + (pid_n * BLOCK_N) // LUT_BLOCK_K
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D)
+    offs_d = tl.arange(0, BLOCK_D)
     col_ok = offs_n < N
-    k = load_rows(K + b * stride_kb + h * stride_kh, offs_n, stride_kn, offs_d, col_ok)
-    v = load_rows(V + b * stride_vb + h * stride_vh, offs_n, stride_vn, offs_d, col_ok)
+    k = load_rows(K + b * stride_kb + h * stride_kh, offs_n, stride_kn, offs_d, col_ok, D)
+    v = load_rows(V + b * stride_vb + h * stride_vh, offs_n, stride_vn, offs_d, col_ok, D)
     dk, dv = key_linear_share(
-        k, v, col_ok, DHBLK, DHBLK_LO, DZBLK, k_block, offs_d, sm_scale, FEATURE, DOT_PREC, SPLIT,
-        PAIR,
+        k, v, col_ok, DHBLK, DHBLK_LO, DZBLK, k_block, offs_d, sm_scale, D, FEATURE, DOT_PREC,
+        SPLIT, PAIR,
     )  # fmt: skip
     lin = (bh * N + offs_n)[:, None] * D + offs_d[None, :]
-    tl.store(DK_LIN + lin, dk, mask=col_ok[:, None])
-    tl.store(DV_LIN + lin, dv, mask=col_ok[:, None])
+    tl.store(DK_LIN + lin, dk, mask=rows_mask(col_ok[:, None], offs_d, D))
+    tl.store(DV_LIN + lin, dv, mask=rows_mask(col_ok[:, None], offs_d, D))
 
 
 @triton.jit(do_not_specialize=["N"])
@@ -364,6 +374,7 @@ def sla_bwd_preprocess_kernel(
     H,
     N,
     D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     LINEAR: tl.constexpr,
@@ -385,11 +396,11 @@ def sla_bwd_preprocess_kernel(
     """
     chunk = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
-    offs_d = tl.arange(0, D)
-    dw = tl.zeros([D, D], dtype=tl.float32)
-    db = tl.zeros([D], dtype=tl.float32)
+    offs_d = tl.arange(0, BLOCK_D)
+    dw = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)
+    db = tl.zeros([BLOCK_D], dtype=tl.float32)
     if LINEAR:
-        w = tl.load(W + offs_d[:, None] * D + offs_d[None, :])
+        w = load_tile(W + offs_d[:, None] * D + offs_d[None, :], offs_d, offs_d, D, BLOCK_D)
         if PAIR:
             w_hi, w_lo = bf16_pair(w)
             w_hi, w_lo = w_hi.to(DO.dtype.element_ty), w_lo.to(DO.dtype.element_ty)
@@ -401,15 +412,16 @@ def sla_bwd_preprocess_kernel(
         row_ok = offs_m < N
         rows = bh * N + offs_m
         ptrs = rows[:, None] * D + offs_d[None, :]
-        do = tl.load(DO + ptrs, mask=row_ok[:, None], other=0.0)
-        o_s = tl.load(O_S + ptrs, mask=row_ok[:, None], other=0.0)
+        ok = rows_mask(row_ok[:, None], offs_d, D)
+        do = tl.load(DO + ptrs, mask=ok, other=0.0)
+        o_s = tl.load(O_S + ptrs, mask=ok, other=0.0)
         do32 = do.to(tl.float32)
         tl.store(DELTA_S + rows, tl.sum(do32 * o_s.to(tl.float32), 1), mask=row_ok)
         if HAS_BIAS:
             db += tl.sum(do32, 0)
         if LINEAR:
             # proj(o_l) = o_l W^T, W (out, in): dO_l = dO W, dW = dO^T O_l.
-            o_l = tl.load(O_L + ptrs, mask=row_ok[:, None], other=0.0)
+            o_l = tl.load(O_L + ptrs, mask=ok, other=0.0)
             if PAIR:
                 do_l = tl.dot(do, w_hi, input_precision=DOT_PREC)
                 do_l = tl.dot(do, w_lo, do_l, input_precision=DOT_PREC)
@@ -419,9 +431,10 @@ def sla_bwd_preprocess_kernel(
             else:
                 do_l = tl.dot(do32, w, input_precision=DOT_PREC)
                 dw = tl.dot(tl.trans(do32), o_l, dw, input_precision=W_PREC)
-            tl.store(DO_L + ptrs, do_l.to(DO_L.dtype.element_ty), mask=row_ok[:, None])
+            tl.store(DO_L + ptrs, do_l.to(DO_L.dtype.element_ty), mask=ok)
     part = bh * tl.num_programs(0) + chunk
     if LINEAR:
-        tl.store(DW_PART + part * D * D + offs_d[:, None] * D + offs_d[None, :], dw)
+        dw_ptrs = DW_PART + part * D * D + offs_d[:, None] * D + offs_d[None, :]
+        store_tile(dw_ptrs, dw, offs_d, offs_d, D, BLOCK_D)
     if HAS_BIAS:
-        tl.store(DB_PART + part * D + offs_d, db)
+        store_vector(DB_PART + part * D + offs_d, db, offs_d, D, BLOCK_D)

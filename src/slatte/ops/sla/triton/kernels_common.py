@@ -1,5 +1,14 @@
 """Triton helpers shared by the SLA forward and backward kernels: the feature maps and the
-per-(head, row-chunk) outer-product sums that pre-aggregate the linear branch."""
+per-(head, row-chunk) outer-product sums that pre-aggregate the linear branch.
+
+Head dims. The attention kernels take the head dim D and the width BLOCK_D of their feature
+tiles (`tiles.feature_tile`: a power of two, as `tl.arange` needs, and at least 16, as `tl.dot`
+needs). Where D < BLOCK_D the lanes past D are padding that lives only in registers: loads give
+them 0 (masked pointer loads; TMA copies fill what lies outside the tensor with 0), stores skip
+them, and the softmax feature map leaves them out of its sum, so they add exactly nothing to any
+real lane (see `feature_map` for the elementwise maps). No tensor is padded in memory. Where
+D == BLOCK_D (every power-of-two D from 16) the masks are left out at compile time (constexpr
+tests), so those head dims compile to the same code as before padding existed."""
 
 from __future__ import annotations
 
@@ -11,9 +20,15 @@ FEATURE_CODES = {"softmax": 0, "elu": 1, "relu": 2}
 
 
 @triton.jit
-def feature_map(x, FEATURE: tl.constexpr):
-    """phi of an fp32 tile, row-wise: 0 softmax over the last axis, 1 elu + 1, 2 relu."""
+def feature_map(x, FEATURE: tl.constexpr, D: tl.constexpr):
+    """phi of an fp32 tile, row-wise: 0 softmax over the last axis, 1 elu + 1, 2 relu.
+    Lanes of the last axis past D (padding, loaded as 0) are left out of the softmax's sum
+    (exp(0) there would take a share of every real lane) and give 0. The elementwise maps need
+    no mask: a padding lane of phi (elu: exp(0) = 1) only ever multiplies padding lanes of
+    H, Z, dH or dZ, which are never stored and load as 0."""
     if FEATURE == 0:
+        if x.shape[1] != D:
+            x = tl.where(tl.arange(0, x.shape[1])[None, :] < D, x, float("-inf"))
         e = tl.exp(x - tl.max(x, 1)[:, None])
         y = e / tl.sum(e, 1)[:, None]
     elif FEATURE == 1:
@@ -25,7 +40,8 @@ def feature_map(x, FEATURE: tl.constexpr):
 
 @triton.jit
 def feature_map_grad(x, y, dy, FEATURE: tl.constexpr):
-    """d(loss)/dx from x, y = phi(x) and dy = d(loss)/dy, all fp32 tiles."""
+    """d(loss)/dx from x, y = phi(x) and dy = d(loss)/dy, all fp32 tiles (padding lanes, where
+    dy is 0, give 0)."""
     if FEATURE == 0:
         dx = y * (dy - tl.sum(dy * y, 1)[:, None])
     elif FEATURE == 1:
@@ -36,21 +52,86 @@ def feature_map_grad(x, y, dy, FEATURE: tl.constexpr):
 
 
 @triton.jit
-def load_rows(base, rows, stride_n, offs_d, ok):
-    """The (len(rows), D) tile of rows `rows` at `base` (row stride `stride_n`, feature dim
-    contiguous); rows where `ok` is false read as 0."""
-    return tl.load(base + rows[:, None] * stride_n + offs_d[None, :], mask=ok[:, None], other=0.0)
+def rows_mask(ok, offs_d, D: tl.constexpr):
+    """The mask of a (len(ok), len(offs_d)) tile from `ok` (a column: the rows to touch): also
+    lanes below D, unless D is a multiple of the tile's width (then no tile has lanes past D and
+    the mask is `ok` itself)."""
+    width: tl.constexpr = offs_d.shape[0]
+    # (D % width, but the interpreter's D is an int and width a constexpr, which has no __rmod__)
+    whole: tl.constexpr = D // width * width == D
+    mask = ok if whole else ok & (offs_d[None, :] < D)
+    return mask
 
 
 @triton.jit
-def load_block(src, base, b, h, first, rows, stride_n, offs_d, ok, TMA: tl.constexpr):
+def load_rows(base, rows, stride_n, offs_d, ok, D: tl.constexpr):
+    """The (len(rows), len(offs_d)) tile of rows `rows` at `base` (row stride `stride_n`,
+    feature dim contiguous); rows where `ok` is false and lanes past D read as 0."""
+    return tl.load(
+        base + rows[:, None] * stride_n + offs_d[None, :],
+        mask=rows_mask(ok[:, None], offs_d, D),
+        other=0.0,
+    )
+
+
+@triton.jit
+def store_rows(base, rows, stride_n, offs_d, ok, x, D: tl.constexpr):
+    """`load_rows`'s counterpart: x stored in base's dtype, rows not `ok` and lanes past D
+    left alone."""
+    tl.store(
+        base + rows[:, None] * stride_n + offs_d[None, :],
+        x.to(base.dtype.element_ty),
+        mask=rows_mask(ok[:, None], offs_d, D),
+    )
+
+
+@triton.jit
+def load_tile(ptrs, offs_r, offs_c, D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """`tl.load(ptrs)` of the tile at rows offs_r, columns offs_c of a D x D matrix, 0 past D
+    (feature tiles BLOCK_D wide)."""
+    if D == BLOCK_D:
+        x = tl.load(ptrs)
+    else:
+        x = tl.load(ptrs, mask=(offs_r[:, None] < D) & (offs_c[None, :] < D), other=0.0)
+    return x
+
+
+@triton.jit
+def store_tile(ptrs, x, offs_r, offs_c, D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """`load_tile`'s counterpart: padding lanes left alone."""
+    if D == BLOCK_D:
+        tl.store(ptrs, x)
+    else:
+        tl.store(ptrs, x, mask=(offs_r[:, None] < D) & (offs_c[None, :] < D))
+
+
+@triton.jit
+def load_vector(ptrs, offs_d, D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """`tl.load(ptrs)` of a D-vector on a BLOCK_D-wide tile (lanes offs_d), 0 past D."""
+    x = tl.load(ptrs) if D == BLOCK_D else tl.load(ptrs, mask=offs_d < D, other=0.0)
+    return x
+
+
+@triton.jit
+def store_vector(ptrs, x, offs_d, D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """`load_vector`'s counterpart."""
+    if D == BLOCK_D:
+        tl.store(ptrs, x)
+    else:
+        tl.store(ptrs, x, mask=offs_d < D)
+
+
+@triton.jit
+def load_block(src, base, b, h, first, rows, stride_n, offs_d, ok, D: tl.constexpr,
+               TMA: tl.constexpr):  # fmt: skip
     """Rows [first, first + len(rows)) of head (b, h): with TMA, one bulk copy through the
-    tensor descriptor `src` over (B, H, N, D) (rows past N read as 0); else `load_rows` from
-    `base`, that head's first row."""
+    tensor descriptor `src` over (B, H, N, D) (rows past N and lanes past D read as 0: the
+    copy engine fills what lies outside the tensor); else `load_rows` from `base`, that head's
+    first row."""
     if TMA:
         tile = src.load([b.to(tl.int32), h.to(tl.int32), first, 0])
         return tl.reshape(tile, (tile.shape[2], tile.shape[3]))
-    return load_rows(base, rows, stride_n, offs_d, ok)
+    return load_rows(base, rows, stride_n, offs_d, ok, D)
 
 
 @triton.jit
@@ -114,6 +195,7 @@ def block_outer_kernel(
     H,
     N,
     D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK_R: tl.constexpr,
     FEATURE: tl.constexpr,
@@ -141,24 +223,20 @@ def block_outer_kernel(
     b = bh // H
     h = bh % H
     offs_r = tl.arange(0, BLOCK_R)
-    offs_d = tl.arange(0, D)
+    offs_d = tl.arange(0, BLOCK_D)
     x_base = X + b * stride_xb + h * stride_xh
     y_base = Y + b * stride_yb + h * stride_yh
-    acc_h = tl.zeros([D, D], dtype=tl.float32)
-    acc_z = tl.zeros([D], dtype=tl.float32)
+    acc_h = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)
+    acc_z = tl.zeros([BLOCK_D], dtype=tl.float32)
     for r0 in tl.static_range(0, ROWS, BLOCK_R):
         rows = blk * ROWS + r0 + offs_r
         row_ok = rows < N
-        x = tl.load(
-            x_base + rows[:, None] * stride_xn + offs_d[None, :], mask=row_ok[:, None], other=0.0
-        )
-        u = tl.where(row_ok[:, None], feature_map(x.to(tl.float32), FEATURE), 0.0)
+        x = load_rows(x_base, rows, stride_xn, offs_d, row_ok, D)
+        u = tl.where(row_ok[:, None], feature_map(x.to(tl.float32), FEATURE, D), 0.0)
         # Rounded as the activations are, so that both sums (and the forward's phi(q)) see the
         # same phi: with a small denominator (relu) a mismatch between them is amplified.
         u = u.to(X.dtype.element_ty).to(tl.float32)
-        y = tl.load(
-            y_base + rows[:, None] * stride_yn + offs_d[None, :], mask=row_ok[:, None], other=0.0
-        )
+        y = load_rows(y_base, rows, stride_yn, offs_d, row_ok, D)
         if HAS_DEN:
             den = tl.load(DEN + bh * N + rows, mask=row_ok, other=1.0)
             # u = phi / den is no activation value: rounded once to what the tensor cores take,
@@ -187,11 +265,11 @@ def block_outer_kernel(
     offs_h = part * D * D + offs_d[:, None] * D + offs_d[None, :]
     if SPLIT:
         hi, lo = bf16_pair(acc_h)
-        tl.store(HBLK + offs_h, hi.to(HBLK.dtype.element_ty))
-        tl.store(HBLK_LO + offs_h, lo.to(HBLK.dtype.element_ty))
+        store_tile(HBLK + offs_h, hi.to(HBLK.dtype.element_ty), offs_d, offs_d, D, BLOCK_D)
+        store_tile(HBLK_LO + offs_h, lo.to(HBLK.dtype.element_ty), offs_d, offs_d, D, BLOCK_D)
     else:
-        tl.store(HBLK + offs_h, acc_h.to(HBLK.dtype.element_ty))
-    tl.store(ZBLK + part * D + offs_d, acc_z)
+        store_tile(HBLK + offs_h, acc_h.to(HBLK.dtype.element_ty), offs_d, offs_d, D, BLOCK_D)
+    store_vector(ZBLK + part * D + offs_d, acc_z, offs_d, D, BLOCK_D)
 
 
 @triton.jit
@@ -199,13 +277,14 @@ def _load_x_tile(
     X, X_TMA, bh, c0, cols_c, pid_col, offs_col, C, COLS: tl.constexpr, TMA: tl.constexpr
 ):
     """The (len(cols_c), len(offs_col)) tile of X (B*H, C, COLS) at rows c0.. of head bh, rows
-    past C as 0: one bulk copy through the descriptor X_TMA with TMA, else pointer loads."""
+    past C and columns past COLS as 0: one bulk copy through the descriptor X_TMA with TMA,
+    else pointer loads."""
     if TMA:
         tile = X_TMA.load([bh.to(tl.int32), c0, pid_col * offs_col.shape[0]])
         return tl.reshape(tile, (tile.shape[1], tile.shape[2]))
     return tl.load(
         X + (bh * C + cols_c[:, None]) * COLS + offs_col[None, :],
-        mask=cols_c[:, None] < C,
+        mask=rows_mask(cols_c[:, None] < C, offs_col, COLS),
         other=0.0,
     )
 
@@ -238,7 +317,8 @@ def mask_gemm_kernel(
     dtype; PAIR_OUT: as a bf16 pair OUT + OUT_LO, within 2^-17 of the fp32 sum, for products on
     bf16 tensor cores), S the linear branch's selection from the block map codes: SCOPE 0
     "marginal" (code 0), 1 "noncritical" (codes 0, -1), 2 "all".
-    Grid: (cdiv(R, BLOCK_R), COLS / BLOCK_COLS, B*H).
+    Grid: (cdiv(R, BLOCK_R), cdiv(COLS, BLOCK_COLS), B*H); columns are masked only where
+    BLOCK_COLS does not divide COLS (D x D sums of a head dim that is no power of two).
 
     Forward: rows = query blocks, c = key blocks, X = h_j flattened (D*D): the H_i of every query
     block as one dense GEMM with a 0/1 matrix read straight from the map. Backward: the same with
@@ -278,7 +358,9 @@ def mask_gemm_kernel(
     offs_out = (bh * R + offs_r[:, None]) * COLS + offs_col[None, :]
     if PAIR_OUT:
         hi, lo = bf16_pair(acc)
-        tl.store(OUT + offs_out, hi.to(OUT.dtype.element_ty), mask=offs_r[:, None] < R)
-        tl.store(OUT_LO + offs_out, lo.to(OUT_LO.dtype.element_ty), mask=offs_r[:, None] < R)
+        out_ok = rows_mask(offs_r[:, None] < R, offs_col, COLS)
+        tl.store(OUT + offs_out, hi.to(OUT.dtype.element_ty), mask=out_ok)
+        tl.store(OUT_LO + offs_out, lo.to(OUT_LO.dtype.element_ty), mask=out_ok)
     else:
-        tl.store(OUT + offs_out, acc.to(OUT.dtype.element_ty), mask=offs_r[:, None] < R)
+        out_ok = rows_mask(offs_r[:, None] < R, offs_col, COLS)
+        tl.store(OUT + offs_out, acc.to(OUT.dtype.element_ty), mask=out_ok)

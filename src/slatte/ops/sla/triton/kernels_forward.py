@@ -6,7 +6,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .kernels_common import feature_map, load_block, load_rows, round_tf32
+from .kernels_common import (
+    feature_map,
+    load_block,
+    load_rows,
+    load_tile,
+    load_vector,
+    round_tf32,
+    store_rows,
+)
 
 LOG2E = 1.4426950408889634
 
@@ -47,6 +55,7 @@ def sla_fwd_kernel(
     qk_scale,
     eps,
     D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     LUT_BLOCK_Q: tl.constexpr,
@@ -70,8 +79,9 @@ def sla_fwd_kernel(
     (phi(q) Z_i + eps) with H_i (D x D) and Z_i (D) of this query block pre-summed over S(i)
     (HBLK, ZBLK: `mask_gemm_kernel`); an empty S(i) gives H_i = Z_i = 0, hence O_l = 0.
     H_PAIR (bf16, training): H_i is the bf16 pair HBLK + HBLK_LO of the backward's exact sum.
-    Output O = O_s + O_l W^T + bias, in one pass: no O(N^2) buffer. LIN_CHUNK (divides D):
-    columns of O_l per step of the linear epilogue.
+    Output O = O_s + O_l W^T + bias, in one pass: no O(N^2) buffer. LIN_CHUNK (a power of two
+    up to BLOCK_D): columns of O_l per step of the linear epilogue. BLOCK_D: the feature tiles'
+    width (`kernels_common`, head dims).
     SPARSE_DONE: the sparse branch ran in another kernel family, which wrote O_s into O_S
     (contiguous (B*H, N, D)); this kernel reads it, adds the linear branch and stores neither
     O_S nor LSE.
@@ -84,20 +94,20 @@ def sla_fwd_kernel(
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D)
+    offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_m < N
     rows = bh * N + offs_m  # (rows of the contiguous (B*H, N, ...) saved state)
-    q = load_rows(Q + b * stride_qb + h * stride_qh, offs_m, stride_qn, offs_d, row_ok)
+    q = load_rows(Q + b * stride_qb + h * stride_qh, offs_m, stride_qn, offs_d, row_ok, D)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
 
     if SPARSE_DONE:
         # Another kernel family (`ops/sla/hopper`) ran the sparse branch and wrote O_s.
-        o_s = load_rows(O_S, rows, D, offs_d, row_ok).to(tl.float32)
+        o_s = load_rows(O_S, rows, D, offs_d, row_ok, D).to(tl.float32)
     else:
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         for t in range(N_CRIT):
             block = tl.load(CRIT_LUT + q_block * N_CRIT + t)
             for sub in tl.static_range(LUT_BLOCK_K // BLOCK_N):
@@ -105,10 +115,10 @@ def sla_fwd_kernel(
                 offs_k = first + offs_n
                 col_ok = offs_k < N
                 k = load_block(
-                    K_TMA, k_base, b, h, first, offs_k, stride_kn, offs_d, col_ok, KV_TMA
+                    K_TMA, k_base, b, h, first, offs_k, stride_kn, offs_d, col_ok, D, KV_TMA
                 )
                 v = load_block(
-                    V_TMA, v_base, b, h, first, offs_k, stride_vn, offs_d, col_ok, KV_TMA
+                    V_TMA, v_base, b, h, first, offs_k, stride_vn, offs_d, col_ok, D, KV_TMA
                 )
                 s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
                 s = tl.where(col_ok[None, :], s, float("-inf"))
@@ -123,28 +133,29 @@ def sla_fwd_kernel(
     out = o_s
 
     if LINEAR:
-        z_i = tl.load(ZBLK + q_block * D + offs_d)
-        fq = feature_map(q.to(tl.float32), FEATURE).to(q.dtype)
+        z_i = load_vector(ZBLK + q_block * D + offs_d, offs_d, D, BLOCK_D)
+        fq = feature_map(q.to(tl.float32), FEATURE, D).to(q.dtype)
         den = tl.sum(fq.to(tl.float32) * z_i[None, :], 1) + eps
         # O_l and its projection LIN_CHUNK columns of O_l at a time: with all D = 128 columns of
         # H_i, its lo half and W at once, the training epilogue spills (far less in chunks).
-        for c in tl.static_range(D // LIN_CHUNK):
+        # Chunks that would hold only padding lanes are skipped.
+        for c in tl.static_range((D + LIN_CHUNK - 1) // LIN_CHUNK):
             offs_c = c * LIN_CHUNK + tl.arange(0, LIN_CHUNK)
             offs_h = q_block * D * D + offs_d[:, None] * D + offs_c[None, :]
-            h_i = tl.load(HBLK + offs_h)
+            h_i = load_tile(HBLK + offs_h, offs_d, offs_c, D, BLOCK_D)
             # W is (out, in): proj(o_l) = o_l W^T; these are the rows offs_c of W^T.
-            w_t = tl.load(W + offs_d[None, :] * D + offs_c[:, None])
+            w_t = load_tile(W + offs_d[None, :] * D + offs_c[:, None], offs_c, offs_d, D, BLOCK_D)
             if HBLK.dtype.element_ty == tl.bfloat16:
                 # bf16 activations: W rounded to bf16, H_i too (or an exact pair, H_PAIR), the
                 # products on bf16 tensor cores (fp32 operands here made the compiler spill).
                 o_l = tl.dot(fq, h_i)
                 if H_PAIR:
-                    o_l = tl.dot(fq, tl.load(HBLK_LO + offs_h), o_l)
+                    o_l = tl.dot(fq, load_tile(HBLK_LO + offs_h, offs_d, offs_c, D, BLOCK_D), o_l)
                 o_l = o_l / den[:, None]
                 out = tl.dot(o_l.to(tl.bfloat16), w_t.to(tl.bfloat16), out)
             else:
                 if H_PAIR:  # (under the interpreter the pair's halves are fp32 tensors)
-                    h_i += tl.load(HBLK_LO + offs_h)
+                    h_i += load_tile(HBLK_LO + offs_h, offs_d, offs_c, D, BLOCK_D)
                 if DOT_PREC == "tf32":
                     # fp32 operands rounded to nearest, not truncated by the tensor cores (a
                     # one-sided error that adds up over the D terms of a row; see `round_tf32`).
@@ -155,25 +166,14 @@ def sla_fwd_kernel(
                 else:
                     out = tl.dot(o_l, w_t, out, input_precision=DOT_PREC)
             if STORE_AUX:
-                tl.store(
-                    O_L + rows[:, None] * D + offs_c[None, :],
-                    o_l.to(O_L.dtype.element_ty),
-                    mask=row_ok[:, None],
-                )
+                store_rows(O_L, rows, D, offs_c, row_ok, o_l, D)
     if HAS_BIAS:
-        out += tl.load(BIAS + offs_d)[None, :]
-    tl.store(
-        OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :],
-        out.to(OUT.dtype.element_ty),
-        mask=row_ok[:, None],
-    )
+        out += load_vector(BIAS + offs_d, offs_d, D, BLOCK_D)[None, :]
+    o_base = OUT + b * stride_ob + h * stride_oh
+    store_rows(o_base, offs_m, stride_on, offs_d, row_ok, out, D)
     if STORE_AUX:
         if not SPARSE_DONE:
             tl.store(LSE + rows, m_i + tl.math.log2(l_i), mask=row_ok)
-            tl.store(
-                O_S + rows[:, None] * D + offs_d[None, :],
-                o_s.to(O_S.dtype.element_ty),
-                mask=row_ok[:, None],
-            )
+            store_rows(O_S, rows, D, offs_d, row_ok, o_s, D)
         if LINEAR:
             tl.store(DEN + rows, den, mask=row_ok)

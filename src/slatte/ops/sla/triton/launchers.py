@@ -28,7 +28,7 @@ from .kernels_backward import (
 from .kernels_common import FEATURE_CODES, block_outer_kernel, mask_gemm_kernel
 from .kernels_forward import LOG2E, sla_fwd_kernel
 from .launch import launch
-from .tiles import tiles
+from .tiles import feature_tile, tiles
 
 # Rows of one program of the backward's preprocessing: few partial dW sums to add up, enough
 # programs to fill the GPU.
@@ -157,9 +157,10 @@ def _block_outer(
     sums come as a (hi, lo) pair of bf16 values; with fp32 inputs in fp32. Otherwise in the
     activations' dtype. `pair` (bf16 activations, `bf16_pairs`): u / den as a bf16 pair.
 
-    At D >= 128 the forward's sums take 64-row steps with 8 warps, the exact ones 32-row steps
-    with 4 warps (the fastest on an H100)."""
+    At D > 64 the forward's sums take 64-row steps with 8 warps, the exact ones 32-row steps
+    with 4 warps (the fastest on an H100 at D = 128)."""
     b, h, n, d = x.shape
+    block_d = feature_tile(d)
     n_blocks = triton.cdiv(n, rows)
     split = exact and _dot_prec(x.dtype) == "tf32"
     exact_dtype = pair_dtype() if split else torch.float32
@@ -167,7 +168,7 @@ def _block_outer(
     hblk = _new(policy, x, (2 if split else 1, b * h, n_blocks, d, d), hdtype)
     zblk = _new(policy, x, (b * h, n_blocks, d), torch.float32)
     aux = empty_aux(x)
-    if d >= 128:
+    if block_d >= 128:
         block_r, warps = (32, 4) if exact else (64, 8)
     else:
         block_r, warps = 64, 4
@@ -176,7 +177,8 @@ def _block_outer(
         x, y, den if den is not None else aux, c if c is not None else aux,
         hblk[0], hblk[1] if split else aux, zblk,
         *_bh_strides(x), *_bh_strides(y), h, n,
-        D=d, ROWS=rows, BLOCK_R=min(rows, block_r), FEATURE=FEATURE_CODES[feature_map],
+        D=d, BLOCK_D=block_d, ROWS=rows, BLOCK_R=min(rows, block_r),
+        FEATURE=FEATURE_CODES[feature_map],
         HAS_DEN=den is not None, HAS_C=c is not None, DOT_PREC=_dot_prec(x.dtype), SPLIT=split,
         U_PAIR=pair and den is not None, num_warps=warps, num_stages=3,
     )  # fmt: skip
@@ -207,12 +209,15 @@ def _mask_gemm(
     # The forward's sum takes 256-wide column tiles on 8 warps, the backward's H sums (a split
     # pair) 128-row tiles, both with x through TMA where it applies. The backward's transposed
     # split sum keeps 64 x 128 tiles on 4 warps: 128-row tiles spill there, and 2 stages gave
-    # NaN sums with fp16 inputs at 75,600 tokens.
+    # NaN sums with fp16 inputs at 75,600 tokens. Column tiles are powers of two, at least 16
+    # wide (`tl.dot`); where one does not divide the columns (D x D sums of a head dim that is no
+    # power of two) the last is masked.
     split = x_lo is not None
+    width = feature_tile(cols)
     if transpose:
-        block_r, block_cols, warps = 64, min(cols, 128), 4
+        block_r, block_cols, warps = 64, min(width, 128), 4
     else:
-        block_r, block_cols, warps = 128 if split else 64, min(cols, 256), 8
+        block_r, block_cols, warps = 128 if split else 64, min(width, 256), 8
     x_lo = x if x_lo is None else x_lo  # (unused without SPLIT)
     tma = _use_tma(policy, x, x_lo)
     x_tiles, x_lo_tiles = x, x_lo
@@ -220,7 +225,7 @@ def _mask_gemm(
         x_tiles = _descriptor(x, [1, 64, block_cols])
         x_lo_tiles = _descriptor(x_lo, [1, 64, block_cols]) if split else x_tiles
     launch(
-        mask_gemm_kernel, (triton.cdiv(r, block_r), cols // block_cols, bh),
+        mask_gemm_kernel, (triton.cdiv(r, block_r), triton.cdiv(cols, block_cols), bh),
         bmap, x, x_lo, x_tiles, x_lo_tiles, out, out_lo if pair_out else out, nq * nk,
         stride_r, stride_c, r, c,
         COLS=cols, SCOPE=SCOPE_CODES[scope], BLOCK_R=block_r, BLOCK_C=64, BLOCK_COLS=block_cols,
@@ -319,7 +324,8 @@ def forward(
     den = _new(policy, q, (b, h, n), torch.float32) if store_aux and linear else aux
     if sparse_done:
         sparse_branch.forward(q, k, v, crit_lut, bmap, block_q, block_k, scale, o_s, lse)
-    kv_block = [1, 1, cfg["fwd_n"], d]
+    block_d = feature_tile(d)
+    kv_block = [1, 1, cfg["fwd_n"], block_d]
     k_tiles, v_tiles = (_descriptor(x, kv_block) for x in (k, v)) if tma else (k, v)
     launch(
         sla_fwd_kernel, (triton.cdiv(n, cfg["fwd_m"]), b * h),
@@ -332,11 +338,11 @@ def forward(
         *_bh_strides(q), *_bh_strides(k), *_bh_strides(v), *_bh_strides(o),
         h, n, n_crit,
         scale * LOG2E, LINEAR_EPS,
-        D=d, BLOCK_M=cfg["fwd_m"], BLOCK_N=cfg["fwd_n"], LUT_BLOCK_Q=block_q,
+        D=d, BLOCK_D=block_d, BLOCK_M=cfg["fwd_m"], BLOCK_N=cfg["fwd_n"], LUT_BLOCK_Q=block_q,
         LUT_BLOCK_K=block_k, FEATURE=FEATURE_CODES[feature_map], LINEAR=linear,
         HAS_BIAS=proj_bias is not None, H_PAIR=pair, STORE_AUX=store_aux,
         DOT_PREC=_dot_prec(q.dtype),
-        KV_TMA=tma, LIN_CHUNK=min(cfg["fwd_lin_chunk"], d), num_warps=cfg["fwd_warps"],
+        KV_TMA=tma, LIN_CHUNK=min(cfg["fwd_lin_chunk"], block_d), num_warps=cfg["fwd_warps"],
         num_stages=cfg["fwd_stages"], SPARSE_DONE=sparse_done,
     )  # fmt: skip
     # The sums are saved state only when training (inference's are rounded for the forward).
@@ -378,6 +384,7 @@ def backward(
     """The op `slatte::sla_bwd` (`op.py`) on the Triton kernels; see its docstring.
     `sparse_branch`: the family whose forward ran the sparse branch runs its backward too."""
     b, h, n, d = q.shape
+    block_d = feature_tile(d)
     linear = has_linear(bmap.shape[-1], n_crit, n_negl, linear_scope, proj_weight is not None)
     pair = linear and bf16_pairs(q.dtype)
     tma = _use_tma(policy, k, v)
@@ -394,17 +401,17 @@ def backward(
         sla_bwd_preprocess_kernel, (chunks, b * h),
         do, o_s, o_l, proj_weight if linear else aux, delta_s, do_l, dw_part, db_part,
         h, n,
-        D=d, ROWS=PREPROCESS_ROWS, BLOCK_M=64, LINEAR=linear, HAS_BIAS=has_bias, DOT_PREC=prec,
-        W_PREC="ieee" if q.dtype == torch.float32 else "tf32x3", PAIR=pair,
-        num_warps=8 if d >= 128 else 4, num_stages=3,
+        D=d, BLOCK_D=block_d, ROWS=PREPROCESS_ROWS, BLOCK_M=64, LINEAR=linear, HAS_BIAS=has_bias,
+        DOT_PREC=prec, W_PREC="ieee" if q.dtype == torch.float32 else "tf32x3", PAIR=pair,
+        num_warps=8 if block_d >= 128 else 4, num_stages=3,
     )  # fmt: skip
     dw = dw_part.sum(0) if linear else aux
     if proj_weight is not None and not linear:
         dw = torch.zeros_like(proj_weight)  # nothing feeds the linear branch
     db = db_part.sum(0) if has_bias else empty_aux(q)
     flags = dict(
-        D=d, LUT_BLOCK_Q=block_q, LUT_BLOCK_K=block_k, FEATURE=FEATURE_CODES[feature_map],
-        LINEAR=linear, DOT_PREC=prec, SPLIT=prec == "tf32",
+        D=d, BLOCK_D=block_d, LUT_BLOCK_Q=block_q, LUT_BLOCK_K=block_k,
+        FEATURE=FEATURE_CODES[feature_map], LINEAR=linear, DOT_PREC=prec, SPLIT=prec == "tf32",
     )  # fmt: skip
     # The dq kernel computes Delta_l (from the same rounded terms it cancels against there),
     # which the key side's dZ sums need: dq runs first.
@@ -418,7 +425,7 @@ def backward(
         if not linear:
             return dq, dk, dv, dw, db
     delta_l = _new(policy, q, (b, h, n), torch.float32) if linear else aux
-    kv_block = [1, 1, cfg["dq_n"], d]
+    kv_block = [1, 1, cfg["dq_n"], block_d]
     k_tiles, v_tiles = (_descriptor(x, kv_block) for x in (k, v)) if tma else (k, v)
     launch(
         sla_bwd_dq_kernel, (triton.cdiv(n, cfg["dq_m"]), b * h),
@@ -443,7 +450,8 @@ def backward(
             sla_bwd_key_linear_kernel, (triton.cdiv(n, cfg["key_linear_n"]), b * h),
             k, v, dhsum, dhsum_lo, dzsum, dk_lin, dv_lin,
             *_bh_strides(k), *_bh_strides(v), h, n, scale,
-            D=d, BLOCK_N=cfg["key_linear_n"], LUT_BLOCK_K=block_k, FEATURE=flags["FEATURE"],
+            D=d, BLOCK_D=block_d, BLOCK_N=cfg["key_linear_n"], LUT_BLOCK_K=block_k,
+            FEATURE=flags["FEATURE"],
             DOT_PREC=prec, SPLIT=flags["SPLIT"], PAIR=pair, num_warps=cfg["key_linear_warps"],
             num_stages=1,
         )  # fmt: skip

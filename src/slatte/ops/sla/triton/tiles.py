@@ -3,7 +3,15 @@ measurements are in benchmarks/NOTES.md, "Tile choices, moved from the source").
 
 from __future__ import annotations
 
+import triton
+
 from ..launch_policy import LaunchPolicy
+
+
+def feature_tile(d: int) -> int:
+    """The width of the kernels' feature tiles for head dim d: a power of two (`tl.arange`),
+    at least 16 (`tl.dot`). Lanes past d are padding in registers (`kernels_common`)."""
+    return max(16, triton.next_power_of_2(d))
 
 
 def tiles(
@@ -26,16 +34,19 @@ def tiles(
     prologue with the bf16 pair (`pair`) at D > 64 or with 128-row query blocks; elsewhere in a
     kernel of its own (with an fp32 dH at D = 128 the prologue's split products spill). The
     forward's linear epilogue goes through O_l's columns 32 at a time at D > 64.
+    A head dim that is no power of two takes the tiles of its `feature_tile` width (its
+    registers and shared memory are those of that width).
     `policy.tile_overrides[d]` replaces any of these values.
     """
-    wide = d > 64
+    width = feature_tile(d)
+    wide = width > 64
     dq_tall = wide and block_q >= 128 and itemsize <= 2 and not tma
     cfg = {
         "fwd_m": 64 if wide and tma else 128,
         "fwd_n": 64,
         "fwd_warps": 8 if wide and block_q >= 128 and not tma else 4,
         "fwd_stages": 3,
-        "fwd_lin_chunk": 32 if wide else d,
+        "fwd_lin_chunk": 32 if wide else width,
         "dq_m": 128 if dq_tall else 64,
         "dq_n": 64,
         "dq_warps": 8 if dq_tall else 4,
