@@ -58,11 +58,13 @@ part1)
   pipi gpu_runs/w1/*.whl || exit 1
   export PYTHONPATH=$PWD/src:$PWD/benchmarks:$site
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-  TAILN=6 step 180 grid_triton python3 -m pytest -q --tb=line -n 8 -p no:cacheprovider "${grid[@]}"
+  TAILN=6 step 220 grid_triton python3 -m pytest -q --tb=line -n 8 -p no:cacheprovider "${grid[@]}"
+  TAILN=4 step 90 cuda_tests python3 -m pytest -q --tb=line -p no:cacheprovider \
+    tests/integrations/test_diffusers_sla.py tests/integrations/test_diffusers_gelu.py -k "cuda or head_dim or gelu"
   TAILN=8 step 120 stg_search python3 benchmarks/bench_stg_search.py --blocks 0,10,20,29
   for m in wan2.2-5b wan-vace-1.3b skyreels-v2-1.3b ltx-2 cogvideox-5b mochi-1 hunyuanvideo-1.5 \
     hunyuanvideo; do
-    left=$((560 - SECONDS))
+    left=$((570 - SECONDS))
     ((left < 40)) && { echo "skip $m"; continue; }
     TAILN=4 step $left "e2e_$m" python3 benchmarks/bench_e2e.py --model $m --no-train --no-compile \
       --variants dense,slatte --warmup 1 --reps 2
