@@ -11,12 +11,14 @@
 #   part1  carry gpu_runs/x1 gpu_runs/w1 .external   (no FlashAttention-4: Triton grid, models)
 #   part2  carry gpu_runs/x2 gpu_runs/w2 .external   (installs FA4: hopper grid, bench, LoRA)
 #   part3  (same warm machine, nothing carried)      (hopper profile, epilogue tiles, Wan e2e)
-# Logs go to $OUT (or ./gpu_logs); each step prints its exit code, time and last lines.
+# Logs go to $OUT (or ./gpu_logs); each step prints its exit code, time and last lines. END (seconds,
+# default 570) is when a part stops starting its optional steps (e2e models, LoRA costs).
 set -uo pipefail
 what=${1:?usage: gpu_pending.sh prepare|part1|part2|part3}
 out=${OUT:-gpu_logs}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
+end=${END:-570}
 site=/tmp/site
 pipi() {
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$@"
@@ -64,7 +66,7 @@ part1)
   TAILN=8 step 120 stg_search python3 benchmarks/bench_stg_search.py --blocks 0,10,20,29
   for m in wan2.2-5b wan-vace-1.3b skyreels-v2-1.3b ltx-2 cogvideox-5b mochi-1 hunyuanvideo-1.5 \
     hunyuanvideo; do
-    left=$((570 - SECONDS))
+    left=$((end - SECONDS))
     ((left < 40)) && { echo "skip $m"; continue; }
     TAILN=4 step $left "e2e_$m" python3 benchmarks/bench_e2e.py --model $m --no-train --no-compile \
       --variants dense,slatte --warmup 1 --reps 2
@@ -81,14 +83,15 @@ part2)
   python3 -c "import flash_attn.cute.interface; print('flash-attn-4 imports')" 2>&1 | tail -2
   TAILN=6 step 150 grid_hopper python3 -m pytest -q --tb=line -n 4 -p no:cacheprovider \
     tests/ops/test_sla_hopper_gpu.py
-  TAILN=60 step $((380 - SECONDS)) bench_attention python3 benchmarks/bench_attention.py --no-sweep \
+  TAILN=60 step $((end - 190 - SECONDS)) bench_attention python3 benchmarks/bench_attention.py --no-sweep \
     --official-main .external/sla_official_main --official-sla1 .external/sla_official_sla_1
   # Issue 26's costs: trainable parameters, peak memory and step time of each way to fine-tune SLA
   # at 95% on the full-attention digits model at the same batch.
   for v in "full:" "lora4:--lora-rank 4 --trainable lora+sla" "lora16:--lora-rank 16 --trainable lora+sla" \
     "sla_only:--trainable sla"; do
     name=${v%%:*}
-    left=$(((580 - SECONDS) / 2 > 60 ? 60 : (580 - SECONDS) / 2))
+    left=$(((end - SECONDS) / 2 > 60 ? 60 : (end - SECONDS) / 2))
+    ((left < 20)) && { echo "skip lora $name"; continue; }
     # shellcheck disable=SC2086  # the variant's flags are words
     TAILN=3 step $left "lora_$name" python3 -m slatte.cli train \
       --init-from src/slatte/pretrained/latte-digits-full-sla --out "/tmp/lora_$name" --overwrite \
