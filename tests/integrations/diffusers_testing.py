@@ -280,6 +280,18 @@ def tiny_wan(seed: int = 0, num_layers: int = 2) -> torch.nn.Module:
     return copy.deepcopy(_tiny_wan(seed, num_layers))
 
 
+def tiny_wan22_pipeline(boundary_ratio: float):
+    """A Wan2.2-style pipeline of two tiny experts (`transformer` for the high-noise steps,
+    `transformer_2` below `boundary_ratio`); no tokenizer, text encoder or VAE: tests pass prompt
+    embeddings and take latents."""
+    return diffusers.WanPipeline(
+        tokenizer=None, text_encoder=None, vae=None, transformer=tiny_wan(),
+        transformer_2=tiny_wan(seed=1),
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
+        boundary_ratio=boundary_ratio,
+    )  # fmt: skip
+
+
 def tiny_ltx(seed: int = 0) -> torch.nn.Module:
     return copy.deepcopy(_tiny_ltx(seed))
 

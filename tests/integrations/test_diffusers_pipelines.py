@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers_testing import naive_perturbed, run_pipeline_with_stg, tiny_ltx, tiny_wan
+from diffusers_testing import (
+    naive_perturbed,
+    run_pipeline_with_stg,
+    tiny_ltx,
+    tiny_wan,
+    tiny_wan22_pipeline,
+)
 
 from slatte.integrations.diffusers_sla import SLAAttnProcessor, disable_sla, enable_sla
 from slatte.integrations.diffusers_stg import enable_stg
@@ -98,11 +104,7 @@ def test_wan22_two_expert_pipeline_guides_both_experts_with_their_own_cfg_scale(
     """Wan2.2: the high-noise expert (`transformer`, guidance_scale) runs the first step, the
     low-noise one (`transformer_2`, guidance_scale_2) the second; enable_sla / enable_stg on the
     pipeline reach both."""
-    pipe = WanPipeline(
-        tokenizer=None, text_encoder=None, vae=None, transformer=tiny_wan(),
-        transformer_2=tiny_wan(seed=1), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        boundary_ratio=0.9,
-    )  # fmt: skip
+    pipe = tiny_wan22_pipeline(0.9)
     g = torch.Generator().manual_seed(0)
     prompt, negative = torch.randn(1, 5, 32, generator=g), torch.randn(1, 5, 32, generator=g)
     guidance = {pipe.transformer: GUIDANCE, pipe.transformer_2: 5.0}
@@ -136,11 +138,7 @@ def test_wan22_two_expert_pipeline_guides_both_experts_with_their_own_cfg_scale(
 def test_wan22_experts_take_their_own_stg_terms():
     """scale_2 / blocks_2 / strategy_2 give the low-noise expert its own STG term (the STG
     search's `guider_2` choice); bad ones are refused before any hook goes on."""
-    pipe = WanPipeline(
-        tokenizer=None, text_encoder=None, vae=None, transformer=tiny_wan(),
-        transformer_2=tiny_wan(seed=1), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        boundary_ratio=0.9,
-    )  # fmt: skip
+    pipe = tiny_wan22_pipeline(0.9)
     g = torch.Generator().manual_seed(0)
     prompt, negative = torch.randn(1, 5, 32, generator=g), torch.randn(1, 5, 32, generator=g)
     terms = {

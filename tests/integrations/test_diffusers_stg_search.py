@@ -17,6 +17,7 @@ from diffusers_testing import (
     run_pipeline_with_stg,
     tiny_ltx,
     tiny_wan,
+    tiny_wan22_pipeline,
 )
 
 from slatte.cli import main
@@ -48,11 +49,7 @@ def _wan_pipeline():
 def _wan22_pipeline():
     """Two experts; at 5 steps the timesteps are 1000, 900, 751, 503, 9, so with the boundary at
     800 the high-noise expert runs steps 0 and 1, the low-noise one steps 2, 3 and 4."""
-    return WanPipeline(
-        tokenizer=None, text_encoder=None, vae=None, transformer=tiny_wan(),
-        transformer_2=tiny_wan(seed=1), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        boundary_ratio=0.8,
-    )  # fmt: skip
+    return tiny_wan22_pipeline(0.8)
 
 
 def _embeds(batch=2, dim=32):
