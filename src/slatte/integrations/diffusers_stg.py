@@ -87,17 +87,18 @@ class _Call:
         return self.batch + len(self.cond_rows)
 
 
-def _map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+def map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """`value` with `fn` applied to every tensor in it (walking tuples and lists)."""
     if isinstance(value, torch.Tensor):
         return fn(value)
     if isinstance(value, tuple):
-        return tuple(_map_tensors(v, fn) for v in value)
+        return tuple(map_tensors(v, fn) for v in value)
     if isinstance(value, list):
-        return [_map_tensors(v, fn) for v in value]
+        return [map_tensors(v, fn) for v in value]
     return value
 
 
-def _parameter_names(module: nn.Module) -> tuple[str, ...]:
+def parameter_names(module: nn.Module) -> tuple[str, ...]:
     """The names of `module.forward`'s parameters, in order (to name positional arguments)."""
     return tuple(inspect.signature(module.forward).parameters)
 
@@ -112,10 +113,10 @@ def _map_named(
     """Apply `fn` to the tensors of the arguments called `names` (positional ones named by
     `params`); every other argument passes unchanged."""
     args = tuple(
-        _map_tensors(a, fn) if i < len(params) and params[i] in names else a
+        map_tensors(a, fn) if i < len(params) and params[i] in names else a
         for i, a in enumerate(args)
     )
-    return args, {k: _map_tensors(v, fn) if k in names else v for k, v in kwargs.items()}
+    return args, {k: map_tensors(v, fn) if k in names else v for k, v in kwargs.items()}
 
 
 def _dotted(obj: Any, path: str) -> Any:
@@ -388,7 +389,7 @@ class STGHandle:
     def install(self) -> STGHandle:
         spec = self.spec
         blocks = execution_blocks(self.transformer)
-        model_pre = partial(self._model_pre, _parameter_names(self.transformer))
+        model_pre = partial(self._model_pre, parameter_names(self.transformer))
         self._handles.append(
             self.transformer.register_forward_pre_hook(model_pre, with_kwargs=True)
         )
@@ -400,9 +401,9 @@ class STGHandle:
         if self.fork and spec.fork_inputs is not None:
             first = min(self.blocks)
             for block in blocks[:first]:
-                prefix_pre = partial(self._prefix_pre, _parameter_names(block))
+                prefix_pre = partial(self._prefix_pre, parameter_names(block))
                 self._handles.append(block.register_forward_pre_hook(prefix_pre, with_kwargs=True))
-            fork_pre = partial(self._fork_pre, _parameter_names(blocks[first]))
+            fork_pre = partial(self._fork_pre, parameter_names(blocks[first]))
             self._handles.append(
                 blocks[first].register_forward_pre_hook(fork_pre, with_kwargs=True)
             )
@@ -415,7 +416,7 @@ class STGHandle:
                 targets = [getattr(block, n) for n in names]
                 post = partial(self._attention_post, strategy)
             for target in targets:
-                hook = partial(post, _parameter_names(target))
+                hook = partial(post, parameter_names(target))
                 self._handles.append(target.register_forward_hook(hook, with_kwargs=True))
         self.transformer._slatte_stg = self
         return self

@@ -46,7 +46,7 @@ from torch import nn
 from ..guidance.search import DEFAULT_PROGRESS, Candidate, ranked, row_signals
 from ..guidance.strategies import STRATEGY_NAMES, get_strategy
 from .diffusers_common import execution_blocks, model_spec, resolve_transformers
-from .diffusers_stg import _map_tensors, _parameter_names, guided_channels, perturbed_pass
+from .diffusers_stg import guided_channels, map_tensors, parameter_names, perturbed_pass
 
 SEARCH_RESCALE = 0.7  # as the search for slatte models writes (`slatte.stg_search`)
 # The subfolder of the low-noise expert's guider config, named after the guider of
@@ -151,11 +151,11 @@ def record_guidance_inputs(
             step_experts.append(expert)
         step = len(last_timestep) - 1
         if step in wanted:  # copies: a pipeline may update its latents in place
-            calls[step].append({k: _map_tensors(v, torch.clone) for k, v in named.items()})
+            calls[step].append({k: map_tensors(v, torch.clone) for k, v in named.items()})
 
     handles = [
         expert.register_forward_pre_hook(
-            partial(record, i, _parameter_names(expert)), with_kwargs=True
+            partial(record, i, parameter_names(expert)), with_kwargs=True
         )
         for i, expert in enumerate(experts)
     ]
@@ -213,7 +213,7 @@ def _split(calls: list[dict], batched_cfg: bool, sample_inputs: tuple[str, ...])
     def half(first: bool) -> dict:
         rows = slice(0, batch // 2) if first else slice(batch // 2, batch)
         return {
-            name: _map_tensors(
+            name: map_tensors(
                 value, lambda t: t[rows] if t.dim() >= 1 and t.shape[0] == batch else t
             )
             if name in sample_inputs
