@@ -437,7 +437,15 @@ written as an STGGuidance config, guider_config.json in --out (Wan2.2's two expe
 searched on the steps it runs, the low-noise expert's choice in --out/guider_2/)."""
 
 # The flags that only a diffusers pipeline takes.
-_PIPELINE_ONLY = ("prompt", "negative_prompt", "cfg_scale_2", "height", "width", "num_frames", "dtype")
+_PIPELINE_ONLY = (
+    "prompt",
+    "negative_prompt",
+    "cfg_scale_2",
+    "height",
+    "width",
+    "num_frames",
+    "dtype",
+)
 
 
 def _add_stg_search(sub: argparse._SubParsersAction) -> None:
@@ -468,7 +476,10 @@ def _add_stg_search(sub: argparse._SubParsersAction) -> None:
         help="sampling steps of the verification (diffusers: of the run that makes the inputs)",
     )
     p.add_argument(
-        "--cfg-scale", type=float, default=None, help="default: sampling.json's, else 4 (diffusers: 5)"
+        "--cfg-scale",
+        type=float,
+        default=None,
+        help="default: sampling.json's, else 4 (diffusers: 5)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help=DEVICE_HELP)
