@@ -177,14 +177,10 @@ class Sampler:
     takes_eta: bool
 
 
-# One sampler per name of SAMPLER_NAMES, in its order.
-SAMPLERS: dict[str, Sampler] = dict(
-    zip(
-        SAMPLER_NAMES,
-        (
-            Sampler(respacing=str, sample=ddpm_sample, takes_eta=False),
-            Sampler(respacing=lambda steps: f"ddim{steps}", sample=ddim_sample, takes_eta=True),
-        ),
-        strict=True,
-    )
-)
+SAMPLERS: dict[str, Sampler] = {
+    "ddpm": Sampler(respacing=str, sample=ddpm_sample, takes_eta=False),
+    "ddim": Sampler(respacing=lambda steps: f"ddim{steps}", sample=ddim_sample, takes_eta=True),
+}
+# The command line offers SAMPLER_NAMES without importing torch; they must name these samplers.
+if tuple(SAMPLERS) != SAMPLER_NAMES:
+    raise ImportError(f"SAMPLER_NAMES {SAMPLER_NAMES} must name the samplers {tuple(SAMPLERS)}")
