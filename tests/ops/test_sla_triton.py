@@ -68,17 +68,21 @@ def test_wide_head_tiles(tma, d):
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="fp32 stands in for bf16 only in the interpreter")
-@pytest.mark.parametrize("d,block_q", [(32, 32), (128, 128), (72, 128)])
-def test_bf16_pair_path(monkeypatch, exact_products, d, block_q):
+@pytest.mark.parametrize(
+    "d,block_q,scope",
+    [(32, 32, "marginal"), (128, 128, "marginal"), (72, 128, "marginal"), (32, 32, "all")],
+)
+def test_bf16_pair_path(monkeypatch, exact_products, d, block_q, scope):
     """bf16 inputs take H_i and dH^(j) as (hi, lo) bf16 pairs in the backward
     (`launchers.bf16_pairs`). The interpreter cannot run bf16 products, so fp32 inputs take
     that path here with exact products: the pair's halves (fp32 holding bf16 values) must give
-    the fp32 gradients; a lost or misplaced lo half would be off by ~2^-9."""
+    the fp32 gradients; a lost or misplaced lo half would be off by ~2^-9. Scope "all" splits
+    its shared sums into the pair outside the kernels."""
     monkeypatch.setattr(launchers, "bf16_pairs", lambda dtype: True)
     n, block_k = (200, 16) if d == 32 else (130, 64)
     check_sla(
         *make_inputs(1, 2, n, d, torch.float32, DEVICE, seed=4),
-        opts(block_q=block_q, block_k=block_k),
+        opts(block_q=block_q, block_k=block_k, linear_scope=scope),
     )
 
 
@@ -135,6 +139,39 @@ def test_one_row_key_block(seed):
 @pytest.mark.parametrize("scope", ["marginal", "noncritical", "all"])
 def test_linear_scopes(scope, dtype):
     check_sla(*make_inputs(1, 2, 100, 32, dtype, DEVICE, seed=1), opts(linear_scope=scope))
+
+
+@pytest.mark.parametrize("prologue", [True, False])
+@pytest.mark.parametrize(
+    "n, d, dtype, layout", [(300, 32, torch.float16, "bnhd"), (777, 40, torch.float32, "bhnd")]
+)
+def test_all_scope_on_shared_sums(n, d, dtype, layout, prologue):
+    """linear_scope "all" sums each head's H, Z (and dH, dZ) once over long row chunks
+    (`launchers.shared_sums`): N not a multiple of the chunk (256 rows here) nor of the blocks,
+    two batches and heads, both layouts, the key side's share in either kernel."""
+    check_sla(
+        *make_inputs(2, 2, n, d, dtype, DEVICE, seed=n, layout=layout),
+        opts(linear_scope="all", feature_map="elu"),
+        layout=layout,
+        policy=LaunchPolicy(tile_overrides={d: {"key_linear_prologue": prologue}}),
+    )
+
+
+def test_all_scope_keeps_one_sum_per_head():
+    """With scope "all" every query block's H_i, Z_i is the head's sum over all keys: the
+    forward keeps one per head (not one per query block) and it is that sum."""
+    b, h, n, d = 2, 3, 300, 32
+    q, k, v, w, bias = make_inputs(b, h, n, d, torch.float32, DEVICE, seed=8)
+    outs = op.sla_fwd(
+        q, k, v, w, bias, 1, 1, 32, 16, "softmax", "all", d**-0.5, True, "triton",
+        TRITON.switches,
+    )  # fmt: skip
+    hsum, zsum = outs[7], outs[9]
+    assert hsum.shape == (b * h, 1, d, d) and zsum.shape == (b * h, 1, d)
+    phi = k.double().softmax(-1).flatten(0, 1)  # (B*H, N, D)
+    expected_h = phi.transpose(1, 2) @ v.double().flatten(0, 1)
+    torch.testing.assert_close(hsum[:, 0].double(), expected_h, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(zsum[:, 0].double(), phi.sum(1), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("feature", ["elu", "relu"])
@@ -217,33 +254,19 @@ def test_backward_fills_no_gradient_for_saved_outputs():
     assert q.grad is not None and w.grad is not None
 
 
-def test_opcheck_and_compile_fullgraph():
+@pytest.mark.parametrize("scope", ["marginal", "all"])
+def test_opcheck_and_compile_fullgraph(scope):
+    """The fake implementation's shapes match the kernels' (scope "all": one sum per head)."""
     q, k, v, w, b = make_inputs(1, 2, 48, 32, torch.float32, DEVICE, seed=7)
-    args = (
-        q,
-        k,
-        v,
-        w,
-        b,
-        1,
-        1,
-        16,
-        16,
-        "softmax",
-        "marginal",
-        32**-0.5,
-        True,
-        "triton",
-        TRITON.switches,
-    )
+    args = (q, k, v, w, b, 1, 1, 16, 16, "softmax", scope, 32**-0.5, True, "triton",
+            TRITON.switches)  # fmt: skip
     torch.library.opcheck(
         op.sla_fwd._opoverload, args, test_utils=("test_schema", "test_faketensor")
     )
 
     def f(q, k, v, w, b):
-        out = sparse_linear_attention(
-            q, k, v, w, b, SLAConfig(block_q=16, block_k=16), policy=TRITON
-        )
+        config = SLAConfig(block_q=16, block_k=16, linear_scope=scope)
+        out = sparse_linear_attention(q, k, v, w, b, config, policy=TRITON)
         return out.square().sum()
 
     leaves = [x.clone().requires_grad_() for x in (q, k, v, w, b)]

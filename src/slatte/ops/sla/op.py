@@ -107,12 +107,12 @@ def _(q, k, v, proj_weight, proj_bias, n_crit, n_negl, block_q, block_k, feature
     o_l = q.new_empty(b, h, n, d, dtype=f32) if store_aux and linear else empty(q)
     lse = q.new_empty(b, h, n, dtype=f32) if store_aux else empty(q)
     den = q.new_empty(b, h, n, dtype=f32) if store_aux and linear else empty(q)
-    nq = math.ceil(n / block_q)
+    n_sums = 1 if family.shared_sums(linear_scope) else math.ceil(n / block_q)
     pair = store_aux and linear and family.bf16_pairs(q.dtype)
     hsum = hsum_lo = zsum = empty(q)
     if store_aux and linear:
-        hsum = q.new_empty(b * h, nq, d, d, dtype=family.pair_dtype() if pair else f32)
-        zsum = q.new_empty(b * h, nq, d, dtype=f32)
+        hsum = q.new_empty(b * h, n_sums, d, d, dtype=family.pair_dtype() if pair else f32)
+        zsum = q.new_empty(b * h, n_sums, d, dtype=f32)
     if pair:
         hsum_lo = torch.empty_like(hsum)
     return torch.empty_like(q), bmap, crit_lut, o_s, o_l, lse, den, hsum, hsum_lo, zsum

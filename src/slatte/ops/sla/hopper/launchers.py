@@ -6,7 +6,14 @@ from __future__ import annotations
 import functools
 
 from ..triton import launchers as triton_launchers
-from ..triton.launchers import SparseBranch, bf16_pairs, empty_aux, has_linear, pair_dtype
+from ..triton.launchers import (
+    SparseBranch,
+    bf16_pairs,
+    empty_aux,
+    has_linear,
+    pair_dtype,
+    shared_sums,
+)
 from .fa4 import sparse_backward, sparse_forward
 
 FA4_SPARSE = SparseBranch(sparse_forward, sparse_backward)
@@ -14,4 +21,12 @@ FA4_SPARSE = SparseBranch(sparse_forward, sparse_backward)
 forward = functools.partial(triton_launchers.forward, sparse_branch=FA4_SPARSE)
 backward = functools.partial(triton_launchers.backward, sparse_branch=FA4_SPARSE)
 
-__all__ = ["backward", "bf16_pairs", "empty_aux", "forward", "has_linear", "pair_dtype"]
+__all__ = [
+    "backward",
+    "bf16_pairs",
+    "empty_aux",
+    "forward",
+    "has_linear",
+    "pair_dtype",
+    "shared_sums",
+]

@@ -22,6 +22,7 @@ from .kernels_common import (
     rows_mask,
     store_tile,
     store_vector,
+    sums_index,
 )
 
 
@@ -73,6 +74,7 @@ def sla_bwd_dq_kernel(
     PAIR: tl.constexpr,
     KV_TMA: tl.constexpr,
     SPARSE_DONE: tl.constexpr,
+    SHARED_SUMS: tl.constexpr,
 ):
     """dq for BLOCK_M query rows of one head. Grid: (cdiv(N, BLOCK_M), B * H).
 
@@ -86,6 +88,7 @@ def sla_bwd_dq_kernel(
     DO, DO_L and the per-row LSE / DELTA / DEN buffers are contiguous (B*H, N, ...).
     K_TMA, V_TMA: as in `sla_fwd_kernel`. SPARSE_DONE: another kernel family wrote the sparse
     branch's dq into DQ; this kernel adds the linear branch's share to it.
+    SHARED_SUMS (linear_scope "all"): one H, Z per head in HBLK, ZBLK (`sums_index`).
     """
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -133,8 +136,9 @@ def sla_bwd_dq_kernel(
     if LINEAR:
         do_l = load_rows(DO_L, rows, D, offs_d, row_ok, D)
         den = tl.load(DEN + rows, mask=row_ok, other=1.0)
-        offs_h = q_block * D * D + offs_d[:, None] * D + offs_d[None, :]
-        z_i = load_vector(ZBLK + q_block * D + offs_d, offs_d, D, BLOCK_D)
+        sums = sums_index(q_block, bh, SHARED_SUMS)
+        offs_h = sums * D * D + offs_d[:, None] * D + offs_d[None, :]
+        z_i = load_vector(ZBLK + sums * D + offs_d, offs_d, D, BLOCK_D)
         if PAIR:  # H_i as a bf16 pair: exact products with the bf16 dO_l
             g = tl.dot(do_l, tl.trans(load_tile(HBLK + offs_h, offs_d, offs_d, D, BLOCK_D)))
             g = tl.dot(do_l, tl.trans(load_tile(HBLK_LO + offs_h, offs_d, offs_d, D, BLOCK_D)), g)
@@ -156,21 +160,21 @@ def sla_bwd_dq_kernel(
 
 @triton.jit
 def key_linear_share(
-    k, v, col_ok, DHBLK, DHBLK_LO, DZBLK, k_block, offs_d, sm_scale, D: tl.constexpr,
+    k, v, col_ok, DHBLK, DHBLK_LO, DZBLK, sums, offs_d, sm_scale, D: tl.constexpr,
     FEATURE: tl.constexpr, DOT_PREC: tl.constexpr, SPLIT: tl.constexpr, PAIR: tl.constexpr,
 ):  # fmt: skip
     """The linear branch's share of (dk, dv) for the key rows k, v (rows not `col_ok` are
-    padding) of key block `k_block` (its index over all heads), fp32, dk's in units of 1 /
-    sm_scale (the dk/dv kernel applies sm_scale at its end). With dH^(j), dZ^(j) summed over
-    the query blocks whose S(i) holds this key block: d phi(k) = v dH^T + dZ, dv = phi(k) dH.
-    dH is fp32 (DHBLK), or with PAIR (bf16 activations) a bf16 pair DHBLK + DHBLK_LO whose
-    products are exact in fp32.
+    padding) of a key block whose dH, dZ lie at index `sums` of DHBLK, DZBLK (`sums_index`),
+    fp32, dk's in units of 1 / sm_scale (the dk/dv kernel applies sm_scale at its end). With
+    dH^(j), dZ^(j) summed over the query blocks whose S(i) holds this key block:
+    d phi(k) = v dH^T + dZ, dv = phi(k) dH. dH is fp32 (DHBLK), or with PAIR (bf16 activations)
+    a bf16 pair DHBLK + DHBLK_LO whose products are exact in fp32.
     """
     k32 = k.to(tl.float32)
     fk = tl.where(col_ok[:, None], feature_map(k32, FEATURE, D), 0.0)
     block_d: tl.constexpr = offs_d.shape[0]
-    offs_dh = k_block * D * D + offs_d[:, None] * D + offs_d[None, :]
-    dz = load_vector(DZBLK + k_block * D + offs_d, offs_d, D, block_d)
+    offs_dh = sums * D * D + offs_d[:, None] * D + offs_d[None, :]
+    dz = load_vector(DZBLK + sums * D + offs_d, offs_d, D, block_d)
     # dH unrounded in both products: v dH^T and dZ cancel where the query rows' O_l is close
     # to v, and dv = phi(k) dH sums same-signed terms (relu / softmax features), where the
     # one-sided error of dH truncated by the tensor cores adds up.
@@ -243,6 +247,7 @@ def sla_bwd_dkdv_kernel(
     PAIR: tl.constexpr,
     LIN_PROLOGUE: tl.constexpr,
     SPARSE_DONE: tl.constexpr,
+    SHARED_SUMS: tl.constexpr,
 ):
     """dk, dv for BLOCK_N key rows of one head. Grid: (cdiv(N, BLOCK_N), B * H).
 
@@ -256,6 +261,7 @@ def sla_bwd_dkdv_kernel(
     After the loop, next to the accumulators, the share made the loop spill.
     SPARSE_DONE: another kernel family wrote the sparse branch's dk, dv into DK, DV; the loop is
     skipped and the linear share is added to them.
+    SHARED_SUMS (linear_scope "all"): one dH, dZ per head in DHBLK, DZBLK (`sums_index`).
     """
     pid_n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -273,8 +279,8 @@ def sla_bwd_dkdv_kernel(
     q_base = Q + b * stride_qb + h * stride_qh
     if LINEAR and LIN_PROLOGUE:
         dk, dv = key_linear_share(
-            k, v, col_ok, DHBLK, DHBLK_LO, DZBLK, k_block, offs_d, sm_scale, D, FEATURE,
-            DOT_PREC, SPLIT, PAIR,
+            k, v, col_ok, DHBLK, DHBLK_LO, DZBLK, sums_index(k_block, bh, SHARED_SUMS), offs_d,
+            sm_scale, D, FEATURE, DOT_PREC, SPLIT, PAIR,
         )  # fmt: skip
     elif LINEAR:
         dk = load_rows(DK_LIN + bh * N * D, offs_n, D, offs_d, col_ok, D)
@@ -338,9 +344,11 @@ def sla_bwd_key_linear_kernel(
     DOT_PREC: tl.constexpr,
     SPLIT: tl.constexpr,
     PAIR: tl.constexpr,
+    SHARED_SUMS: tl.constexpr,
 ):
     """`key_linear_share` for BLOCK_N key rows of one head, stored in fp32 DK_LIN, DV_LIN
     (contiguous (B*H, N, D)) where the dk/dv kernel picks it up. Grid: (cdiv(N, BLOCK_N), B * H).
+    SHARED_SUMS: as in `sla_bwd_dkdv_kernel`.
     """
     pid_n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -353,8 +361,8 @@ def sla_bwd_key_linear_kernel(
     k = load_rows(K + b * stride_kb + h * stride_kh, offs_n, stride_kn, offs_d, col_ok, D)
     v = load_rows(V + b * stride_vb + h * stride_vh, offs_n, stride_vn, offs_d, col_ok, D)
     dk, dv = key_linear_share(
-        k, v, col_ok, DHBLK, DHBLK_LO, DZBLK, k_block, offs_d, sm_scale, D, FEATURE, DOT_PREC,
-        SPLIT, PAIR,
+        k, v, col_ok, DHBLK, DHBLK_LO, DZBLK, sums_index(k_block, bh, SHARED_SUMS), offs_d,
+        sm_scale, D, FEATURE, DOT_PREC, SPLIT, PAIR,
     )  # fmt: skip
     lin = (bh * N + offs_n)[:, None] * D + offs_d[None, :]
     tl.store(DK_LIN + lin, dk, mask=rows_mask(col_ok[:, None], offs_d, D))

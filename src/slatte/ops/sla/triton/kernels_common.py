@@ -135,6 +135,16 @@ def load_block(src, base, b, h, first, rows, stride_n, offs_d, ok, D: tl.constex
 
 
 @triton.jit
+def sums_index(block, bh, SHARED_SUMS: tl.constexpr):
+    """Where the linear sums (H, Z or dH, dZ) of `block` (its index over all heads) lie: at that
+    index, or with SHARED_SUMS (linear_scope "all": every block's S is every block, so all of a
+    head's blocks have the same sums) at the head's one entry `bh`."""
+    if SHARED_SUMS:
+        return bh
+    return block
+
+
+@triton.jit
 def round_tf32(x):
     """x (fp32) rounded to the nearest tf32 value (10 mantissa bits), as an fp32 tile. The tensor
     cores take an fp32 operand by dropping its low bits (truncation, a one-sided error that adds
@@ -177,6 +187,48 @@ def dot_exact_b(a, b, acc, SPLIT: tl.constexpr, DOT_PREC: tl.constexpr):
     return acc
 
 
+@triton.jit
+def _outer_rows(
+    acc_h, acc_z, rows, x_base, y_base, DEN, C, bh, N, stride_xn, stride_yn, offs_d,
+    D: tl.constexpr, FEATURE: tl.constexpr, HAS_DEN: tl.constexpr, HAS_C: tl.constexpr,
+    DOT_PREC: tl.constexpr, U_PAIR: tl.constexpr,
+):  # fmt: skip
+    """`block_outer_kernel`'s step: (acc_h, acc_z) plus the sums of the rows `rows` (those past
+    N add nothing)."""
+    row_ok = rows < N
+    x = load_rows(x_base, rows, stride_xn, offs_d, row_ok, D)
+    u = tl.where(row_ok[:, None], feature_map(x.to(tl.float32), FEATURE, D), 0.0)
+    # Rounded as the activations are, so that both sums (and the forward's phi(q)) see the
+    # same phi: with a small denominator (relu) a mismatch between them is amplified.
+    u = u.to(x_base.dtype.element_ty).to(tl.float32)
+    y = load_rows(y_base, rows, stride_yn, offs_d, row_ok, D)
+    if HAS_DEN:
+        den = tl.load(DEN + bh * N + rows, mask=row_ok, other=1.0)
+        # u = phi / den is no activation value: rounded once to what the tensor cores take,
+        # and the same u goes into the z sum, so that dH and dZ cancel exactly where they
+        # must (d phi(k) = v dH^T + dZ). fp32 keeps 1 / den in range.
+        u = u / den[:, None]
+        if U_PAIR:
+            # Two bf16 halves hold u to 2^-16 (tf32: 2^-11) and run at twice tf32's rate.
+            u_hi, u_lo = bf16_pair(u)
+            acc_h = tl.dot(tl.trans(u_hi.to(y.dtype)), y, acc_h, input_precision=DOT_PREC)
+            acc_h = tl.dot(tl.trans(u_lo.to(y.dtype)), y, acc_h, input_precision=DOT_PREC)
+            u = u_hi + u_lo
+        else:
+            if DOT_PREC == "tf32":
+                u = round_tf32(u)
+            acc_h = tl.dot(tl.trans(u), y.to(tl.float32), acc_h, input_precision=DOT_PREC)
+    else:
+        # Operands in the activations' dtype (exact products), fp32 accumulation.
+        acc_h = tl.dot(tl.trans(u.to(y.dtype)), y, acc_h, input_precision=DOT_PREC)
+    if HAS_C:
+        c = tl.load(C + bh * N + rows, mask=row_ok, other=0.0)
+        acc_z += tl.sum(u * c[:, None], 0)
+    else:
+        acc_z += tl.sum(u, 0)
+    return acc_h, acc_z
+
+
 @triton.jit(do_not_specialize=["N"])
 def block_outer_kernel(
     X,
@@ -204,6 +256,7 @@ def block_outer_kernel(
     DOT_PREC: tl.constexpr,
     SPLIT: tl.constexpr,
     U_PAIR: tl.constexpr,
+    LOOP: tl.constexpr,
 ):
     """Per block of ROWS rows of one head (grid: cdiv(N, ROWS), B*H):
 
@@ -217,6 +270,9 @@ def block_outer_kernel(
     Forward: x = k, y = v, den = c = 1 gives each key block's h_j = phi(K_j)^T V_j and z_j.
     Backward: x = q, y = dO_l, den = the forward's denominator, c = -Delta_l gives each query
     block's dH_i and dZ_i.
+    LOOP: ROWS is a long chunk of a head (thousands of rows, whose partial sums the caller adds
+    up into one shared H, Z per head), gone through in a run-time loop; else a map block, its
+    few BLOCK_R steps unrolled.
     """
     blk = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -228,39 +284,19 @@ def block_outer_kernel(
     y_base = Y + b * stride_yb + h * stride_yh
     acc_h = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)
     acc_z = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for r0 in tl.static_range(0, ROWS, BLOCK_R):
-        rows = blk * ROWS + r0 + offs_r
-        row_ok = rows < N
-        x = load_rows(x_base, rows, stride_xn, offs_d, row_ok, D)
-        u = tl.where(row_ok[:, None], feature_map(x.to(tl.float32), FEATURE, D), 0.0)
-        # Rounded as the activations are, so that both sums (and the forward's phi(q)) see the
-        # same phi: with a small denominator (relu) a mismatch between them is amplified.
-        u = u.to(X.dtype.element_ty).to(tl.float32)
-        y = load_rows(y_base, rows, stride_yn, offs_d, row_ok, D)
-        if HAS_DEN:
-            den = tl.load(DEN + bh * N + rows, mask=row_ok, other=1.0)
-            # u = phi / den is no activation value: rounded once to what the tensor cores take,
-            # and the same u goes into the z sum, so that dH and dZ cancel exactly where they
-            # must (d phi(k) = v dH^T + dZ). fp32 keeps 1 / den in range.
-            u = u / den[:, None]
-            if U_PAIR:
-                # Two bf16 halves hold u to 2^-16 (tf32: 2^-11) and run at twice tf32's rate.
-                u_hi, u_lo = bf16_pair(u)
-                acc_h = tl.dot(tl.trans(u_hi.to(y.dtype)), y, acc_h, input_precision=DOT_PREC)
-                acc_h = tl.dot(tl.trans(u_lo.to(y.dtype)), y, acc_h, input_precision=DOT_PREC)
-                u = u_hi + u_lo
-            else:
-                if DOT_PREC == "tf32":
-                    u = round_tf32(u)
-                acc_h = tl.dot(tl.trans(u), y.to(tl.float32), acc_h, input_precision=DOT_PREC)
-        else:
-            # Operands in the activations' dtype (exact products), fp32 accumulation.
-            acc_h = tl.dot(tl.trans(u.to(y.dtype)), y, acc_h, input_precision=DOT_PREC)
-        if HAS_C:
-            c = tl.load(C + bh * N + rows, mask=row_ok, other=0.0)
-            acc_z += tl.sum(u * c[:, None], 0)
-        else:
-            acc_z += tl.sum(u, 0)
+    if not LOOP:
+        for r0 in tl.static_range(0, ROWS, BLOCK_R):
+            acc_h, acc_z = _outer_rows(
+                acc_h, acc_z, blk * ROWS + r0 + offs_r, x_base, y_base, DEN, C, bh, N,
+                stride_xn, stride_yn, offs_d, D, FEATURE, HAS_DEN, HAS_C, DOT_PREC, U_PAIR,
+            )  # fmt: skip
+    else:  # (steps past N skipped)
+        start = blk * ROWS
+        for r0 in range(start, tl.minimum(start + ROWS, N), BLOCK_R):
+            acc_h, acc_z = _outer_rows(
+                acc_h, acc_z, r0 + offs_r, x_base, y_base, DEN, C, bh, N,
+                stride_xn, stride_yn, offs_d, D, FEATURE, HAS_DEN, HAS_C, DOT_PREC, U_PAIR,
+            )  # fmt: skip
     part = bh * tl.num_programs(0) + blk
     offs_h = part * D * D + offs_d[:, None] * D + offs_d[None, :]
     if SPLIT:

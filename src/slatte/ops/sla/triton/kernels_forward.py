@@ -14,6 +14,7 @@ from .kernels_common import (
     load_vector,
     round_tf32,
     store_rows,
+    sums_index,
 )
 
 LOG2E = 1.4426950408889634
@@ -69,6 +70,7 @@ def sla_fwd_kernel(
     KV_TMA: tl.constexpr,
     LIN_CHUNK: tl.constexpr,
     SPARSE_DONE: tl.constexpr,
+    SHARED_SUMS: tl.constexpr,
 ):
     """One program per (BLOCK_M query rows, head). Grid: (cdiv(N, BLOCK_M), B * H).
     K_TMA, V_TMA: with KV_TMA, tensor descriptors of K and V for BLOCK_N-row tiles (the key
@@ -78,6 +80,8 @@ def sla_fwd_kernel(
     query block (LSE kept in log2 units). Linear branch (LINEAR): O_l = phi(q) H_i /
     (phi(q) Z_i + eps) with H_i (D x D) and Z_i (D) of this query block pre-summed over S(i)
     (HBLK, ZBLK: `mask_gemm_kernel`); an empty S(i) gives H_i = Z_i = 0, hence O_l = 0.
+    SHARED_SUMS (linear_scope "all"): HBLK, ZBLK hold one H, Z per head, which every query block
+    reads (`sums_index`).
     H_PAIR (bf16, training): H_i is the bf16 pair HBLK + HBLK_LO of the backward's exact sum.
     Output O = O_s + O_l W^T + bias, in one pass: no O(N^2) buffer. LIN_CHUNK (a power of two
     up to BLOCK_D): columns of O_l per step of the linear epilogue. BLOCK_D: the feature tiles'
@@ -133,7 +137,8 @@ def sla_fwd_kernel(
     out = o_s
 
     if LINEAR:
-        z_i = load_vector(ZBLK + q_block * D + offs_d, offs_d, D, BLOCK_D)
+        sums = sums_index(q_block, bh, SHARED_SUMS)
+        z_i = load_vector(ZBLK + sums * D + offs_d, offs_d, D, BLOCK_D)
         fq = feature_map(q.to(tl.float32), FEATURE, D).to(q.dtype)
         den = tl.sum(fq.to(tl.float32) * z_i[None, :], 1) + eps
         # O_l and its projection LIN_CHUNK columns of O_l at a time: with all D = 128 columns of
@@ -141,7 +146,7 @@ def sla_fwd_kernel(
         # Chunks that would hold only padding lanes are skipped.
         for c in tl.static_range((D + LIN_CHUNK - 1) // LIN_CHUNK):
             offs_c = c * LIN_CHUNK + tl.arange(0, LIN_CHUNK)
-            offs_h = q_block * D * D + offs_d[:, None] * D + offs_c[None, :]
+            offs_h = sums * D * D + offs_d[:, None] * D + offs_c[None, :]
             h_i = load_tile(HBLK + offs_h, offs_d, offs_c, D, BLOCK_D)
             # W is (out, in): proj(o_l) = o_l W^T; these are the rows offs_c of W^T.
             w_t = load_tile(W + offs_d[None, :] * D + offs_c[:, None], offs_c, offs_d, D, BLOCK_D)

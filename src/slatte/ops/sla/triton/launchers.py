@@ -34,6 +34,11 @@ from .tiles import feature_tile, tiles
 # programs to fill the GPU.
 PREPROCESS_ROWS = 1024
 SCOPE_CODES = {"marginal": 0, "noncritical": 1, "all": 2}
+# Shared sums (`shared_sums`): rows per program of a head's sums, halved from the most until the
+# B*H heads take two programs per SM of an H100 (132), never below the least; powers of two, so
+# that few variants compile.
+SHARED_SUM_ROWS = (256, 4096)
+SHARED_SUM_PROGRAMS = 2 * 132
 
 
 class SparseBranch(NamedTuple):
@@ -54,6 +59,13 @@ def has_linear(nk: int, n_crit: int, n_negl: int, scope: str, has_proj: bool) ->
     """Whether any query block has a linear branch (every row has |S(i)| blocks alike)."""
     n_lin = {"marginal": nk - n_crit - n_negl, "noncritical": nk - n_crit, "all": nk}[scope]
     return has_proj and n_lin > 0
+
+
+def shared_sums(scope: str) -> bool:
+    """Whether the linear sums (H, Z; the backward's dH, dZ) are one per head, shared by all of
+    its blocks (shape (B*H, 1, ...)), instead of one per block: with scope "all" every block's S
+    is every block, so they are the same for all blocks."""
+    return scope == "all"
 
 
 @functools.cache
@@ -151,20 +163,22 @@ def _block_outer(
     den: torch.Tensor | None = None,
     c: torch.Tensor | None = None,
     pair: bool = False,
+    partial: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Per block of `rows` rows: (sum u^T y, its low half or None, sum c u) with
     u = phi(x) / den; see the kernel. `exact` (sums the backward uses): with half inputs the D x D
     sums come as a (hi, lo) pair of bf16 values; with fp32 inputs in fp32. Otherwise in the
     activations' dtype. `pair` (bf16 activations, `bf16_pairs`): u / den as a bf16 pair.
+    `partial`: `rows` is a long chunk of a head whose sums the caller adds up: fp32, no pair.
 
     At D > 64 the forward's sums take 64-row steps with 8 warps, the exact ones 32-row steps
     with 4 warps (the fastest on an H100 at D = 128)."""
     b, h, n, d = x.shape
     block_d = feature_tile(d)
     n_blocks = triton.cdiv(n, rows)
-    split = exact and _dot_prec(x.dtype) == "tf32"
+    split = exact and not partial and _dot_prec(x.dtype) == "tf32"
     exact_dtype = pair_dtype() if split else torch.float32
-    hdtype = exact_dtype if exact else _block_sum_dtype(x.dtype)
+    hdtype = exact_dtype if exact or partial else _block_sum_dtype(x.dtype)
     hblk = _new(policy, x, (2 if split else 1, b * h, n_blocks, d, d), hdtype)
     zblk = _new(policy, x, (b * h, n_blocks, d), torch.float32)
     aux = empty_aux(x)
@@ -180,9 +194,17 @@ def _block_outer(
         D=d, BLOCK_D=block_d, ROWS=rows, BLOCK_R=min(rows, block_r),
         FEATURE=FEATURE_CODES[feature_map],
         HAS_DEN=den is not None, HAS_C=c is not None, DOT_PREC=_dot_prec(x.dtype), SPLIT=split,
-        U_PAIR=pair and den is not None, num_warps=warps, num_stages=3,
+        U_PAIR=pair and den is not None, LOOP=partial, num_warps=warps, num_stages=3,
     )  # fmt: skip
     return hblk[0], hblk[1] if split else None, zblk
+
+
+def _shared_sum_rows(n: int, heads: int) -> int:
+    """Rows per program of the shared sums (`SHARED_SUM_ROWS`, `SHARED_SUM_PROGRAMS`)."""
+    least, rows = SHARED_SUM_ROWS
+    while rows > least and heads * triton.cdiv(n, rows) < SHARED_SUM_PROGRAMS:
+        rows //= 2
+    return rows
 
 
 def _mask_gemm(
@@ -254,15 +276,29 @@ def _linear_sums(
     Forward (x = k, y = v): H_i, Z_i of every query block. Backward (x = q, y = dO_l,
     transpose): dH^(j), dZ^(j) of every key block. Returns (B*H, blocks, D, D) (fp32 when
     `exact`, else `_forward_sum_dtype`; with `pair_out` its hi half), its lo half (`pair_out`;
-    else None), and (B*H, blocks, D).
+    else None), and (B*H, blocks, D). With `shared_sums(scope)` blocks is 1: the head's sums
+    over all rows, which every block shares.
     `exact`: H / dH to ~fp32 accuracy, as the backward's cancellations need (the inference
     forward's output is fine with sums rounded like the activations).
     """
-    d = x.shape[-1]
+    b, h, n, d = x.shape
+    out_dtype = torch.float32 if exact else _forward_sum_dtype(x.dtype)
+    if shared_sums(scope):
+        # No mask: each head's rows in a few long chunks, their fp32 partials added up here.
+        chunk_rows = _shared_sum_rows(n, b * h)
+        hpart, _, zpart = _block_outer(
+            policy, x, y, chunk_rows, feature_map, exact, den, c, pair_out, partial=True
+        )
+        total = hpart.sum(1, keepdim=True)  # (B*H, 1, D, D), fp32
+        zsum = zpart.sum(1, keepdim=True)
+        if not pair_out:
+            return total.to(out_dtype), None, zsum
+        hi = total.to(torch.bfloat16)
+        lo = (total - hi.float()).to(torch.bfloat16)
+        return hi.to(pair_dtype()), lo.to(pair_dtype()), zsum
     hblk, hblk_lo, zblk = _block_outer(policy, x, y, rows, feature_map, exact, den, c, pair_out)
     flat = hblk.view(hblk.shape[0], -1, d * d)
     flat_lo = None if hblk_lo is None else hblk_lo.view(flat.shape)
-    out_dtype = torch.float32 if exact else _forward_sum_dtype(x.dtype)
     hsum, hsum_lo = _mask_gemm(
         policy, bmap, flat, flat_lo, scope, transpose, x.dtype, out_dtype, pair_out
     )
@@ -302,7 +338,8 @@ def forward(
     With `store_aux` the linear branch's H_i, Z_i are summed to the backward's accuracy (an
     exact bf16 pair for bf16 activations, fp32 otherwise) and kept: the forward multiplies
     phi(q) with both halves, the backward takes them instead of summing them again. Extra
-    memory: D x D per query block and head, D / block_q times the bytes of q per half.
+    memory: D x D per query block and head, D / block_q times the bytes of q per half (one
+    per head with `shared_sums`).
     """
     b, h, n, d = q.shape
     bmap, crit_lut = classify(block_scores(q, k, block_q, block_k), n_crit, n_negl)
@@ -344,6 +381,7 @@ def forward(
         DOT_PREC=_dot_prec(q.dtype),
         KV_TMA=tma, LIN_CHUNK=min(cfg["fwd_lin_chunk"], block_d), num_warps=cfg["fwd_warps"],
         num_stages=cfg["fwd_stages"], SPARSE_DONE=sparse_done,
+        SHARED_SUMS=shared_sums(linear_scope),
     )  # fmt: skip
     # The sums are saved state only when training (inference's are rounded for the forward).
     sums = (hsum, hsum_lo, zsum) if store_aux else (aux, aux, aux)
@@ -412,6 +450,7 @@ def backward(
     flags = dict(
         D=d, BLOCK_D=block_d, LUT_BLOCK_Q=block_q, LUT_BLOCK_K=block_k,
         FEATURE=FEATURE_CODES[feature_map], LINEAR=linear, DOT_PREC=prec, SPLIT=prec == "tf32",
+        SHARED_SUMS=shared_sums(linear_scope),
     )  # fmt: skip
     # The dq kernel computes Delta_l (from the same rounded terms it cancels against there),
     # which the key side's dZ sums need: dq runs first.
@@ -452,8 +491,8 @@ def backward(
             *_bh_strides(k), *_bh_strides(v), h, n, scale,
             D=d, BLOCK_D=block_d, BLOCK_N=cfg["key_linear_n"], LUT_BLOCK_K=block_k,
             FEATURE=flags["FEATURE"],
-            DOT_PREC=prec, SPLIT=flags["SPLIT"], PAIR=pair, num_warps=cfg["key_linear_warps"],
-            num_stages=1,
+            DOT_PREC=prec, SPLIT=flags["SPLIT"], PAIR=pair, SHARED_SUMS=flags["SHARED_SUMS"],
+            num_warps=cfg["key_linear_warps"], num_stages=1,
         )  # fmt: skip
     crit_rows, crit_starts = (
         (aux, aux) if sparse_done else transpose_lists(crit_lut, bmap.shape[-1])
