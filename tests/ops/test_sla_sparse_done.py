@@ -86,6 +86,7 @@ def sparse_done(q, k, v, w, bias, config, layout, policy):
     [
         (65, 32, torch.float32, "marginal", "bhnd", 0.25),
         (200, 64, torch.float16, "all", "bnhd", 0.25),
+        (777, 32, torch.float32, "all", "bhnd", 0.25),  # shared sums over 4 ragged chunks
         (130, 32, torch.float16, "noncritical", "bhnd", 0.25),
         # No marginal block (5 key blocks: 1 critical, 4 negligible): no linear branch, but the
         # projection's bias is still added.
