@@ -352,7 +352,8 @@ def mask_gemm_kernel(
     """OUT[bh, r] = sum over c of S(MAP[bh, r, c]) X[bh, c] (summed in fp32, stored in OUT's
     dtype; PAIR_OUT: as a bf16 pair OUT + OUT_LO, within 2^-17 of the fp32 sum, for products on
     bf16 tensor cores), S the linear branch's selection from the block map codes: SCOPE 0
-    "marginal" (code 0), 1 "noncritical" (codes 0, -1), 2 "all".
+    "marginal" (code 0), 1 "noncritical" (codes 0, -1). (Scope "all" needs no map: its sums
+    are shared, `launchers.shared_sums`.)
     Grid: (cdiv(R, BLOCK_R), cdiv(COLS, BLOCK_COLS), B*H); columns are masked only where
     BLOCK_COLS does not divide COLS (D x D sums of a head dim that is no power of two).
 
@@ -379,12 +380,7 @@ def mask_gemm_kernel(
             mask=ok,
             other=1,
         )
-        if SCOPE == 0:
-            sel = code == 0
-        elif SCOPE == 1:
-            sel = code != 1
-        else:
-            sel = ok
+        sel = code == 0 if SCOPE == 0 else code != 1
         x = _load_x_tile(X, X_TMA, bh, c0, cols_c, pid_col, offs_col, C, COLS, TMA)
         w = sel.to(x.dtype)
         acc = tl.dot(w, x, acc, input_precision=DOT_PREC)

@@ -33,7 +33,8 @@ from .tiles import feature_tile, tiles
 # Rows of one program of the backward's preprocessing: few partial dW sums to add up, enough
 # programs to fill the GPU.
 PREPROCESS_ROWS = 1024
-SCOPE_CODES = {"marginal": 0, "noncritical": 1, "all": 2}
+# The mask GEMM's scopes (scope "all" takes shared sums instead).
+SCOPE_CODES = {"marginal": 0, "noncritical": 1}
 # Shared sums (`shared_sums`): rows per program of a head's sums, halved from the most until the
 # B*H heads take two programs per SM of an H100 (132), never below the least; powers of two, so
 # that few variants compile.
