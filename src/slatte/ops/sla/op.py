@@ -83,8 +83,10 @@ def sla_fwd(
 ]:  # fmt: skip
     """Returns (o, bmap, crit_lut, o_s, o_l, lse, den, hsum, hsum_lo, zsum); all but o are saved
     for the backward, the last seven empty unless `store_aux` (o_l, den and the sums also
-    without a linear branch, hsum_lo also without bf16 pairs). `kernels`: the family that runs
-    it; `switches`: `LaunchPolicy.switches`.
+    without a linear branch, hsum_lo also without bf16 pairs). hsum, hsum_lo: (B*H, blocks, D, D),
+    zsum: (B*H, blocks, D), one per query block, or one per head (blocks = 1) where the family's
+    `shared_sums(linear_scope)`. `kernels`: the family that runs it; `switches`:
+    `LaunchPolicy.switches`.
     """
     return _launchers(kernels).forward(
         q, k, v, proj_weight, proj_bias, n_crit, n_negl, block_q, block_k, feature_map,
