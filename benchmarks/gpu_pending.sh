@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# The GPU runs the open issues still need (23: hopper grid, attention_h100.json, profile, epilogue
-# tiles, Wan e2e; 24: the D = 72 grid and every model's native-shape forward; 25: the search's
-# signal on a Wan2.1-shaped model; 26: LoRA costs), as two calls made back to back on one warm
-# machine (the cu13 CuTe DSL libraries are larger than one call carries) and an optional third.
+# The GPU runs the open issues still need, as calls made back to back on one warm machine (the
+# cu13 CuTe DSL libraries are larger than one call carries):
+#   23: the hopper grid and the side-by-side bench on the final kernels (attention_h100.json);
+#   24: the whole Triton grid (D = 72 first), the joint-attention models and HunyuanVideo at
+#       their native shapes;
+#   26: the dense full-attention digits model that the LoRA study starts from (`dense`).
 #
 # Here, once (downloads the wheels into the git-ignored .whl/ and gpu_runs/; the official SLA
 # branches `main` and `SLA-1` of github.com/thu-ml/SLA go into .external/sla_official_{main,sla_1}):
 #   bash benchmarks/gpu_pending.sh prepare
 # Then, with run's carry:
 #   part1  carry gpu_runs/x1 gpu_runs/w1 .external   (no FlashAttention-4: Triton grid, models)
-#   part2  carry gpu_runs/x2 gpu_runs/w2 .external   (installs FA4: hopper grid, bench, LoRA)
-#   part3  (same warm machine, nothing carried)      (hopper profile, epilogue tiles, Wan e2e)
+#   part2  carry gpu_runs/x2 gpu_runs/w2 .external   (installs FA4: hopper grid, side-by-side bench)
+#   dense  (nothing carried; SECONDS_TRAIN=540 default) (trains `full` with the dense recipe of
+#          docs/RESULTS.md section 1; $OUT/full.tgz holds the latest EMA model: bring it back and
+#          continue on a later call with INIT_FROM=..., as RESULTS.md section 1 did)
 # Logs go to $OUT (or ./gpu_logs); each step prints its exit code, time and last lines. END (seconds,
-# default 570) is when a part stops starting its optional steps (e2e models, LoRA costs).
+# default 570) is when a part stops starting its optional steps (e2e models).
 set -uo pipefail
-what=${1:?usage: gpu_pending.sh prepare|part1|part2|part3}
+what=${1:?usage: gpu_pending.sh prepare|part1|part2|dense}
 out=${OUT:-gpu_logs}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -60,12 +64,12 @@ part1)
   pipi gpu_runs/w1/*.whl || exit 1
   export PYTHONPATH=$PWD/src:$PWD/benchmarks:$site
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-  TAILN=6 step 220 grid_triton python3 -m pytest -q --tb=line -n 8 -p no:cacheprovider "${grid[@]}"
-  TAILN=4 step 90 cuda_tests python3 -m pytest -q --tb=line -p no:cacheprovider \
-    tests/integrations/test_diffusers_sla.py tests/integrations/test_diffusers_gelu.py -k "cuda or head_dim or gelu"
-  TAILN=8 step 120 stg_search python3 benchmarks/bench_stg_search.py --blocks 0,10,20,29
-  for m in wan2.2-5b wan-vace-1.3b skyreels-v2-1.3b ltx-2 cogvideox-5b mochi-1 hunyuanvideo-1.5 \
-    hunyuanvideo; do
+  # The head dim 72 cases first (issue 24 needs them whole), then the rest of the grid.
+  TAILN=6 step 200 grid_d72 python3 -m pytest -q --tb=line -n 8 -p no:cacheprovider \
+    tests/ops/test_sla_triton_gpu.py -k "72"
+  TAILN=6 step 300 grid_triton python3 -m pytest -q --tb=line -n 8 -p no:cacheprovider \
+    "${grid[@]}" -k "not 72"
+  for m in cogvideox-5b mochi-1 hunyuanvideo-1.5 hunyuanvideo; do
     left=$((end - SECONDS))
     ((left < 40)) && { echo "skip $m"; continue; }
     TAILN=4 step $left "e2e_$m" python3 benchmarks/bench_e2e.py --model $m --no-train --no-compile \
@@ -85,31 +89,12 @@ part2)
     tests/ops/test_sla_hopper_gpu.py
   TAILN=60 step 260 bench_attention python3 benchmarks/bench_attention.py --no-sweep \
     --official-main .external/sla_official_main --official-sla1 .external/sla_official_sla_1
-  # Issue 26's costs: trainable parameters, peak memory and step time of each way to fine-tune SLA
-  # at 95% on the full-attention digits model at the same batch.
-  for v in "full:" "lora4:--lora-rank 4 --trainable lora+sla" "lora16:--lora-rank 16 --trainable lora+sla" \
-    "sla_only:--trainable sla"; do
-    name=${v%%:*}
-    left=$(((end - SECONDS) / 2 > 60 ? 60 : (end - SECONDS) / 2))
-    ((left < 20)) && { echo "skip lora $name"; continue; }
-    # shellcheck disable=SC2086  # the variant's flags are words
-    TAILN=3 step $left "lora_$name" python3 -m slatte.cli train \
-      --init-from src/slatte/pretrained/latte-digits-full-sla --out "/tmp/lora_$name" --overwrite \
-      --steps 100 --batch-size 64 --image-batch 64 --precision bf16 --attention sla \
-      --sla-critical 0.05 --lr 5e-4 --log-every 25 --workers 4 --sample-steps 5 ${v#*:}
-  done
   ;;
-part3)
-  export PYTHONPATH=$fa4_path
-  TAILN=14 step 90 profile_hopper_fwd python3 benchmarks/profile_sla.py --kernels hopper --block-k 128 \
-    --forward-only
-  TAILN=20 step 120 profile_hopper python3 benchmarks/profile_sla.py --kernels hopper --block-k 128
-  TAILN=20 step 200 tune_hopper python3 benchmarks/tune_sla.py --kernels hopper --block-k 128 --forward
-  TAILN=12 step $((580 - SECONDS)) e2e_wan python3 benchmarks/bench_e2e.py --no-train \
-    --variants dense,slatte --compile-modes default,reduce-overhead --block-k 128
+dense)
+  bash studies/gpu_train_default.sh "${SECONDS_TRAIN:-540}" full
   ;;
 *)
-  echo "unknown mode $what: prepare|part1|part2|part3" >&2
+  echo "unknown mode $what: prepare|part1|part2|dense" >&2
   exit 2
   ;;
 esac
