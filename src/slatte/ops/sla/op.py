@@ -41,10 +41,13 @@ def fused_sla(
     kernels: str,
     policy: LaunchPolicy,
     training: bool,
-) -> torch.Tensor:
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """SLA of (B, H, N, D) q, k, v through the op, on the kernel family `kernels` (chosen by
     `launch_policy.select_kernels`) with `policy`'s switches; `training`: a gradient will be
-    needed, so the forward keeps what the backward reads."""
+    needed, so the forward keeps what the backward reads. `return_lse` (inference): also the
+    sparse branch's log-sum-exp (B, H, N), fp32, natural log, which the forward keeps with the
+    backward's state."""
     n, d = q.shape[-2], q.shape[-1]
     n_crit, n_negl = block_counts(config.critical, config.negligible, -(-n // config.block_k))
     # The kernels index the feature dim with stride 1 and the projection as a dense fp32 matrix.
@@ -54,10 +57,15 @@ def fused_sla(
     if proj_bias is not None:
         proj_bias = proj_bias.float().contiguous()
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    return sla_fwd(
+    outs = sla_fwd(
         q, k, v, proj_weight, proj_bias, n_crit, n_negl, config.block_q, config.block_k,
-        config.feature_map, config.linear_scope, scale, training, kernels, policy.switches,
-    )[0]  # fmt: skip
+        config.feature_map, config.linear_scope, scale, training or return_lse, kernels,
+        policy.switches,
+    )  # fmt: skip
+    if not return_lse:
+        return outs[0]
+    # Each family keeps the log-sum-exp in its own units (its launchers' LSE_TO_NATURAL).
+    return outs[0], outs[5] * _launchers(kernels).LSE_TO_NATURAL
 
 
 @torch.library.custom_op("slatte::sla_fwd", mutates_args=())
