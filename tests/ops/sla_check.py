@@ -110,7 +110,6 @@ def check_sla(
     return errors
 
 
-
 def critical_lse(q, k, config: SLAConfig, layout="bhnd", dtype=torch.float64):
     """log sum exp(q.k / sqrt(D)) over each query's critical keys, (B, H, N) in float64, with the
     scores computed in `dtype`: SLA's block map of q, k (in their own precision) spread over the
