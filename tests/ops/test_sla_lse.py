@@ -82,3 +82,18 @@ def test_return_lse_with_gradients_is_refused(kernels, needs_grad):
         _run(kernels, inputs, "bhnd", return_lse=True)
     with torch.no_grad():
         _run(kernels, inputs, "bhnd", return_lse=True)  # the same call, for inference
+
+
+@pytest.mark.parametrize("kernels", FAMILIES)
+def test_return_lse_compiles_without_graph_breaks(kernels):
+    """Joint SLA runs it inside compiled models: the unit conversion is no graph break."""
+    inputs = make_inputs(1, 2, 48, 32, torch.float32, DEVICE, seed=7)
+    policy = LaunchPolicy(kernels=kernels)
+
+    def f(*xs):
+        return sparse_linear_attention(*xs, CONFIG, policy=policy, return_lse=True)
+
+    with torch.no_grad():
+        compiled = torch.compile(f, fullgraph=True, backend="aot_eager")(*inputs)
+        for got, want in zip(compiled, f(*inputs), strict=True):
+            torch.testing.assert_close(got, want)
