@@ -93,7 +93,8 @@ def sla_fwd(
     for the backward, the last seven empty unless `store_aux` (o_l, den and the sums also
     without a linear branch, hsum_lo also without bf16 pairs). hsum, hsum_lo: (B*H, blocks, D, D),
     zsum: (B*H, blocks, D), one per query block, or one per head (blocks = 1) where the family's
-    `shared_sums(linear_scope)`. `kernels`: the family that runs it; `switches`:
+    `shared_sums(linear_scope)`. lse: (B, H, N) in the family's units (its launchers'
+    `LSE_TO_NATURAL` turns them into a natural log). `kernels`: the family that runs it; `switches`:
     `LaunchPolicy.switches`.
     """
     return _launchers(kernels).forward(
