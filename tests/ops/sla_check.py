@@ -8,6 +8,7 @@ The kernel's buffers are poisoned with NaN first, so an element left unwritten f
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import torch
@@ -19,7 +20,7 @@ from slatte.ops.sla.reference import sla_reference
 FACTOR = 2.0
 # Relative to max|truth|: covers reduction-order noise where the low-precision reference is
 # nearly exact (fp32), far below any real bug.
-FLOOR = {torch.float32: 1e-5, torch.float16: 1e-4, torch.bfloat16: 5e-4}
+FLOOR = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-4, torch.bfloat16: 5e-4}
 NAMES = ("out", "dq", "dk", "dv", "dw", "db")
 
 
@@ -107,3 +108,30 @@ def check_sla(
             f"+ floor (|truth| {scale:.3g}); {config}, layout={layout}"
         )
     return errors
+
+
+def critical_lse(q, k, config: SLAConfig, layout="bhnd", dtype=torch.float64):
+    """log sum exp(q.k / sqrt(D)) over each query's critical keys, (B, H, N) in float64, with the
+    scores computed in `dtype`: SLA's block map of q, k (in their own precision) spread over the
+    tokens here, N x N."""
+    bmap = sla_block_map(q, k, config, layout=layout)
+    q, k = (_bhnd(x, layout).to(dtype) for x in (q, k))
+    n = q.shape[2]
+    critical = (bmap == 1).repeat_interleave(config.block_q, 2)[:, :, :n]
+    critical = critical.repeat_interleave(config.block_k, 3)[..., :n]  # (B, H, N, N)
+    scores = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).double()
+    return scores.masked_fill(~critical, float("-inf")).logsumexp(-1)
+
+
+def check_lse(lse, q, k, config: SLAConfig, layout="bhnd") -> None:
+    """Assert the rule (module docstring) for a log-sum-exp over the critical keys (the
+    op's `return_lse`): against float64, the error of the scores rounded to q's dtype."""
+    truth = critical_lse(q, k, config, layout)
+    assert lse.shape == truth.shape, f"lse shape {tuple(lse.shape)}, want {tuple(truth.shape)}"
+    err_fast = (lse.double() - truth).abs().max().item()
+    err_low = (critical_lse(q, k, config, layout, q.dtype) - truth).abs().max().item()
+    bound = FACTOR * err_low + FLOOR[q.dtype] * max(truth.abs().max().item(), 1.0)
+    assert err_fast <= bound, (
+        f"lse: error {err_fast:.3g} > {FACTOR} x the rounded scores' error {err_low:.3g} + floor; "
+        f"{config}, layout={layout}"
+    )

@@ -14,10 +14,11 @@ import itertools
 import pytest
 import torch
 
-from slatte.ops import SLAConfig
+from slatte.ops import SLAConfig, sparse_linear_attention
+from slatte.ops.sla import LaunchPolicy
 from slatte.ops.sla.hopper.fa4 import fa4_version
 
-from .sla_check import check_sla, make_inputs
+from .sla_check import check_lse, check_sla, make_inputs
 
 pytestmark = [
     pytest.mark.gpu,
@@ -70,3 +71,19 @@ def test_forward_with_64_row_key_blocks(n, d, dtype, layout):
 def test_strided_layout_with_gradients():
     inputs = make_inputs(2, 3, 777, 128, torch.bfloat16, "cuda", seed=7, layout="bnhd")
     check_sla(*inputs, SLAConfig(block_q=128, block_k=128), layout="bnhd", kernels="hopper")
+
+
+@pytest.mark.parametrize("layout", ["bhnd", "bnhd"])
+@pytest.mark.parametrize(
+    "n,d,dtype,blocks", [(65, 64, "bf16", (128, 128)), (4096, 128, "fp16", (128, 64))]
+)
+def test_return_lse_is_a_natural_log(n, d, dtype, blocks, layout):
+    """FA4 writes the sparse branch's LSE as a natural log; the op passes it on as such."""
+    q, k, v, w, bias = make_inputs(1, 2, n, d, DTYPES[dtype], "cuda", seed=n, layout=layout)
+    config = SLAConfig(block_q=blocks[0], block_k=blocks[1])
+    policy = LaunchPolicy(kernels="hopper", poison_outputs=True)
+    with torch.no_grad():
+        _, lse = sparse_linear_attention(
+            q, k, v, w, bias, config, layout=layout, policy=policy, return_lse=True
+        )
+    check_lse(lse, q, k, config, layout)

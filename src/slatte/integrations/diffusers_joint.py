@@ -6,9 +6,10 @@ SLA applies to the video-to-video part only; everything that touches text stays 
 - video queries over video keys go through SLA (`sparse_linear_attention`, output O_sla);
 - video queries over text keys are dense. The two are merged as one softmax in which the video
   keys take part as a single extra key: its logit is the log of the softmax mass of the
-  critical video blocks (`critical_log_mass`, computed exactly) and its value is O_sla. With
-  zero projections this is exact softmax attention over the critical video blocks and all text
-  keys; with every block critical it is the model's own joint attention;
+  critical video blocks (the sparse branch's log-sum-exp, which the kernels return without
+  gradients; `critical_log_mass` computes it again where a gradient is needed) and its value
+  is O_sla. With zero projections this is exact softmax attention over the critical video
+  blocks and all text keys; with every block critical it is the model's own joint attention;
 - text queries attend densely to every key, video and text.
 Text key padding (HunyuanVideo's attention mask) masks text keys for both kinds of query.
 
@@ -109,19 +110,26 @@ def joint_sla(
     and output zero (the model's own attention gives them that). Returns the video and text outputs
     (B, N, H, D)."""
     (q_v, k_v, v_v), (q_t, k_t, v_t) = video, text
-    o_sla = sparse_linear_attention(
-        q_v, k_v, v_v, sla.proj_l.weight, sla.proj_l.bias, sla.config,
-        layout="bnhd", policy=SLA_POLICIES[sla.backend],
-    )  # fmt: skip
-    log_mass = critical_log_mass(q_v, k_v, sla.config)  # (B, H, Nv)
+    sla_args = (q_v, k_v, v_v, sla.proj_l.weight, sla.proj_l.bias, sla.config)
+    policy = SLA_POLICIES[sla.backend]
+    if torch.is_grad_enabled():
+        # The kernels' log-sum-exp has no gradient: the mass is computed again, differentiably.
+        o_sla = sparse_linear_attention(*sla_args, layout="bnhd", policy=policy)
+        log_mass = critical_log_mass(q_v, k_v, sla.config)  # (B, H, Nv)
+    else:  # the sparse branch's own log-sum-exp is that mass
+        o_sla, log_mass = sparse_linear_attention(
+            *sla_args, layout="bnhd", policy=policy, return_lse=True
+        )
     scale = 1.0 / math.sqrt(q_v.shape[-1])
     text_scores = torch.einsum("bnhd,bmhd->bhnm", q_v.float(), k_t.float()) * scale
     if text_mask is not None:
         text_scores = text_scores.masked_fill(~text_mask[:, None, None, :], float("-inf"))
-    weights = torch.cat([log_mass[..., None], text_scores], dim=-1).softmax(-1)
-    o_video = weights[..., :1] * o_sla.transpose(1, 2).float() + weights[..., 1:] @ (
-        v_t.transpose(1, 2).float()
-    )  # (B, H, Nv, D)
+    # One softmax over [video mass, text keys], normalised by its log-sum-exp instead of
+    # concatenating the extra logit: one (B, H, Nv, Nt) copy fewer.
+    log_total = torch.logaddexp(log_mass, text_scores.logsumexp(-1))[..., None]
+    o_video = (log_mass[..., None] - log_total).exp() * o_sla.transpose(1, 2).float() + (
+        text_scores - log_total
+    ).exp() @ v_t.transpose(1, 2).float()  # (B, H, Nv, D)
 
     keys, values = (torch.cat([a, b], dim=1).transpose(1, 2) for a, b in ((k_v, k_t), (v_v, v_t)))
     key_mask = None

@@ -29,6 +29,18 @@ def _blocks(x: torch.Tensor, block: int) -> torch.Tensor:
     return x.reshape(b * h, n_blocks, block, d)
 
 
+def _critical_lse(
+    qb: torch.Tensor, k_crit: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> torch.Tensor:
+    """log Σ exp(scale q·k) over each query's critical keys, (B*H, Nq, bq) in at least fp32, for
+    the query blocks qb and their gathered critical keys (`sla_blocked`): SDPA keeps its own."""
+    acc = torch.promote_types(qb.dtype, torch.float32)
+    scores = (qb.to(acc) @ k_crit.to(acc).transpose(-1, -2)) * scale
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.logsumexp(dim=-1)
+
+
 def sla_blocked(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -37,9 +49,11 @@ def sla_blocked(
     proj_bias: torch.Tensor | None,
     config: SLAConfig,
     scale: float | None = None,
-) -> torch.Tensor:
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """SLA output (B, H, N, D) in q's dtype for q, k, v (B, H, N, D); what `sla_reference`
-    gives, to rounding. Without a projection the linear branch is skipped: O = O_s."""
+    gives, to rounding. Without a projection the linear branch is skipped: O = O_s.
+    `return_lse`: also the sparse branch's log-sum-exp (natural log), (B, H, N)."""
     b, h, n, d = q.shape
     bq, bk = config.block_q, config.block_k
     scale = 1.0 / math.sqrt(d) if scale is None else scale
@@ -59,8 +73,10 @@ def sla_blocked(
     # SDPA's fused kernel, each query block one row of its batch: (B*H, Nq, bq, D)
     out = F.scaled_dot_product_attention(qb, k_crit, v_crit, attn_mask=mask, scale=scale)
     out = out.reshape(b, h, nq * bq, d)[:, :, :n]
+    if return_lse:
+        lse = _critical_lse(qb, k_crit, mask, scale).reshape(b, h, nq * bq)[:, :, :n]
     if proj_weight is None:
-        return out
+        return (out, lse) if return_lse else out
 
     # Linear branch: per-key-block sums, added up over S(i) (rows past N contribute nothing).
     phi_k = feature_map(kb, config.feature_map)
@@ -78,4 +94,5 @@ def sla_blocked(
     num = num_den[..., :d].to(div_dtype)
     den = num_den[..., d:].to(div_dtype) + LINEAR_EPS
     out_l = (num / den).reshape(b, h, nq * bq, d)[:, :, :n]
-    return add_projected(out, out_l, proj_weight, proj_bias)
+    out = add_projected(out, out_l, proj_weight, proj_bias)
+    return (out, lse) if return_lse else out

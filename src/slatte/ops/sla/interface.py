@@ -118,7 +118,8 @@ def sparse_linear_attention(
     scale: float | None = None,
     layout: str = "bhnd",
     policy: LaunchPolicy | None = None,
-) -> torch.Tensor:
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """SLA sparse-linear attention (self-attention), `shared/specs/SLA.md`.
 
     Args:
@@ -138,9 +139,13 @@ def sparse_linear_attention(
             dims that are multiples of 8 up to 128; an error elsewhere), "torch" (block-sparse PyTorch ops: only
             the critical blocks and per-block linear sums; any float dtype and device) or
             "reference" (plain PyTorch with N x N matrices, the executable spec).
+        return_lse: also return the sparse branch's log-sum-exp, for inference: the kernels
+            give it no gradient, so it is refused (ValueError) when a gradient is needed.
 
     Returns:
-        O = O_s + proj(O_l), shaped and laid out like q, in q's dtype.
+        O = O_s + proj(O_l), shaped and laid out like q, in q's dtype. With `return_lse`, the
+        pair (O, lse): lse (B, H, N) in both layouts, the natural log of the sum over each
+        query's critical keys of exp(scale * q.k), float32 (float64 for float64 inputs).
     """
     policy = DEFAULT_POLICY if policy is None else policy
     if not _is_compiling():
@@ -151,13 +156,26 @@ def sparse_linear_attention(
     training = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (q, k, v, proj_weight, proj_bias)
     )
+    if return_lse and training:
+        raise ValueError(
+            "return_lse=True is for inference: the SLA kernels give its log-sum-exp no gradient, "
+            "and here q, k, v or the projection require one. Call it under torch.no_grad() "
+            "(or detach the inputs), or without return_lse"
+        )
     kernels = select_kernels(q, policy, (config.block_q, config.block_k), training)
     if kernels == "reference":
-        out = sla_reference(q, k, v, proj_weight, proj_bias, config, scale=scale)
+        out = sla_reference(
+            q, k, v, proj_weight, proj_bias, config, scale=scale, return_lse=return_lse
+        )
     elif kernels == "torch":
-        out = sla_blocked(q, k, v, proj_weight, proj_bias, config, scale)
+        out = sla_blocked(q, k, v, proj_weight, proj_bias, config, scale, return_lse)
     else:
         from .op import fused_sla
 
-        out = fused_sla(q, k, v, proj_weight, proj_bias, config, scale, kernels, policy, training)
+        out = fused_sla(
+            q, k, v, proj_weight, proj_bias, config, scale, kernels, policy, training, return_lse
+        )
+    if return_lse:
+        out, lse = out
+        return _to_bhnd(out, layout), lse
     return _to_bhnd(out, layout)

@@ -41,10 +41,13 @@ def fused_sla(
     kernels: str,
     policy: LaunchPolicy,
     training: bool,
-) -> torch.Tensor:
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """SLA of (B, H, N, D) q, k, v through the op, on the kernel family `kernels` (chosen by
     `launch_policy.select_kernels`) with `policy`'s switches; `training`: a gradient will be
-    needed, so the forward keeps what the backward reads."""
+    needed, so the forward keeps what the backward reads. `return_lse` (inference): also the
+    sparse branch's log-sum-exp (B, H, N), fp32, natural log, which the forward keeps with the
+    backward's state."""
     n, d = q.shape[-2], q.shape[-1]
     n_crit, n_negl = block_counts(config.critical, config.negligible, -(-n // config.block_k))
     # The kernels index the feature dim with stride 1 and the projection as a dense fp32 matrix.
@@ -54,10 +57,15 @@ def fused_sla(
     if proj_bias is not None:
         proj_bias = proj_bias.float().contiguous()
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    return sla_fwd(
+    outs = sla_fwd(
         q, k, v, proj_weight, proj_bias, n_crit, n_negl, config.block_q, config.block_k,
-        config.feature_map, config.linear_scope, scale, training, kernels, policy.switches,
-    )[0]  # fmt: skip
+        config.feature_map, config.linear_scope, scale, training or return_lse, kernels,
+        policy.switches,
+    )  # fmt: skip
+    if not return_lse:
+        return outs[0]
+    # Each family keeps the log-sum-exp in its own units (its launchers' LSE_TO_NATURAL).
+    return outs[0], outs[5] * _launchers(kernels).LSE_TO_NATURAL
 
 
 @torch.library.custom_op("slatte::sla_fwd", mutates_args=())
@@ -85,7 +93,8 @@ def sla_fwd(
     for the backward, the last seven empty unless `store_aux` (o_l, den and the sums also
     without a linear branch, hsum_lo also without bf16 pairs). hsum, hsum_lo: (B*H, blocks, D, D),
     zsum: (B*H, blocks, D), one per query block, or one per head (blocks = 1) where the family's
-    `shared_sums(linear_scope)`. `kernels`: the family that runs it; `switches`:
+    `shared_sums(linear_scope)`. lse: (B, H, N) in the family's units (its launchers'
+    `LSE_TO_NATURAL` turns them into a natural log). `kernels`: the family that runs it; `switches`:
     `LaunchPolicy.switches`.
     """
     return _launchers(kernels).forward(

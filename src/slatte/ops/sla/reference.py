@@ -42,11 +42,13 @@ def expand_blocks(
 
 def sparse_branch(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, critical_tokens: torch.Tensor, scale: float
-) -> torch.Tensor:
-    """Softmax attention of each query over the keys of its critical blocks. (B, H, N, D)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention of each query over the keys of its critical blocks, (B, H, N, D), and
+    the log-sum-exp of those scores (natural log), (B, H, N) in at least fp32."""
     scores = (q @ k.transpose(-1, -2)) * scale
     scores = scores.masked_fill(~critical_tokens, float("-inf"))
-    return torch.softmax(scores, dim=-1) @ v
+    lse = scores.to(torch.promote_types(q.dtype, torch.float32)).logsumexp(dim=-1)
+    return torch.softmax(scores, dim=-1) @ v, lse
 
 
 def linear_branch(
@@ -83,9 +85,11 @@ def sla_reference(
     scale: float | None = None,
     bmap: torch.Tensor | None = None,
     query_rows: torch.Tensor | None = None,
-) -> torch.Tensor:
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """SLA output (B, H, N, D) in q's dtype for q, k, v of shape (B, H, N, D), with the
     options `config` (`SLAConfig()` if None; its `projection` is the caller's business).
+    `return_lse`: also the sparse branch's log-sum-exp (`sparse_branch`), (B, H, N).
 
     `bmap`: a precomputed block map (B, H, Nq, Nk) to use instead of computing one from q and k
     (tests pass the map of the low-precision inputs to a float64 run so both choose the same
@@ -102,13 +106,13 @@ def sla_reference(
     if query_rows is not None:
         q = q[:, :, query_rows]
     critical_tokens = expand_blocks(bmap == CRITICAL, n, block_q, block_k, query_rows)
-    out = sparse_branch(q, k, v, critical_tokens, scale)
-    if proj_weight is None:
-        return out
-    in_linear = linear_mask(bmap, config.linear_scope)
-    linear_tokens = expand_blocks(in_linear, n, block_q, block_k, query_rows)
-    out_l = linear_branch(q, k, v, linear_tokens, config.feature_map)
-    return add_projected(out, out_l, proj_weight, proj_bias)
+    out, lse = sparse_branch(q, k, v, critical_tokens, scale)
+    if proj_weight is not None:
+        in_linear = linear_mask(bmap, config.linear_scope)
+        linear_tokens = expand_blocks(in_linear, n, block_q, block_k, query_rows)
+        out_l = linear_branch(q, k, v, linear_tokens, config.feature_map)
+        out = add_projected(out, out_l, proj_weight, proj_bias)
+    return (out, lse) if return_lse else out
 
 
 def add_projected(

@@ -17,11 +17,15 @@ from ..triton.launchers import (
 from .fa4 import sparse_backward, sparse_forward
 
 FA4_SPARSE = SparseBranch(sparse_forward, sparse_backward)
+# FlashAttention-4 writes the sparse branch's log-sum-exp as a natural log (`fa4.py`); the
+# Triton kernels leave it as it is (`SPARSE_DONE`).
+LSE_TO_NATURAL = 1.0
 
 forward = functools.partial(triton_launchers.forward, sparse_branch=FA4_SPARSE)
 backward = functools.partial(triton_launchers.backward, sparse_branch=FA4_SPARSE)
 
 __all__ = [
+    "LSE_TO_NATURAL",
     "backward",
     "bf16_pairs",
     "empty_aux",

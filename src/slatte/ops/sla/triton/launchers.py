@@ -8,6 +8,7 @@ kernels read strides. Only the feature dim must be contiguous.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -40,6 +41,9 @@ SCOPE_CODES = {"marginal": 0, "noncritical": 1}
 # that few variants compile.
 SHARED_SUM_ROWS = (256, 4096)
 SHARED_SUM_PROGRAMS = 2 * 132
+# The forward keeps the sparse branch's log-sum-exp in log2 units (its softmax runs on exp2 of
+# the scores times scale * log2(e)); this factor turns it into the natural log.
+LSE_TO_NATURAL = math.log(2.0)
 
 
 class SparseBranch(NamedTuple):
