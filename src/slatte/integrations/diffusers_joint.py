@@ -130,9 +130,10 @@ def video_over_text(
         extra = [c.expand(*x.shape[:-1], 1) for c in columns]
         return F.pad(torch.cat([x, *extra], dim=-1), (0, width - d - len(columns)))
 
-    logit = log_mass.transpose(1, 2)[..., None] / scale  # (B, Nv, H, 1)
+    wide = torch.promote_types(q.dtype, torch.float32)  # (the arithmetic around the call)
+    logit = log_mass.transpose(1, 2)[..., None].to(wide) / scale  # (B, Nv, H, 1)
     hi = logit.to(q.dtype)
-    lo = (logit - hi).to(q.dtype)  # (the difference in the wider of the two dtypes)
+    lo = (logit - hi).to(q.dtype)
     unit = torch.eye(width, dtype=q.dtype, device=q.device)
     virtual_key, virtual_value = unit[d] + unit[d + 1], unit[d + 1]
     keys = torch.cat([widened(k_t), virtual_key.expand(b, 1, h, width)], dim=1)
@@ -147,7 +148,6 @@ def video_over_text(
         attn_mask=key_mask,
         scale=scale,
     ).transpose(1, 2)  # (B, Nv, H, width)
-    wide = torch.promote_types(q.dtype, torch.float32)
     text_weight, w = o[..., d : d + 1].to(wide), o[..., d + 1 : d + 2].to(wide)
     w = torch.where(w <= text_weight, w, 1 - text_weight)
     return (o[..., :d].to(wide) + w * o_sla.to(wide)).to(q.dtype)
