@@ -126,9 +126,10 @@ def video_over_text(
     scale = 1.0 / math.sqrt(d)
 
     def widened(x: torch.Tensor, *columns: torch.Tensor) -> torch.Tensor:
-        # x (B, N, H, D), then the columns (each broadcast to (B, N, H, 1)), then zeros
-        extra = [c.expand(*x.shape[:-1], 1) for c in columns]
-        return F.pad(torch.cat([x, *extra], dim=-1), (0, width - d - len(columns)))
+        # x (B, N, H, D), then the columns (each broadcast to (B, N, H, 1)), then zeros: one copy
+        rows = x.shape[:-1]
+        extra = [c.expand(*rows, 1) for c in columns]
+        return torch.cat([x, *extra, x.new_zeros(*rows, width - d - len(columns))], dim=-1)
 
     wide = torch.promote_types(q.dtype, torch.float32)  # (the arithmetic around the call)
     logit = log_mass.transpose(1, 2)[..., None].to(wide) / scale  # (B, Nv, H, 1)
