@@ -61,7 +61,7 @@ class _SparseDone(torch.autograd.Function):
         opts = (n_crit, n_negl, config.block_q, config.block_k, config.feature_map,
                 config.linear_scope, 1.0 / math.sqrt(q.shape[-1]))  # fmt: skip
         o, *saved = launchers.forward(
-            q, k, v, w, bias, *opts, True, policy, sparse_branch=REFERENCE_SPARSE
+            q, k, v, w, bias, *opts, True, False, policy, sparse_branch=REFERENCE_SPARSE
         )
         ctx.save_for_backward(q, k, v, w, *saved)
         ctx.opts, ctx.policy = opts, policy
@@ -110,10 +110,29 @@ def test_sparse_done_uses_the_given_sparse_branch():
     q, k, v, w, bias = make_inputs(1, 2, 65, 32, torch.float32, DEVICE, seed=5)
     zero = SparseBranch(lambda *a: (a[-2].zero_(), a[-1].zero_()), _backward)
     n_crit, n_negl = block_counts(0.25, 0.25, 5)
-    opts = (n_crit, n_negl, 32, 16, "softmax", "marginal", 32**-0.5, False)
+    opts = (n_crit, n_negl, 32, 16, "softmax", "marginal", 32**-0.5, False, False)
     policy = LaunchPolicy(poison_outputs=True)
     real = launchers.forward(q, k, v, w, bias, *opts, policy, sparse_branch=REFERENCE_SPARSE)[0]
     fake = launchers.forward(q, k, v, w, bias, *opts, policy, sparse_branch=zero)[0]
     bmap = classify(block_scores(q, k, 32, 16), n_crit, n_negl)[0]
     expected_o_s = _reference_sparse(q, k, v, bmap, 32, 16, 32**-0.5)
     torch.testing.assert_close(real - fake, expected_o_s, rtol=1e-4, atol=1e-4)
+
+
+def test_store_lse_keeps_the_other_familys_lse():
+    """With `store_lse` alone (inference) the LSE the other family wrote comes back (the kernels
+    store none with SPARSE_DONE) and its O_s does not."""
+    q, k, v, w, bias = make_inputs(1, 2, 65, 32, torch.float32, DEVICE, seed=6)
+
+    def marked(q, k, v, crit_lut, bmap, block_q, block_k, scale, o_s, lse):
+        _forward(q, k, v, crit_lut, bmap, block_q, block_k, scale, o_s, lse)
+        lse.copy_(torch.arange(lse.numel(), dtype=lse.dtype).view(lse.shape))
+
+    n_crit, n_negl = block_counts(0.25, 0.25, 5)
+    opts = (n_crit, n_negl, 32, 16, "softmax", "marginal", 32**-0.5, False, True)
+    outs = launchers.forward(
+        q, k, v, w, bias, *opts, LaunchPolicy(poison_outputs=True),
+        sparse_branch=SparseBranch(marked, _backward),
+    )  # fmt: skip
+    torch.testing.assert_close(outs[5], torch.arange(2 * 65.0).view(1, 2, 65), atol=0, rtol=0)
+    assert outs[3].numel() == 0  # O_s: the sparse branch's temporary

@@ -66,6 +66,7 @@ def sla_fwd_kernel(
     HAS_BIAS: tl.constexpr,
     H_PAIR: tl.constexpr,
     STORE_AUX: tl.constexpr,
+    STORE_LSE: tl.constexpr,
     DOT_PREC: tl.constexpr,
     KV_TMA: tl.constexpr,
     LIN_CHUNK: tl.constexpr,
@@ -89,6 +90,8 @@ def sla_fwd_kernel(
     SPARSE_DONE: the sparse branch ran in another kernel family, which wrote O_s into O_S
     (contiguous (B*H, N, D)); this kernel reads it, adds the linear branch and stores neither
     O_S nor LSE.
+    STORE_AUX: the backward's state (O_S, LSE, O_L, DEN). STORE_LSE: the LSE (inference: without
+    STORE_AUX it is stored alone).
     """
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -176,9 +179,10 @@ def sla_fwd_kernel(
         out += load_vector(BIAS + offs_d, offs_d, D, BLOCK_D)[None, :]
     o_base = OUT + b * stride_ob + h * stride_oh
     store_rows(o_base, offs_m, stride_on, offs_d, row_ok, out, D)
+    if (STORE_AUX or STORE_LSE) and not SPARSE_DONE:
+        tl.store(LSE + rows, m_i + tl.math.log2(l_i), mask=row_ok)
     if STORE_AUX:
         if not SPARSE_DONE:
-            tl.store(LSE + rows, m_i + tl.math.log2(l_i), mask=row_ok)
             store_rows(O_S, rows, D, offs_d, row_ok, o_s, D)
         if LINEAR:
             tl.store(DEN + rows, den, mask=row_ok)
