@@ -14,13 +14,15 @@
 #   part2  carry gpu_runs/x2 gpu_runs/w2 .external   (installs FA4: hopper grid, side-by-side bench)
 #   ab     (same warm machine as part2; OTHER=ab/NAME)     (another tree's kernels against this
 #          one: bench_attention --quick twice each, interleaved, and the hopper forward profile)
+#   cute   (same warm machine as part2; OTHER=ab/cute)    (the CuTe DSL kernels of branch wt-cute:
+#          `git archive wt-cute src tests benchmarks | tar -x -C ab/cute` here; GPU tests, benches)
 #   dense  (nothing carried; SECONDS_TRAIN=540 default) (trains `full` with the dense recipe of
 #          docs/RESULTS.md section 1; $OUT/full.tgz holds the latest EMA model: bring it back and
 #          continue on a later call with INIT_FROM=..., as RESULTS.md section 1 did)
 # Logs go to $OUT (or ./gpu_logs); each step prints its exit code, time and last lines. END (seconds,
 # default 570) is when a part stops starting its optional steps (e2e models).
 set -uo pipefail
-what=${1:?usage: gpu_pending.sh prepare|part1|part2|ab|dense}
+what=${1:?usage: gpu_pending.sh prepare|part1|part2|ab|cute|dense}
 out=${OUT:-gpu_logs}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -111,11 +113,22 @@ ab)
       --block-k 128 --forward-only
   done
   ;;
+cute)
+  # Our own CuTe DSL kernels (route 1 of issue 23) from another tree, on the warm machine that ran
+  # part2 (its CuTe DSL install): their GPU tests, then their bench against FA4 + the Triton pass.
+  other=${OTHER:?OTHER=a folder holding the tree with the CuTe DSL kernels}
+  cd "$other" || exit 1
+  export PYTHONPATH=$PWD/src:$PWD/benchmarks:$site:$site/nvidia_cutlass_dsl/dsl_packages
+  TAILN=8 step 240 cute_tests python3 -m pytest -q --tb=short -x -n 4 -p no:cacheprovider \
+    tests/ops/test_sla_cute_gpu.py
+  TAILN=20 step 120 cute_bench_epilogue python3 benchmarks/bench_cute_epilogue.py
+  TAILN=20 step 120 cute_bench_fused python3 benchmarks/bench_cute_epilogue.py --fused
+  ;;
 dense)
   bash studies/gpu_train_default.sh "${SECONDS_TRAIN:-540}" full
   ;;
 *)
-  echo "unknown mode $what: prepare|part1|part2|ab|dense" >&2
+  echo "unknown mode $what: prepare|part1|part2|ab|cute|dense" >&2
   exit 2
   ;;
 esac
