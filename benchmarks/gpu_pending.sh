@@ -15,7 +15,7 @@
 #   ab     (same warm machine as part2; OTHER=ab/NAME)     (another tree's kernels against this
 #          one: bench_attention --quick twice each, interleaved, and the hopper forward profile)
 #   cute   (same warm machine as part2; OTHER=ab/cute)    (the CuTe DSL kernels of branch wt-cute:
-#          `git archive wt-cute src tests benchmarks | tar -x -C ab/cute` here; GPU tests, benches)
+#          `git archive wt-cute src tests benchmarks pyproject.toml | tar -x -C ab/cute`; tests, benches)
 #   dense  (nothing carried; SECONDS_TRAIN=540 default) (trains `full` with the dense recipe of
 #          docs/RESULTS.md section 1; $OUT/full.tgz holds the latest EMA model: bring it back and
 #          continue on a later call with INIT_FROM=..., as RESULTS.md section 1 did)
