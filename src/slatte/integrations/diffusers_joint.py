@@ -170,7 +170,11 @@ def joint_sla(
     (q_v, k_v, v_v), (q_t, k_t, v_t) = video, text
     sla_args = (q_v, k_v, v_v, sla.proj_l.weight, sla.proj_l.bias, sla.config)
     policy = SLA_POLICIES[sla.backend]
-    if torch.is_grad_enabled():
+    # What `sparse_linear_attention` counts as training (its return_lse refuses it there).
+    needs_grad = torch.is_grad_enabled() and any(
+        x is not None and x.requires_grad for x in sla_args[:5]
+    )
+    if needs_grad:
         # The kernels' log-sum-exp has no gradient: the mass is computed again, differentiably.
         o_sla = sparse_linear_attention(*sla_args, layout="bnhd", policy=policy)
         log_mass = critical_log_mass(q_v, k_v, sla.config)  # (B, H, Nv)
