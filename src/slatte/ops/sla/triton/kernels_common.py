@@ -280,14 +280,13 @@ def _outer_rows(
 
 @triton.jit
 def _block_sums(
-    blk, bh, n_blocks, X, Y, DEN, C, HBLK, HBLK_LO, ZBLK,
-    stride_xb, stride_xh, stride_xn, stride_yb, stride_yh, stride_yn, H, N,
+    blk, bh, X, Y, DEN, C, stride_xb, stride_xh, stride_xn, stride_yb, stride_yh, stride_yn, H, N,
     D: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, BLOCK_R: tl.constexpr,
     FEATURE: tl.constexpr, HAS_DEN: tl.constexpr, HAS_C: tl.constexpr, DOT_PREC: tl.constexpr,
-    SPLIT: tl.constexpr, U_PAIR: tl.constexpr, LOOP: tl.constexpr,
+    U_PAIR: tl.constexpr, LOOP: tl.constexpr,
 ):  # fmt: skip
-    """`block_outer_kernel`'s work item: the sums of block `blk` (of `n_blocks` per head) of
-    head `bh`."""
+    """`block_outer_kernel`'s work item: the fp32 sums (acc_h, acc_z) of block `blk` of head
+    `bh`."""
     b = bh // H
     h = bh % H
     offs_r = tl.arange(0, BLOCK_R)
@@ -309,7 +308,16 @@ def _block_sums(
                 acc_h, acc_z, r0 + offs_r, x_base, y_base, DEN, C, bh, N,
                 stride_xn, stride_yn, offs_d, D, FEATURE, HAS_DEN, HAS_C, DOT_PREC, U_PAIR,
             )  # fmt: skip
-    part = bh * n_blocks + blk
+    return acc_h, acc_z
+
+
+@triton.jit
+def _store_block_sums(
+    part, acc_h, acc_z, HBLK, HBLK_LO, ZBLK, D: tl.constexpr, BLOCK_D: tl.constexpr,
+    SPLIT: tl.constexpr,
+):  # fmt: skip
+    """`block_outer_kernel`'s stores of one work item's sums at index `part` (over all heads)."""
+    offs_d = tl.arange(0, BLOCK_D)
     offs_h = part * D * D + offs_d[:, None] * D + offs_d[None, :]
     if SPLIT:
         hi, lo = bf16_pair(acc_h)
@@ -374,19 +382,27 @@ def block_outer_kernel(
     if PERSIST:
         n_blocks = tl.cdiv(N, ROWS)
         for item in tl.range(tl.program_id(0), n_blocks * BH, tl.num_programs(0)):
-            _block_sums(
-                item % n_blocks, (item // n_blocks).to(tl.int64), n_blocks, X, Y, DEN, C, HBLK,
-                HBLK_LO, ZBLK, stride_xb, stride_xh, stride_xn, stride_yb, stride_yh, stride_yn,
-                H, N, D, BLOCK_D, ROWS, BLOCK_R, FEATURE, HAS_DEN, HAS_C, DOT_PREC, SPLIT, U_PAIR,
-                LOOP,
+            blk = item % n_blocks
+            bh = (item // n_blocks).to(tl.int64)
+            acc_h, acc_z = _block_sums(
+                blk, bh, X, Y, DEN, C, stride_xb, stride_xh, stride_xn, stride_yb, stride_yh,
+                stride_yn, H, N, D, BLOCK_D, ROWS, BLOCK_R, FEATURE, HAS_DEN, HAS_C, DOT_PREC,
+                U_PAIR, LOOP,
             )  # fmt: skip
+            _store_block_sums(
+                bh * n_blocks + blk, acc_h, acc_z, HBLK, HBLK_LO, ZBLK, D, BLOCK_D, SPLIT
+            )
     else:
-        _block_sums(
-            tl.program_id(0), tl.program_id(1).to(tl.int64), tl.num_programs(0), X, Y, DEN, C,
-            HBLK, HBLK_LO, ZBLK, stride_xb, stride_xh, stride_xn, stride_yb, stride_yh,
-            stride_yn, H, N, D, BLOCK_D, ROWS, BLOCK_R, FEATURE, HAS_DEN, HAS_C, DOT_PREC, SPLIT,
+        blk = tl.program_id(0)
+        bh = tl.program_id(1).to(tl.int64)
+        acc_h, acc_z = _block_sums(
+            blk, bh, X, Y, DEN, C, stride_xb, stride_xh, stride_xn, stride_yb, stride_yh,
+            stride_yn, H, N, D, BLOCK_D, ROWS, BLOCK_R, FEATURE, HAS_DEN, HAS_C, DOT_PREC,
             U_PAIR, LOOP,
         )  # fmt: skip
+        _store_block_sums(
+            bh * tl.num_programs(0) + blk, acc_h, acc_z, HBLK, HBLK_LO, ZBLK, D, BLOCK_D, SPLIT
+        )
 
 
 @triton.jit

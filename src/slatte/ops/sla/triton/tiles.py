@@ -36,11 +36,12 @@ def tiles(
     forward's linear epilogue goes through O_l's columns 32 at a time at D > 64.
     A head dim that is no power of two takes the tiles of its `feature_tile` width (its
     registers and shared memory are those of that width).
-    The persistent kernels of the hopper family (`kernels_epilogue`, the forward's per-block
-    sums with PERSIST): tiles, warps, pipeline depth and programs per SM that are unmeasured
-    starting points (the epilogue's tiles those of the fused forward's linear epilogue, whose
-    registers leave room for one program per SM at D = 128, two at D = 64; the sums' steps
-    those of their grid launch, two programs per SM by registers).
+    The persistent kernels of the hopper family (`kernels_epilogue`; the inference forward's
+    per-block sums, PERSIST in `block_outer_kernel`) take unmeasured starting points: the
+    epilogue the fused forward's epilogue tiles, the sums their grid launch's steps, both with
+    two pipeline stages and as many programs per SM as their registers and shared memory allow
+    at those stages (sm_90 compile, bf16: the epilogue one at D = 128, two at D = 64; the sums
+    one over 128-row blocks at D = 128, else two).
     `policy.tile_overrides[d]` replaces any of these values.
     """
     width = feature_tile(d)
@@ -68,7 +69,7 @@ def tiles(
         "epi_stages": 2,
         "epi_lin_chunk": 32 if wide else width,
         "epi_programs_per_sm": 1 if wide else 2,
-        "sums_programs_per_sm": 2,
+        "sums_programs_per_sm": 1 if wide and block_k >= 128 else 2,
         "sums_stages": 2,
     }
     cfg.update(policy.tile_overrides.get(d, {}))
