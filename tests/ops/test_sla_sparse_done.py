@@ -1,8 +1,8 @@
-"""The Triton kernels with the sparse branch run elsewhere (`SPARSE_DONE`), as the hopper family
-runs them around FlashAttention-4: here a plain PyTorch sparse branch plays FA4's part, so the
-kernels' linear-branch-only paths (forward epilogue, dq, dk/dv) are checked on the CPU through
-Triton's interpreter, forward and every gradient. FA4 itself is checked on the GPU grid
-(test_sla_hopper_gpu.py)."""
+"""The Triton kernels with the sparse branch run elsewhere, as the hopper family runs them around
+FlashAttention-4: here a plain PyTorch sparse branch plays FA4's part, so the kernels'
+linear-branch-only paths (the persistent forward epilogue and inference sums, SPARSE_DONE in dq
+and dk/dv) are checked on the CPU through Triton's interpreter, forward and every gradient. FA4
+itself is checked on the GPU grid (test_sla_hopper_gpu.py)."""
 
 from __future__ import annotations
 
@@ -167,5 +167,7 @@ def test_persistent_programs_take_several_tiles(monkeypatch, d, layout, grads, o
     expected = [(tiles, min(tiles, per_sm * INTERPRETER_SMS))]
     if not grads:  # (the training forward's exact sums keep one program per block)
         blocks = 2 * -(-200 // 16)
-        expected.insert(0, (blocks, min(blocks, overrides["sums_programs_per_sm"] * INTERPRETER_SMS)))
+        expected.insert(
+            0, (blocks, min(blocks, overrides["sums_programs_per_sm"] * INTERPRETER_SMS))
+        )
     assert grids == expected
