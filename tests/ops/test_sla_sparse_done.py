@@ -131,7 +131,8 @@ def test_sparse_done_uses_the_given_sparse_branch():
         # inference's 26 per-key-block sums (9, 9, 8)
         (40, "bnhd", False, {"epi_programs_per_sm": 1, "sums_programs_per_sm": 1}),
         (64, "bhnd", False, {"epi_programs_per_sm": 1, "sums_programs_per_sm": 1}),
-        (40, "bhnd", True, {"epi_programs_per_sm": 1}),
+        # O_l in 16-column chunks (three: lanes 48-63 are padding), each stored for training
+        (40, "bhnd", True, {"epi_programs_per_sm": 1, "epi_lin_chunk": 16}),
         (64, "bnhd", True, {"epi_programs_per_sm": 1}),
         # 16-row tiles, two per query block: 26 tiles over 6 programs
         (40, "bhnd", False, {"epi_m": 16, "epi_programs_per_sm": 2, "sums_programs_per_sm": 4}),
