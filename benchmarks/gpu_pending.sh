@@ -12,13 +12,15 @@
 # Then, with run's carry:
 #   part1  carry gpu_runs/x1 gpu_runs/w1 .external   (no FlashAttention-4: Triton grid, models)
 #   part2  carry gpu_runs/x2 gpu_runs/w2 .external   (installs FA4: hopper grid, side-by-side bench)
+#   ab     (same warm machine as part2; OTHER=ab/NAME)     (another tree's kernels against this
+#          one: bench_attention --quick twice each, interleaved, and the hopper forward profile)
 #   dense  (nothing carried; SECONDS_TRAIN=540 default) (trains `full` with the dense recipe of
 #          docs/RESULTS.md section 1; $OUT/full.tgz holds the latest EMA model: bring it back and
 #          continue on a later call with INIT_FROM=..., as RESULTS.md section 1 did)
 # Logs go to $OUT (or ./gpu_logs); each step prints its exit code, time and last lines. END (seconds,
 # default 570) is when a part stops starting its optional steps (e2e models).
 set -uo pipefail
-what=${1:?usage: gpu_pending.sh prepare|part1|part2|dense}
+what=${1:?usage: gpu_pending.sh prepare|part1|part2|ab|dense}
 out=${OUT:-gpu_logs}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -90,11 +92,30 @@ part2)
   TAILN=60 step 260 bench_attention python3 benchmarks/bench_attention.py --no-sweep \
     --official-main .external/sla_official_main --official-sla1 .external/sla_official_sla_1
   ;;
+ab)
+  # Another tree against this one, interleaved twice on the warm machine that ran part2 (FA4
+  # installed): OTHER is a folder with that tree's src/ (e.g. `git archive BRANCH src | tar -x
+  # -C ab/BRANCH` here; an untracked, not ignored folder travels with the working tree).
+  other=${OTHER:?OTHER=a folder holding another tree with src/}
+  for round in 1 2; do
+    for tree in "$PWD" "$PWD/$other"; do
+      label=$([[ $tree == "$PWD" ]] && echo main || echo other)
+      PYTHONPATH=$tree/src:$PWD/benchmarks:$site:$site/nvidia_cutlass_dsl/dsl_packages TAILN=4 \
+        step 120 "ab_${label}_$round" python3 benchmarks/bench_attention.py --quick --block-q 128 \
+        --label "$label"
+    done
+  done
+  for tree in "$PWD" "$PWD/$other"; do
+    PYTHONPATH=$tree/src:$PWD/benchmarks:$site:$site/nvidia_cutlass_dsl/dsl_packages TAILN=12 \
+      step 90 "profile_$(basename "$tree")" python3 benchmarks/profile_sla.py --kernels hopper \
+      --block-k 128 --forward-only
+  done
+  ;;
 dense)
   bash studies/gpu_train_default.sh "${SECONDS_TRAIN:-540}" full
   ;;
 *)
-  echo "unknown mode $what: prepare|part1|part2|dense" >&2
+  echo "unknown mode $what: prepare|part1|part2|ab|dense" >&2
   exit 2
   ;;
 esac

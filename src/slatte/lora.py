@@ -47,7 +47,9 @@ TARGET_GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "diffusers": {
         "attn": ("to_q", "to_k", "to_v", "to_out.0"),
-        "mlp": ("ffn.net.0.proj", "ffn.net.2"),
+        # diffusers' FeedForward is `ffn` in the Wan family, `ff` in the others (LTX, Latte,
+        # CogVideoX, Mochi, HunyuanVideo's dual-stream blocks, LTX-2's video stream).
+        "mlp": ("ffn.net.0.proj", "ffn.net.2", "ff.net.0.proj", "ff.net.2"),
         "adaln": ("time_embedder.linear_1", "time_embedder.linear_2", "time_proj"),
     },
 }

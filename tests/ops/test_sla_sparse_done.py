@@ -62,7 +62,7 @@ class _SparseDone(torch.autograd.Function):
         opts = (n_crit, n_negl, config.block_q, config.block_k, config.feature_map,
                 config.linear_scope, 1.0 / math.sqrt(q.shape[-1]))  # fmt: skip
         o, *saved = launchers.forward(
-            q, k, v, w, bias, *opts, store_aux, policy, sparse_branch=REFERENCE_SPARSE
+            q, k, v, w, bias, *opts, store_aux, False, policy, sparse_branch=REFERENCE_SPARSE
         )
         ctx.save_for_backward(q, k, v, w, *saved)
         ctx.opts, ctx.policy = opts, policy
@@ -115,7 +115,7 @@ def test_sparse_done_uses_the_given_sparse_branch():
     q, k, v, w, bias = make_inputs(1, 2, 65, 32, torch.float32, DEVICE, seed=5)
     zero = SparseBranch(lambda *a: (a[-2].zero_(), a[-1].zero_()), _backward)
     n_crit, n_negl = block_counts(0.25, 0.25, 5)
-    opts = (n_crit, n_negl, 32, 16, "softmax", "marginal", 32**-0.5, False)
+    opts = (n_crit, n_negl, 32, 16, "softmax", "marginal", 32**-0.5, False, False)
     policy = LaunchPolicy(poison_outputs=True)
     real = launchers.forward(q, k, v, w, bias, *opts, policy, sparse_branch=REFERENCE_SPARSE)[0]
     fake = launchers.forward(q, k, v, w, bias, *opts, policy, sparse_branch=zero)[0]

@@ -163,7 +163,7 @@ def test_all_scope_keeps_one_sum_per_head():
     b, h, n, d = 2, 3, 300, 32
     q, k, v, w, bias = make_inputs(b, h, n, d, torch.float32, DEVICE, seed=8)
     outs = op.sla_fwd(
-        q, k, v, w, bias, 1, 1, 32, 16, "softmax", "all", d**-0.5, True, "triton",
+        q, k, v, w, bias, 1, 1, 32, 16, "softmax", "all", d**-0.5, True, False, "triton",
         TRITON.switches,
     )  # fmt: skip
     hsum, zsum = outs[7], outs[9]
@@ -256,13 +256,15 @@ def test_backward_fills_no_gradient_for_saved_outputs():
 
 @pytest.mark.parametrize("scope", ["marginal", "all"])
 def test_opcheck_and_compile_fullgraph(scope):
-    """The fake implementation's shapes match the kernels' (scope "all": one sum per head)."""
+    """The fake implementation's shapes match the kernels' (scope "all": one sum per head), with
+    the backward's state, the LSE alone (`store_lse`) or neither."""
     q, k, v, w, b = make_inputs(1, 2, 48, 32, torch.float32, DEVICE, seed=7)
-    args = (q, k, v, w, b, 1, 1, 16, 16, "softmax", scope, 32**-0.5, True, "triton",
-            TRITON.switches)  # fmt: skip
-    torch.library.opcheck(
-        op.sla_fwd._opoverload, args, test_utils=("test_schema", "test_faketensor")
-    )
+    for store_aux, store_lse in ((True, False), (False, True), (False, False)):
+        args = (q, k, v, w, b, 1, 1, 16, 16, "softmax", scope, 32**-0.5, store_aux, store_lse,
+                "triton", TRITON.switches)  # fmt: skip
+        torch.library.opcheck(
+            op.sla_fwd._opoverload, args, test_utils=("test_schema", "test_faketensor")
+        )
 
     def f(q, k, v, w, b):
         config = SLAConfig(block_q=16, block_k=16, linear_scope=scope)

@@ -8,8 +8,10 @@ SLA applies to the video-to-video part only; everything that touches text stays 
   keys take part as a single extra key: its logit is the log of the softmax mass of the
   critical video blocks (the sparse branch's log-sum-exp, which the kernels return without
   gradients; `critical_log_mass` computes it again where a gradient is needed) and its value
-  is O_sla. With zero projections this is exact softmax attention over the critical video
-  blocks and all text keys; with every block critical it is the model's own joint attention;
+  is O_sla. That softmax is one attention call over the text keys and this virtual key
+  (`video_over_text`). With zero projections this is exact softmax attention over the critical
+  video blocks and all text keys; with every block critical it is the model's own joint
+  attention;
 - text queries attend densely to every key, video and text.
 Text key padding (HunyuanVideo's attention mask) masks text keys for both kinds of query.
 
@@ -43,6 +45,9 @@ JointQKV = tuple[
 
 # Score entries of one chunk of `critical_log_mass` (bounds its memory on long videos).
 _CHUNK_ELEMENTS = 1 << 27
+# `video_over_text` pads its feature dims to a multiple of this: the flash and cuDNN attention
+# kernels take head dims in steps of 8.
+_HEAD_DIM_STEP = 8
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,59 @@ def critical_log_mass(q: torch.Tensor, k: torch.Tensor, config: SLAConfig) -> to
     return torch.cat(out, dim=-1)[..., :n]
 
 
+def video_over_text(
+    q: torch.Tensor,
+    k_t: torch.Tensor,
+    v_t: torch.Tensor,
+    text_mask: torch.Tensor | None,
+    o_sla: torch.Tensor,
+    log_mass: torch.Tensor,
+) -> torch.Tensor:
+    """The video queries' joint output: one softmax over the text keys and a virtual key whose
+    logit is `log_mass` (B, H, Nv) and whose value is `o_sla`, as one
+    `scaled_dot_product_attention` call over Nt + 1 keys (no fp32 Nv x Nt scores).
+
+    q, o_sla: (B, Nv, H, D); k_t, v_t: (B, Nt, H, D); text_mask: (B, Nt) bool (True: real) or
+    None. Two feature columns carry the per-query logit: q gets log_mass / scale split into a
+    hi and a lo part of the activations' dtype (so that half-precision tensor cores see it to
+    ~fp32 accuracy), the text keys zeros there, the virtual key ones. The values' two extra
+    columns give the text keys' total weight 1 - w (text values 1) and the virtual key's w (its
+    value 1); the output is rounded to the activations' dtype, so w is taken from whichever of
+    the two is smaller (its rounding error is the smaller one). Returns
+    o[:D] + w * o_sla, (B, Nv, H, D) in q's dtype. Differentiable in every input."""
+    b, _, h, d = q.shape
+    width = -(-(d + 2) // _HEAD_DIM_STEP) * _HEAD_DIM_STEP
+    scale = 1.0 / math.sqrt(d)
+
+    def widened(x: torch.Tensor, *columns: torch.Tensor) -> torch.Tensor:
+        # x (B, N, H, D), then the columns (each broadcast to (B, N, H, 1)), then zeros: one copy
+        rows = x.shape[:-1]
+        extra = [c.expand(*rows, 1) for c in columns]
+        return torch.cat([x, *extra, x.new_zeros(*rows, width - d - len(columns))], dim=-1)
+
+    wide = torch.promote_types(q.dtype, torch.float32)  # (the arithmetic around the call)
+    logit = log_mass.transpose(1, 2)[..., None].to(wide) / scale  # (B, Nv, H, 1)
+    hi = logit.to(q.dtype)
+    lo = (logit - hi).to(q.dtype)
+    unit = torch.eye(width, dtype=q.dtype, device=q.device)
+    virtual_key, virtual_value = unit[d] + unit[d + 1], unit[d + 1]
+    keys = torch.cat([widened(k_t), virtual_key.expand(b, 1, h, width)], dim=1)
+    values = torch.cat(
+        [widened(v_t, v_t.new_ones(1)), virtual_value.expand(b, 1, h, width)], dim=1
+    )  # (B, Nt + 1, H, width)
+    key_mask = None
+    if text_mask is not None:  # the virtual key is always real
+        key_mask = torch.cat([text_mask, text_mask.new_ones(b, 1)], dim=1)[:, None, None, :]
+    o = F.scaled_dot_product_attention(
+        *(x.transpose(1, 2) for x in (widened(q, hi, lo), keys, values)),
+        attn_mask=key_mask,
+        scale=scale,
+    ).transpose(1, 2)  # (B, Nv, H, width)
+    text_weight, w = o[..., d : d + 1].to(wide), o[..., d + 1 : d + 2].to(wide)
+    w = torch.where(w <= text_weight, w, 1 - text_weight)
+    return (o[..., :d].to(wide) + w * o_sla.to(wide)).to(q.dtype)
+
+
 def joint_sla(
     sla: SparseLinearAttention,
     video: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
@@ -120,16 +178,7 @@ def joint_sla(
         o_sla, log_mass = sparse_linear_attention(
             *sla_args, layout="bnhd", policy=policy, return_lse=True
         )
-    scale = 1.0 / math.sqrt(q_v.shape[-1])
-    text_scores = torch.einsum("bnhd,bmhd->bhnm", q_v.float(), k_t.float()) * scale
-    if text_mask is not None:
-        text_scores = text_scores.masked_fill(~text_mask[:, None, None, :], float("-inf"))
-    # One softmax over [video mass, text keys], normalised by its log-sum-exp instead of
-    # concatenating the extra logit: one (B, H, Nv, Nt) copy fewer.
-    log_total = torch.logaddexp(log_mass, text_scores.logsumexp(-1))[..., None]
-    o_video = (log_mass[..., None] - log_total).exp() * o_sla.transpose(1, 2).float() + (
-        text_scores - log_total
-    ).exp() @ v_t.transpose(1, 2).float()  # (B, H, Nv, D)
+    o_video = video_over_text(q_v, k_t, v_t, text_mask, o_sla, log_mass)
 
     keys, values = (torch.cat([a, b], dim=1).transpose(1, 2) for a, b in ((k_v, k_t), (v_v, v_t)))
     key_mask = None
@@ -142,7 +191,7 @@ def joint_sla(
     o_text = o_text.transpose(1, 2)
     if mask_text_queries and text_mask is not None:  # rows with every key masked: zero
         o_text = o_text.masked_fill(~text_mask[:, :, None, None], 0.0)
-    return o_video.transpose(1, 2).to(q_v.dtype), o_text
+    return o_video, o_text
 
 
 class JointSLAAttnProcessor:

@@ -46,8 +46,8 @@ def fused_sla(
     """SLA of (B, H, N, D) q, k, v through the op, on the kernel family `kernels` (chosen by
     `launch_policy.select_kernels`) with `policy`'s switches; `training`: a gradient will be
     needed, so the forward keeps what the backward reads. `return_lse` (inference): also the
-    sparse branch's log-sum-exp (B, H, N), fp32, natural log, which the forward keeps with the
-    backward's state."""
+    sparse branch's log-sum-exp (B, H, N), fp32, natural log, which the forward stores alone
+    (`store_lse`), without the backward's state."""
     n, d = q.shape[-2], q.shape[-1]
     n_crit, n_negl = block_counts(config.critical, config.negligible, -(-n // config.block_k))
     # The kernels index the feature dim with stride 1 and the projection as a dense fp32 matrix.
@@ -59,7 +59,7 @@ def fused_sla(
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     outs = sla_fwd(
         q, k, v, proj_weight, proj_bias, n_crit, n_negl, config.block_q, config.block_k,
-        config.feature_map, config.linear_scope, scale, training or return_lse, kernels,
+        config.feature_map, config.linear_scope, scale, training, return_lse, kernels,
         policy.switches,
     )  # fmt: skip
     if not return_lse:
@@ -83,6 +83,7 @@ def sla_fwd(
     linear_scope: str,
     scale: float,
     store_aux: bool,
+    store_lse: bool,
     kernels: str,
     switches: str,
 ) -> tuple[
@@ -91,7 +92,8 @@ def sla_fwd(
 ]:  # fmt: skip
     """Returns (o, bmap, crit_lut, o_s, o_l, lse, den, hsum, hsum_lo, zsum); all but o are saved
     for the backward, the last seven empty unless `store_aux` (o_l, den and the sums also
-    without a linear branch, hsum_lo also without bf16 pairs). hsum, hsum_lo: (B*H, blocks, D, D),
+    without a linear branch, hsum_lo also without bf16 pairs); `store_lse` (inference) keeps
+    lse alone, the other six empty. hsum, hsum_lo: (B*H, blocks, D, D),
     zsum: (B*H, blocks, D), one per query block, or one per head (blocks = 1) where the family's
     `shared_sums(linear_scope)`. lse: (B, H, N) in the family's units (its launchers'
     `LSE_TO_NATURAL` turns them into a natural log). `kernels`: the family that runs it; `switches`:
@@ -99,13 +101,13 @@ def sla_fwd(
     """
     return _launchers(kernels).forward(
         q, k, v, proj_weight, proj_bias, n_crit, n_negl, block_q, block_k, feature_map,
-        linear_scope, scale, store_aux, LaunchPolicy.from_switches(kernels, switches),
+        linear_scope, scale, store_aux, store_lse, LaunchPolicy.from_switches(kernels, switches),
     )  # fmt: skip
 
 
 @sla_fwd.register_fake
 def _(q, k, v, proj_weight, proj_bias, n_crit, n_negl, block_q, block_k, feature_map,
-      linear_scope, scale, store_aux, kernels, switches):  # fmt: skip
+      linear_scope, scale, store_aux, store_lse, kernels, switches):  # fmt: skip
     family = _launchers(kernels)
     empty = family.empty_aux
     b, h, n, d = q.shape
@@ -116,11 +118,12 @@ def _(q, k, v, proj_weight, proj_bias, n_crit, n_negl, block_q, block_k, feature
     f32 = torch.float32
     o_s = q.new_empty(b, h, n, d) if store_aux else empty(q)
     o_l = q.new_empty(b, h, n, d, dtype=f32) if store_aux and linear else empty(q)
-    lse = q.new_empty(b, h, n, dtype=f32) if store_aux else empty(q)
+    lse = q.new_empty(b, h, n, dtype=f32) if store_aux or store_lse else empty(q)
     den = q.new_empty(b, h, n, dtype=f32) if store_aux and linear else empty(q)
     n_sums = 1 if family.shared_sums(linear_scope) else math.ceil(n / block_q)
     pair = store_aux and linear and family.bf16_pairs(q.dtype)
-    hsum = hsum_lo = zsum = empty(q)
+    # (outputs may not alias one another: each empty one is its own tensor)
+    hsum, hsum_lo, zsum = empty(q), empty(q), empty(q)
     if store_aux and linear:
         hsum = q.new_empty(b * h, n_sums, d, d, dtype=family.pair_dtype() if pair else f32)
         zsum = q.new_empty(b * h, n_sums, d, dtype=f32)
@@ -179,7 +182,7 @@ _FWD_ARGS = ("n_crit", "n_negl", "block_q", "block_k", "feature_map", "linear_sc
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, proj_weight, proj_bias, *opts, _store_aux, kernels, switches = inputs
+    q, k, v, proj_weight, proj_bias, *opts, _store_aux, _store_lse, kernels, switches = inputs
     _o, *saved = output
     ctx.save_for_backward(q, k, v, proj_weight, *saved)
     ctx.opts = dict(zip(_FWD_ARGS, opts, strict=True))
@@ -199,7 +202,7 @@ def _backward(ctx, do, *_unused_grads):
         dq, dk, dv,
         dw if proj_weight is not None else None,
         db if ctx.has_bias else None,
-        None, None, None, None, None, None, None, None, None, None,
+        None, None, None, None, None, None, None, None, None, None, None,
     )  # fmt: skip
 
 

@@ -64,6 +64,7 @@ def sla_fwd_kernel(
     HAS_BIAS: tl.constexpr,
     H_PAIR: tl.constexpr,
     STORE_AUX: tl.constexpr,
+    STORE_LSE: tl.constexpr,
     DOT_PREC: tl.constexpr,
     KV_TMA: tl.constexpr,
     LIN_CHUNK: tl.constexpr,
@@ -84,6 +85,8 @@ def sla_fwd_kernel(
     up to BLOCK_D): columns of O_l per step of the linear epilogue (`add_linear_branch`).
     BLOCK_D: the feature tiles' width (`kernels_common`, head dims). Where another kernel family
     ran the sparse branch, `kernels_epilogue` adds the linear one instead.
+    STORE_AUX: the backward's state (O_S, LSE, O_L, DEN). STORE_LSE: the LSE (inference: without
+    STORE_AUX it is stored alone).
     """
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -132,8 +135,9 @@ def sla_fwd_kernel(
         out += load_vector(BIAS + offs_d, offs_d, D, BLOCK_D)[None, :]
     o_base = OUT + b * stride_ob + h * stride_oh
     store_rows(o_base, offs_m, stride_on, offs_d, row_ok, out, D)
-    if STORE_AUX:
+    if STORE_AUX or STORE_LSE:
         tl.store(LSE + rows, m_i + tl.math.log2(l_i), mask=row_ok)
+    if STORE_AUX:
         store_rows(O_S, rows, D, offs_d, row_ok, o_s, D)
         if LINEAR:
             tl.store(DEN + rows, den, mask=row_ok)

@@ -345,6 +345,7 @@ def forward(
     linear_scope: str,
     scale: float,
     store_aux: bool,
+    store_lse: bool,
     policy: LaunchPolicy,
     sparse_branch: SparseBranch | None = None,
 ) -> tuple[
@@ -358,7 +359,8 @@ def forward(
     exact bf16 pair for bf16 activations, fp32 otherwise) and kept: the forward multiplies
     phi(q) with both halves, the backward takes them instead of summing them again. Extra
     memory: D x D per query block and head, D / block_q times the bytes of q per half (one
-    per head with `shared_sums`).
+    per head with `shared_sums`). `store_lse` without `store_aux` (inference): the sparse
+    branch's log-sum-exp alone, the sums rounded for the forward as without it.
     """
     b, h, n, d = q.shape
     bmap, crit_lut = classify(block_scores(q, k, block_q, block_k), n_crit, n_negl)
@@ -382,7 +384,8 @@ def forward(
     o = _new_like(policy, q)
     o_s = _new(policy, q, (b, h, n, d), q.dtype) if store_aux or sparse_done else aux
     o_l = _new(policy, q, (b, h, n, d), torch.float32) if store_aux and linear else aux
-    lse = _new(policy, q, (b, h, n), torch.float32) if store_aux or sparse_done else aux
+    keep_lse = store_aux or store_lse
+    lse = _new(policy, q, (b, h, n), torch.float32) if keep_lse or sparse_done else aux
     den = _new(policy, q, (b, h, n), torch.float32) if store_aux and linear else aux
     block_d = feature_tile(d)
     proj = (
@@ -417,7 +420,8 @@ def forward(
             h, n, n_crit,
             scale * LOG2E, LINEAR_EPS,
             BLOCK_M=cfg["fwd_m"], BLOCK_N=cfg["fwd_n"], LUT_BLOCK_K=block_k, KV_TMA=tma,
-            LIN_CHUNK=min(cfg["fwd_lin_chunk"], block_d), num_warps=cfg["fwd_warps"],
+            STORE_LSE=store_lse, LIN_CHUNK=min(cfg["fwd_lin_chunk"], block_d),
+            num_warps=cfg["fwd_warps"],
             num_stages=cfg["fwd_stages"], **flags,
         )  # fmt: skip
     # The sums are saved state only when training (inference's are rounded for the forward).
@@ -425,7 +429,9 @@ def forward(
     # A custom op's outputs may not alias one another: each unused one (aux, or a lo half that
     # is None without bf16 pairs) is its own empty tensor.
     if not store_aux:
-        o_s = lse = aux  # (the sparse branch's temporaries)
+        o_s = aux  # (the sparse branch's temporary)
+    if not keep_lse:
+        lse = aux
     outs = (o, bmap, crit_lut, o_s, o_l, lse, den, *sums)
     return tuple(empty_aux(q) if x is aux or x is None else x for x in outs)
 
