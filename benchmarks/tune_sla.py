@@ -5,7 +5,7 @@ Prints the forward (with `--forward`) and forward+backward time of each candidat
 `slatte.ops.sla.triton.tiles.tiles`.
 
     python benchmarks/tune_sla.py --d 128 --block-q 128
-    python benchmarks/tune_sla.py --kernels hopper --block-k 128 --forward   # the linear epilogue
+    python benchmarks/tune_sla.py --kernels hopper --block-k 128 --forward   # persistent kernels
 """
 
 from __future__ import annotations
@@ -21,10 +21,15 @@ from slatte.ops.sla import LaunchPolicy
 
 FWD = [dict(fwd_m=m, fwd_warps=w, fwd_stages=s) for m, w, s in
        [(64, 4, 2), (64, 4, 3), (128, 8, 2), (128, 8, 3), (128, 8, 4), (128, 4, 3)]]  # fmt: skip
-# The hopper family's forward kernel is only the linear epilogue (no key loop): its column chunk
-# and tile height are what matter there.
-FWD += [dict(fwd_m=m, fwd_warps=w, fwd_lin_chunk=c) for m, w, c in
-        [(128, 8, 16), (128, 8, 64), (64, 4, 32), (64, 4, 64), (128, 4, 32)]]  # fmt: skip
+# The hopper family's forward runs our persistent linear epilogue and, for inference, the
+# persistent per-key-block sums (`kernels_epilogue`, PERSIST): tile height, warps, pipeline depth
+# (a depth whose buffers do not fit falls back to fewer, `launch`) and programs per SM.
+HOPPER_FWD = [{}] + [dict(epi_m=m, epi_warps=w, epi_stages=s, epi_programs_per_sm=p)
+                     for m, w, s, p in [(128, 8, 1, 1), (64, 4, 2, 1), (64, 8, 2, 1),
+                                        (64, 4, 1, 2), (64, 4, 3, 1), (128, 8, 2, 2)]]  # fmt: skip
+HOPPER_FWD += [dict(epi_lin_chunk=c) for c in (16, 64)]
+HOPPER_FWD += [dict(sums_programs_per_sm=p, sums_stages=s) for p, s in
+               [(2, 2), (1, 1), (1, 3), (2, 1)]]  # fmt: skip
 # Training candidates, timed forward+backward: each changes a few knobs of the tiles' defaults
 # ({} = the defaults), so every kernel is tried in context (the isolated sweeps of NOTES.md
 # session 5 ranked D=64 configs differently from the full forward+backward).
@@ -69,7 +74,7 @@ def main() -> None:
         call(qg, kg, vg, tiles).backward(do)
 
     rows = []
-    for cfg in FWD if args.forward else []:
+    for cfg in (HOPPER_FWD if args.kernels == "hopper" else FWD) if args.forward else []:
         rows.append(dict(kind="fwd", cfg=cfg, ms=try_bench(partial(fwd, cfg))))
     timed = [r for r in rows if isinstance(r["ms"], float)]
     best_fwd = min(timed, key=lambda r: r["ms"])["cfg"] if timed else {}

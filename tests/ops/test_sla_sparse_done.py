@@ -1,8 +1,8 @@
-"""The Triton kernels with the sparse branch run elsewhere (`SPARSE_DONE`), as the hopper family
-runs them around FlashAttention-4: here a plain PyTorch sparse branch plays FA4's part, so the
-kernels' linear-branch-only paths (forward epilogue, dq, dk/dv) are checked on the CPU through
-Triton's interpreter, forward and every gradient. FA4 itself is checked on the GPU grid
-(test_sla_hopper_gpu.py)."""
+"""The Triton kernels with the sparse branch run elsewhere, as the hopper family runs them around
+FlashAttention-4: here a plain PyTorch sparse branch plays FA4's part, so the kernels'
+linear-branch-only paths (the persistent forward epilogue and inference sums, SPARSE_DONE in dq
+and dk/dv) are checked on the CPU through Triton's interpreter, forward and every gradient. FA4
+itself is checked on the GPU grid (test_sla_hopper_gpu.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from slatte.ops.sla.block_map import CRITICAL, block_scores, classify
 from slatte.ops.sla.config import block_counts
 from slatte.ops.sla.reference import expand_blocks, sparse_branch
 from slatte.ops.sla.triton import launchers
+from slatte.ops.sla.triton.launch import INTERPRETER_SMS
 from slatte.ops.sla.triton.launchers import SparseBranch
 from slatte.ops.triton_interpreter import triton_interpreting
 
@@ -54,14 +55,14 @@ class _SparseDone(torch.autograd.Function):
     """The launchers' forward and backward with REFERENCE_SPARSE, outside the registered op."""
 
     @staticmethod
-    def forward(ctx, q, k, v, w, bias, config, policy):
+    def forward(ctx, q, k, v, w, bias, config, policy, store_aux):
         n_crit, n_negl = block_counts(
             config.critical, config.negligible, -(-q.shape[2] // config.block_k)
         )
         opts = (n_crit, n_negl, config.block_q, config.block_k, config.feature_map,
                 config.linear_scope, 1.0 / math.sqrt(q.shape[-1]))  # fmt: skip
         o, *saved = launchers.forward(
-            q, k, v, w, bias, *opts, True, False, policy, sparse_branch=REFERENCE_SPARSE
+            q, k, v, w, bias, *opts, store_aux, False, policy, sparse_branch=REFERENCE_SPARSE
         )
         ctx.save_for_backward(q, k, v, w, *saved)
         ctx.opts, ctx.policy = opts, policy
@@ -73,12 +74,16 @@ class _SparseDone(torch.autograd.Function):
         dq, dk, dv, dw, db = launchers.backward(
             do, q, k, v, w, True, *saved, *ctx.opts, ctx.policy, sparse_branch=REFERENCE_SPARSE
         )
-        return dq, dk, dv, dw, db, None, None
+        return dq, dk, dv, dw, db, None, None, None
 
 
 def sparse_done(q, k, v, w, bias, config, layout, policy):
     t = (lambda x: x.transpose(1, 2)) if layout == "bnhd" else (lambda x: x)
-    return t(_SparseDone.apply(t(q), t(k), t(v), w.float(), bias.float(), config, policy))
+    # Without gradients the inference forward (no saved state, rounded sums), as the op takes it.
+    store_aux = torch.is_grad_enabled()
+    return t(
+        _SparseDone.apply(t(q), t(k), t(v), w.float(), bias.float(), config, policy, store_aux)
+    )
 
 
 @pytest.mark.parametrize(
@@ -119,20 +124,51 @@ def test_sparse_done_uses_the_given_sparse_branch():
     torch.testing.assert_close(real - fake, expected_o_s, rtol=1e-4, atol=1e-4)
 
 
-def test_store_lse_keeps_the_other_familys_lse():
-    """With `store_lse` alone (inference) the LSE the other family wrote comes back (the kernels
-    store none with SPARSE_DONE) and its O_s does not."""
-    q, k, v, w, bias = make_inputs(1, 2, 65, 32, torch.float32, DEVICE, seed=6)
+@pytest.mark.parametrize(
+    "d, layout, grads, overrides",
+    [
+        # 3 programs (one per interpreter SM): 14 query tiles (5, 5, 4 each, the last ragged),
+        # inference's 26 per-key-block sums (9, 9, 8)
+        (40, "bnhd", False, {"epi_programs_per_sm": 1, "sums_programs_per_sm": 1}),
+        (64, "bhnd", False, {"epi_programs_per_sm": 1, "sums_programs_per_sm": 1}),
+        # O_l in 16-column chunks (three: lanes 48-63 are padding), each stored for training
+        (40, "bhnd", True, {"epi_programs_per_sm": 1, "epi_lin_chunk": 16}),
+        (64, "bnhd", True, {"epi_programs_per_sm": 1}),
+        # 16-row tiles, two per query block: 26 tiles over 6 programs
+        (40, "bhnd", False, {"epi_m": 16, "epi_programs_per_sm": 2, "sums_programs_per_sm": 4}),
+        # more programs per SM than tiles: one tile each
+        (64, "bnhd", True, {"epi_programs_per_sm": 100}),
+    ],
+)
+def test_persistent_programs_take_several_tiles(monkeypatch, d, layout, grads, overrides):
+    """The forward's linear epilogue (`sla_epilogue_kernel`) and, without gradients, the
+    per-key-block sums (`block_outer_kernel` with PERSIST) run on a persistent grid: each
+    program goes through every programs-th work item. Outputs are poisoned, so a tile or block
+    that no program takes fails; head dims 40 (padded to 64 lanes) and 64, both layouts,
+    N = 200 (a ragged last tile), training and inference."""
+    grids = []
+    size = launchers.persistent_grid
 
-    def marked(q, k, v, crit_lut, bmap, block_q, block_k, scale, o_s, lse):
-        _forward(q, k, v, crit_lut, bmap, block_q, block_k, scale, o_s, lse)
-        lse.copy_(torch.arange(lse.numel(), dtype=lse.dtype).view(lse.shape))
+    def spy(items, device, per_sm):
+        grids.append((items, size(items, device, per_sm)[0]))
+        return (grids[-1][1],)
 
-    n_crit, n_negl = block_counts(0.25, 0.25, 5)
-    opts = (n_crit, n_negl, 32, 16, "softmax", "marginal", 32**-0.5, False, True)
-    outs = launchers.forward(
-        q, k, v, w, bias, *opts, LaunchPolicy(poison_outputs=True),
-        sparse_branch=SparseBranch(marked, _backward),
-    )  # fmt: skip
-    torch.testing.assert_close(outs[5], torch.arange(2 * 65.0).view(1, 2, 65), atol=0, rtol=0)
-    assert outs[3].numel() == 0  # O_s: the sparse branch's temporary
+    monkeypatch.setattr(launchers, "persistent_grid", spy)
+    config = SLAConfig(critical=0.25, negligible=0.25, block_q=32, block_k=16)
+    check_sla(
+        *make_inputs(1, 2, 200, d, torch.float32, DEVICE, seed=d, layout=layout),
+        config,
+        layout=layout,
+        grads=grads,
+        policy=LaunchPolicy(tile_overrides={d: overrides}),
+        fast=sparse_done,
+    )
+    per_sm = overrides["epi_programs_per_sm"]
+    tiles = 2 * -(-200 // overrides.get("epi_m", 32))
+    expected = [(tiles, min(tiles, per_sm * INTERPRETER_SMS))]
+    if not grads:  # (the training forward's exact sums keep one program per block)
+        blocks = 2 * -(-200 // 16)
+        expected.insert(
+            0, (blocks, min(blocks, overrides["sums_programs_per_sm"] * INTERPRETER_SMS))
+        )
+    assert grids == expected

@@ -188,6 +188,55 @@ def dot_exact_b(a, b, acc, SPLIT: tl.constexpr, DOT_PREC: tl.constexpr):
 
 
 @triton.jit
+def add_linear_branch(
+    out, q, sums, rows, row_ok, offs_d, W, HBLK, HBLK_LO, ZBLK, O_L, eps,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, FEATURE: tl.constexpr, H_PAIR: tl.constexpr,
+    STORE_AUX: tl.constexpr, DOT_PREC: tl.constexpr, LIN_CHUNK: tl.constexpr,
+):  # fmt: skip
+    """The forward's linear epilogue on one tile of query rows: (out + O_l W^T, den) with
+    O_l = phi(q) H_i / den, den = phi(q) Z_i + eps; H_i (D x D) and Z_i (D) are the sums at
+    index `sums` of HBLK, ZBLK (`sums_index`). H_PAIR (bf16, training): H_i is the bf16 pair
+    HBLK + HBLK_LO of the backward's exact sum. STORE_AUX: O_l is stored into O_L at `rows` of
+    the contiguous (B*H, N, D) saved state. LIN_CHUNK (a power of two up to BLOCK_D): columns
+    of O_l per step."""
+    z_i = load_vector(ZBLK + sums * D + offs_d, offs_d, D, BLOCK_D)
+    fq = feature_map(q.to(tl.float32), FEATURE, D).to(q.dtype)
+    den = tl.sum(fq.to(tl.float32) * z_i[None, :], 1) + eps
+    # O_l and its projection LIN_CHUNK columns of O_l at a time: with all D = 128 columns of
+    # H_i, its lo half and W at once, the training epilogue spills (far less in chunks).
+    # Chunks that would hold only padding lanes are skipped.
+    for c in tl.static_range((D + LIN_CHUNK - 1) // LIN_CHUNK):
+        offs_c = c * LIN_CHUNK + tl.arange(0, LIN_CHUNK)
+        offs_h = sums * D * D + offs_d[:, None] * D + offs_c[None, :]
+        h_i = load_tile(HBLK + offs_h, offs_d, offs_c, D, BLOCK_D)
+        # W is (out, in): proj(o_l) = o_l W^T; these are the rows offs_c of W^T.
+        w_t = load_tile(W + offs_d[None, :] * D + offs_c[:, None], offs_c, offs_d, D, BLOCK_D)
+        if HBLK.dtype.element_ty == tl.bfloat16:
+            # bf16 activations: W rounded to bf16, H_i too (or an exact pair, H_PAIR), the
+            # products on bf16 tensor cores (fp32 operands here made the compiler spill).
+            o_l = tl.dot(fq, h_i)
+            if H_PAIR:
+                o_l = tl.dot(fq, load_tile(HBLK_LO + offs_h, offs_d, offs_c, D, BLOCK_D), o_l)
+            o_l = o_l / den[:, None]
+            out = tl.dot(o_l.to(tl.bfloat16), w_t.to(tl.bfloat16), out)
+        else:
+            if H_PAIR:  # (under the interpreter the pair's halves are fp32 tensors)
+                h_i += load_tile(HBLK_LO + offs_h, offs_d, offs_c, D, BLOCK_D)
+            if DOT_PREC == "tf32":
+                # fp32 operands rounded to nearest, not truncated by the tensor cores (a
+                # one-sided error that adds up over the D terms of a row; see `round_tf32`).
+                h_i = round_tf32(h_i)
+            o_l = tl.dot(fq.to(tl.float32), h_i, input_precision=DOT_PREC) / den[:, None]
+            if DOT_PREC == "tf32":
+                out = tl.dot(round_tf32(o_l), round_tf32(w_t), out, input_precision=DOT_PREC)
+            else:
+                out = tl.dot(o_l, w_t, out, input_precision=DOT_PREC)
+        if STORE_AUX:
+            store_rows(O_L, rows, D, offs_c, row_ok, o_l, D)
+    return out, den
+
+
+@triton.jit
 def _outer_rows(
     acc_h, acc_z, rows, x_base, y_base, DEN, C, bh, N, stride_xn, stride_yn, offs_d,
     D: tl.constexpr, FEATURE: tl.constexpr, HAS_DEN: tl.constexpr, HAS_C: tl.constexpr,
@@ -229,53 +278,15 @@ def _outer_rows(
     return acc_h, acc_z
 
 
-@triton.jit(do_not_specialize=["N"])
-def block_outer_kernel(
-    X,
-    Y,
-    DEN,
-    C,
-    HBLK,
-    HBLK_LO,
-    ZBLK,
-    stride_xb,
-    stride_xh,
-    stride_xn,
-    stride_yb,
-    stride_yh,
-    stride_yn,
-    H,
-    N,
-    D: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    ROWS: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-    FEATURE: tl.constexpr,
-    HAS_DEN: tl.constexpr,
-    HAS_C: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-    SPLIT: tl.constexpr,
-    U_PAIR: tl.constexpr,
-    LOOP: tl.constexpr,
-):
-    """Per block of ROWS rows of one head (grid: cdiv(N, ROWS), B*H):
-
-    HBLK[bh, blk] = sum_r u_r^T y_r (D x D, stored in HBLK's dtype), ZBLK[bh, blk] = sum_r c_r u_r
-    (D, fp32), u_r = phi(x_r) / den_r. SPLIT (the backward with half inputs, whose gradients
-    need the sums to ~fp32 accuracy): the fp32 sum is stored as a pair of bf16 values,
-    HBLK = hi and HBLK_LO = lo, hi + lo within 2^-17 of it, so that `mask_gemm_kernel` sums it
-    with two bf16 products (cheaper than tf32 ones, and exact) instead of fp32 operands.
-    U_PAIR (with HAS_DEN, bf16 activations): u = phi / den as a pair of bf16 values, multiplied
-    with the bf16 y in two bf16 products (exact in fp32) instead of one tf32 product.
-    Forward: x = k, y = v, den = c = 1 gives each key block's h_j = phi(K_j)^T V_j and z_j.
-    Backward: x = q, y = dO_l, den = the forward's denominator, c = -Delta_l gives each query
-    block's dH_i and dZ_i.
-    LOOP: ROWS is a long chunk of a head (thousands of rows, whose partial sums the caller adds
-    up into one shared H, Z per head), gone through in a run-time loop; else a map block, its
-    few BLOCK_R steps unrolled.
-    """
-    blk = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+@triton.jit
+def _block_sums(
+    blk, bh, X, Y, DEN, C, stride_xb, stride_xh, stride_xn, stride_yb, stride_yh, stride_yn, H, N,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, BLOCK_R: tl.constexpr,
+    FEATURE: tl.constexpr, HAS_DEN: tl.constexpr, HAS_C: tl.constexpr, DOT_PREC: tl.constexpr,
+    U_PAIR: tl.constexpr, LOOP: tl.constexpr,
+):  # fmt: skip
+    """`block_outer_kernel`'s work item: the fp32 sums (acc_h, acc_z) of block `blk` of head
+    `bh`."""
     b = bh // H
     h = bh % H
     offs_r = tl.arange(0, BLOCK_R)
@@ -297,7 +308,16 @@ def block_outer_kernel(
                 acc_h, acc_z, r0 + offs_r, x_base, y_base, DEN, C, bh, N,
                 stride_xn, stride_yn, offs_d, D, FEATURE, HAS_DEN, HAS_C, DOT_PREC, U_PAIR,
             )  # fmt: skip
-    part = bh * tl.num_programs(0) + blk
+    return acc_h, acc_z
+
+
+@triton.jit
+def _store_block_sums(
+    part, acc_h, acc_z, HBLK, HBLK_LO, ZBLK, D: tl.constexpr, BLOCK_D: tl.constexpr,
+    SPLIT: tl.constexpr,
+):  # fmt: skip
+    """`block_outer_kernel`'s stores of one work item's sums at index `part` (over all heads)."""
+    offs_d = tl.arange(0, BLOCK_D)
     offs_h = part * D * D + offs_d[:, None] * D + offs_d[None, :]
     if SPLIT:
         hi, lo = bf16_pair(acc_h)
@@ -306,6 +326,83 @@ def block_outer_kernel(
     else:
         store_tile(HBLK + offs_h, acc_h.to(HBLK.dtype.element_ty), offs_d, offs_d, D, BLOCK_D)
     store_vector(ZBLK + part * D + offs_d, acc_z, offs_d, D, BLOCK_D)
+
+
+@triton.jit(do_not_specialize=["N"])
+def block_outer_kernel(
+    X,
+    Y,
+    DEN,
+    C,
+    HBLK,
+    HBLK_LO,
+    ZBLK,
+    stride_xb,
+    stride_xh,
+    stride_xn,
+    stride_yb,
+    stride_yh,
+    stride_yn,
+    H,
+    N,
+    BH,
+    D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    FEATURE: tl.constexpr,
+    HAS_DEN: tl.constexpr,
+    HAS_C: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    SPLIT: tl.constexpr,
+    U_PAIR: tl.constexpr,
+    LOOP: tl.constexpr,
+    PERSIST: tl.constexpr,
+):
+    """Per block of ROWS rows of one head (grid: cdiv(N, ROWS), B*H):
+
+    HBLK[bh, blk] = sum_r u_r^T y_r (D x D, stored in HBLK's dtype), ZBLK[bh, blk] = sum_r c_r u_r
+    (D, fp32), u_r = phi(x_r) / den_r. SPLIT (the backward with half inputs, whose gradients
+    need the sums to ~fp32 accuracy): the fp32 sum is stored as a pair of bf16 values,
+    HBLK = hi and HBLK_LO = lo, hi + lo within 2^-17 of it, so that `mask_gemm_kernel` sums it
+    with two bf16 products (cheaper than tf32 ones, and exact) instead of fp32 operands.
+    U_PAIR (with HAS_DEN, bf16 activations): u = phi / den as a pair of bf16 values, multiplied
+    with the bf16 y in two bf16 products (exact in fp32) instead of one tf32 product.
+    Forward: x = k, y = v, den = c = 1 gives each key block's h_j = phi(K_j)^T V_j and z_j.
+    Backward: x = q, y = dO_l, den = the forward's denominator, c = -Delta_l gives each query
+    block's dH_i and dZ_i.
+    LOOP: ROWS is a long chunk of a head (thousands of rows, whose partial sums the caller adds
+    up into one shared H, Z per head), gone through in a run-time loop; else a map block, its
+    few BLOCK_R steps unrolled.
+    PERSIST (grid: (programs,), `launch.persistent_grid`): program p takes the blocks p,
+    p + programs, ... of the cdiv(N, ROWS) * BH blocks, head-major, in a loop, so that the
+    compiler's software pipeline loads the next block's rows while this one's are summed (BH:
+    B*H, read only here).
+    """
+    if PERSIST:
+        n_blocks = tl.cdiv(N, ROWS)
+        for item in tl.range(tl.program_id(0), n_blocks * BH, tl.num_programs(0)):
+            blk = item % n_blocks
+            bh = (item // n_blocks).to(tl.int64)
+            acc_h, acc_z = _block_sums(
+                blk, bh, X, Y, DEN, C, stride_xb, stride_xh, stride_xn, stride_yb, stride_yh,
+                stride_yn, H, N, D, BLOCK_D, ROWS, BLOCK_R, FEATURE, HAS_DEN, HAS_C, DOT_PREC,
+                U_PAIR, LOOP,
+            )  # fmt: skip
+            _store_block_sums(
+                bh * n_blocks + blk, acc_h, acc_z, HBLK, HBLK_LO, ZBLK, D, BLOCK_D, SPLIT
+            )
+    else:
+        blk = tl.program_id(0)
+        bh = tl.program_id(1).to(tl.int64)
+        acc_h, acc_z = _block_sums(
+            blk, bh, X, Y, DEN, C, stride_xb, stride_xh, stride_xn, stride_yb, stride_yh,
+            stride_yn, H, N, D, BLOCK_D, ROWS, BLOCK_R, FEATURE, HAS_DEN, HAS_C, DOT_PREC,
+            U_PAIR, LOOP,
+        )  # fmt: skip
+        _store_block_sums(
+            bh * tl.num_programs(0) + blk, acc_h, acc_z, HBLK, HBLK_LO, ZBLK, D, BLOCK_D, SPLIT
+        )
 
 
 @triton.jit

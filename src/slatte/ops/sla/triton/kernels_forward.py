@@ -7,12 +7,10 @@ import triton
 import triton.language as tl
 
 from .kernels_common import (
-    feature_map,
+    add_linear_branch,
     load_block,
     load_rows,
-    load_tile,
     load_vector,
-    round_tf32,
     store_rows,
     sums_index,
 )
@@ -70,7 +68,6 @@ def sla_fwd_kernel(
     DOT_PREC: tl.constexpr,
     KV_TMA: tl.constexpr,
     LIN_CHUNK: tl.constexpr,
-    SPARSE_DONE: tl.constexpr,
     SHARED_SUMS: tl.constexpr,
 ):
     """One program per (BLOCK_M query rows, head). Grid: (cdiv(N, BLOCK_M), B * H).
@@ -85,11 +82,9 @@ def sla_fwd_kernel(
     reads (`sums_index`).
     H_PAIR (bf16, training): H_i is the bf16 pair HBLK + HBLK_LO of the backward's exact sum.
     Output O = O_s + O_l W^T + bias, in one pass: no O(N^2) buffer. LIN_CHUNK (a power of two
-    up to BLOCK_D): columns of O_l per step of the linear epilogue. BLOCK_D: the feature tiles'
-    width (`kernels_common`, head dims).
-    SPARSE_DONE: the sparse branch ran in another kernel family, which wrote O_s into O_S
-    (contiguous (B*H, N, D)); this kernel reads it, adds the linear branch and stores neither
-    O_S nor LSE.
+    up to BLOCK_D): columns of O_l per step of the linear epilogue (`add_linear_branch`).
+    BLOCK_D: the feature tiles' width (`kernels_common`, head dims). Where another kernel family
+    ran the sparse branch, `kernels_epilogue` adds the linear one instead.
     STORE_AUX: the backward's state (O_S, LSE, O_L, DEN). STORE_LSE: the LSE (inference: without
     STORE_AUX it is stored alone).
     """
@@ -108,81 +103,41 @@ def sla_fwd_kernel(
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
 
-    if SPARSE_DONE:
-        # Another kernel family (`ops/sla/hopper`) ran the sparse branch and wrote O_s.
-        o_s = load_rows(O_S, rows, D, offs_d, row_ok, D).to(tl.float32)
-    else:
-        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-        for t in range(N_CRIT):
-            block = tl.load(CRIT_LUT + q_block * N_CRIT + t)
-            for sub in tl.static_range(LUT_BLOCK_K // BLOCK_N):
-                first = block * LUT_BLOCK_K + sub * BLOCK_N
-                offs_k = first + offs_n
-                col_ok = offs_k < N
-                k = load_block(
-                    K_TMA, k_base, b, h, first, offs_k, stride_kn, offs_d, col_ok, D, KV_TMA
-                )
-                v = load_block(
-                    V_TMA, v_base, b, h, first, offs_k, stride_vn, offs_d, col_ok, D, KV_TMA
-                )
-                s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
-                s = tl.where(col_ok[None, :], s, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                p = tl.math.exp2(s - m_new[:, None])
-                alpha = tl.math.exp2(m_i - m_new)
-                l_i = l_i * alpha + tl.sum(p, 1)
-                acc = acc * alpha[:, None]
-                acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
-                m_i = m_new
-        o_s = acc / l_i[:, None]
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for t in range(N_CRIT):
+        block = tl.load(CRIT_LUT + q_block * N_CRIT + t)
+        for sub in tl.static_range(LUT_BLOCK_K // BLOCK_N):
+            first = block * LUT_BLOCK_K + sub * BLOCK_N
+            offs_k = first + offs_n
+            col_ok = offs_k < N
+            k = load_block(K_TMA, k_base, b, h, first, offs_k, stride_kn, offs_d, col_ok, D, KV_TMA)
+            v = load_block(V_TMA, v_base, b, h, first, offs_k, stride_vn, offs_d, col_ok, D, KV_TMA)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+            s = tl.where(col_ok[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            p = tl.math.exp2(s - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None]
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+            m_i = m_new
+    o_s = acc / l_i[:, None]
     out = o_s
 
     if LINEAR:
-        sums = sums_index(q_block, bh, SHARED_SUMS)
-        z_i = load_vector(ZBLK + sums * D + offs_d, offs_d, D, BLOCK_D)
-        fq = feature_map(q.to(tl.float32), FEATURE, D).to(q.dtype)
-        den = tl.sum(fq.to(tl.float32) * z_i[None, :], 1) + eps
-        # O_l and its projection LIN_CHUNK columns of O_l at a time: with all D = 128 columns of
-        # H_i, its lo half and W at once, the training epilogue spills (far less in chunks).
-        # Chunks that would hold only padding lanes are skipped.
-        for c in tl.static_range((D + LIN_CHUNK - 1) // LIN_CHUNK):
-            offs_c = c * LIN_CHUNK + tl.arange(0, LIN_CHUNK)
-            offs_h = sums * D * D + offs_d[:, None] * D + offs_c[None, :]
-            h_i = load_tile(HBLK + offs_h, offs_d, offs_c, D, BLOCK_D)
-            # W is (out, in): proj(o_l) = o_l W^T; these are the rows offs_c of W^T.
-            w_t = load_tile(W + offs_d[None, :] * D + offs_c[:, None], offs_c, offs_d, D, BLOCK_D)
-            if HBLK.dtype.element_ty == tl.bfloat16:
-                # bf16 activations: W rounded to bf16, H_i too (or an exact pair, H_PAIR), the
-                # products on bf16 tensor cores (fp32 operands here made the compiler spill).
-                o_l = tl.dot(fq, h_i)
-                if H_PAIR:
-                    o_l = tl.dot(fq, load_tile(HBLK_LO + offs_h, offs_d, offs_c, D, BLOCK_D), o_l)
-                o_l = o_l / den[:, None]
-                out = tl.dot(o_l.to(tl.bfloat16), w_t.to(tl.bfloat16), out)
-            else:
-                if H_PAIR:  # (under the interpreter the pair's halves are fp32 tensors)
-                    h_i += load_tile(HBLK_LO + offs_h, offs_d, offs_c, D, BLOCK_D)
-                if DOT_PREC == "tf32":
-                    # fp32 operands rounded to nearest, not truncated by the tensor cores (a
-                    # one-sided error that adds up over the D terms of a row; see `round_tf32`).
-                    h_i = round_tf32(h_i)
-                o_l = tl.dot(fq.to(tl.float32), h_i, input_precision=DOT_PREC) / den[:, None]
-                if DOT_PREC == "tf32":
-                    out = tl.dot(round_tf32(o_l), round_tf32(w_t), out, input_precision=DOT_PREC)
-                else:
-                    out = tl.dot(o_l, w_t, out, input_precision=DOT_PREC)
-            if STORE_AUX:
-                store_rows(O_L, rows, D, offs_c, row_ok, o_l, D)
+        out, den = add_linear_branch(
+            out, q, sums_index(q_block, bh, SHARED_SUMS), rows, row_ok, offs_d, W, HBLK, HBLK_LO,
+            ZBLK, O_L, eps, D, BLOCK_D, FEATURE, H_PAIR, STORE_AUX, DOT_PREC, LIN_CHUNK,
+        )  # fmt: skip
     if HAS_BIAS:
         out += load_vector(BIAS + offs_d, offs_d, D, BLOCK_D)[None, :]
     o_base = OUT + b * stride_ob + h * stride_oh
     store_rows(o_base, offs_m, stride_on, offs_d, row_ok, out, D)
-    if (STORE_AUX or STORE_LSE) and not SPARSE_DONE:
+    if STORE_AUX or STORE_LSE:
         tl.store(LSE + rows, m_i + tl.math.log2(l_i), mask=row_ok)
     if STORE_AUX:
-        if not SPARSE_DONE:
-            store_rows(O_S, rows, D, offs_d, row_ok, o_s, D)
+        store_rows(O_S, rows, D, offs_d, row_ok, o_s, D)
         if LINEAR:
             tl.store(DEN + rows, den, mask=row_ok)

@@ -7,17 +7,40 @@ compiled kernel needs more shared memory than the device has, retries with one s
 (each stage is one more buffered tile of the loop's operands), down to one; the depth that fits
 is remembered per kernel, constexpr configuration and device, so the search happens once per
 process.
+
+Persistent kernels (a loop over work items in each program) take a grid sized to the GPU's
+streaming multiprocessors (`persistent_grid`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 from triton.runtime.errors import OutOfResources
 
+from ...triton_interpreter import triton_interpreting
+
+# The "SMs" a persistent grid is sized to under Triton's interpreter (CPU): a few, so that the
+# tests' small problems give programs several work items each, the last program fewer.
+INTERPRETER_SMS = 3
+
 # (kernel name, device, constexpr/launch options) -> the deepest num_stages that fitted.
 _STAGES_THAT_FIT: dict[tuple, int] = {}
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def persistent_grid(items: int, device: torch.device, per_sm: int) -> tuple[int]:
+    """The grid of a persistent kernel over `items` work items: `per_sm` programs per SM of
+    `device` (`INTERPRETER_SMS` under the interpreter), no more programs than items, at least
+    one."""
+    sms = INTERPRETER_SMS if triton_interpreting() else _sm_count(device)
+    return (max(1, min(items, per_sm * sms)),)
 
 
 def _device_key(args: tuple[Any, ...]) -> str:

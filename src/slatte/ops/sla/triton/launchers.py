@@ -27,8 +27,9 @@ from .kernels_backward import (
     sla_bwd_preprocess_kernel,
 )
 from .kernels_common import FEATURE_CODES, block_outer_kernel, mask_gemm_kernel
+from .kernels_epilogue import sla_epilogue_kernel
 from .kernels_forward import LOG2E, sla_fwd_kernel
-from .launch import launch
+from .launch import launch, persistent_grid
 from .tiles import feature_tile, tiles
 
 # Rows of one program of the backward's preprocessing: few partial dW sums to add up, enough
@@ -48,7 +49,8 @@ LSE_TO_NATURAL = math.log(2.0)
 
 class SparseBranch(NamedTuple):
     """The sparse branch (spec section 2) run by another kernel family; these launchers then
-    run the block map and the linear branch around it (`SPARSE_DONE` in the kernels).
+    run the block map and the linear branch around it (the forward's `sla_epilogue_kernel`,
+    `SPARSE_DONE` in the backward's kernels).
 
     `forward(q, k, v, crit_lut, bmap, block_q, block_k, scale, o_s, lse)` writes O_s into o_s
     (B, H, N, D, contiguous) and its log-sum-exp, in the family's own units, into lse (B, H, N);
@@ -169,12 +171,15 @@ def _block_outer(
     c: torch.Tensor | None = None,
     pair: bool = False,
     partial: bool = False,
+    persist: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Per block of `rows` rows: (sum u^T y, its low half or None, sum c u) with
     u = phi(x) / den; see the kernel. `exact` (sums the backward uses): with half inputs the D x D
     sums come as a (hi, lo) pair of bf16 values; with fp32 inputs in fp32. Otherwise in the
     activations' dtype. `pair` (bf16 activations, `bf16_pairs`): u / den as a bf16 pair.
     `partial`: `rows` is a long chunk of a head whose sums the caller adds up: fp32, no pair.
+    `persist`: (programs per SM, pipeline stages) of a persistent launch (PERSIST) instead of
+    one program per block.
 
     At D > 64 the forward's sums take 64-row steps with 8 warps, the exact ones 32-row steps
     with 4 warps (the fastest on an H100 at D = 128)."""
@@ -191,15 +196,20 @@ def _block_outer(
         block_r, warps = (32, 4) if exact else (64, 8)
     else:
         block_r, warps = 64, 4
+    grid, stages = (n_blocks, b * h), 3
+    if persist is not None:
+        per_sm, stages = persist
+        grid = persistent_grid(n_blocks * b * h, x.device, per_sm)
     launch(
-        block_outer_kernel, (n_blocks, b * h),
+        block_outer_kernel, grid,
         x, y, den if den is not None else aux, c if c is not None else aux,
         hblk[0], hblk[1] if split else aux, zblk,
-        *_bh_strides(x), *_bh_strides(y), h, n,
+        *_bh_strides(x), *_bh_strides(y), h, n, b * h,
         D=d, BLOCK_D=block_d, ROWS=rows, BLOCK_R=min(rows, block_r),
         FEATURE=FEATURE_CODES[feature_map],
         HAS_DEN=den is not None, HAS_C=c is not None, DOT_PREC=_dot_prec(x.dtype), SPLIT=split,
-        U_PAIR=pair and den is not None, LOOP=partial, num_warps=warps, num_stages=3,
+        U_PAIR=pair and den is not None, LOOP=partial, PERSIST=persist is not None,
+        num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return hblk[0], hblk[1] if split else None, zblk
 
@@ -275,6 +285,7 @@ def _linear_sums(
     den: torch.Tensor | None = None,
     c: torch.Tensor | None = None,
     pair_out: bool = False,
+    persist: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Per-block outer sums of x, y, then summed over S into the other side's blocks.
 
@@ -284,7 +295,8 @@ def _linear_sums(
     else None), and (B*H, blocks, D). With `shared_sums(scope)` blocks is 1: the head's sums
     over all rows, which every block shares.
     `exact`: H / dH to ~fp32 accuracy, as the backward's cancellations need (the inference
-    forward's output is fine with sums rounded like the activations).
+    forward's output is fine with sums rounded like the activations). `persist`: the per-block
+    sums' persistent launch (`_block_outer`); the shared sums keep their chunks.
     """
     b, h, n, d = x.shape
     out_dtype = torch.float32 if exact else _forward_sum_dtype(x.dtype)
@@ -301,7 +313,9 @@ def _linear_sums(
         hi = total.to(torch.bfloat16)
         lo = (total - hi.float()).to(torch.bfloat16)
         return hi.to(pair_dtype()), lo.to(pair_dtype()), zsum
-    hblk, hblk_lo, zblk = _block_outer(policy, x, y, rows, feature_map, exact, den, c, pair_out)
+    hblk, hblk_lo, zblk = _block_outer(
+        policy, x, y, rows, feature_map, exact, den, c, pair_out, persist=persist
+    )
     flat = hblk.view(hblk.shape[0], -1, d * d)
     flat_lo = None if hblk_lo is None else hblk_lo.view(flat.shape)
     hsum, hsum_lo = _mask_gemm(
@@ -355,42 +369,61 @@ def forward(
     tma = _use_tma(policy, k, v)
     cfg = tiles(d, block_q, block_k, q.element_size(), policy, tma=tma)
     aux = empty_aux(q)
+    sparse_done = sparse_branch is not None
     hsum = hsum_lo = zsum = aux
     if linear:
+        # The other family's inference sums run persistent (issue 23; the Triton family keeps
+        # the grid launch its timings were taken with until the two are compared on a GPU).
+        persist = None
+        if sparse_done and not store_aux:
+            persist = cfg["sums_programs_per_sm"], cfg["sums_stages"]
         hsum, hsum_lo, zsum = _linear_sums(
-            policy, k, v, bmap, block_k, linear_scope, False, feature_map, store_aux, pair_out=pair
-        )
-    sparse_done = sparse_branch is not None
+            policy, k, v, bmap, block_k, linear_scope, False, feature_map, store_aux,
+            pair_out=pair, persist=persist,
+        )  # fmt: skip
     o = _new_like(policy, q)
     o_s = _new(policy, q, (b, h, n, d), q.dtype) if store_aux or sparse_done else aux
     o_l = _new(policy, q, (b, h, n, d), torch.float32) if store_aux and linear else aux
     keep_lse = store_aux or store_lse
     lse = _new(policy, q, (b, h, n), torch.float32) if keep_lse or sparse_done else aux
     den = _new(policy, q, (b, h, n), torch.float32) if store_aux and linear else aux
-    if sparse_done:
-        sparse_branch.forward(q, k, v, crit_lut, bmap, block_q, block_k, scale, o_s, lse)
     block_d = feature_tile(d)
-    kv_block = [1, 1, cfg["fwd_n"], block_d]
-    k_tiles, v_tiles = (_descriptor(x, kv_block) for x in (k, v)) if tma else (k, v)
-    launch(
-        sla_fwd_kernel, (triton.cdiv(n, cfg["fwd_m"]), b * h),
-        q, k, v,
-        k_tiles, v_tiles,
+    proj = (
         proj_weight if proj_weight is not None else aux,
         proj_bias if proj_bias is not None else aux,
-        hsum, hsum_lo if pair else hsum, zsum, crit_lut,
-        o, o_s, o_l, lse, den,
-        *_bh_strides(q), *_bh_strides(k), *_bh_strides(v), *_bh_strides(o),
-        h, n, n_crit,
-        scale * LOG2E, LINEAR_EPS,
-        D=d, BLOCK_D=block_d, BLOCK_M=cfg["fwd_m"], BLOCK_N=cfg["fwd_n"], LUT_BLOCK_Q=block_q,
-        LUT_BLOCK_K=block_k, FEATURE=FEATURE_CODES[feature_map], LINEAR=linear,
-        HAS_BIAS=proj_bias is not None, H_PAIR=pair, STORE_AUX=store_aux,
-        STORE_LSE=store_lse, DOT_PREC=_dot_prec(q.dtype),
-        KV_TMA=tma, LIN_CHUNK=min(cfg["fwd_lin_chunk"], block_d), num_warps=cfg["fwd_warps"],
-        num_stages=cfg["fwd_stages"], SPARSE_DONE=sparse_done,
-        SHARED_SUMS=shared_sums(linear_scope),
+    )
+    flags = dict(
+        D=d, BLOCK_D=block_d, LUT_BLOCK_Q=block_q, FEATURE=FEATURE_CODES[feature_map],
+        LINEAR=linear, HAS_BIAS=proj_bias is not None, H_PAIR=pair, STORE_AUX=store_aux,
+        DOT_PREC=_dot_prec(q.dtype), SHARED_SUMS=shared_sums(linear_scope),
     )  # fmt: skip
+    if sparse_done:
+        sparse_branch.forward(q, k, v, crit_lut, bmap, block_q, block_k, scale, o_s, lse)
+        launch(
+            sla_epilogue_kernel,
+            persistent_grid(triton.cdiv(n, cfg["epi_m"]) * b * h, q.device,
+                            cfg["epi_programs_per_sm"]),
+            q, o_s, *proj, hsum, hsum_lo if pair else hsum, zsum, o, o_l, den,
+            *_bh_strides(q), *_bh_strides(o), b * h, h, n, LINEAR_EPS,
+            BLOCK_M=cfg["epi_m"], LIN_CHUNK=min(cfg["epi_lin_chunk"], block_d),
+            num_warps=cfg["epi_warps"], num_stages=cfg["epi_stages"], **flags,
+        )  # fmt: skip
+    else:
+        kv_block = [1, 1, cfg["fwd_n"], block_d]
+        k_tiles, v_tiles = (_descriptor(x, kv_block) for x in (k, v)) if tma else (k, v)
+        launch(
+            sla_fwd_kernel, (triton.cdiv(n, cfg["fwd_m"]), b * h),
+            q, k, v, k_tiles, v_tiles, *proj,
+            hsum, hsum_lo if pair else hsum, zsum, crit_lut,
+            o, o_s, o_l, lse, den,
+            *_bh_strides(q), *_bh_strides(k), *_bh_strides(v), *_bh_strides(o),
+            h, n, n_crit,
+            scale * LOG2E, LINEAR_EPS,
+            BLOCK_M=cfg["fwd_m"], BLOCK_N=cfg["fwd_n"], LUT_BLOCK_K=block_k, KV_TMA=tma,
+            STORE_LSE=store_lse, LIN_CHUNK=min(cfg["fwd_lin_chunk"], block_d),
+            num_warps=cfg["fwd_warps"],
+            num_stages=cfg["fwd_stages"], **flags,
+        )  # fmt: skip
     # The sums are saved state only when training (inference's are rounded for the forward).
     sums = (hsum, hsum_lo, zsum) if store_aux else (aux, aux, aux)
     # A custom op's outputs may not alias one another: each unused one (aux, or a lo half that

@@ -36,6 +36,12 @@ def tiles(
     forward's linear epilogue goes through O_l's columns 32 at a time at D > 64.
     A head dim that is no power of two takes the tiles of its `feature_tile` width (its
     registers and shared memory are those of that width).
+    The persistent kernels of the hopper family (`kernels_epilogue`; the inference forward's
+    per-block sums, PERSIST in `block_outer_kernel`) take unmeasured starting points: the
+    epilogue the fused forward's epilogue tiles, the sums their grid launch's steps, both with
+    two pipeline stages and as many programs per SM as their registers and shared memory allow
+    at those stages (sm_90 compile, bf16: the epilogue one at D = 128, two at D = 64; the sums
+    one over 128-row blocks at D = 128, else two).
     `policy.tile_overrides[d]` replaces any of these values.
     """
     width = feature_tile(d)
@@ -58,10 +64,17 @@ def tiles(
         "key_linear_prologue": pair and (wide or block_q >= 128),
         "key_linear_n": 32 if wide and not pair else 64,
         "key_linear_warps": 8 if wide and not pair else 4,
+        "epi_m": 128,
+        "epi_warps": 8 if wide else 4,
+        "epi_stages": 2,
+        "epi_lin_chunk": 32 if wide else width,
+        "epi_programs_per_sm": 1 if wide else 2,
+        "sums_programs_per_sm": 1 if wide and block_k >= 128 else 2,
+        "sums_stages": 2,
     }
     cfg.update(policy.tile_overrides.get(d, {}))
-    cfg["fwd_m"], cfg["dq_m"], cfg["dkdv_m"] = (
-        min(cfg[x], block_q) for x in ("fwd_m", "dq_m", "dkdv_m")
+    cfg["fwd_m"], cfg["dq_m"], cfg["dkdv_m"], cfg["epi_m"] = (
+        min(cfg[x], block_q) for x in ("fwd_m", "dq_m", "dkdv_m", "epi_m")
     )
     cfg["fwd_n"], cfg["dq_n"], cfg["dkdv_n"], cfg["key_linear_n"] = (
         min(cfg[x], block_k) for x in ("fwd_n", "dq_n", "dkdv_n", "key_linear_n")
