@@ -16,7 +16,7 @@ from slatte.ops.sla import LaunchPolicy
 from slatte.ops.sla.block_map import CRITICAL, block_scores, classify
 from slatte.ops.sla.config import block_counts
 from slatte.ops.sla.reference import expand_blocks, sparse_branch
-from slatte.ops.sla.triton import launchers
+from slatte.ops.sla.triton import launch, launchers
 from slatte.ops.sla.triton.launch import INTERPRETER_SMS
 from slatte.ops.sla.triton.launchers import SparseBranch
 from slatte.ops.triton_interpreter import triton_interpreting
@@ -146,6 +146,8 @@ def test_persistent_programs_take_several_tiles(monkeypatch, d, layout, grads, o
     program goes through every programs-th work item. Outputs are poisoned, so a tile or block
     that no program takes fails; head dims 40 (padded to 64 lanes) and 64, both layouts,
     N = 200 (a ragged last tile), training and inference."""
+    # The interpreter's few "SMs" on every device, so that programs take several tiles on a GPU too.
+    monkeypatch.setattr(launch, "sm_count", lambda device: INTERPRETER_SMS)
     grids = []
     size = launchers.persistent_grid
 

@@ -31,16 +31,20 @@ _STAGES_THAT_FIT: dict[tuple, int] = {}
 
 
 @functools.cache
-def _sm_count(device: torch.device) -> int:
+def _cuda_sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def sm_count(device: torch.device) -> int:
+    """The SMs a persistent grid is sized to: `device`'s, or `INTERPRETER_SMS` under the
+    interpreter."""
+    return INTERPRETER_SMS if triton_interpreting() else _cuda_sm_count(device)
+
+
 def persistent_grid(items: int, device: torch.device, per_sm: int) -> tuple[int]:
-    """The grid of a persistent kernel over `items` work items: `per_sm` programs per SM of
-    `device` (`INTERPRETER_SMS` under the interpreter), no more programs than items, at least
-    one."""
-    sms = INTERPRETER_SMS if triton_interpreting() else _sm_count(device)
-    return (max(1, min(items, per_sm * sms)),)
+    """The grid of a persistent kernel over `items` work items: `per_sm` programs per SM (as
+    `sm_count` counts them), no more programs than items, at least one."""
+    return (max(1, min(items, per_sm * sm_count(device))),)
 
 
 def _device_key(args: tuple[Any, ...]) -> str:
