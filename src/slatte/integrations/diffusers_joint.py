@@ -37,14 +37,13 @@ from torch import nn
 from ..nn.sla import SparseLinearAttention
 from ..ops.attention import SLA_POLICIES
 from ..ops.sla import SLAConfig, sla_block_map, sparse_linear_attention
+from ..ops.sla.blocked import critical_lse
 
 JointQKV = tuple[
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
     torch.Tensor | None,
 ]  # fmt: skip
 
-# Score entries of one chunk of `critical_log_mass` (bounds its memory on long videos).
-_CHUNK_ELEMENTS = 1 << 27
 # `video_over_text` pads its feature dims to a multiple of this: the flash and cuDNN attention
 # kernels take head dims in steps of 8.
 _HEAD_DIM_STEP = 8
@@ -75,30 +74,12 @@ class JointAttention:
 
 def critical_log_mass(q: torch.Tensor, k: torch.Tensor, config: SLAConfig) -> torch.Tensor:
     """log Σ exp(q·k / sqrt(D)) over the keys of each query's critical blocks (the block map
-    SLA chooses for these q, k), fp32 (B, H, N), for q, k (B, N, H, D)."""
-    b, n, h, d = q.shape
-    bq, bk = config.block_q, config.block_k
+    SLA chooses for these q, k), at least fp32 (B, H, N), for q, k (B, N, H, D)."""
     critical = sla_block_map(q, k, config, layout="bnhd") == 1  # (B, H, Nq, Nk)
-    nq, nk = critical.shape[-2:]
     n_crit = int(critical[0, 0, 0].sum())  # the same count in every row (spec, section 1)
-    lut = critical.to(torch.int8).topk(n_crit, dim=-1).indices  # (B, H, Nq, n_crit)
-    qb = F.pad(q.transpose(1, 2), (0, 0, 0, nq * bq - n)).unflatten(2, (nq, bq))
-    kb = F.pad(k.transpose(1, 2), (0, 0, 0, nk * bk - n)).unflatten(2, (nk, bk))
-    key_pos = (lut[..., None] * bk + torch.arange(bk, device=q.device)).flatten(-2)
-    rows = max(1, _CHUNK_ELEMENTS // (b * h * bq * n_crit * bk))
-    out = []
-    for start in range(0, nq, rows):
-        idx = lut[:, :, start : start + rows]  # (B, H, c, n_crit)
-        keys = (
-            torch.gather(kb, 2, idx.flatten(2)[..., None, None].expand(-1, -1, -1, bk, d))
-            .unflatten(2, idx.shape[2:])
-            .flatten(3, 4)
-        )  # (B, H, c, n_crit·bk, D)
-        scores = qb[:, :, start : start + rows].float() @ keys.float().transpose(-1, -2)
-        real = (key_pos[:, :, start : start + rows] < n)[..., None, :]
-        scores = scores.masked_fill(~real, float("-inf")) / math.sqrt(d)
-        out.append(scores.logsumexp(-1).flatten(2))  # (B, H, c·bq)
-    return torch.cat(out, dim=-1)[..., :n]
+    lut = critical.to(torch.int8).topk(n_crit, dim=-1).indices.flatten(0, 1)  # (B*H, Nq, n_crit)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)
+    return critical_lse(q, k, lut, config.block_q, config.block_k, q.shape[-1] ** -0.5)
 
 
 def video_over_text(

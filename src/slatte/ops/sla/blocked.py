@@ -19,6 +19,9 @@ from .block_map import block_scores, classify, linear_mask
 from .config import SLAConfig
 from .reference import LINEAR_EPS, add_projected, feature_map
 
+# Score entries per chunk of `critical_lse` (bounds its memory on long videos).
+_LSE_CHUNK_ELEMENTS = 1 << 27
+
 
 def _blocks(x: torch.Tensor, block: int) -> torch.Tensor:
     """(B, H, N, D) -> (B*H, ceil(N / block), block, D), the ragged last block zero-padded."""
@@ -29,16 +32,29 @@ def _blocks(x: torch.Tensor, block: int) -> torch.Tensor:
     return x.reshape(b * h, n_blocks, block, d)
 
 
-def _critical_lse(
-    qb: torch.Tensor, k_crit: torch.Tensor, mask: torch.Tensor | None, scale: float
+def critical_lse(
+    q: torch.Tensor, k: torch.Tensor, lut: torch.Tensor, block_q: int, block_k: int, scale: float
 ) -> torch.Tensor:
-    """log Σ exp(scale q·k) over each query's critical keys, (B*H, Nq, bq) in at least fp32, for
-    the query blocks qb and their gathered critical keys (`sla_blocked`): SDPA keeps its own."""
-    acc = torch.promote_types(qb.dtype, torch.float32)
-    scores = (qb.to(acc) @ k_crit.to(acc).transpose(-1, -2)) * scale
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return scores.logsumexp(dim=-1)
+    """log Σ exp(scale q·k) over each query's critical keys, (B, H, N) in at least fp32, for q, k
+    (B, H, N, D) and the critical key blocks of each query block, lut (B*H, Nq, n_crit).
+    Differentiable (the joint attention's training path needs its gradient); in chunks of query
+    blocks, so that the gathered keys and their scores stay bounded on long videos."""
+    b, h, n, _ = q.shape
+    qb, kb = _blocks(q, block_q), _blocks(k, block_k)
+    bh, nq = qb.shape[:2]
+    acc = torch.promote_types(q.dtype, torch.float32)
+    heads = torch.arange(bh, device=q.device)[:, None, None]
+    lut = lut.long()
+    rows = max(1, _LSE_CHUNK_ELEMENTS // (bh * block_q * lut.shape[-1] * block_k))
+    out = []
+    for start in range(0, nq, rows):
+        crit = lut[:, start : start + rows]  # (B*H, c, n_crit)
+        keys = kb[heads, crit].flatten(2, 3)  # (B*H, c, n_crit * bk, D)
+        scores = (qb[:, start : start + rows].to(acc) @ keys.to(acc).transpose(-1, -2)) * scale
+        key_pos = (crit[..., None] * block_k + torch.arange(block_k, device=q.device)).flatten(2)
+        scores = scores.masked_fill(~(key_pos < n)[:, :, None, :], float("-inf"))
+        out.append(scores.logsumexp(dim=-1).flatten(1))  # (B*H, c * bq)
+    return torch.cat(out, dim=1).reshape(b, h, nq * block_q)[:, :, :n]
 
 
 def sla_blocked(
@@ -74,7 +90,7 @@ def sla_blocked(
     out = F.scaled_dot_product_attention(qb, k_crit, v_crit, attn_mask=mask, scale=scale)
     out = out.reshape(b, h, nq * bq, d)[:, :, :n]
     if return_lse:
-        lse = _critical_lse(qb, k_crit, mask, scale).reshape(b, h, nq * bq)[:, :, :n]
+        lse = critical_lse(q, k, crit, bq, bk, scale)
     if proj_weight is None:
         return (out, lse) if return_lse else out
 
