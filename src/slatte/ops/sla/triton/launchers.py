@@ -29,7 +29,7 @@ from .kernels_backward import (
 from .kernels_common import FEATURE_CODES, block_outer_kernel, mask_gemm_kernel
 from .kernels_epilogue import sla_epilogue_kernel
 from .kernels_forward import LOG2E, sla_fwd_kernel
-from .launch import launch, persistent_grid
+from .launch import launch, persistent_grid, sm_count
 from .tiles import feature_tile, tiles
 
 # Rows of one program of the backward's preprocessing: few partial dW sums to add up, enough
@@ -38,10 +38,10 @@ PREPROCESS_ROWS = 1024
 # The mask GEMM's scopes (scope "all" takes shared sums instead).
 SCOPE_CODES = {"marginal": 0, "noncritical": 1}
 # Shared sums (`shared_sums`): rows per program of a head's sums, halved from the most until the
-# B*H heads take two programs per SM of an H100 (132), never below the least; powers of two, so
-# that few variants compile.
+# B*H heads take SHARED_SUM_PROGRAMS_PER_SM programs per SM, never below the least; powers of
+# two, so that few variants compile.
 SHARED_SUM_ROWS = (256, 4096)
-SHARED_SUM_PROGRAMS = 2 * 132
+SHARED_SUM_PROGRAMS_PER_SM = 2
 # The forward keeps the sparse branch's log-sum-exp in log2 units (its softmax runs on exp2 of
 # the scores times scale * log2(e)); this factor turns it into the natural log.
 LSE_TO_NATURAL = math.log(2.0)
@@ -214,10 +214,11 @@ def _block_outer(
     return hblk[0], hblk[1] if split else None, zblk
 
 
-def _shared_sum_rows(n: int, heads: int) -> int:
-    """Rows per program of the shared sums (`SHARED_SUM_ROWS`, `SHARED_SUM_PROGRAMS`)."""
+def _shared_sum_rows(n: int, heads: int, device: torch.device) -> int:
+    """Rows per program of the shared sums (`SHARED_SUM_ROWS`, `SHARED_SUM_PROGRAMS_PER_SM`)."""
     least, rows = SHARED_SUM_ROWS
-    while rows > least and heads * triton.cdiv(n, rows) < SHARED_SUM_PROGRAMS:
+    programs = SHARED_SUM_PROGRAMS_PER_SM * sm_count(device)
+    while rows > least and heads * triton.cdiv(n, rows) < programs:
         rows //= 2
     return rows
 
@@ -302,7 +303,7 @@ def _linear_sums(
     out_dtype = torch.float32 if exact else _forward_sum_dtype(x.dtype)
     if shared_sums(scope):
         # No mask: each head's rows in a few long chunks, their fp32 partials added up here.
-        chunk_rows = _shared_sum_rows(n, b * h)
+        chunk_rows = _shared_sum_rows(n, b * h, x.device)
         hpart, _, zpart = _block_outer(
             policy, x, y, chunk_rows, feature_map, exact, den, c, pair_out, partial=True
         )
