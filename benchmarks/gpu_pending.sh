@@ -19,10 +19,14 @@
 #   dense  (nothing carried; SECONDS_TRAIN=540 default) (trains `full` with the dense recipe of
 #          docs/RESULTS.md section 1; $OUT/full.tgz holds the latest EMA model: bring it back and
 #          continue on a later call with INIT_FROM=..., as RESULTS.md section 1 did)
+#   lora   (carry the dense model folder; DENSE=that folder, STEPS=1200 default) (issue 26's
+#          quality comparison, `studies/lora_study.py`: full fine-tuning, LoRA r4 / r16 + SLA
+#          projections, projections alone, SLA at 95%, 3 checkpoints each scored on 50 videos;
+#          $OUT/lora_study/ holds results.jsonl and the figure)
 # Logs go to $OUT (or ./gpu_logs); each step prints its exit code, time and last lines. END (seconds,
 # default 570) is when a part stops starting its optional steps (e2e models).
 set -uo pipefail
-what=${1:?usage: gpu_pending.sh prepare|part1|part2|ab|cute|dense}
+what=${1:?usage: gpu_pending.sh prepare|part1|part2|ab|cute|dense|lora}
 out=${OUT:-gpu_logs}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -127,8 +131,14 @@ cute)
 dense)
   bash studies/gpu_train_default.sh "${SECONDS_TRAIN:-540}" full
   ;;
+lora)
+  dense=${DENSE:?DENSE=the dense full-attention model folder}
+  PYTHONPATH=$PWD/src python3 studies/lora_study.py "$dense" --out "$out/lora_study" \
+    --steps "${STEPS:-1200}" --checkpoints 3 --ranks 4,16 --num-videos 50 --train-args \
+    "--precision bf16 --batch-size 64 --image-batch 64 --lr 5e-4 --ema-decay 0.99 --min-snr-gamma 5 --workers 8 --compile --log-every 100"
+  ;;
 *)
-  echo "unknown mode $what: prepare|part1|part2|ab|cute|dense" >&2
+  echo "unknown mode $what: prepare|part1|part2|ab|cute|dense|lora" >&2
   exit 2
   ;;
 esac
