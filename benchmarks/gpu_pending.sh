@@ -127,6 +127,15 @@ cute)
     tests/ops/test_sla_cute_gpu.py
   TAILN=20 step 120 cute_bench_epilogue python3 benchmarks/bench_cute_epilogue.py
   TAILN=20 step 120 cute_bench_fused python3 benchmarks/bench_cute_epilogue.py --fused
+  # Hardware counters of one launch of each CuTe kernel (Firecracker machines; the clocks left
+  # alone): throughput against the roofs, shared-memory bank conflicts, warp stall reasons.
+  for kernel in LinearEpilogue SparseLinearForward; do
+    fused=$([[ $kernel == SparseLinearForward ]] && echo --fused)
+    TAILN=60 step 150 "cute_ncu_$kernel" ncu --clock-control none -k "regex:$kernel" \
+      --launch-skip 3 --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis \
+      --section WarpStateStats --section LaunchStats --section Occupancy \
+      python3 benchmarks/bench_cute_epilogue.py $fused
+  done
   ;;
 dense)
   bash studies/gpu_train_default.sh "${SECONDS_TRAIN:-540}" full
