@@ -18,7 +18,7 @@ from .fa4 import sparse_backward, sparse_forward
 
 FA4_SPARSE = SparseBranch(sparse_forward, sparse_backward)
 # FlashAttention-4 writes the sparse branch's log-sum-exp as a natural log (`fa4.py`); the
-# Triton kernels leave it as it is (`SPARSE_DONE`).
+# Triton kernels around it (`sla_epilogue_kernel`, the backward's `SPARSE_DONE`) leave it as it is.
 LSE_TO_NATURAL = 1.0
 
 forward = functools.partial(triton_launchers.forward, sparse_branch=FA4_SPARSE)
