@@ -36,7 +36,7 @@ from torch import nn
 
 from ..nn.sla import SparseLinearAttention
 from ..ops.attention import SLA_POLICIES
-from ..ops.sla import SLAConfig, sla_block_map, sparse_linear_attention
+from ..ops.sla import SLAConfig, needs_gradient, sla_block_map, sparse_linear_attention
 from ..ops.sla.blocked import critical_lse
 
 JointQKV = tuple[
@@ -151,11 +151,7 @@ def joint_sla(
     (q_v, k_v, v_v), (q_t, k_t, v_t) = video, text
     sla_args = (q_v, k_v, v_v, sla.proj_l.weight, sla.proj_l.bias, sla.config)
     policy = SLA_POLICIES[sla.backend]
-    # What `sparse_linear_attention` counts as training (its return_lse refuses it there).
-    needs_grad = torch.is_grad_enabled() and any(
-        x is not None and x.requires_grad for x in sla_args[:5]
-    )
-    if needs_grad:
+    if needs_gradient(*sla_args[:5]):  # (where `return_lse` is refused)
         # The kernels' log-sum-exp has no gradient: the mass is computed again, differentiably.
         o_sla = sparse_linear_attention(*sla_args, layout="bnhd", policy=policy)
         log_mass = critical_log_mass(q_v, k_v, sla.config)  # (B, H, Nv)

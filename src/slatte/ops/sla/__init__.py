@@ -6,7 +6,7 @@ __all__ = lazy_package(
     __name__,
     {
         ".config": ("SLAConfig",),
-        ".interface": ("sla_block_map", "sparse_linear_attention"),
+        ".interface": ("needs_gradient", "sla_block_map", "sparse_linear_attention"),
         ".launch_policy": ("LaunchPolicy",),
     },
 )

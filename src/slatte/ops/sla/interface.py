@@ -17,6 +17,13 @@ def _is_compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
+def needs_gradient(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd will want a gradient through `tensors` (None entries ignored): what
+    `sparse_linear_attention` counts as training (it keeps the backward's state then and
+    refuses `return_lse`)."""
+    return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors)
+
+
 def _to_bhnd(x: torch.Tensor, layout: str) -> torch.Tensor:
     # (B, N, H, D) -> (B, H, N, D) as a view: the kernels read strides, the reference does not care.
     return x.transpose(1, 2) if layout == "bnhd" else x
@@ -153,9 +160,7 @@ def sparse_linear_attention(
         _check_inputs(q, k, v, proj_weight, proj_bias, scale, layout, policy)
     config = SLAConfig() if config is None else config
     q, k, v = (_to_bhnd(x, layout) for x in (q, k, v))
-    training = torch.is_grad_enabled() and any(
-        x is not None and x.requires_grad for x in (q, k, v, proj_weight, proj_bias)
-    )
+    training = needs_gradient(q, k, v, proj_weight, proj_bias)
     if return_lse and training:
         raise ValueError(
             "return_lse=True is for inference: the SLA kernels give its log-sum-exp no gradient, "

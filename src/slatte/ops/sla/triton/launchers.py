@@ -373,8 +373,8 @@ def forward(
     sparse_done = sparse_branch is not None
     hsum = hsum_lo = zsum = aux
     if linear:
-        # The other family's inference sums run persistent (issue 23; the Triton family keeps
-        # the grid launch its timings were taken with until the two are compared on a GPU).
+        # The other family's inference sums run persistent; the Triton family keeps the grid
+        # launch its tiles were tuned with (the persistent launch is timed only in the other).
         persist = None
         if sparse_done and not store_aux:
             persist = cfg["sums_programs_per_sm"], cfg["sums_stages"]

@@ -37,7 +37,7 @@ def tiles(
     A head dim that is no power of two takes the tiles of its `feature_tile` width (its
     registers and shared memory are those of that width).
     The persistent kernels of the hopper family (`kernels_epilogue`; the inference forward's
-    per-block sums, PERSIST in `block_outer_kernel`) take unmeasured starting points: the
+    per-block sums, PERSIST in `block_outer_kernel`) take untuned starting points: the
     epilogue the fused forward's epilogue tiles, the sums their grid launch's steps, both with
     two pipeline stages and as many programs per SM as their registers and shared memory allow
     at those stages (sm_90 compile, bf16: the epilogue one at D = 128, two at D = 64; the sums
