@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -30,10 +30,30 @@ def _entry(rank: int, world_size: int, port: int, fn: Callable[..., Any], args: 
     fn(rank, world_size, *args)
 
 
-def spawn(fn: Callable[..., Any], world_size: int, *args: Any) -> None:
+# How the rendezvous reports a port that another process took between `free_port` and the bind.
+PORT_TAKEN = ("EADDRINUSE", "address already in use")
+
+
+def spawn(
+    fn: Callable[..., Any], world_size: int, *args: Any, ports: Iterable[int] | None = None
+) -> None:
     """Run `fn(rank, world_size, *args)` in `world_size` fresh processes; an exception in any of
-    them fails the caller. `fn` must be importable (a module-level function)."""
-    mp.spawn(_entry, args=(world_size, free_port(), fn, args), nprocs=world_size, join=True)
+    them fails the caller. `fn` must be importable (a module-level function) and safe to run
+    again from the start: a port found free can be taken before rank 0 binds it, so a spawn
+    whose rendezvous found its port taken is retried on the next of `ports` (three fresh ones
+    by default)."""
+    ports = iter(ports if ports is not None else [free_port() for _ in range(3)])
+    port = next(ports)
+    while True:
+        try:
+            mp.spawn(_entry, args=(world_size, port, fn, args), nprocs=world_size, join=True)
+            return
+        except mp.ProcessRaisedException as err:
+            message = str(err).lower()
+            retry = next(ports, None) if any(s.lower() in message for s in PORT_TAKEN) else None
+            if retry is None:
+                raise
+            port = retry
 
 
 def init_gloo() -> None:

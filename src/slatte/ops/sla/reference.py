@@ -41,13 +41,21 @@ def expand_blocks(
 
 
 def sparse_branch(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, critical_tokens: torch.Tensor, scale: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    critical_tokens: torch.Tensor,
+    scale: float,
+    return_lse: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Softmax attention of each query over the keys of its critical blocks, (B, H, N, D), and
-    the log-sum-exp of those scores (natural log), (B, H, N) in at least fp32."""
+    with `return_lse` the log-sum-exp of those scores (natural log), (B, H, N) in at least fp32
+    (else None: one more pass over the N x N scores)."""
     scores = (q @ k.transpose(-1, -2)) * scale
     scores = scores.masked_fill(~critical_tokens, float("-inf"))
-    lse = scores.to(torch.promote_types(q.dtype, torch.float32)).logsumexp(dim=-1)
+    lse = None
+    if return_lse:
+        lse = scores.to(torch.promote_types(q.dtype, torch.float32)).logsumexp(dim=-1)
     return torch.softmax(scores, dim=-1) @ v, lse
 
 
@@ -106,7 +114,7 @@ def sla_reference(
     if query_rows is not None:
         q = q[:, :, query_rows]
     critical_tokens = expand_blocks(bmap == CRITICAL, n, block_q, block_k, query_rows)
-    out, lse = sparse_branch(q, k, v, critical_tokens, scale)
+    out, lse = sparse_branch(q, k, v, critical_tokens, scale, return_lse)
     if proj_weight is not None:
         in_linear = linear_mask(bmap, config.linear_scope)
         linear_tokens = expand_blocks(in_linear, n, block_q, block_k, query_rows)
