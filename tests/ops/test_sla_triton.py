@@ -279,3 +279,29 @@ def test_opcheck_and_compile_fullgraph(scope):
     f(*eager).backward()
     for a, e in zip(leaves, eager, strict=True):
         torch.testing.assert_close(a.grad, e.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tma", [True, False])
+@pytest.mark.parametrize("d", [32, 40])
+def test_forward_mask_gemm_tiles(monkeypatch, tma, d):
+    """The forward's H_i GEMM takes its tiles from `tiles` (`mask_*`, swept by tune_sla.py):
+    tiles taller than the map's query blocks, and column tiles that do not divide D x D
+    (D = 40: 1,600 columns in 64-wide tiles), give the reference's output (inference: the
+    backward's transposed GEMM keeps its own tiles)."""
+    taken = []
+    run = launchers.launch
+
+    def spy(kernel, grid, *args, **kw):
+        if kernel is launchers.mask_gemm_kernel and kw["COLS"] == d * d and not kw["SPLIT"]:
+            taken.append((kw["BLOCK_R"], kw["BLOCK_COLS"], kw["num_warps"]))
+        return run(kernel, grid, *args, **kw)
+
+    monkeypatch.setattr(launchers, "launch", spy)
+    tile = {"mask_r": 16, "mask_cols": 64, "mask_warps": 2}
+    check_sla(
+        *make_inputs(1, 2, 200, d, torch.float32, DEVICE, seed=d),
+        opts(),
+        policy=LaunchPolicy(kernels="triton", tma=tma, tile_overrides={d: tile}),
+        grads=False,
+    )
+    assert taken and set(taken) == {(16, 64, 2)}

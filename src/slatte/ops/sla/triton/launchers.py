@@ -233,11 +233,14 @@ def _mask_gemm(
     act_dtype: torch.dtype,
     out_dtype: torch.dtype = torch.float32,
     pair_out: bool = False,
+    tile: tuple[int, int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(B*H, R, COLS): each row's sum of the x (+ x_lo) rows its S selects (see the kernel), in
     `out_dtype`, or with `pair_out` as a (hi, lo) pair of bf16 values (and None otherwise).
 
     Not transposed: rows are query blocks, x is per key block. Transposed: the other way round.
+    `tile`: (rows, columns, warps) of the forward's sum (`tiles`' `mask_*`), which replace the
+    choice below where x is not a split pair.
     """
     nq, nk = bmap.shape[-2:]
     bh, _, cols = x.shape
@@ -254,6 +257,8 @@ def _mask_gemm(
     width = feature_tile(cols)
     if transpose:
         block_r, block_cols, warps = 64, min(width, 128), 4
+    elif tile is not None and not split:
+        block_r, block_cols, warps = tile[0], min(width, tile[1]), tile[2]
     else:
         block_r, block_cols, warps = 128 if split else 64, min(width, 256), 8
     x_lo = x if x_lo is None else x_lo  # (unused without SPLIT)
@@ -287,6 +292,7 @@ def _linear_sums(
     c: torch.Tensor | None = None,
     pair_out: bool = False,
     persist: tuple[int, int] | None = None,
+    mask_tile: tuple[int, int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Per-block outer sums of x, y, then summed over S into the other side's blocks.
 
@@ -297,7 +303,8 @@ def _linear_sums(
     over all rows, which every block shares.
     `exact`: H / dH to ~fp32 accuracy, as the backward's cancellations need (the inference
     forward's output is fine with sums rounded like the activations). `persist`: the per-block
-    sums' persistent launch (`_block_outer`); the shared sums keep their chunks.
+    sums' persistent launch (`_block_outer`); the shared sums keep their chunks. `mask_tile`:
+    the D x D sums' tile in `_mask_gemm`.
     """
     b, h, n, d = x.shape
     out_dtype = torch.float32 if exact else _forward_sum_dtype(x.dtype)
@@ -320,7 +327,7 @@ def _linear_sums(
     flat = hblk.view(hblk.shape[0], -1, d * d)
     flat_lo = None if hblk_lo is None else hblk_lo.view(flat.shape)
     hsum, hsum_lo = _mask_gemm(
-        policy, bmap, flat, flat_lo, scope, transpose, x.dtype, out_dtype, pair_out
+        policy, bmap, flat, flat_lo, scope, transpose, x.dtype, out_dtype, pair_out, mask_tile
     )
     # The D-wide z sums through the same kernel, in fp32 ("ieee" products with the 0/1
     # weights): one launch instead of the mask, its cast and a matmul (less host time).
@@ -381,6 +388,7 @@ def forward(
         hsum, hsum_lo, zsum = _linear_sums(
             policy, k, v, bmap, block_k, linear_scope, False, feature_map, store_aux,
             pair_out=pair, persist=persist,
+            mask_tile=(cfg["mask_r"], cfg["mask_cols"], cfg["mask_warps"]),
         )  # fmt: skip
     o = _new_like(policy, q)
     o_s = _new(policy, q, (b, h, n, d), q.dtype) if store_aux or sparse_done else aux

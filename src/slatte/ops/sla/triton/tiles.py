@@ -34,6 +34,8 @@ def tiles(
     prologue with the bf16 pair (`pair`) at D > 64 or with 128-row query blocks; elsewhere in a
     kernel of its own (with an fp32 dH at D = 128 the prologue's split products spill). The
     forward's linear epilogue goes through O_l's columns 32 at a time at D > 64.
+    The forward's H_i (`mask_gemm_kernel` over the per-block sums rounded for the forward) takes
+    64 query blocks x 256 of the D x D columns on 8 warps (`mask_*`).
     A head dim that is no power of two takes the tiles of its `feature_tile` width (its
     registers and shared memory are those of that width).
     The persistent kernels of the hopper family (`kernels_epilogue`; the inference forward's
@@ -71,6 +73,9 @@ def tiles(
         "epi_programs_per_sm": 1 if wide else 2,
         "sums_programs_per_sm": 1 if wide and block_k >= 128 else 2,
         "sums_stages": 2,
+        "mask_r": 64,
+        "mask_cols": 256,
+        "mask_warps": 8,
     }
     cfg.update(policy.tile_overrides.get(d, {}))
     cfg["fwd_m"], cfg["dq_m"], cfg["dkdv_m"], cfg["epi_m"] = (
