@@ -17,8 +17,10 @@
 #   cute   (same warm machine as part2; OTHER=ab/cute)    (the CuTe DSL kernels of branch wt-cute:
 #          `git archive wt-cute src tests benchmarks pyproject.toml | tar -x -C ab/cute`; tests, benches)
 #   profile (same warm machine as part2)  (where the hopper backward's time goes, kernel by kernel,
-#          the D = 64 figures of both families, never measured since the hopper family landed, and
-#          the hopper forward's tile sweep, with the H_i GEMM's tiles now in it)
+#          the D = 64 figures of both families, never measured since the hopper family landed,
+#          and the hopper forward's tile sweep, with the H_i GEMM's tiles now in it)
+#   wan    (same warm machine as part2)  (the Wan2.1-1.3B forward compiled, CUDA graphs included,
+#          on the hopper family: issue 23's 180 ms goal)
 #   dense  (nothing carried; SECONDS_TRAIN=540 default) (trains `full` with the dense recipe of
 #          docs/RESULTS.md section 1; $OUT/full.tgz holds the latest EMA model: bring it back and
 #          continue on a later call with INIT_FROM=..., as RESULTS.md section 1 did)
@@ -29,7 +31,7 @@
 # Logs go to $OUT (or ./gpu_logs); each step prints its exit code, time and last lines. END (seconds,
 # default 570) is when a part stops starting its optional steps (e2e models).
 set -uo pipefail
-what=${1:?usage: gpu_pending.sh prepare|part1|part2|ab|profile|cute|dense|lora}
+what=${1:?usage: gpu_pending.sh prepare|part1|part2|ab|profile|wan|cute|dense|lora}
 out=${OUT:-gpu_logs}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -129,6 +131,13 @@ profile)
   TAILN=30 step 200 tune_hopper_forward python3 benchmarks/tune_sla.py --kernels hopper \
     --block-k 128 --forward
   ;;
+wan)
+  # On the warm machine that ran part2. Issue 23's Wan goal (<= 180 ms compiled with CUDA graphs):
+  # 128 x 128 blocks make "auto" take the hopper family; never run compiled with it.
+  export PYTHONPATH=$PWD/src:$PWD/benchmarks:$site:$site/nvidia_cutlass_dsl/dsl_packages
+  TAILN=8 step 500 e2e_wan_hopper python3 benchmarks/bench_e2e.py --block-k 128 --no-train \
+    --variants dense,slatte --compile-modes default,reduce-overhead
+  ;;
 cute)
   # Our own CuTe DSL kernels (route 1 of issue 23) from another tree, on the warm machine that ran
   # part2 (its CuTe DSL install): their GPU tests, then their bench against FA4 + the Triton pass.
@@ -159,7 +168,7 @@ lora)
     "--precision bf16 --batch-size 64 --image-batch 64 --lr 5e-4 --ema-decay 0.99 --min-snr-gamma 5 --workers 8 --compile --log-every 100"
   ;;
 *)
-  echo "unknown mode $what: prepare|part1|part2|ab|profile|cute|dense|lora" >&2
+  echo "unknown mode $what: prepare|part1|part2|ab|profile|wan|cute|dense|lora" >&2
   exit 2
   ;;
 esac
