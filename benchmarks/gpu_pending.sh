@@ -16,6 +16,8 @@
 #          one: bench_attention --quick twice each, interleaved, and the hopper forward profile)
 #   cute   (same warm machine as part2; OTHER=ab/cute)    (the CuTe DSL kernels of branch wt-cute:
 #          `git archive wt-cute src tests benchmarks pyproject.toml | tar -x -C ab/cute`; tests, benches)
+#   cutesums (same warm machine as part2; OTHER=ab/cutesums) (the CuTe DSL key-block sums of
+#          branch wt-cutesums, archived the same way; tests, bench, one launch's counters)
 #   profile (same warm machine as part2)  (where the hopper backward's time goes, kernel by kernel,
 #          the D = 64 figures of both families, never measured since the hopper family landed,
 #          and the hopper forward's tile sweep, with the H_i GEMM's tiles now in it)
@@ -31,7 +33,7 @@
 # Logs go to $OUT (or ./gpu_logs); each step prints its exit code, time and last lines. END (seconds,
 # default 570) is when a part stops starting its optional steps (e2e models).
 set -uo pipefail
-what=${1:?usage: gpu_pending.sh prepare|part1|part2|ab|profile|wan|cute|dense|lora}
+what=${1:?usage: gpu_pending.sh prepare|part1|part2|ab|profile|wan|cute|cutesums|dense|lora}
 out=${OUT:-gpu_logs}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -158,6 +160,21 @@ cute)
       python3 benchmarks/bench_cute_epilogue.py $fused
   done
   ;;
+cutesums)
+  # The CuTe DSL key-block sums (issue 23) from another tree, on the warm machine that ran part2:
+  # their GPU tests (and the CPU layout checks), their bench against the Triton
+  # `block_outer_kernel`, then the hardware counters of one launch.
+  other=${OTHER:?OTHER=a folder holding the tree with the CuTe sums}
+  cd "$other" || exit 1
+  export PYTHONPATH=$PWD/src:$PWD/benchmarks:$site:$site/nvidia_cutlass_dsl/dsl_packages
+  TAILN=8 step 300 cutesums_tests python3 -m pytest -q --tb=short -x -n 4 -p no:cacheprovider \
+    tests/ops/test_sla_cute_sums_gpu.py tests/ops/test_sla_cute_sums_layouts.py
+  TAILN=12 step 120 cutesums_bench python3 benchmarks/bench_cute_sums.py
+  TAILN=60 step 150 cutesums_ncu ncu --clock-control none -k "regex:KeyBlockSums" \
+    --launch-skip 3 --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis \
+    --section WarpStateStats --section LaunchStats --section Occupancy \
+    python3 benchmarks/bench_cute_sums.py
+  ;;
 dense)
   bash studies/gpu_train_default.sh "${SECONDS_TRAIN:-540}" full
   ;;
@@ -168,7 +185,7 @@ lora)
     "--precision bf16 --batch-size 64 --image-batch 64 --lr 5e-4 --ema-decay 0.99 --min-snr-gamma 5 --workers 8 --compile --log-every 100"
   ;;
 *)
-  echo "unknown mode $what: prepare|part1|part2|ab|profile|wan|cute|dense|lora" >&2
+  echo "unknown mode $what: prepare|part1|part2|ab|profile|wan|cute|cutesums|dense|lora" >&2
   exit 2
   ;;
 esac
