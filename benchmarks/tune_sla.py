@@ -31,10 +31,11 @@ HOPPER_FWD += [dict(epi_lin_chunk=c) for c in (16, 64)]
 HOPPER_FWD += [dict(sums_programs_per_sm=p, sums_stages=s) for p, s in
                [(2, 2), (1, 1), (1, 3), (2, 1)]]  # fmt: skip
 # The forward's H_i GEMM over the block map (both families; 1.4 TB/s at the defaults, session 16):
-# query-block rows x D*D columns x warps.
+# query-block rows x D*D columns x warps, or cuBLAS with the selection as a 0/1 matrix.
 HOPPER_FWD += [dict(mask_r=r, mask_cols=c, mask_warps=w) for r, c, w in
                [(128, 128, 8), (128, 256, 8), (64, 128, 4), (128, 128, 4), (256, 64, 8),
                 (64, 512, 8)]]  # fmt: skip
+HOPPER_FWD += [dict(mask_cublas=True)]
 # Training candidates, timed forward+backward: each changes a few knobs of the tiles' defaults
 # ({} = the defaults), so every kernel is tried in context (the isolated sweeps of NOTES.md
 # session 5 ranked D=64 configs differently from the full forward+backward).

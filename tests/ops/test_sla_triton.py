@@ -305,3 +305,26 @@ def test_forward_mask_gemm_tiles(monkeypatch, tma, d):
         grads=False,
     )
     assert taken and set(taken) == {(16, 64, 2)}
+
+
+@pytest.mark.parametrize("scope", ["marginal", "noncritical"])
+def test_forward_mask_gemm_on_cublas(monkeypatch, scope):
+    """`mask_cublas`: the forward's H_i as one batched matmul of the 0/1 selection with the
+    per-block sums (no `mask_gemm_kernel` launch for them), the reference's output."""
+    d = 32
+    launched = []
+    run = launchers.launch
+
+    def spy(kernel, grid, *args, **kw):
+        if kernel is launchers.mask_gemm_kernel:
+            launched.append(kw["COLS"])
+        return run(kernel, grid, *args, **kw)
+
+    monkeypatch.setattr(launchers, "launch", spy)
+    check_sla(
+        *make_inputs(2, 2, 200, d, torch.float32, DEVICE, seed=3),
+        opts(linear_scope=scope),
+        policy=LaunchPolicy(kernels="triton", tile_overrides={d: {"mask_cublas": True}}),
+        grads=False,
+    )
+    assert launched == [d]  # the z sums alone

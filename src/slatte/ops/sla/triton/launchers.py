@@ -17,7 +17,7 @@ import triton
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ...triton_interpreter import triton_interpreting
-from ..block_map import block_scores, classify, transpose_lists
+from ..block_map import block_scores, classify, linear_mask, transpose_lists
 from ..launch_policy import LaunchPolicy
 from ..reference import LINEAR_EPS
 from .kernels_backward import (
@@ -30,7 +30,7 @@ from .kernels_common import FEATURE_CODES, block_outer_kernel, mask_gemm_kernel
 from .kernels_epilogue import sla_epilogue_kernel
 from .kernels_forward import LOG2E, sla_fwd_kernel
 from .launch import launch, persistent_grid, sm_count
-from .tiles import feature_tile, tiles
+from .tiles import MaskTile, feature_tile, mask_gemm_tile, tiles
 
 # Rows of one program of the backward's preprocessing: few partial dW sums to add up, enough
 # programs to fill the GPU.
@@ -233,17 +233,23 @@ def _mask_gemm(
     act_dtype: torch.dtype,
     out_dtype: torch.dtype = torch.float32,
     pair_out: bool = False,
-    tile: tuple[int, int, int] | None = None,
+    tile: MaskTile | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(B*H, R, COLS): each row's sum of the x (+ x_lo) rows its S selects (see the kernel), in
     `out_dtype`, or with `pair_out` as a (hi, lo) pair of bf16 values (and None otherwise).
 
     Not transposed: rows are query blocks, x is per key block. Transposed: the other way round.
-    `tile`: (rows, columns, warps) of the forward's sum (`tiles`' `mask_*`), which replace the
-    choice below where x is not a split pair.
+    `tile`: the forward's sum (`tiles.mask_gemm_tile`), which replaces the choice below where x
+    is not a split pair; with its `cublas` and x already in `out_dtype`, one `torch.bmm` of the
+    0/1 selection (`block_map.linear_mask`, in x's dtype: exact) with x, accumulated in fp32.
     """
     nq, nk = bmap.shape[-2:]
     bh, _, cols = x.shape
+    split = x_lo is not None
+    cublas = tile is not None and tile.cublas and x.dtype == out_dtype
+    if cublas and not (transpose or split or pair_out):
+        selected = linear_mask(bmap, scope).view(bh, nq, nk).to(x.dtype)
+        return torch.bmm(selected, x), None
     r, c, stride_r, stride_c = (nk, nq, 1, nk) if transpose else (nq, nk, nk, 1)
     out = _new(policy, x, (bh, r, cols), pair_dtype() if pair_out else out_dtype)
     out_lo = _new(policy, x, (bh, r, cols), pair_dtype()) if pair_out else None
@@ -253,12 +259,11 @@ def _mask_gemm(
     # NaN sums with fp16 inputs at 75,600 tokens. Column tiles are powers of two, at least 16
     # wide (`tl.dot`); where one does not divide the columns (D x D sums of a head dim that is no
     # power of two) the last is masked.
-    split = x_lo is not None
     width = feature_tile(cols)
     if transpose:
         block_r, block_cols, warps = 64, min(width, 128), 4
     elif tile is not None and not split:
-        block_r, block_cols, warps = tile[0], min(width, tile[1]), tile[2]
+        block_r, block_cols, warps = tile.rows, min(width, tile.cols), tile.warps
     else:
         block_r, block_cols, warps = 128 if split else 64, min(width, 256), 8
     x_lo = x if x_lo is None else x_lo  # (unused without SPLIT)
@@ -292,7 +297,7 @@ def _linear_sums(
     c: torch.Tensor | None = None,
     pair_out: bool = False,
     persist: tuple[int, int] | None = None,
-    mask_tile: tuple[int, int, int] | None = None,
+    mask_tile: MaskTile | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Per-block outer sums of x, y, then summed over S into the other side's blocks.
 
@@ -388,7 +393,7 @@ def forward(
         hsum, hsum_lo, zsum = _linear_sums(
             policy, k, v, bmap, block_k, linear_scope, False, feature_map, store_aux,
             pair_out=pair, persist=persist,
-            mask_tile=(cfg["mask_r"], cfg["mask_cols"], cfg["mask_warps"]),
+            mask_tile=mask_gemm_tile(cfg),
         )  # fmt: skip
     o = _new_like(policy, q)
     o_s = _new(policy, q, (b, h, n, d), q.dtype) if store_aux or sparse_done else aux

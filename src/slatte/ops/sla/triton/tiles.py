@@ -3,9 +3,20 @@ measurements are in benchmarks/NOTES.md, "Tile choices, moved from the source").
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import triton
 
 from ..launch_policy import LaunchPolicy
+
+
+class MaskTile(NamedTuple):
+    """The forward's H_i GEMM (`launchers._mask_gemm`): rows x columns on warps, or cuBLAS."""
+
+    rows: int
+    cols: int
+    warps: int
+    cublas: bool
 
 
 def feature_tile(d: int) -> int:
@@ -35,7 +46,8 @@ def tiles(
     kernel of its own (with an fp32 dH at D = 128 the prologue's split products spill). The
     forward's linear epilogue goes through O_l's columns 32 at a time at D > 64.
     The forward's H_i (`mask_gemm_kernel` over the per-block sums rounded for the forward) takes
-    64 query blocks x 256 of the D x D columns on 8 warps (`mask_*`).
+    64 query blocks x 256 of the D x D columns on 8 warps (`mask_*`, `mask_gemm_tile`);
+    `mask_cublas` runs it as a batched cuBLAS GEMM with the 0/1 selection as a matrix instead.
     A head dim that is no power of two takes the tiles of its `feature_tile` width (its
     registers and shared memory are those of that width).
     The persistent kernels of the hopper family (`kernels_epilogue`; the inference forward's
@@ -76,6 +88,7 @@ def tiles(
         "mask_r": 64,
         "mask_cols": 256,
         "mask_warps": 8,
+        "mask_cublas": False,
     }
     cfg.update(policy.tile_overrides.get(d, {}))
     cfg["fwd_m"], cfg["dq_m"], cfg["dkdv_m"], cfg["epi_m"] = (
@@ -85,3 +98,8 @@ def tiles(
         min(cfg[x], block_k) for x in ("fwd_n", "dq_n", "dkdv_n", "key_linear_n")
     )
     return cfg
+
+
+def mask_gemm_tile(cfg: dict[str, int | bool]) -> MaskTile:
+    """The forward's H_i GEMM tile of `tiles`' values."""
+    return MaskTile(cfg["mask_r"], cfg["mask_cols"], cfg["mask_warps"], cfg["mask_cublas"])
