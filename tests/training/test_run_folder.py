@@ -185,3 +185,20 @@ def test_paths_inside_the_run_folder_are_recorded_relative_to_it(tmp_path):
     shutil.copytree(run, copy)
     resumed = TrainConfig.from_dict(recorded).resumed(str(copy), {})
     assert resumed.latent_cache == str(copy / "cache")  # the copy's own cache
+
+
+def test_sla_runs_resume(run, tmp_path):
+    """A run with SLA options (an SLAConfig among the model overrides, which train_config.json
+    holds as a dict) resumes, trained from scratch or fine-tuned from a dense model."""
+    from slatte.training import TrainConfig
+
+    scratch, tuned = tmp_path / "scratch", tmp_path / "tuned"
+    sla = ["--attention", "sla", "--sla-critical", "0.5"]
+    assert main([*TRAIN, *sla, "--steps", "2", "--out", str(scratch)]) == 0
+    dense = latest_checkpoint(run) / "model"
+    assert main([*TRAIN, *sla, "--init-from", str(dense), "--steps", "2", "--out", str(tuned)]) == 0
+    for out in (scratch, tuned):
+        recorded = json.loads((out / "train_config.json").read_text())
+        assert TrainConfig.from_dict(recorded).model_overrides["sla"].critical == 0.5
+        assert main([*TRAIN, "--out", str(out), "--resume", "--steps", "4"]) == 0
+        assert latest_checkpoint(out).name == "step_0000004"

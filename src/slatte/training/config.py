@@ -8,6 +8,7 @@ from typing import Any
 
 from ..flags import flag, flag_names
 from ..lora import DEFAULT_TARGETS, check_lora_options, resolve_trainable
+from ..ops.sla.config import SLAConfig
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 PARALLEL_MODES = ("ddp", "fsdp")
@@ -281,7 +282,15 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """The config of `to_dict` (or of a run folder's train_config.json): `asdict` wrote a
+        model override's SLAConfig as a dict, which becomes an SLAConfig again."""
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown training option(s): {sorted(unknown)}")
+        overrides = data.get("model_overrides")
+        if isinstance(overrides, dict) and isinstance(overrides.get("sla"), dict):
+            data = {
+                **data,
+                "model_overrides": {**overrides, "sla": SLAConfig.from_dict(overrides["sla"])},
+            }
         return cls(**data)
