@@ -10,7 +10,8 @@ Writes `OUT/results.jsonl`: one line per checkpoint with the metrics of `common.
 `attention_error` and the run's costs (trainable parameters, peak GPU memory in GiB — "n/a
 (cpu)" off CUDA —, seconds per step from `metrics.jsonl`), and `OUT/lora_study.png`: video
 accuracy over the steps of each variant beside their peak memory. LoRA checkpoints are scored
-with their adapter merged (`checkpoints/step_N/adapter`). The dense model is step 0.
+with their adapter merged (`checkpoints/step_N/adapter`). The dense model is step 0. Cut short
+(a time limit), the same command resumes it (`sla_study.run_study`).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     dense = next(r for r in rows if r["variant"] == "dense")
     names = [v for v in dict.fromkeys(r["variant"] for r in rows) if v != "dense"]
     for name in names:
-        runs = [dense] + [r for r in rows if r["variant"] == name]
+        runs = [dense] + sorted((r for r in rows if r["variant"] == name), key=lambda r: r["step"])
         curves.plot(
             [r["step"] for r in runs], [r["video_accuracy"] for r in runs], "o-", label=name
         )

@@ -12,6 +12,8 @@ model itself is scored as step 0 of every variant. Each fine-tuning run is `slat
 --init-from`, run `--jobs` at a time. Writes `OUT/results.jsonl`: one line per checkpoint with
 the metrics of `common.score` and `attention_error`, the mean relative L2 distance between each
 attention layer's output and dense attention's on the same q, k, v (real clips, t = 500).
+Run again with the same arguments after being cut short, the study resumes its runs from their
+checkpoints and scores only the checkpoints `OUT/results.jsonl` lacks.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from common import (
 from slatte.diffusion import create_diffusion
 from slatte.models import VideoDiT, load_model
 from slatte.ops import attention
+from slatte.training.checkpoint import latest_checkpoint
 
 FIXED = {
     # Dense attention fine-tuned alike: separates what the extra steps do from what SLA does.
@@ -92,11 +95,28 @@ def attention_error(model: VideoDiT, real: torch.Tensor, device: str) -> float:
 
 def train_command(
     model: str, run_dir: Path, steps: int, every: int, device: str, flags: list[str]
-) -> list[str]:
-    """`slatte train` fine-tuning `model` into `run_dir`, keeping a checkpoint every `every`."""
-    return [sys.executable, "-m", "slatte.cli", "train", "--init-from", model,
-            "--out", str(run_dir), "--steps", str(steps), "--ckpt-every", str(every),
-            "--keep-checkpoints", "0", "--device", device, *flags]  # fmt: skip
+) -> list[str] | None:
+    """`slatte train` fine-tuning `model` into `run_dir`, keeping a checkpoint every `every`; a
+    study cut short (a time limit, a lost machine) goes on where its runs stopped: None for a run
+    that reached `steps`, `--resume` for one with a checkpoint (its flags are in it), and a
+    fresh start over what a run killed before its first checkpoint left (moved aside)."""
+    cli = [sys.executable, "-m", "slatte.cli", "train", "--out", str(run_dir), "--device", device]
+    latest = latest_checkpoint(run_dir)
+    if latest is not None:
+        if int(latest.name.split("_")[1]) >= steps:
+            return None
+        return [*cli, "--resume"]
+    fresh = ["--overwrite"] if run_dir.exists() and any(run_dir.iterdir()) else []
+    return [*cli, *fresh, "--init-from", model, "--steps", str(steps), "--ckpt-every", str(every),
+            "--keep-checkpoints", "0", *flags]  # fmt: skip
+
+
+def recorded(results: Path) -> list[dict[str, Any]]:
+    """The rows an earlier call of the study already scored (OUT/results.jsonl), so that a
+    resumed study scores only what is missing."""
+    if not results.is_file():
+        return []
+    return [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
 
 
 def fine_tune_all(commands: dict[str, list[str]], out: Path, jobs: int) -> None:
@@ -154,13 +174,16 @@ def run_study(
                             [*flags, *shlex.split(args.train_args)])
         for name, flags in chosen.items()
     }  # fmt: skip
-    fine_tune_all(commands, out, args.jobs)
+    fine_tune_all({name: cmd for name, cmd in commands.items() if cmd is not None}, out, args.jobs)
 
     dense = load_model(args.model, device=device)
     real = real_set(dense, args.num_videos)
-    rows: list[dict[str, Any]] = []
+    rows = recorded(out / "results.jsonl")
+    done = {(row["variant"], row["step"]) for row in rows}
 
     def record(variant: str, step: int, model: VideoDiT, figures: dict[str, Any]) -> None:
+        if (variant, step) in done:
+            return
         videos, labels = sample_videos(model, num_videos=args.num_videos, steps=args.sampling_steps)
         row = {
             "variant": variant,
@@ -179,7 +202,8 @@ def run_study(
         figures = run_figures(name, run_dir)
         for model_dir in checkpoints_of(run_dir):
             step = int(model_dir.parent.name.split("_")[1])
-            record(name, step, load(model_dir, device), figures)
+            if (name, step) not in done:
+                record(name, step, load(model_dir, device), figures)
     return rows
 
 
