@@ -24,9 +24,11 @@
 #   wan    (same warm machine as part2)  (the Wan2.1-1.3B forward compiled, CUDA graphs included,
 #          on the hopper family: issue 23's 180 ms goal)
 #   dense  (nothing carried; SECONDS_TRAIN=540 default) (trains `full` with the dense recipe of
-#          docs/RESULTS.md section 1; $OUT/full.tgz holds the latest EMA model: bring it back and
-#          continue on a later call with INIT_FROM=..., as RESULTS.md section 1 did)
-#   lora   (carry the dense model folder; DENSE=that folder, STEPS=1200 default) (issue 26's
+#          docs/RESULTS.md section 1, unscored; a second call on the warm machine resumes it to
+#          past step 5,000; $OUT/full.tgz holds the latest EMA model; a fresh machine starts
+#          from it with INIT_FROM=..., as RESULTS.md section 1 did)
+#   lora   (DENSE=the dense model folder, default the warm machine's step-5,000 checkpoint of
+#          `dense`; STEPS=1200 default; call again to resume it) (issue 26's
 #          quality comparison, `studies/lora_study.py`: full fine-tuning, LoRA r4 / r16 + SLA
 #          projections, projections alone, SLA at 95%, 3 checkpoints each scored on 50 videos;
 #          $OUT/lora_study/ holds results.jsonl and the figure)
@@ -176,10 +178,14 @@ cutesums)
     python3 benchmarks/bench_cute_sums.py
   ;;
 dense)
-  bash studies/gpu_train_default.sh "${SECONDS_TRAIN:-540}" full
+  # No scoring: the model is the LoRA study's start. Call again on the warm machine to go on
+  # (the run resumes from its checkpoint); ~7 steps/s, so 5,000 steps take two calls.
+  SCORE_EVERY=${SCORE_EVERY:-0} bash studies/gpu_train_default.sh "${SECONDS_TRAIN:-540}" full
   ;;
 lora)
-  dense=${DENSE:?DENSE=the dense full-attention model folder}
+  # Call again with the same settings to go on where a call's time limit cut it (the study
+  # resumes its runs and scores only what results.jsonl lacks).
+  dense=${DENSE:-gpu_runs/full/checkpoints/step_0005000/model}
   PYTHONPATH=$PWD/src python3 studies/lora_study.py "$dense" --out "$out/lora_study" \
     --steps "${STEPS:-1200}" --checkpoints 3 --ranks 4,16 --num-videos 50 --train-args \
     "--precision bf16 --batch-size 64 --image-batch 64 --lr 5e-4 --ema-decay 0.99 --min-snr-gamma 5 --workers 8 --compile --log-every 100"

@@ -25,15 +25,21 @@ declare -A model=(
   [full]="--block-pattern full"
 )
 for run in "$@"; do
-  resume=()
-  if [[ -f gpu_runs/$run/latest ]]; then resume=(--resume)
-  elif [[ -n ${INIT_FROM:-} ]]; then resume=(--init-from "$INIT_FROM"); fi
-  # shellcheck disable=SC2086
-  timeout "$seconds" python3 -m slatte.cli train --out "gpu_runs/$run" "${recipe[@]}" ${model[$run]} \
-    "${resume[@]}" > "$out/train_$run.log" 2>&1 &
+  # A run with a checkpoint here continues with the flags it was started with (`--resume` keeps
+  # them; giving the model's again is refused); SIGTERM at the time limit saves a checkpoint.
+  if [[ -f gpu_runs/$run/latest ]]; then args=(--resume)
+  else
+    # shellcheck disable=SC2206
+    args=("${recipe[@]}" ${model[$run]})
+    [[ -n ${INIT_FROM:-} ]] && args+=(--init-from "$INIT_FROM")
+  fi
+  timeout "$seconds" python3 -m slatte.cli train --out "gpu_runs/$run" "${args[@]}" \
+    > "$out/train_$run.log" 2>&1 &
 done
 wait
+# SCORE_EVERY=0: no scoring (a model trained to start another study from)
 for run in "$@"; do
+  [[ ${SCORE_EVERY:-2} == 0 ]] && break
   python3 studies/checkpoint_metrics.py "gpu_runs/$run" --every ${SCORE_EVERY:-2} --num-videos 100 \
     --out "$out/steps.jsonl" > /dev/null 2> "$out/metrics_$run.log" &
 done
@@ -45,4 +51,4 @@ for run in "$@"; do
   tr '\r' '\n' < "$out/train_$run.log" | grep -v '^train:' | tail -n 5
   tr '\r' '\n' < "$out/train_$run.log" | grep clips_s | tail -n 1
 done
-cat "$out/steps.jsonl"
+if [[ -f $out/steps.jsonl ]]; then cat "$out/steps.jsonl"; fi
