@@ -185,10 +185,18 @@ dense)
 lora)
   # Call again with the same settings to go on where a call's time limit cut it (the study
   # resumes its runs and scores only what results.jsonl lacks).
+  # The study lives in gpu_runs/ (kept on the warm machine; $OUT is new each call); what it has
+  # so far is copied to $OUT/lora_study at the end of every call (cut short or not).
   dense=${DENSE:-gpu_runs/full/checkpoints/step_0005000/model}
-  PYTHONPATH=$PWD/src python3 studies/lora_study.py "$dense" --out "$out/lora_study" \
-    --steps "${STEPS:-1200}" --checkpoints 3 --ranks 4,16 --num-videos 50 --train-args \
+  study=gpu_runs/lora_study
+  timeout -s TERM "${SECONDS_STUDY:-560}" env PYTHONPATH="$PWD/src" python3 studies/lora_study.py \
+    "$dense" --out "$study" --steps "${STEPS:-1200}" --checkpoints 3 --ranks 4,16 \
+    --num-videos 50 --train-args \
     "--precision bf16 --batch-size 64 --image-batch 64 --lr 5e-4 --ema-decay 0.99 --min-snr-gamma 5 --workers 8 --compile --log-every 100"
+  echo "lora_study exit code $?"
+  mkdir -p "$out/lora_study"
+  cp "$study"/*.jsonl "$study"/*.png "$study"/*.out "$study"/*.log "$out/lora_study/" 2>/dev/null
+  tail -n 3 "$study"/*.log
   ;;
 *)
   echo "unknown mode $what: prepare|part1|part2|ab|profile|wan|cute|cutesums|dense|lora" >&2
