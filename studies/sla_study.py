@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -119,24 +120,41 @@ def recorded(results: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def fine_tune_all(commands: dict[str, list[str]], out: Path, jobs: int) -> None:
     """Run each named command, `jobs` at a time, its stdout in OUT/NAME.out and its stderr in
-    OUT/NAME.log; stops at the first that fails."""
+    OUT/NAME.log; stops at the first that fails. Stopped itself (SIGTERM, as `timeout` sends,
+    or Ctrl-C), it passes SIGTERM on to the runs still going, each of which then saves a
+    checkpoint to resume from, and waits for them."""
     pending = list(commands.items())
     running: list[tuple[str, subprocess.Popen, list[IO[str]]]] = []
-    while pending or running:
-        while pending and len(running) < jobs:
-            name, cmd = pending.pop(0)
-            log(f"fine-tuning {name}: {shlex.join(cmd)}")
-            stem = out / name.replace("@", "_")
-            files = [open(f"{stem}.out", "w"), open(f"{stem}.log", "w")]  # noqa: SIM115
-            running.append((name, subprocess.Popen(cmd, stdout=files[0], stderr=files[1]), files))
-        name, proc, files = running.pop(0)
-        code = proc.wait()
-        for f in files:
-            f.close()
-        if code != 0:
-            raise SystemExit(f"fine-tuning {name} failed; see its log in {out}")
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                name, cmd = pending.pop(0)
+                log(f"fine-tuning {name}: {shlex.join(cmd)}")
+                stem = out / name.replace("@", "_")
+                files = [open(f"{stem}.out", "w"), open(f"{stem}.log", "w")]  # noqa: SIM115
+                proc = subprocess.Popen(cmd, stdout=files[0], stderr=files[1])
+                running.append((name, proc, files))
+            name, proc, files = running[0]
+            code = proc.wait()
+            running.pop(0)
+            for f in files:
+                f.close()
+            if code != 0:
+                raise SystemExit(f"fine-tuning {name} failed; see its log in {out}")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for _, proc, files in running:
+            proc.terminate()
+            proc.wait()
+            for f in files:
+                f.close()
 
 
 def add_study_arguments(p: argparse.ArgumentParser) -> None:

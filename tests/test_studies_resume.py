@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from slatte.training.checkpoint import LATEST_FILE, STATE_FILE, checkpoint_paths
@@ -57,3 +60,34 @@ def test_scored_rows_are_read_back(tmp_path):
     rows = [{"variant": "dense", "step": 0}, {"variant": "sla", "step": 200}]
     results.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert sla_study.recorded(results) == rows
+
+
+CHILD = """
+import pathlib, signal, sys, time
+here = pathlib.Path(sys.argv[1])
+def saved(*_):
+    (here / "saved").write_text("checkpoint")
+    sys.exit(130)
+signal.signal(signal.SIGTERM, saved)
+(here / "started").write_text("")
+time.sleep(60)
+"""
+
+
+def test_a_stopped_study_lets_its_runs_save_a_checkpoint(tmp_path):
+    """SIGTERM to the study (a time limit) reaches the fine-tuning run it started, which saves
+    its checkpoint (here: writes a file) before the study exits."""
+    studies = Path(__file__).resolve().parents[1] / "studies"
+    run = [sys.executable, "-c", CHILD, str(tmp_path)]
+    parent = (
+        f"import sys; sys.path.insert(0, {str(studies)!r}); from pathlib import Path; "
+        f"import sla_study; sla_study.fine_tune_all({{'a': {run!r}}}, Path({str(tmp_path)!r}), 1)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", parent], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "started").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert (tmp_path / "saved").read_text() == "checkpoint"
