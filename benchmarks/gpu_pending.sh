@@ -16,8 +16,10 @@
 #          one: bench_attention --quick twice each, interleaved, and the hopper forward profile)
 #   cute   (same warm machine as part2; OTHER=ab/cute)    (the CuTe DSL kernels of branch wt-cute:
 #          `git archive wt-cute src tests benchmarks pyproject.toml | tar -x -C ab/cute`; tests, benches)
-#   cutesums (same warm machine as part2; OTHER=ab/cutesums) (the CuTe DSL key-block sums of
-#          branch wt-cutesums, archived the same way; tests, bench, one launch's counters)
+#   cutesums (same warm machine as part2; OTHER=ab/cute) (the CuTe DSL key-block sums, merged
+#          into wt-cute; tests, bench, one launch's counters)
+#   cuteop (same warm machine as part2; OTHER=ab/cute) (the whole op's inference forward through
+#          both CuTe kernels, `LaunchPolicy.cute`: its GPU tests, the side-by-side bench, the profile)
 #   profile (same warm machine as part2)  (where the hopper backward's time goes, kernel by kernel,
 #          the D = 64 figures of both families, never measured since the hopper family landed,
 #          and the hopper forward's tile sweep, with the H_i GEMM's tiles now in it)
@@ -35,7 +37,7 @@
 # Logs go to $OUT (or ./gpu_logs); each step prints its exit code, time and last lines. END (seconds,
 # default 570) is when a part stops starting its optional steps (e2e models).
 set -uo pipefail
-what=${1:?usage: gpu_pending.sh prepare|part1|part2|ab|profile|wan|cute|cutesums|dense|lora}
+what=${1:?usage: gpu_pending.sh prepare|part1|part2|ab|profile|wan|cute|cutesums|cuteop|dense|lora}
 out=${OUT:-gpu_logs}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -177,6 +179,20 @@ cutesums)
     --section WarpStateStats --section LaunchStats --section Occupancy \
     python3 benchmarks/bench_cute_sums.py
   ;;
+cuteop)
+  # The hopper family's inference forward through both CuTe kernels (`LaunchPolicy.cute`) from
+  # another tree, on the warm machine that ran part2: the op's GPU tests, then the reference
+  # shape's forward side by side with the FA4 path, then its per-kernel profile.
+  other=${OTHER:?OTHER=a folder holding the tree with the CuTe wiring}
+  cd "$other" || exit 1
+  export PYTHONPATH=$PWD/src:$PWD/benchmarks:$site:$site/nvidia_cutlass_dsl/dsl_packages
+  TAILN=8 step 300 cuteop_tests python3 -m pytest -q --tb=short -x -n 4 -p no:cacheprovider \
+    tests/ops/test_sla_cute_op_gpu.py
+  TAILN=20 step 240 cuteop_bench python3 benchmarks/bench_attention.py --quick --block-q 128 \
+    --label cute
+  TAILN=30 step 120 cuteop_profile python3 benchmarks/profile_sla.py --kernels hopper \
+    --block-k 128 --forward-only --cute
+  ;;
 dense)
   # No scoring: the model is the LoRA study's start. Call again on the warm machine to go on
   # (the run resumes from its checkpoint); ~7 steps/s, so 5,000 steps take two calls.
@@ -199,7 +215,7 @@ lora)
   tail -n 3 "$study"/*.log
   ;;
 *)
-  echo "unknown mode $what: prepare|part1|part2|ab|profile|wan|cute|cutesums|dense|lora" >&2
+  echo "unknown mode $what: prepare|part1|part2|ab|profile|wan|cute|cutesums|cuteop|dense|lora" >&2
   exit 2
   ;;
 esac
