@@ -12,18 +12,20 @@
 # Then, with run's carry:
 #   part1  carry gpu_runs/x1 gpu_runs/w1 .external   (no FlashAttention-4: Triton grid, models)
 #   part2  carry gpu_runs/x2 gpu_runs/w2 .external   (installs FA4: hopper grid, side-by-side bench)
-#   ab     (same warm machine as part2; OTHER=ab/NAME)     (another tree's kernels against this
+#   install1 / install2 (carry as part1 / part2)  (the installs alone, for calls that chain other
+#          modes after them, e.g. `gpu_pending.sh install1 && gpu_pending.sh dense`)
+#   ab     (same warm machine as part2 or install2; OTHER=ab/NAME)     (another tree's kernels against this
 #          one: bench_attention --quick twice each, interleaved, and the hopper forward profile)
-#   cute   (same warm machine as part2; OTHER=ab/cute)    (the CuTe DSL kernels of branch wt-cute:
+#   cute   (after part2 or install2; OTHER=ab/cute)    (the CuTe DSL kernels of branch wt-cute:
 #          `git archive wt-cute src tests benchmarks pyproject.toml | tar -x -C ab/cute`; tests, benches)
-#   cutesums (same warm machine as part2; OTHER=ab/cute) (the CuTe DSL key-block sums, merged
+#   cutesums (after part2 or install2; OTHER=ab/cute) (the CuTe DSL key-block sums, merged
 #          into wt-cute; tests, bench, one launch's counters)
-#   cuteop (same warm machine as part2; OTHER=ab/cute) (the whole op's inference forward through
+#   cuteop (after part2 or install2; OTHER=ab/cute) (the whole op's inference forward through
 #          both CuTe kernels, `LaunchPolicy.cute`: its GPU tests, the side-by-side bench, the profile)
-#   profile (same warm machine as part2)  (where the hopper backward's time goes, kernel by kernel,
+#   profile (after part2 or install2)  (where the hopper backward's time goes, kernel by kernel,
 #          the D = 64 figures of both families, never measured since the hopper family landed,
 #          and the hopper forward's tile sweep, with the H_i GEMM's tiles now in it)
-#   wan    (same warm machine as part2)  (the Wan2.1-1.3B forward compiled, CUDA graphs included,
+#   wan    (after part2 or install2)  (the Wan2.1-1.3B forward compiled, CUDA graphs included,
 #          on the hopper family: issue 23's 180 ms goal)
 #   dense  (nothing carried; SECONDS_TRAIN=540 default) (trains `full` with the dense recipe of
 #          docs/RESULTS.md section 1, unscored; a second call on the warm machine resumes it to
@@ -37,7 +39,7 @@
 # Logs go to $OUT (or ./gpu_logs); each step prints its exit code, time and last lines. END (seconds,
 # default 570) is when a part stops starting its optional steps (e2e models).
 set -uo pipefail
-what=${1:?usage: gpu_pending.sh prepare|part1|part2|ab|profile|wan|cute|cutesums|cuteop|dense|lora}
+what=${1:?usage: gpu_pending.sh prepare|install1|install2|part1|part2|ab|profile|wan|cute|cutesums|cuteop|dense|lora}
 out=${OUT:-gpu_logs}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -57,6 +59,21 @@ step() {
 grid=(tests/ops/test_sla_triton_gpu.py tests/ops/test_sla_triton.py tests/ops/test_sla_block_map_kernel.py
   tests/ops/test_sla_block_pool_kernel.py tests/ops/test_sla_block_lists_kernel.py)
 fa4_path=$PWD/src:$PWD/benchmarks:$site:$site/nvidia_cutlass_dsl/dsl_packages
+# The two halves of FlashAttention-4's install, one per call (what a call carries is limited):
+# the first keeps x1 in /tmp for the second, which joins it with x2 into the CuTe DSL libraries.
+install1() {
+  cp gpu_runs/x1 /tmp/cu13.x1
+  pipi gpu_runs/w1/*.whl
+}
+install2() {
+  [[ -f /tmp/cu13.x1 ]] || { echo "no first half here: run part1 or install1 on this machine first"; return 1; }
+  pipi gpu_runs/w2/*.whl || return 1
+  # After pip (whose --upgrade replaces whole package folders): the libraries join nvidia_cutlass_dsl/.
+  cat /tmp/cu13.x1 gpu_runs/x2 |
+    python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer)" |
+    tar -x -C "$site" || return 1
+  PYTHONPATH=$fa4_path python3 -c "import flash_attn.cute.interface; print('flash-attn-4 imports')" 2>&1 | tail -2
+}
 
 case $what in
 prepare)
@@ -78,9 +95,14 @@ prepare)
     mv /tmp/cu13.part01 gpu_runs/x2
   du -sh gpu_runs/*
   ;;
+install1)
+  install1
+  ;;
+install2)
+  install2
+  ;;
 part1)
-  cp gpu_runs/x1 /tmp/cu13.x1
-  pipi gpu_runs/w1/*.whl || exit 1
+  install1 || exit 1
   export PYTHONPATH=$PWD/src:$PWD/benchmarks:$site
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   # The head dim 72 cases first (issue 24 needs them whole), then the rest of the grid.
@@ -96,14 +118,8 @@ part1)
   done
   ;;
 part2)
-  [[ -f /tmp/cu13.x1 ]] || { echo "no first half here: run part1 on this machine first"; exit 1; }
-  pipi gpu_runs/w2/*.whl || exit 1
-  # After pip (whose --upgrade replaces whole package folders): the libraries join nvidia_cutlass_dsl/.
-  cat /tmp/cu13.x1 gpu_runs/x2 |
-    python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer)" |
-    tar -x -C "$site" || exit 1
+  install2 || exit 1
   export PYTHONPATH=$fa4_path
-  python3 -c "import flash_attn.cute.interface; print('flash-attn-4 imports')" 2>&1 | tail -2
   TAILN=6 step 150 grid_hopper python3 -m pytest -q --tb=line -n 4 -p no:cacheprovider \
     tests/ops/test_sla_hopper_gpu.py
   TAILN=60 step 260 bench_attention python3 benchmarks/bench_attention.py --no-sweep \
@@ -219,7 +235,7 @@ lora)
   tail -n 3 "$study"/*.log
   ;;
 *)
-  echo "unknown mode $what: prepare|part1|part2|ab|profile|wan|cute|cutesums|cuteop|dense|lora" >&2
+  echo "unknown mode $what: prepare|install1|install2|part1|part2|ab|profile|wan|cute|cutesums|cuteop|dense|lora" >&2
   exit 2
   ;;
 esac
