@@ -284,10 +284,10 @@ def test_opcheck_and_compile_fullgraph(scope):
 @pytest.mark.parametrize("tma", [True, False])
 @pytest.mark.parametrize("d", [32, 40])
 def test_forward_mask_gemm_tiles(monkeypatch, tma, d):
-    """The forward's H_i GEMM takes its tiles from `tiles` (`mask_*`, swept by tune_sla.py):
-    tiles taller than the map's query blocks, and column tiles that do not divide D x D
-    (D = 40: 1,600 columns in 64-wide tiles), give the reference's output (inference: the
-    backward's transposed GEMM keeps its own tiles)."""
+    """The inference forward's H_i GEMM takes its tiles from `tiles` (`mask_*`, swept by
+    tune_sla.py): tiles taller than the map's query blocks, and column tiles that do not divide
+    D x D (D = 40: 1,600 columns in 64-wide tiles), give the reference's output. Training keeps
+    the kernel's own tiles for its exact sums (and the backward for its transposed GEMM)."""
     taken = []
     run = launchers.launch
 
@@ -305,6 +305,13 @@ def test_forward_mask_gemm_tiles(monkeypatch, tma, d):
         grads=False,
     )
     assert taken and set(taken) == {(16, 64, 2)}
+    taken.clear()
+    check_sla(
+        *make_inputs(1, 2, 200, d, torch.float32, DEVICE, seed=d),
+        opts(),
+        policy=LaunchPolicy(kernels="triton", tma=tma, tile_overrides={d: tile}),
+    )
+    assert taken and (16, 64, 2) not in taken
 
 
 @pytest.mark.parametrize("scope", ["marginal", "noncritical"])

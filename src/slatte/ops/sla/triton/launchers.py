@@ -239,9 +239,10 @@ def _mask_gemm(
     `out_dtype`, or with `pair_out` as a (hi, lo) pair of bf16 values (and None otherwise).
 
     Not transposed: rows are query blocks, x is per key block. Transposed: the other way round.
-    `tile`: the forward's sum (`tiles.mask_gemm_tile`), which replaces the choice below where x
-    is not a split pair; with its `cublas` and x already in `out_dtype`, one `torch.bmm` of the
-    0/1 selection (`block_map.linear_mask`, in x's dtype: exact) with x, accumulated in fp32.
+    `tile`: the inference forward's sum (`tiles.mask_gemm_tile`), which replaces the choice
+    below; with its `cublas` and x already in `out_dtype`, one `torch.bmm` of the 0/1 selection
+    (`block_map.linear_mask`, in x's dtype: exact) with x, accumulated in fp32 (fp32 sums at
+    torch's matmul precision setting). The training forward's exact sums keep the kernel.
     """
     nq, nk = bmap.shape[-2:]
     bh, _, cols = x.shape
@@ -309,7 +310,7 @@ def _linear_sums(
     `exact`: H / dH to ~fp32 accuracy, as the backward's cancellations need (the inference
     forward's output is fine with sums rounded like the activations). `persist`: the per-block
     sums' persistent launch (`_block_outer`); the shared sums keep their chunks. `mask_tile`:
-    the D x D sums' tile in `_mask_gemm`.
+    the inference forward's D x D sums' tile in `_mask_gemm`.
     """
     b, h, n, d = x.shape
     out_dtype = torch.float32 if exact else _forward_sum_dtype(x.dtype)
@@ -393,7 +394,7 @@ def forward(
         hsum, hsum_lo, zsum = _linear_sums(
             policy, k, v, bmap, block_k, linear_scope, False, feature_map, store_aux,
             pair_out=pair, persist=persist,
-            mask_tile=mask_gemm_tile(cfg),
+            mask_tile=None if store_aux else mask_gemm_tile(cfg),
         )  # fmt: skip
     o = _new_like(policy, q)
     o_s = _new(policy, q, (b, h, n, d), q.dtype) if store_aux or sparse_done else aux

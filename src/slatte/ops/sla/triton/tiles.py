@@ -11,7 +11,8 @@ from ..launch_policy import LaunchPolicy
 
 
 class MaskTile(NamedTuple):
-    """The forward's H_i GEMM (`launchers._mask_gemm`): rows x columns on warps, or cuBLAS."""
+    """The inference forward's H_i GEMM (`launchers._mask_gemm`): rows x columns on warps, or
+    cuBLAS."""
 
     rows: int
     cols: int
@@ -45,7 +46,7 @@ def tiles(
     prologue with the bf16 pair (`pair`) at D > 64 or with 128-row query blocks; elsewhere in a
     kernel of its own (with an fp32 dH at D = 128 the prologue's split products spill). The
     forward's linear epilogue goes through O_l's columns 32 at a time at D > 64.
-    The forward's H_i (`mask_gemm_kernel` over the per-block sums rounded for the forward) takes
+    The inference forward's H_i (`mask_gemm_kernel` over the per-block sums rounded for it) takes
     64 query blocks x 256 of the D x D columns on 8 warps (`mask_*`, `mask_gemm_tile`);
     `mask_cublas` runs it as a batched cuBLAS GEMM with the 0/1 selection as a matrix instead.
     A head dim that is no power of two takes the tiles of its `feature_tile` width (its
@@ -101,5 +102,5 @@ def tiles(
 
 
 def mask_gemm_tile(cfg: dict[str, int | bool]) -> MaskTile:
-    """The forward's H_i GEMM tile of `tiles`' values."""
+    """The inference forward's H_i GEMM tile of `tiles`' values."""
     return MaskTile(cfg["mask_r"], cfg["mask_cols"], cfg["mask_warps"], cfg["mask_cublas"])
