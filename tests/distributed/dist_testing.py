@@ -42,7 +42,7 @@ def spawn(
     again from the start: a port found free can be taken before rank 0 binds it, so a spawn
     whose rendezvous found its port taken is retried on the next of `ports` (three fresh ones
     by default)."""
-    ports = iter(ports if ports is not None else [free_port() for _ in range(3)])
+    ports = iter(ports) if ports is not None else (free_port() for _ in range(3))
     port = next(ports)
     while True:
         try:
