@@ -147,10 +147,14 @@ ab)
 profile)
   # On the warm machine that ran part2 (FA4 installed).
   export PYTHONPATH=$PWD/src:$PWD/benchmarks:$site:$site/nvidia_cutlass_dsl/dsl_packages
+  # The persistent kernels' several-tiles test and the H_i GEMM's tile options, on the GPU
+  # (fixed after session 16's run; since run only under the interpreter).
+  TAILN=6 step 120 sparse_done_gpu python3 -m pytest -q --tb=short -n 4 -p no:cacheprovider \
+    tests/ops/test_sla_sparse_done.py tests/ops/test_sla_triton.py -k "persistent or mask_gemm"
   TAILN=30 step 120 profile_hopper_fwdbwd python3 benchmarks/profile_sla.py --kernels hopper \
     --block-k 128
   TAILN=12 step 150 bench_d64 python3 benchmarks/bench_attention.py --quick --d 64 --label d64
-  TAILN=30 step 200 tune_hopper_forward python3 benchmarks/tune_sla.py --kernels hopper \
+  TAILN=40 step 280 tune_hopper_forward python3 benchmarks/tune_sla.py --kernels hopper \
     --block-k 128 --forward
   ;;
 wan)

@@ -80,13 +80,18 @@ def main() -> None:
         call(qg, kg, vg, tiles).backward(do)
 
     rows = []
+
+    def add(row):  # printed as it comes: a run cut short by a time limit keeps what it timed
+        rows.append(row)
+        print(row, flush=True)
+
     for cfg in (HOPPER_FWD if args.kernels == "hopper" else FWD) if args.forward else []:
-        rows.append(dict(kind="fwd", cfg=cfg, ms=try_bench(partial(fwd, cfg))))
+        add(dict(kind="fwd", cfg=cfg, ms=try_bench(partial(fwd, cfg))))
     timed = [r for r in rows if isinstance(r["ms"], float)]
     best_fwd = min(timed, key=lambda r: r["ms"])["cfg"] if timed else {}
     for cfg in TRAIN:
         ms = try_bench(partial(fwdbwd, {**best_fwd, **cfg}), grad_to_none=[qg, kg, vg])
-        rows.append(dict(kind="fwd+bwd", cfg=cfg, ms=ms))
+        add(dict(kind="fwd+bwd", cfg=cfg, ms=ms))
     rows.sort(key=lambda r: (r["kind"], -r["ms"] if isinstance(r["ms"], float) else 0))
     report({"benchmark": "tune_sla", "d": d, "block_q": args.block_q, "block_k": args.block_k,
             "kernels": args.kernels, **environment()}, rows,
