@@ -150,7 +150,7 @@ profile)
   # The persistent kernels' several-tiles test and the H_i GEMM's tile options, on the GPU
   # (fixed after session 16's run; since run only under the interpreter).
   TAILN=6 step 120 sparse_done_gpu python3 -m pytest -q --tb=short -n 4 -p no:cacheprovider \
-    tests/ops/test_sla_sparse_done.py tests/ops/test_sla_triton.py -k "persistent or mask_gemm"
+    tests/ops/test_sla_sparse_done.py tests/ops/test_sla_triton.py -k "persistent or mask_gemm or candidates"
   TAILN=30 step 120 profile_hopper_fwdbwd python3 benchmarks/profile_sla.py --kernels hopper \
     --block-k 128
   TAILN=12 step 150 bench_d64 python3 benchmarks/bench_attention.py --quick --d 64 --label d64

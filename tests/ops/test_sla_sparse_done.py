@@ -174,3 +174,24 @@ def test_persistent_programs_take_several_tiles(monkeypatch, d, layout, grads, o
             0, (blocks, min(blocks, overrides["sums_programs_per_sm"] * INTERPRETER_SMS))
         )
     assert grids == expected
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        # tune_sla.py's HOPPER_TRAIN candidates: the linear-only dq and dk/dv kernels on the
+        # tiles it times for the hopper family (128 x 128 blocks), checked before they are timed
+        {"dq_m": 128, "dq_warps": 8, "dq_stages": 1},
+        {"dq_m": 128, "dq_warps": 4, "dq_stages": 1},
+        {"dkdv_n": 128, "dkdv_warps": 8},
+        {"dkdv_n": 128, "dkdv_warps": 4},
+    ],
+)
+def test_hopper_training_tile_candidates(overrides):
+    config = SLAConfig(critical=0.34, negligible=0.0, block_q=128, block_k=128)
+    check_sla(
+        *make_inputs(1, 2, 300, 32, torch.float32, DEVICE, seed=11),
+        config,
+        policy=LaunchPolicy(tile_overrides={32: overrides}),
+        fast=sparse_done,
+    )
