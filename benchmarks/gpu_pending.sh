@@ -214,6 +214,9 @@ cuteop)
     tests/ops/test_sla_cute_op_gpu.py
   TAILN=20 step 240 cuteop_bench python3 benchmarks/bench_attention.py --quick --block-q 128 \
     --label cute
+  # D = 64 (issue 23: 1.5x faster than 0.84 / 3.1 ms), where FA4's host-side launch dominated
+  TAILN=20 step 150 cuteop_bench_d64 python3 benchmarks/bench_attention.py --quick --d 64 \
+    --block-q 128 --label cute64
   TAILN=30 step 120 cuteop_profile python3 benchmarks/profile_sla.py --kernels hopper \
     --block-k 128 --forward-only --cute
   ;;
