@@ -237,8 +237,10 @@ lora)
     --num-videos 50 --train-args \
     "--precision bf16 --batch-size 64 --image-batch 64 --lr 5e-4 --ema-decay 0.99 --min-snr-gamma 5 --workers 8 --compile --log-every 100"
   echo "lora_study exit code $?"
+  # (at most 8 files come back from a call: the runs' own logs go as one archive)
   mkdir -p "$out/lora_study"
-  cp "$study"/*.jsonl "$study"/*.png "$study"/*.out "$study"/*.log "$out/lora_study/" 2>/dev/null
+  cp "$study"/results.jsonl "$study"/*.png "$out/lora_study/" 2>/dev/null
+  (cd "$study" && tar czf "$out/lora_study/runs.tgz" ./*.out ./*.log ./*/metrics.jsonl) 2>/dev/null
   tail -n 3 "$study"/*.log
   ;;
 *)
