@@ -147,8 +147,8 @@ ab)
 profile)
   # On the warm machine that ran part2 (FA4 installed).
   export PYTHONPATH=$PWD/src:$PWD/benchmarks:$site:$site/nvidia_cutlass_dsl/dsl_packages
-  # The persistent kernels' several-tiles test and the H_i GEMM's tile options, on the GPU
-  # (fixed after session 16's run; since run only under the interpreter).
+  # The persistent kernels' several-tiles test, the H_i GEMM's tile options and the sweep's
+  # training candidates on the GPU (the interpreter runs them in CI; their bf16 paths only here).
   TAILN=6 step 120 sparse_done_gpu python3 -m pytest -q --tb=short -n 4 -p no:cacheprovider \
     tests/ops/test_sla_sparse_done.py tests/ops/test_sla_triton.py -k "persistent or mask_gemm or candidates"
   TAILN=30 step 120 profile_hopper_fwdbwd python3 benchmarks/profile_sla.py --kernels hopper \
